@@ -6,14 +6,14 @@ Telephone audio needs no more than 16 bits, but many audio HATs only offer 24-in
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 from drivers.audio import Int16Frames
 
 
-class SampleFormat(str, Enum):
+class SampleFormat(StrEnum):
     S16_LE = "S16_LE"
     S32_LE = "S32_LE"
 

@@ -67,7 +67,9 @@ class SimPin:
             return
         self._level = level
         if self.mode == "input":
-            self._factory._edge(Edge(self.number, level, self._factory.now_ns() if t_ns is None else t_ns))
+            self._factory._edge(
+                Edge(self.number, level, self._factory.now_ns() if t_ns is None else t_ns)
+            )
 
 
 class SimPinFactory:

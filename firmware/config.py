@@ -1,0 +1,415 @@
+"""The appliance configuration: /etc/linetap/linetap.toml, loaded and validated here only.
+
+Models are frozen and forbid unknown keys; every field has limits and a description,
+and the description doubles as the "how to fix" half of an error message. Errors come
+back as one line per problem, mapped to the line of the file they concern::
+
+    /etc/linetap/linetap.toml:23: lines[1].hook_pin: Input should be less than or
+    equal to 63; BCM GPIO number of the hook switch input (0-63).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drivers.audio.formats import SampleFormat
+from firmware.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/linetap/linetap.toml")
+CONFIG_PATH_ENV = "LINETAP_CONFIG"
+MAX_LINES = 4
+
+ActiveLevel = Literal["low", "high"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=False)
+
+
+class AudioConfig(_Model):
+    backend: Literal["alsa", "file"] = Field(
+        "alsa",
+        description='capture backend: "alsa" (the HAT) or "file" (play audio.file as the line)',
+    )
+    device: str = Field(
+        "default",
+        min_length=1,
+        description="ALSA capture PCM name, e.g. \"hw:CARD=linetap\" (see 'arecord -L')",
+    )
+    sample_rate: Literal[8000, 16000] = Field(
+        8000, description="capture rate in Hz for every line: 8000 or 16000"
+    )
+    channels: int = Field(
+        1, ge=1, le=8, description="interleaved channels the capture device delivers (1-8)"
+    )
+    sample_format: SampleFormat = Field(
+        SampleFormat.S16_LE, description='capture sample format: "S16_LE" or "S32_LE"'
+    )
+    period_ms: int = Field(
+        20, ge=5, le=100, description="capture period in ms (5-100); the recorder's tick"
+    )
+    periods: int = Field(
+        8, ge=2, le=64, description="periods in the ALSA buffer (2-64); more survives longer stalls"
+    )
+    file: Path | None = Field(
+        None, description='audio file played as the line when backend = "file" (WAV, FLAC or raw)'
+    )
+    file_realtime: bool = Field(
+        True, description="play audio.file at real speed (true) or as fast as possible (false)"
+    )
+    reopen_s: float = Field(
+        2.0, gt=0, le=60, description="seconds between attempts to reopen a missing device (0-60)"
+    )
+
+    @property
+    def period_frames(self) -> int:
+        return self.sample_rate * self.period_ms // 1000
+
+
+class GpioConfig(_Model):
+    backend: Literal["rpigpio", "gpiod", "sim"] = Field(
+        "gpiod",
+        description='GPIO backend: "gpiod" (any board, Pi 5), "rpigpio" (Pi 3/4) or "sim"',
+    )
+    chip: str = Field(
+        "/dev/gpiochip0", min_length=1, description="GPIO character device for gpiod ('gpiodetect')"
+    )
+    script: Path | None = Field(
+        None, description='events file that drives the pins when backend = "sim"'
+    )
+    status_led_pin: int | None = Field(
+        None, ge=0, le=63, description="BCM GPIO number of the device status LED (0-63), or omit"
+    )
+    status_led_active: ActiveLevel = Field(
+        "high", description='level that lights the status LED: "high" or "low"'
+    )
+
+
+class CallConfig(_Model):
+    preroll_s: float = Field(
+        5.0, ge=0, le=30, description="seconds of audio before the off-hook edge kept (0-30)"
+    )
+    debounce_ms: int = Field(
+        30, ge=0, le=500, description="ms a hook / opt-out level must hold to count (0-500)"
+    )
+    flash_max_ms: int = Field(
+        1000,
+        ge=50,
+        le=5000,
+        description="on-hook shorter than this is a hook flash, not a hang-up (50-5000 ms)",
+    )
+    max_call_s: int = Field(
+        3600,
+        ge=10,
+        le=86400,
+        description="recordings longer than this roll over into a continued one (10-86400 s)",
+    )
+    opt_out_mode: Literal["pause", "discard"] = Field(
+        "pause",
+        description='opt-out input: "pause" cuts and marks the span, "discard" drops the call',
+    )
+
+
+class StorageConfig(_Model):
+    format: Literal["wav"] = Field(
+        "wav", description='recording format written by the recorder: "wav" (development)'
+    )
+    out_dir: Path = Field(
+        Path("/var/lib/linetap/outbox"), description="directory recordings are written to"
+    )
+
+
+class LineConfig(_Model):
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        description="line name: lower-case letters, digits, '-' or '_', up to 32 characters",
+    )
+    channel: int = Field(ge=0, le=7, description="capture channel of this line (0-based)")
+    hook_pin: int = Field(
+        ge=0, le=63, description="BCM GPIO number of the hook switch input (0-63)"
+    )
+    hook_active: ActiveLevel = Field(
+        "low", description='level the hook input has when the handset is off-hook: "low"/"high"'
+    )
+    hook_pull: Literal["up", "down", "off"] = Field(
+        "up", description='bias on the hook input: "up", "down" or "off"'
+    )
+    led_pin: int | None = Field(
+        None, ge=0, le=63, description="BCM GPIO number of this line's consent LED (0-63), or omit"
+    )
+    led_active: ActiveLevel = Field("high", description='level that lights the LED: "high"/"low"')
+    opt_out_pin: int | None = Field(
+        None, ge=0, le=63, description="BCM GPIO number of the opt-out input (0-63), or omit"
+    )
+    opt_out_active: ActiveLevel = Field(
+        "low", description='level the opt-out input has when pressed: "low" or "high"'
+    )
+    opt_out_pull: Literal["up", "down", "off"] = Field(
+        "up", description='bias on the opt-out input: "up", "down" or "off"'
+    )
+
+
+class _CrossFieldProblems(ValueError):
+    """Raised by the root validator; carries (key path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(m for _, m in problems))
+
+
+class LinetapConfig(_Model):
+    device_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="this appliance's id (letters, digits, '.', '_', '-'); defaults to the hostname",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description='log level: "debug", "info", "warning" or "error"'
+    )
+    audio: AudioConfig = Field(default_factory=AudioConfig, description="capture device")
+    gpio: GpioConfig = Field(default_factory=GpioConfig, description="GPIO backend and pins")
+    call: CallConfig = Field(default_factory=CallConfig, description="call detection")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="where recordings go")
+    lines: list[LineConfig] = Field(
+        min_length=1,
+        max_length=MAX_LINES,
+        description=f"the phone lines, 1 to {MAX_LINES} [[lines]] tables",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> LinetapConfig:
+        problems = cross_field_problems(self)
+        if problems:
+            raise _CrossFieldProblems(problems)
+        return self
+
+    def line(self, name: str) -> LineConfig:
+        for line in self.lines:
+            if line.name == name:
+                return line
+        raise KeyError(name)
+
+
+def cross_field_problems(cfg: LinetapConfig) -> list[tuple[tuple[str | int, ...], str]]:
+    """Rules that involve more than one key, as (key path, message with the fix)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    names: dict[str, int] = {}
+    channels: dict[int, int] = {}
+    pins: dict[int, str] = {}
+    if cfg.gpio.status_led_pin is not None:
+        pins[cfg.gpio.status_led_pin] = "gpio.status_led_pin"
+    for i, line in enumerate(cfg.lines):
+        if line.name in names:
+            out.append(
+                (
+                    ("lines", i, "name"),
+                    f"duplicate line name {line.name!r}; give every line its own name",
+                )
+            )
+        names.setdefault(line.name, i)
+        if line.channel >= cfg.audio.channels:
+            out.append(
+                (
+                    ("lines", i, "channel"),
+                    f"channel {line.channel} does not exist: audio.channels = {cfg.audio.channels}"
+                    f" (channels 0-{cfg.audio.channels - 1}); raise audio.channels or pick another channel",
+                )
+            )
+        if line.channel in channels:
+            out.append(
+                (
+                    ("lines", i, "channel"),
+                    f"channel {line.channel} is already line {cfg.lines[channels[line.channel]].name!r}; "
+                    "each line needs its own channel",
+                )
+            )
+        channels.setdefault(line.channel, i)
+        for key in ("hook_pin", "led_pin", "opt_out_pin"):
+            pin = getattr(line, key)
+            if pin is None:
+                continue
+            if pin in pins:
+                out.append(
+                    (
+                        ("lines", i, key),
+                        f"GPIO{pin} is already used by {pins[pin]}; each input/LED needs its own pin",
+                    )
+                )
+            else:
+                pins[pin] = f"lines[{i}].{key}"
+    if cfg.call.flash_max_ms <= cfg.call.debounce_ms:
+        out.append(
+            (
+                ("call", "flash_max_ms"),
+                f"must be longer than call.debounce_ms ({cfg.call.debounce_ms}); a hook flash is "
+                "a debounced on-hook that ends before flash_max_ms",
+            )
+        )
+    if cfg.audio.backend == "file" and cfg.audio.file is None:
+        out.append(
+            (("audio", "file"), 'audio.backend = "file" needs audio.file = "path/to/line.wav"')
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Loading and error reporting
+
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each table and key path of a TOML document to its 1-based line number.
+
+    Enough TOML for error reporting: table headers, arrays of tables and plain keys.
+    """
+    where: dict[tuple[str | int, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+    array_counts: dict[tuple[str, ...], int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        header = _HEADER_RE.match(raw)
+        if header:
+            parts = tuple(p.strip().strip("\"'") for p in header.group(2).split("."))
+            if header.group(1) == "[[":
+                index = array_counts.get(parts, -1) + 1
+                array_counts[parts] = index
+                table = (*parts, index)
+            else:
+                table = parts
+            where.setdefault(table, number)
+            continue
+        key = _KEY_RE.match(raw)
+        if key:
+            where.setdefault((*table, key.group(1)), number)
+    return where
+
+
+def _locate(where: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> int | None:
+    for cut in range(len(loc), 0, -1):
+        if loc[:cut] in where:
+            return where[loc[:cut]]
+    return None
+
+
+def _key_name(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class that owns the last key of ``loc``."""
+    model: type[BaseModel] | None = LinetapConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return model
+
+
+def _describe(loc: Sequence[str | int]) -> str | None:
+    if not loc or isinstance(loc[-1], int):
+        return None
+    model = _model_at(loc)
+    if model is None:
+        return None
+    field = model.model_fields.get(str(loc[-1]))
+    return field.description if field else None
+
+
+def _problem_text(err: Any) -> tuple[tuple[str | int, ...], str]:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        known = list(model.model_fields) if model else []
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"known keys here: {', '.join(known)}"
+        return loc, f"unknown key; {hint}"
+    if kind == "missing":
+        desc = _describe(loc)
+        return loc, "missing" + (f"; add it: {desc}" if desc else "")
+    message = str(err["msg"])
+    desc = _describe(loc)
+    return loc, message + (f"; {desc}" if desc else "")
+
+
+def parse_config(text: str, source: str = "<config>") -> LinetapConfig:
+    """Validate TOML ``text``; raises :class:`ConfigError` with one line per problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"at line (\d+)", str(exc))
+        at = f":{match.group(1)}" if match else ""
+        raise ConfigError([f"{source}{at}: not valid TOML ({exc}); fix the syntax"]) from None
+    try:
+        return LinetapConfig.model_validate(data)
+    except ValidationError as exc:
+        where = _key_lines(text)
+        problems: list[str] = []
+        for err in exc.errors():
+            cause = (err.get("ctx") or {}).get("error")
+            items = (
+                cause.problems if isinstance(cause, _CrossFieldProblems) else [_problem_text(err)]
+            )
+            for loc, message in items:
+                line_no = _locate(where, loc)
+                prefix = f"{source}:{line_no}" if line_no else source
+                problems.append(f"{prefix}: {_key_name(loc)}: {message}")
+        raise ConfigError(problems) from None
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config, else $LINETAP_CONFIG, else /etc/linetap/linetap.toml."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_PATH_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LinetapConfig:
+    """Read and validate the config file; relative paths inside it are taken from its folder."""
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{file}: no such file; copy firmware/linetap.example.toml there or pass --config"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            [f"{file}: cannot read ({exc}); check the path and its permissions"]
+        ) from None
+    cfg = parse_config(text, str(file))
+    return _resolve_paths(cfg, file.parent)
+
+
+def _resolve_paths(cfg: LinetapConfig, base: Path) -> LinetapConfig:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    return cfg.model_copy(
+        update={
+            "audio": cfg.audio.model_copy(update={"file": fix(cfg.audio.file)}),
+            "gpio": cfg.gpio.model_copy(update={"script": fix(cfg.gpio.script)}),
+            "storage": cfg.storage.model_copy(update={"out_dir": fix(cfg.storage.out_dir)}),
+        }
+    )

@@ -1,0 +1,460 @@
+"""The recorder: one capture loop feeding a call state machine per line.
+
+One thread does everything, once per capture period: read a block, poll the GPIO edges
+(timestamped by the backend), place them on the audio timeline, let each line's
+:class:`~firmware.callstate.CallMachine` decide, write the decided audio from the line's
+pre-roll ring into its recording, and refresh the LEDs. ``linetap record`` (the daemon)
+and ``linetap replay`` run this same code; only the capture source, pin backend and
+clock differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from buffers.ring import PrerollRing
+from drivers.audio import AudioBlock, CaptureSource
+from drivers.gpio import Edge, PinFactory
+from drivers.gpio.devices import Led, SwitchInput
+from firmware.callstate import (
+    Action,
+    CallMachine,
+    CallTiming,
+    Discard,
+    End,
+    EndReason,
+    Flash,
+    Input,
+    LineState,
+    Pause,
+    Resume,
+    Start,
+)
+from firmware.config import LineConfig, LinetapConfig
+from firmware.errors import AudioDeviceError, StorageError
+from firmware.leds import LedPanel
+from firmware.sinks import (
+    RecordingEnd,
+    RecordingEvent,
+    RecordingSink,
+    RecordingStart,
+    RecordingWriter,
+)
+
+log = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+# Slack in the ring beyond pre-roll + debounce, for edges reported late (a slow poll).
+RING_SLACK_S = 2.0
+
+
+def iso_utc(ns: int) -> str:
+    return datetime.fromtimestamp(ns / NS_PER_S, tz=UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class Timeline:
+    """Maps frames of the capture stream to the clock the blocks were stamped with.
+
+    Anchored on the newest block, so a sound card clock that drifts against the CPU's
+    never accumulates error. ``wall_offset_ns`` turns that clock into UTC.
+    """
+
+    rate: int
+    wall_offset_ns: int
+    anchor_frame: int = 0
+    anchor_ns: int = 0
+
+    def update(self, block: AudioBlock) -> None:
+        self.anchor_frame = block.start_frame
+        self.anchor_ns = block.t_start_ns
+
+    def frame_at(self, t_ns: int) -> int:
+        return self.anchor_frame + round((t_ns - self.anchor_ns) * self.rate / NS_PER_S)
+
+    def ns_at(self, frame: int) -> int:
+        return self.anchor_ns + round((frame - self.anchor_frame) * NS_PER_S / self.rate)
+
+    def utc_at(self, frame: int) -> str:
+        return iso_utc(self.ns_at(frame) + self.wall_offset_ns)
+
+
+@dataclass(slots=True)
+class _Recording:
+    writer: RecordingWriter
+    first_frame: int
+    cursor: int  # next stream frame to write
+    audio_frames: int = 0
+    paused: bool = False
+    discarded: bool = False
+
+
+@dataclass
+class LineRunner:
+    """One line: its ring, machine, inputs and current recording."""
+
+    config: LineConfig
+    timing: CallTiming
+    ring: PrerollRing
+    sink: RecordingSink
+    hook: SwitchInput
+    optout: SwitchInput | None
+    device_id: str
+    rate: int
+    timeline: Timeline
+    on_storage_error: Callable[[StorageError], None]
+    machine: CallMachine | None = None
+    recording: _Recording | None = None
+    recordings_started: int = 0
+    last_id: str | None = field(default=None)
+
+    @property
+    def state(self) -> LineState:
+        return self.machine.state if self.machine else LineState.IDLE
+
+    def boot(self, frame: int) -> None:
+        self.machine = CallMachine(
+            self.timing,
+            off_hook=self.hook.is_active,
+            opted_out=self.optout.is_active if self.optout else False,
+            at_frame=frame,
+        )
+        self._apply(self.machine.boot())
+
+    def feed(
+        self,
+        samples: npt.NDArray[np.int16],
+        gap_frames: int,
+        edges: Sequence[tuple[int, Input, bool]],
+        end_frame: int,
+    ) -> None:
+        assert self.machine is not None, "boot() first"
+        if gap_frames:
+            self.ring.push_silence(gap_frames)
+            self._note_gap(end_frame - samples.shape[0] - gap_frames, gap_frames)
+        self.ring.push(samples)
+        self._apply(self.machine.advance(edges, end_frame))
+        self._flush(end_frame)
+
+    def finish(self, frame: int, reason: EndReason) -> None:
+        if self.machine is not None:
+            self._apply(self.machine.finish(frame, reason))
+
+    # -- applying the machine's decisions ------------------------------------------
+    def _apply(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            try:
+                self._apply_one(action)
+            except StorageError as exc:
+                self.on_storage_error(exc)
+                # The recording cannot go on; drop our handle so the line keeps working
+                # and the next call gets a fresh try.
+                self.recording = None
+
+    def _apply_one(self, action: Action) -> None:
+        rec = self.recording
+        if isinstance(action, Start):
+            self._start(action)
+            return
+        if rec is None:
+            return
+        self._flush(action.frame)
+        if isinstance(action, Pause):
+            rec.paused = True
+            self._event(rec, "pause", action.frame)
+        elif isinstance(action, Resume):
+            rec.paused = False
+            rec.cursor = max(rec.cursor, action.frame)
+            self._event(rec, "resume", action.frame)
+        elif isinstance(action, Discard):
+            rec.discarded = True
+            rec.writer.discard()
+            self._event(rec, "discard", action.frame)
+        elif isinstance(action, Flash):
+            self._event(
+                rec,
+                "flash",
+                action.onhook_frame,
+                onhook_ms=round((action.offhook_frame - action.onhook_frame) * 1000 / self.rate),
+            )
+        elif isinstance(action, End):
+            self._end(rec, action)
+
+    def _start(self, action: Start) -> None:
+        first = max(action.audio_from, self.ring.start_frame)
+        rec_id = str(uuid.uuid4())
+        writer = self.sink.open(
+            RecordingStart(
+                recording_id=rec_id,
+                device_id=self.device_id,
+                line=self.config.name,
+                channel=self.config.channel,
+                sample_rate=self.rate,
+                trigger=action.trigger.value,
+                started_utc=self.timeline.utc_at(first),
+                start_frame=first,
+                trigger_frame=action.trigger_frame,
+                preroll_s=max(0, action.trigger_frame - first) / self.rate,
+                continues=self.last_id if action.trigger.value == "rollover" else None,
+            )
+        )
+        self.recording = _Recording(writer=writer, first_frame=first, cursor=first)
+        self.recordings_started += 1
+        self.last_id = rec_id
+        log.info(
+            "recording started line=%s id=%s trigger=%s preroll_s=%.2f",
+            self.config.name,
+            rec_id,
+            action.trigger.value,
+            max(0, action.trigger_frame - first) / self.rate,
+        )
+
+    def _end(self, rec: _Recording, action: End) -> None:
+        end_frame = max(action.frame, rec.cursor)
+        rec.writer.close(
+            RecordingEnd(
+                reason=action.reason.value,
+                ended_utc=self.timeline.utc_at(end_frame),
+                end_frame=end_frame,
+                duration_s=(end_frame - rec.first_frame) / self.rate,
+                audio_frames=rec.audio_frames,
+            )
+        )
+        log.info(
+            "recording ended line=%s id=%s reason=%s duration_s=%.2f audio_s=%.2f discarded=%s",
+            self.config.name,
+            rec.writer.recording_id,
+            action.reason.value,
+            (end_frame - rec.first_frame) / self.rate,
+            rec.audio_frames / self.rate,
+            rec.discarded,
+        )
+        self.recording = None
+
+    def _flush(self, upto: int) -> None:
+        """Write the recording's audio from the ring up to stream frame ``upto``."""
+        rec = self.recording
+        if rec is None:
+            return
+        upto = min(upto, self.ring.end_frame)
+        if rec.paused or rec.discarded:
+            rec.cursor = max(rec.cursor, upto)
+            return
+        if upto <= rec.cursor:
+            return
+        head, tail = self.ring.read(rec.cursor, upto)
+        rec.writer.write(head)
+        if tail.size:
+            rec.writer.write(tail)
+        rec.audio_frames += upto - rec.cursor
+        rec.cursor = upto
+
+    def _event(self, rec: _Recording, kind: str, frame: int, **data: object) -> None:
+        rec.writer.event(
+            RecordingEvent(
+                type=kind,
+                at_s=round((frame - rec.first_frame) / self.rate, 4),
+                audio_s=round(rec.audio_frames / self.rate, 4),
+                data=dict(data),
+            )
+        )
+
+    def _note_gap(self, at_frame: int, frames: int) -> None:
+        rec = self.recording
+        if rec is not None:
+            self._flush(at_frame)
+            self._event(rec, "gap", at_frame, frames=frames, ms=round(frames * 1000 / self.rate))
+
+
+class Recorder:
+    """Capture loop for all lines. Build with :func:`build_recorder` or by hand in tests."""
+
+    def __init__(
+        self,
+        config: LinetapConfig,
+        capture: CaptureSource,
+        pins: PinFactory,
+        sink: RecordingSink,
+        *,
+        stop: threading.Event,
+        clock: Callable[[], int],
+        wall_offset_ns: int,
+        device_id: str,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.capture = capture
+        self.pins = pins
+        self.stop = stop
+        self.clock = clock
+        self.on_tick = on_tick
+        rate = config.audio.sample_rate
+        self.rate = rate
+        self.timeline = Timeline(rate=rate, wall_offset_ns=wall_offset_ns)
+        self.timing = CallTiming.from_seconds(
+            rate,
+            preroll_s=config.call.preroll_s,
+            debounce_ms=config.call.debounce_ms,
+            flash_max_ms=config.call.flash_max_ms,
+            max_call_s=config.call.max_call_s,
+            opt_out_mode=config.call.opt_out_mode,
+        )
+        ring_frames = self.timing.preroll + self.timing.debounce + round(RING_SLACK_S * rate)
+        self.audio_fault: str | None = None
+        self.storage_fault: str | None = None
+        self.lines: list[LineRunner] = []
+        self._pin_owner: dict[int, tuple[int, Input]] = {}
+        line_leds: list[Led | None] = []
+        for index, line in enumerate(config.lines):
+            hook = SwitchInput(pins, line.hook_pin, line.hook_active, line.hook_pull)
+            self._pin_owner[line.hook_pin] = (index, "hook")
+            optout = None
+            if line.opt_out_pin is not None:
+                optout = SwitchInput(pins, line.opt_out_pin, line.opt_out_active, line.opt_out_pull)
+                self._pin_owner[line.opt_out_pin] = (index, "optout")
+            line_leds.append(
+                Led(pins, line.led_pin, line.led_active) if line.led_pin is not None else None
+            )
+            self.lines.append(
+                LineRunner(
+                    config=line,
+                    timing=self.timing,
+                    ring=PrerollRing(ring_frames),
+                    sink=sink,
+                    hook=hook,
+                    optout=optout,
+                    device_id=device_id,
+                    rate=rate,
+                    timeline=self.timeline,
+                    on_storage_error=self._storage_error,
+                )
+            )
+        status = config.gpio.status_led_pin
+        self.leds = LedPanel(
+            line_leds,
+            Led(pins, status, config.gpio.status_led_active) if status is not None else None,
+        )
+        self._booted = False
+        self._last_frame = 0
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def fault(self) -> bool:
+        return self.audio_fault is not None or self.storage_fault is not None
+
+    @property
+    def states(self) -> list[LineState]:
+        return [line.state for line in self.lines]
+
+    def _storage_error(self, exc: StorageError) -> None:
+        if self.storage_fault is None:
+            log.error("storage fault: %s", exc)
+        self.storage_fault = str(exc)
+
+    # -- main loop ----------------------------------------------------------------------
+    def run(self) -> EndReason:
+        """Record until the stop event is set or a finite source ends."""
+        reason = EndReason.SHUTDOWN
+        try:
+            if not self._open_capture():
+                return reason
+            while not self.stop.is_set():
+                try:
+                    block = self.capture.read()
+                except AudioDeviceError as exc:
+                    log.error("audio fault: %s", exc)
+                    self.audio_fault = str(exc)
+                    self.capture.close()
+                    if not self._open_capture():
+                        break
+                    continue
+                if block is None:
+                    if not self.stop.is_set():
+                        reason = EndReason.END_OF_INPUT
+                    break
+                self.process(block)
+        finally:
+            self.finish(reason)
+        return reason
+
+    def _open_capture(self) -> bool:
+        """Open the capture source, retrying with the fault LED blinking until stopped."""
+        while not self.stop.is_set():
+            try:
+                self.capture.open()
+            except AudioDeviceError as exc:
+                if self.audio_fault != str(exc):
+                    log.error("audio fault: %s", exc)
+                self.audio_fault = str(exc)
+                self._wait_blinking(self.config.audio.reopen_s)
+                continue
+            if self.audio_fault is not None:
+                log.info("audio device %s is back", self.config.audio.device)
+            self.audio_fault = None
+            return True
+        return False
+
+    def _wait_blinking(self, seconds: float) -> None:
+        """Wait on the stop event while keeping the LEDs (fault blink) alive."""
+        deadline = self.clock() + round(seconds * NS_PER_S)
+        while not self.stop.is_set():
+            now = self.clock()
+            if now >= deadline:
+                return
+            self.leds.update(self.states, self.fault, now)
+            if self.on_tick:
+                self.on_tick()
+            self.stop.wait(min(0.05, (deadline - now) / NS_PER_S))
+
+    def process(self, block: AudioBlock) -> None:
+        """One capture period: edges, decisions, audio, LEDs."""
+        self.timeline.update(block)
+        if not self._booted:
+            self.pins.start(block.t_start_ns)
+            for line in self.lines:
+                line.boot(block.start_frame - block.gap_frames)
+            self._booted = True
+        end_ns = self.timeline.ns_at(block.end_frame)
+        per_line: list[list[tuple[int, Input, bool]]] = [[] for _ in self.lines]
+        for edge in self.pins.poll(end_ns):
+            self._route_edge(edge, block, per_line)
+        for index, line in enumerate(self.lines):
+            line.feed(
+                block.samples[:, line.config.channel],
+                block.gap_frames,
+                per_line[index],
+                block.end_frame,
+            )
+        self._last_frame = block.end_frame
+        self.leds.update(self.states, self.fault, end_ns)
+        if self.on_tick:
+            self.on_tick()
+
+    def _route_edge(
+        self, edge: Edge, block: AudioBlock, per_line: list[list[tuple[int, Input, bool]]]
+    ) -> None:
+        owner = self._pin_owner.get(edge.pin)
+        if owner is None:
+            return
+        index, which = owner
+        line = self.lines[index]
+        switch = line.hook if which == "hook" else line.optout
+        assert switch is not None
+        # An edge polled after this block but stamped later still belongs at its end.
+        frame = min(self.timeline.frame_at(edge.t_ns), block.end_frame)
+        per_line[index].append((frame, which, switch.edge_is_active(edge)))
+
+    def finish(self, reason: EndReason) -> None:
+        """End calls in progress (their recordings close normally) and turn LEDs off."""
+        if self._booted:
+            for line in self.lines:
+                line.finish(self._last_frame, reason)
+        self.leds.all_off()

@@ -1,0 +1,172 @@
+"""Where recordings go: the sink interface and the development WAV sink.
+
+The recorder hands each recording to a :class:`RecordingSink`; the sealing sink
+(encrypted journal + outbox) implements the same interface. A recording is a stream of
+int16 mono frames plus events, closed with an end record or discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+
+from firmware.errors import StorageError
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingStart:
+    recording_id: str
+    device_id: str
+    line: str
+    channel: int
+    sample_rate: int
+    trigger: str
+    started_utc: str  # ISO 8601 UTC of the first frame (pre-roll included)
+    start_frame: int  # first frame on the capture stream's timeline
+    trigger_frame: int  # the edge that caused the recording
+    preroll_s: float  # audio before the trigger actually kept
+    continues: str | None = None  # the recording this one continues (rollover)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingEnd:
+    reason: str
+    ended_utc: str
+    end_frame: int
+    duration_s: float  # stream time from first frame to end, cut spans included
+    audio_frames: int  # frames actually written (cut spans excluded)
+
+
+@dataclass(slots=True)
+class RecordingEvent:
+    type: str  # pause / resume / discard / flash / gap
+    at_s: float  # stream seconds since the recording's first frame
+    audio_s: float  # position in the recorded audio
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class RecordingWriter(Protocol):
+    @property
+    def recording_id(self) -> str: ...
+
+    def write(self, samples: npt.NDArray[np.int16]) -> None: ...
+
+    def event(self, event: RecordingEvent) -> None: ...
+
+    def discard(self) -> None:
+        """Drop the audio written so far and any to come; metadata is still kept."""
+        ...
+
+    def close(self, end: RecordingEnd) -> None: ...
+
+
+class RecordingSink(Protocol):
+    def open(self, start: RecordingStart) -> RecordingWriter: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class WavWriter:
+    """``{id}.wav.partial`` while recording, renamed to ``{id}.wav`` beside ``{id}.json``."""
+
+    def __init__(self, directory: Path, start: RecordingStart) -> None:
+        self._dir = directory
+        self._start = start
+        self._events: list[RecordingEvent] = []
+        self._discarded = False
+        self._partial = directory / f"{start.recording_id}.wav.partial"
+        try:
+            self._file: soundfile.SoundFile | None = soundfile.SoundFile(
+                self._partial,
+                "w",
+                samplerate=start.sample_rate,
+                channels=1,
+                subtype="PCM_16",
+                format="WAV",
+            )
+        except (OSError, RuntimeError) as exc:  # libsndfile reports errors as RuntimeError
+            raise StorageError(
+                f"storage.out_dir {directory}: cannot create {self._partial.name} ({exc})"
+            ) from exc
+
+    @property
+    def recording_id(self) -> str:
+        return self._start.recording_id
+
+    def write(self, samples: npt.NDArray[np.int16]) -> None:
+        if self._file is None or samples.size == 0:
+            return
+        try:
+            self._file.write(samples)
+        except (OSError, RuntimeError) as exc:
+            raise StorageError(f"storage.out_dir {self._dir}: write failed ({exc})") from exc
+
+    def event(self, event: RecordingEvent) -> None:
+        self._events.append(event)
+
+    def discard(self) -> None:
+        self._discarded = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._partial.unlink(missing_ok=True)
+
+    def close(self, end: RecordingEnd) -> None:
+        audio: str | None = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            final = self._dir / f"{self.recording_id}.wav"
+            os.replace(self._partial, final)
+            audio = final.name
+        meta: dict[str, Any] = {
+            **asdict(self._start),
+            **asdict(end),
+            "discarded": self._discarded,
+            "audio_file": audio,
+            "events": [asdict(e) for e in self._events],
+        }
+        try:
+            write_json_atomic(self._dir / f"{self.recording_id}.json", meta)
+        except OSError as exc:
+            raise StorageError(
+                f"storage.out_dir {self._dir}: cannot write metadata ({exc})"
+            ) from exc
+
+
+class WavSink:
+    """Development sink: plain WAV + JSON per recording (never on a deployed device)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def open(self, start: RecordingStart) -> WavWriter:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage.out_dir {self.directory}: cannot create ({exc})") from exc
+        return WavWriter(self.directory, start)
