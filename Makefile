@@ -1,0 +1,62 @@
+# linetap: `make demo` and `make test` set up everything they need (venv, Python packages,
+# and, when run as root on Debian/Ubuntu, the Debian packages listed below).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# Build: compilers and headers for pyalsaaudio; test signals and tools nobody here wrote.
+DEB_PACKAGES := python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
+                sox espeak-ng minimodem multimon-ng age
+
+.PHONY: demo test test-slow lint bench sysdeps clean
+
+demo: $(BIN)/.installed
+	@rm -rf demo-out
+	$(BIN)/linetap replay --verbose --config firmware/samples/demo.toml \
+	    --audio firmware/samples/sample_call.flac \
+	    --events firmware/samples/sample_call.events --out demo-out
+	@echo "demo: recordings and their metadata are in demo-out/"
+	@ls -l demo-out
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-slow: $(BIN)/.installed
+	$(BIN)/pytest -m slow
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/capture_rtf.py
+	$(BIN)/python bench/recorder_memory.py
+
+sysdeps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	        echo "installing Debian packages:$$missing"; \
+	        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    else \
+	        echo "missing Debian packages:$$missing" >&2; \
+	        echo "install them with: sudo apt-get install$$missing" >&2; exit 1; \
+	    fi; \
+	fi
+
+$(BIN)/.installed: pyproject.toml | sysdeps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) demo-out .mypy_cache .ruff_cache .pytest_cache *.egg-info

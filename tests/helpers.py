@@ -1,0 +1,83 @@
+"""Test helpers: configs and line captures with samples that identify their own frame."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import soundfile
+
+RATE = 8000
+
+
+def line_signal(frames: int, channel: int) -> npt.NDArray[np.int16]:
+    """A channel whose every sample encodes its frame index (mod 30000) and channel."""
+    i = np.arange(frames, dtype=np.int64)
+    return (((i * (channel + 1)) % 30000) - 15000).astype(np.int16)
+
+
+def write_capture(path: Path, seconds: float, channels: int, rate: int = RATE) -> npt.NDArray[np.int16]:
+    frames = round(seconds * rate)
+    data = np.stack([line_signal(frames, c) for c in range(channels)], axis=1)
+    soundfile.write(path, data, rate, subtype="PCM_16")
+    return data
+
+
+def config_text(
+    out_dir: Path,
+    lines: int = 2,
+    channels: int | None = None,
+    rate: int = RATE,
+    opt_out_mode: str = "pause",
+    max_call_s: int = 3600,
+    preroll_s: float = 5.0,
+    extra_audio: str = "",
+    extra_gpio: str = "",
+    status_led: bool = True,
+) -> str:
+    text = f"""
+device_id = "test-device"
+[audio]
+backend = "file"
+file = "unused.wav"
+sample_rate = {rate}
+channels = {channels or lines}
+{extra_audio}
+[gpio]
+backend = "sim"
+{"status_led_pin = 5" if status_led else ""}
+{extra_gpio}
+[call]
+preroll_s = {preroll_s}
+debounce_ms = 30
+flash_max_ms = 1000
+max_call_s = {max_call_s}
+opt_out_mode = "{opt_out_mode}"
+[storage]
+out_dir = "{out_dir}"
+"""
+    for n in range(lines):
+        text += f"""
+[[lines]]
+name = "line{n + 1}"
+channel = {n}
+hook_pin = {17 + n}
+led_pin = {22 + n}
+opt_out_pin = {27 + n}
+"""
+    return text
+
+
+def espeak_word(text: str, rate: int = RATE) -> npt.NDArray[np.int16]:
+    """Speech from espeak-ng resampled with sox: a signal nobody here wrote."""
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is missing: `make test` installs it (Debian package {tool})")
+    raw = subprocess.run(
+        ["sh", "-c", f"espeak-ng --stdout {text!r} | sox -t wav - -t raw -e signed -b 16 -c 1 -r {rate} -"],
+        check=True, capture_output=True, timeout=60,
+    ).stdout
+    return np.frombuffer(raw, dtype="<i2").copy()

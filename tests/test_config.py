@@ -1,0 +1,155 @@
+"""Config loading: the shipped example, limits, unknown keys, cross-field rules, line numbers."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from firmware.config import load_config, parse_config
+from firmware.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "firmware" / "linetap.example.toml"
+
+MINIMAL = """
+[[lines]]
+name = "line1"
+channel = 0
+hook_pin = 17
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "test.toml")
+    assert isinstance(info.value, ValueError)  # ConfigError is also a ValueError
+    return info.value.problems
+
+
+def test_example_config_is_valid_and_has_two_lines():
+    cfg = load_config(EXAMPLE)
+    assert [line.name for line in cfg.lines] == ["line1", "line2"]
+    assert cfg.call.preroll_s == 5.0 and cfg.call.flash_max_ms == 1000
+
+
+def test_defaults_just_work():
+    cfg = parse_config(MINIMAL)
+    assert cfg.audio.sample_rate == 8000
+    assert cfg.call.preroll_s == 5.0
+    assert cfg.call.flash_max_ms == 1000
+    assert cfg.audio.period_frames == 160
+
+
+def test_every_field_has_a_description():
+    from pydantic import BaseModel
+
+    from firmware import config as mod
+
+    models = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == mod.__name__]
+    assert len(models) >= 6
+    for model in models:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_out_of_range_value_names_file_line_key_and_fix():
+    text = MINIMAL.replace("hook_pin = 17", "hook_pin = 99")
+    [problem] = problems(text)
+    assert problem.startswith("test.toml:5: lines[0].hook_pin: ")
+    assert "less than or equal to 63" in problem and "BCM GPIO" in problem
+
+
+def test_unknown_key_suggests_the_right_one():
+    [problem] = problems('[audio]\ndevcie = "hw:0"\n' + MINIMAL)
+    assert problem == "test.toml:2: audio.devcie: unknown key; did you mean 'device'?"
+
+
+def test_one_line_per_problem():
+    text = '[audio]\nsample_rate = 44100\n[call]\npreroll_s = -1\n' + MINIMAL.replace('"line1"', '"Line 1"')
+    found = problems(text)
+    assert len(found) == 3
+    assert all("\n" not in p for p in found)
+    assert {p.split(":")[1] for p in found} == {"2", "4", "7"}
+
+
+def test_cross_field_rules():
+    text = """
+[audio]
+channels = 2
+[call]
+debounce_ms = 200
+flash_max_ms = 150
+[[lines]]
+name = "a"
+channel = 0
+hook_pin = 17
+led_pin = 22
+[[lines]]
+name = "a"
+channel = 2
+hook_pin = 22
+"""
+    found = problems(text)
+    joined = "\n".join(found)
+    assert "test.toml:13: lines[1].name: duplicate line name 'a'" in joined
+    assert "test.toml:14: lines[1].channel: channel 2 does not exist: audio.channels = 2" in joined
+    assert "test.toml:15: lines[1].hook_pin: GPIO22 is already used by lines[0].led_pin" in joined
+    assert "test.toml:6: call.flash_max_ms: must be longer than call.debounce_ms (200)" in joined
+
+
+def test_missing_lines_and_bad_toml():
+    [problem] = problems("log_level = 'info'\n")
+    assert problem.startswith("test.toml: lines: missing; add it:")
+    [problem] = problems("[audio\nx=1")
+    assert problem.startswith("test.toml:1: not valid TOML")
+
+
+def test_file_backend_needs_a_file():
+    [problem] = problems('[audio]\nbackend = "file"\n' + MINIMAL)
+    assert problem.startswith("test.toml:1: audio.file:")  # points at the [audio] table
+    assert 'audio.file = "path/to/line.wav"' in problem
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path):
+    cfg_file = tmp_path / "linetap.toml"
+    cfg_file.write_text('[audio]\nbackend = "file"\nfile = "line.wav"\n[storage]\nout_dir = "out"\n' + MINIMAL)
+    cfg = load_config(cfg_file)
+    assert cfg.audio.file == tmp_path / "line.wav"
+    assert cfg.storage.out_dir == tmp_path / "out"
+
+
+def test_models_are_frozen():
+    cfg = parse_config(MINIMAL)
+    with pytest.raises(ValueError):
+        cfg.call.preroll_s = 1  # type: ignore[misc]
+
+
+def test_cli_prints_one_line_per_problem_and_exits_2(tmp_path: Path, linetap_bin: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[audio]\nsample_rate = 11025\n[[lines]]\nname = "line1"\nchannel = 0\nhook_pin = 64\n')
+    for argv in (["validate-config", "--config", str(bad)], ["record", "--config", str(bad)]):
+        run = subprocess.run([str(linetap_bin), *argv], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert lines == [
+            f"{bad}:2: audio.sample_rate: Input should be 8000 or 16000; capture rate in Hz for every line: 8000 or 16000",
+            f"{bad}:6: lines[0].hook_pin: Input should be less than or equal to 63; BCM GPIO number of the hook switch input (0-63)",
+        ]
+        assert "Traceback" not in run.stderr
+
+
+def test_cli_missing_config_file(tmp_path: Path, linetap_bin: Path):
+    run = subprocess.run(
+        [str(linetap_bin), "validate-config", "--config", str(tmp_path / "nope.toml")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"{tmp_path / 'nope.toml'}: no such file; copy firmware/linetap.example.toml there or pass --config"
+
+
+def test_cli_validate_ok(linetap_bin: Path):
+    run = subprocess.run([str(linetap_bin), "validate-config", "--config", str(EXAMPLE)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "OK: 2 line(s)" in run.stdout

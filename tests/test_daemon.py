@@ -1,0 +1,111 @@
+"""`linetap record` as systemd runs it: sd_notify READY/WATCHDOG/STOPPING, SIGTERM, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import RATE, config_text, write_capture
+
+
+def start_daemon(linetap_bin: Path, conf: Path, env_extra: dict[str, str]) -> subprocess.Popen[str]:
+    env = {**os.environ, **env_extra}
+    return subprocess.Popen([str(linetap_bin), "record", "--config", str(conf)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def collect(sock: socket.socket, until: str, timeout: float) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            got.extend(sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            break
+        if until in got:
+            break
+    return got
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    yield path, sock
+    sock.close()
+
+
+def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path, notify_socket):
+    path, sock = notify_socket
+    out = tmp_path / "out"
+    audio = tmp_path / "line.wav"
+    data = write_capture(audio, 60, 1)
+    (tmp_path / "events").write_text("0.5 line1 offhook\n")
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(config_text(out, lines=1, preroll_s=0.2,
+                                extra_audio=f'file_realtime = true\nfile = "{audio}"',
+                                extra_gpio=f'script = "{tmp_path / "events"}"').replace('file = "unused.wav"\n', ""))
+    proc = start_daemon(linetap_bin, conf, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
+    try:
+        messages = collect(sock, "READY=1", 20)
+        assert "READY=1" in messages, proc.stderr.read() if proc.poll() is not None else messages
+        t_ready = time.monotonic()
+        messages += collect(sock, "never", 2.0)
+        assert messages.count("WATCHDOG=1") >= 5  # pinged every 100 ms while running
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - t_ready
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    messages += collect(sock, "STOPPING=1", 1)
+    assert "STOPPING=1" in messages
+    assert "received SIGTERM: finishing calls in progress" in stderr
+    [meta_file] = out.glob("*.json")
+    meta = json.loads(meta_file.read_text())
+    assert meta["reason"] == "shutdown"
+    assert meta["trigger"] == "offhook"
+    # The recording ran from 0.3 s (0.5 s edge - 0.2 s pre-roll) until SIGTERM.
+    assert meta["start_frame"] == round(0.3 * RATE)
+    assert 1.5 < meta["duration_s"] < elapsed + 1.5
+    import soundfile
+
+    rec, _ = soundfile.read(out / meta["audio_file"], dtype="int16")
+    assert (rec == data[meta["start_frame"] : meta["end_frame"], 0]).all()
+    assert not list(out.glob("*.partial"))
+
+
+def test_missing_alsa_device_blinks_fault_and_retries(tmp_path: Path, linetap_bin: Path, notify_socket):
+    path, sock = notify_socket
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(config_text(tmp_path / "out", lines=1).replace('backend = "file"', 'backend = "alsa"\ndevice = "hw:CARD=nosuchcard"\nreopen_s = 0.2')
+                    .replace('file = "unused.wav"\n', ""))
+    proc = start_daemon(linetap_bin, conf, {"NOTIFY_SOCKET": str(path), "HOME": str(tmp_path)})
+    try:
+        messages = collect(sock, "READY=1", 20)
+        assert "READY=1" in messages  # up and showing its fault, not crash-looping
+        time.sleep(1.0)
+        assert proc.poll() is None, "daemon must keep retrying, not exit"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
+    # Reported once (not once per retry), on one line, naming the device and the fix.
+    assert len(errors) == 1, stderr
+    assert "hw:CARD=nosuchcard" in errors[0] and "arecord -L" in errors[0]
+    assert "Traceback" not in stderr
