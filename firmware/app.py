@@ -68,14 +68,22 @@ def run_daemon(cfg: LinetapConfig) -> int:
 
     try:
         recorder = Recorder(
-            cfg, capture, pins, make_sink(cfg), stop=stop, clock=time.monotonic_ns,
-            wall_offset_ns=time.time_ns() - time.monotonic_ns(), device_id=device_id(cfg),
+            cfg,
+            capture,
+            pins,
+            make_sink(cfg),
+            stop=stop,
+            clock=time.monotonic_ns,
+            wall_offset_ns=time.time_ns() - time.monotonic_ns(),
+            device_id=device_id(cfg),
             on_tick=tick,
         )
         log.info(
             "recorder starting device=%s lines=%s audio=%s:%s gpio=%s",
-            device_id(cfg), ",".join(line.name for line in cfg.lines),
-            cfg.audio.backend, cfg.audio.device if cfg.audio.backend == "alsa" else cfg.audio.file,
+            device_id(cfg),
+            ",".join(line.name for line in cfg.lines),
+            cfg.audio.backend,
+            cfg.audio.device if cfg.audio.backend == "alsa" else cfg.audio.file,
             cfg.gpio.backend,
         )
         reason = recorder.run()
@@ -118,9 +126,15 @@ def run_replay(
     pins: PinFactory = make_pin_factory("sim", script=pin_script(replay_cfg))
     try:
         recorder = Recorder(
-            replay_cfg, capture, pins, make_sink(replay_cfg), stop=stop, clock=time.monotonic_ns,
+            replay_cfg,
+            capture,
+            pins,
+            make_sink(replay_cfg),
+            stop=stop,
+            clock=time.monotonic_ns,
             # The replay's clock starts at 0 with the file; anchor it at the given time.
-            wall_offset_ns=round(start_utc.timestamp() * NS_PER_S), device_id=device_id(cfg),
+            wall_offset_ns=round(start_utc.timestamp() * NS_PER_S),
+            device_id=device_id(cfg),
         )
         reason = recorder.run()
         return ReplayResult(

@@ -36,7 +36,9 @@ def _load(args: argparse.Namespace) -> LinetapConfig:
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    names = ", ".join(f"{line.name} (channel {line.channel}, hook GPIO{line.hook_pin})" for line in cfg.lines)
+    names = ", ".join(
+        f"{line.name} (channel {line.channel}, hook GPIO{line.hook_pin})" for line in cfg.lines
+    )
     print(f"{args.config or DEFAULT_CONFIG_PATH}: OK: {len(cfg.lines)} line(s): {names}")
     return EXIT_OK
 
@@ -77,7 +79,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 f"  duration {m['duration_s']:7.2f} s  end {m['reason']:<12} {audio}"
             )
     if result.unplayed_events:
-        print("warning: some events lie after the end of the audio and were not played", file=sys.stderr)
+        print(
+            "warning: some events lie after the end of the audio and were not played",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -88,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def config_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--config", "-c", type=Path, default=None,
+            "--config",
+            "-c",
+            type=Path,
+            default=None,
             help=f"config file (default: $LINETAP_CONFIG or {DEFAULT_CONFIG_PATH})",
         )
 

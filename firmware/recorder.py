@@ -110,7 +110,8 @@ class LineRunner:
     device_id: str
     rate: int
     timeline: Timeline
-    on_storage_error: Callable[[StorageError], None]
+    # Called with the error when storage fails, with None when a recording starts fine.
+    storage_status: Callable[[StorageError | None], None]
     machine: CallMachine | None = None
     recording: _Recording | None = None
     recordings_started: int = 0
@@ -153,8 +154,10 @@ class LineRunner:
         for action in actions:
             try:
                 self._apply_one(action)
+                if isinstance(action, Start):
+                    self.storage_status(None)
             except StorageError as exc:
-                self.on_storage_error(exc)
+                self.storage_status(exc)
                 # The recording cannot go on; drop our handle so the line keeps working
                 # and the next call gets a fresh try.
                 self.recording = None
@@ -334,7 +337,7 @@ class Recorder:
                     device_id=device_id,
                     rate=rate,
                     timeline=self.timeline,
-                    on_storage_error=self._storage_error,
+                    storage_status=self._storage_status,
                 )
             )
         status = config.gpio.status_led_pin
@@ -354,7 +357,12 @@ class Recorder:
     def states(self) -> list[LineState]:
         return [line.state for line in self.lines]
 
-    def _storage_error(self, exc: StorageError) -> None:
+    def _storage_status(self, exc: StorageError | None) -> None:
+        if exc is None:
+            if self.storage_fault is not None:
+                log.info("storage works again")
+            self.storage_fault = None
+            return
         if self.storage_fault is None:
             log.error("storage fault: %s", exc)
         self.storage_fault = str(exc)

@@ -19,7 +19,9 @@ def line_signal(frames: int, channel: int) -> npt.NDArray[np.int16]:
     return (((i * (channel + 1)) % 30000) - 15000).astype(np.int16)
 
 
-def write_capture(path: Path, seconds: float, channels: int, rate: int = RATE) -> npt.NDArray[np.int16]:
+def write_capture(
+    path: Path, seconds: float, channels: int, rate: int = RATE
+) -> npt.NDArray[np.int16]:
     frames = round(seconds * rate)
     data = np.stack([line_signal(frames, c) for c in range(channels)], axis=1)
     soundfile.write(path, data, rate, subtype="PCM_16")
@@ -28,6 +30,7 @@ def write_capture(path: Path, seconds: float, channels: int, rate: int = RATE) -
 
 def config_text(
     out_dir: Path,
+    *,
     lines: int = 2,
     channels: int | None = None,
     rate: int = RATE,
@@ -75,9 +78,17 @@ def espeak_word(text: str, rate: int = RATE) -> npt.NDArray[np.int16]:
     """Speech from espeak-ng resampled with sox: a signal nobody here wrote."""
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is missing: `make test` installs it (Debian package {tool})")
+            raise RuntimeError(
+                f"{tool} is missing: `make test` installs it (Debian package {tool})"
+            )
     raw = subprocess.run(
-        ["sh", "-c", f"espeak-ng --stdout {text!r} | sox -t wav - -t raw -e signed -b 16 -c 1 -r {rate} -"],
-        check=True, capture_output=True, timeout=60,
+        [
+            "sh",
+            "-c",
+            f"espeak-ng --stdout {text!r} | sox -t wav - -t raw -e signed -b 16 -c 1 -r {rate} -",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     ).stdout
     return np.frombuffer(raw, dtype="<i2").copy()

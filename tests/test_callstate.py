@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from firmware.callstate import (
+    Input,
     CallMachine,
     CallTiming,
     Debouncer,
@@ -26,7 +27,7 @@ T = CallTiming.from_seconds(
 )
 
 
-def run(m: CallMachine, script: list[tuple[float, str, bool]], until_s: float, step_ms: int = 20):
+def run(m: CallMachine, script: list[tuple[float, Input, bool]], until_s: float, step_ms: int = 20):
     """Feed edges (time_s, input, active) block by block like the recorder does."""
     actions = []
     pending = sorted(script)
@@ -34,7 +35,11 @@ def run(m: CallMachine, script: list[tuple[float, str, bool]], until_s: float, s
     end = round(until_s * RATE)
     while frame < end:
         nxt = min(frame + step_ms * MS, end)
-        edges = [(round(t * RATE), which, active) for t, which, active in pending if round(t * RATE) < nxt]
+        edges = [
+            (round(t * RATE), which, active)
+            for t, which, active in pending
+            if round(t * RATE) < nxt
+        ]
         pending = [e for e in pending if round(e[0] * RATE) >= nxt]
         actions += m.advance(edges, nxt)
         frame = nxt
@@ -56,14 +61,26 @@ def test_debouncer_needs_the_level_to_hold():
 def test_offhook_starts_with_preroll_counted_from_the_edge():
     m = CallMachine(T, off_hook=False, opted_out=False, at_frame=0)
     acts = run(m, [(10.0, "hook", True)], 11)
-    assert acts == [Start(frame=10 * RATE + 30 * MS, audio_from=5 * RATE, trigger=Trigger.OFFHOOK, trigger_frame=10 * RATE)]
+    assert acts == [
+        Start(
+            frame=10 * RATE + 30 * MS,
+            audio_from=5 * RATE,
+            trigger=Trigger.OFFHOOK,
+            trigger_frame=10 * RATE,
+        )
+    ]
     assert m.state is LineState.RECORDING
 
 
 def test_bouncing_contact_gives_one_call_from_the_first_edge():
     m = CallMachine(T, off_hook=False, opted_out=False, at_frame=0)
-    bounce = [(10.000, "hook", True), (10.003, "hook", False), (10.006, "hook", True),
-              (10.009, "hook", False), (10.012, "hook", True)]
+    bounce: list[tuple[float, Input, bool]] = [
+        (10.000, "hook", True),
+        (10.003, "hook", False),
+        (10.006, "hook", True),
+        (10.009, "hook", False),
+        (10.012, "hook", True),
+    ]
     acts = run(m, bounce, 12)
     starts = [a for a in acts if isinstance(a, Start)]
     assert len(starts) == 1
@@ -81,7 +98,11 @@ def test_glitch_shorter_than_debounce_is_ignored():
 
 def test_hook_flash_400ms_does_not_end_the_call():
     m = CallMachine(T, off_hook=False, opted_out=False, at_frame=0)
-    acts = run(m, [(1.0, "hook", True), (5.0, "hook", False), (5.4, "hook", True), (9.0, "hook", False)], 12)
+    acts = run(
+        m,
+        [(1.0, "hook", True), (5.0, "hook", False), (5.4, "hook", True), (9.0, "hook", False)],
+        12,
+    )
     kinds = [type(a) for a in acts]
     assert kinds == [Start, Flash, End]
     flash = acts[1]
@@ -95,9 +116,13 @@ def test_hook_flash_400ms_does_not_end_the_call():
 
 def test_hangup_1500ms_ends_the_call_and_a_new_offhook_is_a_new_call():
     m = CallMachine(T, off_hook=False, opted_out=False, at_frame=0)
-    acts = run(m, [(1.0, "hook", True), (5.0, "hook", False), (6.5, "hook", True), (8.0, "hook", False)], 10)
+    acts = run(
+        m,
+        [(1.0, "hook", True), (5.0, "hook", False), (6.5, "hook", True), (8.0, "hook", False)],
+        10,
+    )
     assert [type(a) for a in acts] == [Start, End, Start, End]
-    assert acts[1].frame == 6 * RATE  # type: ignore[union-attr]
+    assert acts[1].frame == 6 * RATE
     second = acts[2]
     assert isinstance(second, Start) and second.trigger_frame == round(6.5 * RATE)
 
@@ -111,16 +136,26 @@ def test_offhook_at_boot_starts_a_recording_without_preroll():
 
 def test_opt_out_pause_cuts_and_resumes():
     m = CallMachine(T, off_hook=False, opted_out=False, at_frame=0)
-    acts = run(m, [(1.0, "hook", True), (3.0, "optout", True), (4.0, "optout", False), (8.0, "hook", False)], 10)
+    acts = run(
+        m,
+        [(1.0, "hook", True), (3.0, "optout", True), (4.0, "optout", False), (8.0, "hook", False)],
+        10,
+    )
     assert [type(a) for a in acts] == [Start, Pause, Resume, End]
-    assert acts[1].frame == 3 * RATE + 30 * MS  # type: ignore[union-attr]
-    assert acts[2].frame == 4 * RATE + 30 * MS  # type: ignore[union-attr]
+    assert acts[1].frame == 3 * RATE + 30 * MS
+    assert acts[2].frame == 4 * RATE + 30 * MS
 
 
 def test_opt_out_discard_drops_the_call_and_keeps_its_end():
-    t = CallTiming.from_seconds(RATE, preroll_s=5, debounce_ms=30, flash_max_ms=1000, max_call_s=60, opt_out_mode="discard")
+    t = CallTiming.from_seconds(
+        RATE, preroll_s=5, debounce_ms=30, flash_max_ms=1000, max_call_s=60, opt_out_mode="discard"
+    )
     m = CallMachine(t, off_hook=False, opted_out=False, at_frame=0)
-    acts = run(m, [(1.0, "hook", True), (3.0, "optout", True), (3.5, "optout", False), (8.0, "hook", False)], 10)
+    acts = run(
+        m,
+        [(1.0, "hook", True), (3.0, "optout", True), (3.5, "optout", False), (8.0, "hook", False)],
+        10,
+    )
     assert [type(a) for a in acts] == [Start, Discard, End]
     assert m.state is LineState.IDLE
 
@@ -142,7 +177,7 @@ def test_rollover_continues_on_the_next_frame():
     first, roll_end, roll_start = acts[0], acts[1], acts[2]
     assert isinstance(roll_end, End) and roll_end.reason is EndReason.ROLLOVER
     assert isinstance(roll_start, Start) and roll_start.trigger is Trigger.ROLLOVER
-    assert roll_end.frame == roll_start.frame == roll_start.audio_from == first.frame + 10 * RATE  # type: ignore[union-attr]
+    assert roll_end.frame == roll_start.frame == roll_start.audio_from == first.frame + 10 * RATE
 
 
 def test_offhook_during_flash_window_close_to_its_end_is_still_a_flash():

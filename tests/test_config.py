@@ -47,7 +47,11 @@ def test_every_field_has_a_description():
 
     from firmware import config as mod
 
-    models = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == mod.__name__]
+    models = [
+        v
+        for v in vars(mod).values()
+        if isinstance(v, type) and issubclass(v, BaseModel) and v.__module__ == mod.__name__
+    ]
     assert len(models) >= 6
     for model in models:
         for name, field in model.model_fields.items():
@@ -67,7 +71,9 @@ def test_unknown_key_suggests_the_right_one():
 
 
 def test_one_line_per_problem():
-    text = '[audio]\nsample_rate = 44100\n[call]\npreroll_s = -1\n' + MINIMAL.replace('"line1"', '"Line 1"')
+    text = "[audio]\nsample_rate = 44100\n[call]\npreroll_s = -1\n" + MINIMAL.replace(
+        '"line1"', '"Line 1"'
+    )
     found = problems(text)
     assert len(found) == 3
     assert all("\n" not in p for p in found)
@@ -114,7 +120,9 @@ def test_file_backend_needs_a_file():
 
 def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path):
     cfg_file = tmp_path / "linetap.toml"
-    cfg_file.write_text('[audio]\nbackend = "file"\nfile = "line.wav"\n[storage]\nout_dir = "out"\n' + MINIMAL)
+    cfg_file.write_text(
+        '[audio]\nbackend = "file"\nfile = "line.wav"\n[storage]\nout_dir = "out"\n' + MINIMAL
+    )
     cfg = load_config(cfg_file)
     assert cfg.audio.file == tmp_path / "line.wav"
     assert cfg.storage.out_dir == tmp_path / "out"
@@ -128,9 +136,13 @@ def test_models_are_frozen():
 
 def test_cli_prints_one_line_per_problem_and_exits_2(tmp_path: Path, linetap_bin: Path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[audio]\nsample_rate = 11025\n[[lines]]\nname = "line1"\nchannel = 0\nhook_pin = 64\n')
+    bad.write_text(
+        '[audio]\nsample_rate = 11025\n[[lines]]\nname = "line1"\nchannel = 0\nhook_pin = 64\n'
+    )
     for argv in (["validate-config", "--config", str(bad)], ["record", "--config", str(bad)]):
-        run = subprocess.run([str(linetap_bin), *argv], capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            [str(linetap_bin), *argv], check=False, capture_output=True, text=True, timeout=60
+        )
         assert run.returncode == 2, run.stderr
         lines = run.stderr.strip().splitlines()
         assert lines == [
@@ -143,13 +155,25 @@ def test_cli_prints_one_line_per_problem_and_exits_2(tmp_path: Path, linetap_bin
 def test_cli_missing_config_file(tmp_path: Path, linetap_bin: Path):
     run = subprocess.run(
         [str(linetap_bin), "validate-config", "--config", str(tmp_path / "nope.toml")],
-        capture_output=True, text=True, timeout=60,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 2
-    assert run.stderr.strip() == f"{tmp_path / 'nope.toml'}: no such file; copy firmware/linetap.example.toml there or pass --config"
+    assert (
+        run.stderr.strip()
+        == f"{tmp_path / 'nope.toml'}: no such file; copy firmware/linetap.example.toml there or pass --config"
+    )
 
 
 def test_cli_validate_ok(linetap_bin: Path):
-    run = subprocess.run([str(linetap_bin), "validate-config", "--config", str(EXAMPLE)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [str(linetap_bin), "validate-config", "--config", str(EXAMPLE)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     assert "OK: 2 line(s)" in run.stdout

@@ -17,8 +17,13 @@ from tests.helpers import RATE, config_text, write_capture
 
 def start_daemon(linetap_bin: Path, conf: Path, env_extra: dict[str, str]) -> subprocess.Popen[str]:
     env = {**os.environ, **env_extra}
-    return subprocess.Popen([str(linetap_bin), "record", "--config", str(conf)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(linetap_bin), "record", "--config", str(conf)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def collect(sock: socket.socket, until: str, timeout: float) -> list[str]:
@@ -51,13 +56,19 @@ def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path
     data = write_capture(audio, 60, 1)
     (tmp_path / "events").write_text("0.5 line1 offhook\n")
     conf = tmp_path / "linetap.toml"
-    conf.write_text(config_text(out, lines=1, preroll_s=0.2,
-                                extra_audio=f'file_realtime = true\nfile = "{audio}"',
-                                extra_gpio=f'script = "{tmp_path / "events"}"').replace('file = "unused.wav"\n', ""))
+    conf.write_text(
+        config_text(
+            out,
+            lines=1,
+            preroll_s=0.2,
+            extra_audio=f'file_realtime = true\nfile = "{audio}"',
+            extra_gpio=f'script = "{tmp_path / "events"}"',
+        ).replace('file = "unused.wav"\n', "")
+    )
     proc = start_daemon(linetap_bin, conf, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
     try:
         messages = collect(sock, "READY=1", 20)
-        assert "READY=1" in messages, proc.stderr.read() if proc.poll() is not None else messages
+        assert "READY=1" in messages, proc.communicate()[1] if proc.poll() is not None else messages
         t_ready = time.monotonic()
         messages += collect(sock, "never", 2.0)
         assert messages.count("WATCHDOG=1") >= 5  # pinged every 100 ms while running
@@ -86,11 +97,18 @@ def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path
     assert not list(out.glob("*.partial"))
 
 
-def test_missing_alsa_device_blinks_fault_and_retries(tmp_path: Path, linetap_bin: Path, notify_socket):
+def test_missing_alsa_device_blinks_fault_and_retries(
+    tmp_path: Path, linetap_bin: Path, notify_socket
+):
     path, sock = notify_socket
     conf = tmp_path / "linetap.toml"
-    conf.write_text(config_text(tmp_path / "out", lines=1).replace('backend = "file"', 'backend = "alsa"\ndevice = "hw:CARD=nosuchcard"\nreopen_s = 0.2')
-                    .replace('file = "unused.wav"\n', ""))
+    conf.write_text(
+        config_text(tmp_path / "out", lines=1)
+        .replace(
+            'backend = "file"', 'backend = "alsa"\ndevice = "hw:CARD=nosuchcard"\nreopen_s = 0.2'
+        )
+        .replace('file = "unused.wav"\n', "")
+    )
     proc = start_daemon(linetap_bin, conf, {"NOTIFY_SOCKET": str(path), "HOME": str(tmp_path)})
     try:
         messages = collect(sock, "READY=1", 20)

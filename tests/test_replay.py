@@ -6,6 +6,7 @@ lengths: a recording must be exactly the right span of the right channel.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from pathlib import Path
@@ -19,7 +20,9 @@ from firmware.cli import main
 from tests.helpers import RATE, config_text, espeak_word, write_capture
 
 
-def replay(tmp_path: Path, events: str, seconds: float = 30, **cfg: Any) -> tuple[list[dict[str, Any]], np.ndarray]:
+def replay(
+    tmp_path: Path, events: str, seconds: float = 30, **cfg: Any
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     out = tmp_path / "out"
     conf = tmp_path / "linetap.toml"
     conf.write_text(config_text(out, **cfg))
@@ -27,8 +30,21 @@ def replay(tmp_path: Path, events: str, seconds: float = 30, **cfg: Any) -> tupl
     data = write_capture(audio, seconds, cfg.get("channels") or cfg.get("lines", 2))
     ev = tmp_path / "events.txt"
     ev.write_text(events)
-    code = main(["replay", "--config", str(conf), "--audio", str(audio), "--events", str(ev), "--out", str(out),
-                 "--start-utc", "2026-11-25T10:00:00+00:00"])
+    code = main(
+        [
+            "replay",
+            "--config",
+            str(conf),
+            "--audio",
+            str(audio),
+            "--events",
+            str(ev),
+            "--out",
+            str(out),
+            "--start-utc",
+            "2026-11-25T10:00:00+00:00",
+        ]
+    )
     assert code == 0
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     metas.sort(key=lambda m: (m["start_frame"], m["line"]))
@@ -38,7 +54,7 @@ def replay(tmp_path: Path, events: str, seconds: float = 30, **cfg: Any) -> tupl
 def audio_of(tmp_path: Path, meta: dict[str, Any]) -> np.ndarray:
     samples, rate = soundfile.read(tmp_path / "out" / meta["audio_file"], dtype="int16")
     assert rate == RATE
-    return samples
+    return np.asarray(samples, dtype=np.int16)
 
 
 def test_bouncing_offhook_gives_one_recording_with_preroll(tmp_path: Path):
@@ -58,7 +74,9 @@ def test_bouncing_offhook_gives_one_recording_with_preroll(tmp_path: Path):
 
 
 def test_hook_flash_of_400ms_keeps_one_recording(tmp_path: Path):
-    metas, data = replay(tmp_path, "2 line1 offhook\n8 line1 onhook\n8.4 line1 offhook\n14 line1 onhook\n")
+    metas, data = replay(
+        tmp_path, "2 line1 offhook\n8 line1 onhook\n8.4 line1 offhook\n14 line1 onhook\n"
+    )
     assert len(metas) == 1
     m = metas[0]
     flashes = [e for e in m["events"] if e["type"] == "flash"]
@@ -69,31 +87,44 @@ def test_hook_flash_of_400ms_keeps_one_recording(tmp_path: Path):
 
 
 def test_hangup_of_1500ms_splits_two_calls(tmp_path: Path):
-    metas, data = replay(tmp_path, "6 line1 offhook\n10 line1 onhook\n11.5 line1 offhook\n18 line1 onhook\n")
+    metas, data = replay(
+        tmp_path, "6 line1 offhook\n10 line1 onhook\n11.5 line1 offhook\n18 line1 onhook\n"
+    )
     assert [m["reason"] for m in metas] == ["onhook", "onhook"]
     first, second = metas
     assert (first["start_frame"], first["end_frame"]) == (1 * RATE, 11 * RATE)
     # The second call's pre-roll reaches back into the first call's tail: nothing missed.
     assert second["start_frame"] == round(6.5 * RATE)
     for m in metas:
-        np.testing.assert_array_equal(audio_of(tmp_path, m), data[m["start_frame"] : m["end_frame"], 0])
+        np.testing.assert_array_equal(
+            audio_of(tmp_path, m), data[m["start_frame"] : m["end_frame"], 0]
+        )
 
 
 def test_two_lines_overlapping_record_their_own_channels(tmp_path: Path):
-    metas, data = replay(tmp_path, "7 line1 offhook\n10 line2 offhook\n15 line1 onhook\n20 line2 onhook\n")
+    metas, data = replay(
+        tmp_path, "7 line1 offhook\n10 line2 offhook\n15 line1 onhook\n20 line2 onhook\n"
+    )
     by_line = {m["line"]: m for m in metas}
     assert set(by_line) == {"line1", "line2"}
     for channel, name in enumerate(("line1", "line2")):
         m = by_line[name]
         assert m["channel"] == channel
-        np.testing.assert_array_equal(audio_of(tmp_path, m), data[m["start_frame"] : m["end_frame"], channel])
+        np.testing.assert_array_equal(
+            audio_of(tmp_path, m), data[m["start_frame"] : m["end_frame"], channel]
+        )
     assert by_line["line2"]["start_frame"] < by_line["line1"]["end_frame"]
 
 
 def test_offhook_at_boot_records_from_the_first_frame(tmp_path: Path):
     metas, data = replay(tmp_path, "0 line2 offhook\n4 line2 onhook\n", seconds=10)
     [m] = metas
-    assert (m["line"], m["trigger"], m["start_frame"], m["end_frame"]) == ("line2", "boot", 0, 5 * RATE)
+    assert (m["line"], m["trigger"], m["start_frame"], m["end_frame"]) == (
+        "line2",
+        "boot",
+        0,
+        5 * RATE,
+    )
     np.testing.assert_array_equal(audio_of(tmp_path, m), data[: 5 * RATE, 1])
 
 
@@ -105,11 +136,15 @@ def test_call_in_progress_at_end_of_input_is_closed(tmp_path: Path):
 
 
 def test_opt_out_pause_cuts_the_span_and_marks_it(tmp_path: Path):
-    metas, data = replay(tmp_path, "6 line1 offhook\n9 line1 optout-on\n12 line1 optout-off\n16 line1 onhook\n")
+    metas, data = replay(
+        tmp_path, "6 line1 offhook\n9 line1 optout-on\n12 line1 optout-off\n16 line1 onhook\n"
+    )
     [m] = metas
     debounce = 30 * RATE // 1000
     cut_from, cut_to = 9 * RATE + debounce, 12 * RATE + debounce
-    expected = np.concatenate([data[m["start_frame"] : cut_from, 0], data[cut_to : m["end_frame"], 0]])
+    expected = np.concatenate(
+        [data[m["start_frame"] : cut_from, 0], data[cut_to : m["end_frame"], 0]]
+    )
     np.testing.assert_array_equal(audio_of(tmp_path, m), expected)
     kinds = [(e["type"], e["audio_s"]) for e in m["events"]]
     assert kinds == [("pause", (cut_from - RATE) / RATE), ("resume", (cut_from - RATE) / RATE)]
@@ -117,8 +152,11 @@ def test_opt_out_pause_cuts_the_span_and_marks_it(tmp_path: Path):
 
 
 def test_opt_out_discard_keeps_only_metadata(tmp_path: Path):
-    metas, _ = replay(tmp_path, "6 line1 offhook\n9 line1 optout-on\n9.5 line1 optout-off\n16 line1 onhook\n",
-                      opt_out_mode="discard")
+    metas, _ = replay(
+        tmp_path,
+        "6 line1 offhook\n9 line1 optout-on\n9.5 line1 optout-off\n16 line1 onhook\n",
+        opt_out_mode="discard",
+    )
     [m] = metas
     assert m["discarded"] is True and m["audio_file"] is None
     assert [e["type"] for e in m["events"]] == ["discard"]
@@ -128,12 +166,14 @@ def test_opt_out_discard_keeps_only_metadata(tmp_path: Path):
 
 
 def test_rollover_splits_a_long_call_without_losing_a_frame(tmp_path: Path):
-    metas, data = replay(tmp_path, "3 line1 offhook\n27 line1 onhook\n", seconds=30, max_call_s=10, lines=1)
+    metas, data = replay(
+        tmp_path, "3 line1 offhook\n27 line1 onhook\n", seconds=30, max_call_s=10, lines=1
+    )
     assert [m["trigger"] for m in metas] == ["offhook", "rollover", "rollover"]
     assert [m["reason"] for m in metas] == ["rollover", "rollover", "onhook"]
     assert metas[1]["continues"] == metas[0]["recording_id"]
     assert metas[2]["continues"] == metas[1]["recording_id"]
-    for a, b in zip(metas, metas[1:], strict=False):
+    for a, b in itertools.pairwise(metas):
         assert a["end_frame"] == b["start_frame"]
     joined = np.concatenate([audio_of(tmp_path, m) for m in metas])
     np.testing.assert_array_equal(joined, data[metas[0]["start_frame"] : 28 * RATE, 0])
@@ -151,8 +191,22 @@ def test_preroll_keeps_a_word_spoken_300ms_before_offhook(tmp_path: Path):
     audio = tmp_path / "call.wav"
     soundfile.write(audio, line, RATE, subtype="PCM_16")
     (tmp_path / "ev").write_text("5.0 line1 offhook\n8 line1 onhook\n")
-    assert main(["replay", "--config", str(conf), "--audio", str(audio), "--events", str(tmp_path / "ev"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--config",
+                str(conf),
+                "--audio",
+                str(audio),
+                "--events",
+                str(tmp_path / "ev"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     [meta] = [json.loads(p.read_text()) for p in out.glob("*.json")]
     rec = audio_of(tmp_path, meta)
     offset = word_at - meta["start_frame"]
@@ -170,8 +224,13 @@ def test_replay_cli_reports_bad_inputs_in_one_line(tmp_path: Path, linetap_bin: 
     ev.write_text("1 line1 offhook\n")
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(linetap_bin), "replay", "--config", str(conf), "--out", str(out), *argv],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [str(linetap_bin), "replay", "--config", str(conf), "--out", str(out), *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     r = run("--audio", str(audio), "--events", str(ev))
     assert r.returncode == 1 and "Traceback" not in r.stderr
@@ -199,8 +258,25 @@ def test_replay_cli_summary(tmp_path: Path, linetap_bin: Path):
     write_capture(audio, 12, 2)
     ev = tmp_path / "ev"
     ev.write_text("2 line1 offhook\n6 line1 onhook\n")
-    r = subprocess.run([str(linetap_bin), "replay", "--config", str(conf), "--audio", str(audio), "--events", str(ev),
-                        "--out", str(out), "--json"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            str(linetap_bin),
+            "replay",
+            "--config",
+            str(conf),
+            "--audio",
+            str(audio),
+            "--events",
+            str(ev),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["frames"] == 12 * RATE

@@ -61,7 +61,9 @@ def test_push_of_a_column_view_does_not_allocate():
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    grown = sum(s.size_diff for s in after.compare_to(before, "filename") if "ring.py" in str(s.traceback))
+    grown = sum(
+        s.size_diff for s in after.compare_to(before, "filename") if "ring.py" in str(s.traceback)
+    )
     assert grown < 1024, f"push allocated {grown} bytes over 500 periods"
 
 

@@ -10,7 +10,6 @@ scripted edge carries its scripted time, not the time it was polled.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 

@@ -1,0 +1,226 @@
+"""Capture-path real-time factor: audio seconds captured per CPU second.
+
+Runs AlsaCapture.read() in a loop over alsa-lib's ``file`` PCM (null slave, raw infile;
+no sound card needed, and unpaced, so the loop measures pure CPU cost), with and
+without the per-line work the recorder does on each block (one column copy into a
+preallocated pre-roll ring per line). As a peer, ``arecord`` reads the same PCM, once
+with its default period and once with ours; its CPU time comes from
+``getrusage(RUSAGE_CHILDREN)`` and so includes its process start-up and config parsing.
+
+The test PCM is made visible with ``ALSA_CONFIG_PATH=<system alsa.conf>:<our conf>``
+(set before the first PCM open; arecord inherits it). ``$HOME/.asoundrc`` would work
+too for a fresh process, but alsa-lib caches its configuration per process, and the
+ALSA_CONFIG_PATH route is the one the tests use.
+
+Run: .venv/bin/python bench/capture_rtf.py [--seconds 60] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from drivers.audio.alsa import AlsaCapture
+from drivers.audio.formats import SampleFormat
+
+RATE = 8000
+PERIOD = 160  # 20 ms, the config default
+PERIODS = 4
+PREROLL_S = 10
+PCM_NAME = "tap"
+LINE_COUNTS = (1, 4)
+
+
+class _Ring(Protocol):
+    def push(self, samples: npt.NDArray[np.integer]) -> None: ...
+
+    def push_silence(self, n: int) -> None: ...
+
+
+class _SliceRing:
+    """Stand-in for buffers.ring.PrerollRing: one preallocated array, slice copies."""
+
+    def __init__(self, capacity: int) -> None:
+        self._buf = np.zeros(capacity, dtype=np.int16)
+        self._pos = 0
+
+    def push(self, samples: npt.NDArray[np.integer]) -> None:
+        n = int(samples.shape[0])
+        first = min(n, self._buf.shape[0] - self._pos)
+        self._buf[self._pos : self._pos + first] = samples[:first]
+        self._buf[: n - first] = samples[first:]
+        self._pos = (self._pos + n) % self._buf.shape[0]
+
+    def push_silence(self, n: int) -> None:
+        self.push(np.zeros(n, dtype=np.int16))
+
+
+def _ring_factory() -> tuple[str, Callable[[int], _Ring]]:
+    try:
+        from buffers.ring import PrerollRing
+    except ImportError:
+        return "local slice copy", _SliceRing
+    return "buffers.ring.PrerollRing", PrerollRing
+
+
+def _setup_pcm(workdir: Path) -> Path:
+    """Write the file-PCM config, point alsa-lib at it, return the infile path."""
+    infile = workdir / "line.raw"
+    conf = workdir / "bench-asound.conf"
+    conf.write_text(
+        f"pcm.{PCM_NAME} {{\n"
+        f"    type file\n"
+        f"    slave {{ pcm {{ type null }} }}\n"
+        f'    file "/dev/null"\n'
+        f'    infile "{infile}"\n'
+        f'    format "raw"\n'
+        f"}}\n"
+    )
+    system = Path("/usr/share/alsa/alsa.conf")
+    os.environ["ALSA_CONFIG_PATH"] = f"{system}:{conf}" if system.is_file() else str(conf)
+    return infile
+
+
+def _write_infile(infile: Path, channels: int, seconds: int) -> None:
+    # Speech-like level noise; the content does not change the cost, but zeros might
+    # flatter a future optimisation (e.g. silence detection) so avoid them.
+    rng = np.random.default_rng(channels)
+    frames = RATE * seconds
+    rng.normal(0, 3000, size=(frames, channels)).astype("<i2").tofile(infile)
+
+
+def _run_ours(channels: int, seconds: int, make_ring: Callable[[int], _Ring] | None) -> float:
+    """CPU seconds to capture ``seconds`` of audio (open to close, all in-process)."""
+    cap = AlsaCapture(
+        device=PCM_NAME,
+        sample_rate=RATE,
+        channels=channels,
+        sample_format=SampleFormat.S16_LE,
+        period_frames=PERIOD,
+        periods=PERIODS,
+    )
+    rings = [make_ring(RATE * PREROLL_S) for _ in range(channels)] if make_ring else []
+    target = RATE * seconds
+    got = 0
+    t0 = time.process_time()
+    cap.open()
+    try:
+        while got < target:
+            block = cap.read()
+            if block is None:
+                raise RuntimeError("capture ended early")
+            for line, ring in enumerate(rings):
+                if block.gap_frames:
+                    ring.push_silence(block.gap_frames)
+                ring.push(block.samples[:, line])
+            got += block.frames
+    finally:
+        cap.close()
+    return time.process_time() - t0
+
+
+def _run_arecord(arecord: str, channels: int, seconds: int, period: int | None) -> float:
+    """CPU seconds (user + system) of one arecord run, from the children's rusage."""
+    cmd = [arecord, "-q", "-D", PCM_NAME, "-c", str(channels), "-r", str(RATE)]
+    cmd += ["-f", "S16_LE", "-t", "raw", "-d", str(seconds)]
+    if period is not None:
+        cmd += [f"--period-size={period}", f"--buffer-size={period * PERIODS}"]
+    cmd.append("/dev/null")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _rtf(seconds: int, cpu_s: list[float]) -> float:
+    # Floor at 1 µs: arecord can finish below rusage's resolution on a fast machine.
+    return seconds / max(statistics.median(cpu_s), 1e-6)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=int, default=60, help="audio per run (default 60)")
+    parser.add_argument("--repeats", type=int, default=7, help="runs per cell (median)")
+    args = parser.parse_args(argv)
+    seconds: int = args.seconds
+    repeats: int = args.repeats
+
+    ring_name, make_ring = _ring_factory()
+    arecord = shutil.which("arecord")
+    rows: list[tuple[int, float, float, float | None, float | None]] = []
+    wall = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="linetap-bench-") as tmp:
+        infile = _setup_pcm(Path(tmp))
+        for channels in LINE_COUNTS:
+            _write_infile(infile, channels, seconds)
+            # Warm-up run (alsa-lib config parse, imports, CPU clock ramp-up), then the
+            # two variants interleaved so that drift during the bench hits both alike.
+            _run_ours(channels, seconds, make_ring)
+            read_only: list[float] = []
+            with_rings: list[float] = []
+            for _ in range(repeats):
+                read_only.append(_run_ours(channels, seconds, None))
+                with_rings.append(_run_ours(channels, seconds, make_ring))
+            ar_default = ar_matched = None
+            if arecord:
+                ar_default = _rtf(
+                    seconds,
+                    [_run_arecord(arecord, channels, seconds, None) for _ in range(repeats)],
+                )
+                ar_matched = _rtf(
+                    seconds,
+                    [_run_arecord(arecord, channels, seconds, PERIOD) for _ in range(repeats)],
+                )
+            rows.append(
+                (
+                    channels,
+                    _rtf(seconds, read_only),
+                    _rtf(seconds, with_rings),
+                    ar_default,
+                    ar_matched,
+                )
+            )
+    wall = time.monotonic() - wall
+
+    print(
+        f"capture real-time factor (audio s / CPU s): {RATE} Hz S16_LE, period {PERIOD} "
+        f"frames, {seconds} s of audio per run, median of {repeats}; "
+        f"rings: {ring_name}"
+    )
+    header = (
+        f"{'lines':>5}  {'ours read()':>12}  {'ours +rings':>12}  "
+        f"{'arecord':>10}  {'arecord p160':>12}  {'ours+rings / arecord p160':>25}"
+    )
+    print(header)
+    print("-" * len(header))
+    for channels, ours, ours_rings, ar_def, ar_160 in rows:
+        ratio = f"{ours_rings / ar_160:.2f}" if ar_160 else "n/a"
+        print(
+            f"{channels:>5}  {ours:>12,.0f}  {ours_rings:>12,.0f}  "
+            f"{f'{ar_def:,.0f}' if ar_def else 'n/a':>10}  "
+            f"{f'{ar_160:,.0f}' if ar_160 else 'n/a':>12}  {ratio:>25}"
+        )
+    if not arecord:
+        print("arecord not found (apt install alsa-utils): no peer measurement")
+    print(
+        "arecord = the given command (its default period); arecord p160 = same period and "
+        f"buffer as ours. arecord's CPU includes process start-up. Total {wall:.1f} s wall."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
