@@ -42,8 +42,8 @@ from drivers.audio.alsa import AlsaCapture
 from drivers.audio.filesource import FileCapture
 from drivers.audio.formats import SampleFormat
 from firmware.errors import AudioDeviceError, AudioFileError
+from tests.alsa_pcm import TAP, FilePcm, make_file_pcm, period_of
 
-TAP = "linetap_test_tap"
 NS = 1_000_000_000
 
 
@@ -55,10 +55,6 @@ def pattern(frames: int, channels: int, offset: int = 0) -> npt.NDArray[np.int16
     i = np.arange(offset, offset + frames, dtype=np.int64)[:, None]
     c = np.arange(channels, dtype=np.int64)[None, :]
     return (((i * 7 + c * 1000) % 60000) - 30000).astype(np.int16)
-
-
-def period_of(rate: int) -> int:
-    return rate // 50  # 20 ms, the config's default period
 
 
 def read_frames(src: CaptureSource, frames: int) -> tuple[npt.NDArray[np.int16], list[AudioBlock]]:
@@ -88,66 +84,6 @@ class FakeClock:
 
     def advance(self, ns: int) -> None:
         self.now_ns += ns
-
-
-# -- the ALSA file PCM ---------------------------------------------------------------
-
-
-def _system_alsa_conf() -> str | None:
-    for candidate in (Path("/usr/share/alsa/alsa.conf"), Path("/usr/local/share/alsa/alsa.conf")):
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
-@dataclass
-class FilePcm:
-    """The ``file`` PCM of one test: write ``infile`` (raw bytes) before opening ``name``."""
-
-    name: str
-    infile: Path
-
-    def load(self, data: npt.NDArray[np.integer[Any]]) -> None:
-        # The file plugin opens the infile at snd_pcm_open(), so each open starts at its
-        # beginning and sees what was written last.
-        self.infile.write_bytes(data.astype(data.dtype.newbyteorder("<")).tobytes())
-
-    def capture(
-        self,
-        *,
-        rate: int,
-        channels: int,
-        fmt: SampleFormat = SampleFormat.S16_LE,
-        period: int | None = None,
-        **kwargs: Any,
-    ) -> AlsaCapture:
-        return AlsaCapture(
-            device=self.name,
-            sample_rate=rate,
-            channels=channels,
-            sample_format=fmt,
-            period_frames=period or period_of(rate),
-            periods=4,
-            **kwargs,
-        )
-
-
-def make_file_pcm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FilePcm:
-    infile = tmp_path / "line.raw"
-    infile.write_bytes(b"")
-    conf = tmp_path / "linetap-test.conf"
-    conf.write_text(
-        f"pcm.{TAP} {{\n"
-        f"    type file\n"
-        f"    slave {{ pcm {{ type null }} }}\n"
-        f'    file "/dev/null"\n'
-        f'    infile "{infile}"\n'
-        f'    format "raw"\n'
-        f"}}\n"
-    )
-    system = _system_alsa_conf()
-    monkeypatch.setenv("ALSA_CONFIG_PATH", f"{system}:{conf}" if system else str(conf))
-    return FilePcm(TAP, infile)
 
 
 @pytest.fixture

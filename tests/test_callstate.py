@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from firmware.callstate import (
-    Input,
     CallMachine,
     CallTiming,
     Debouncer,
@@ -13,6 +12,7 @@ from firmware.callstate import (
     End,
     EndReason,
     Flash,
+    Input,
     LineState,
     Pause,
     Resume,

@@ -70,5 +70,7 @@ class PinFactory(Protocol):
         ...
 
     def close(self) -> None:
-        """Release every pin; outputs are left low."""
+        """Release every pin without driving outputs: what an output shows after
+        release is what its device last set (``Led.set(False)`` first: "low" would
+        light an active-low LED)."""
         ...

@@ -162,9 +162,9 @@ class SimPinFactory:
         with self._lock:
             pins = list(self._pins.values())
         for pin in pins:
-            if pin.mode == "output":
-                pin.write(False)
             pin.mode = None
+        with self._lock:
+            self._edges.clear()
 
     def _edge(self, edge: Edge) -> None:
         with self._lock:
