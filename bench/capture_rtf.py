@@ -25,16 +25,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from buffers.ring import PrerollRing
 from drivers.audio.alsa import AlsaCapture
 from drivers.audio.formats import SampleFormat
+from drivers.gpio.sim import ScriptedLevel, SimPinFactory
+from firmware.config import parse_config
+from firmware.recorder import NS_PER_S, Recorder
+from firmware.sinks import WavSink
 
 RATE = 8000
 PERIOD = 160  # 20 ms, the config default
@@ -42,38 +45,6 @@ PERIODS = 4
 PREROLL_S = 10
 PCM_NAME = "tap"
 LINE_COUNTS = (1, 4)
-
-
-class _Ring(Protocol):
-    def push(self, samples: npt.NDArray[np.integer]) -> None: ...
-
-    def push_silence(self, n: int) -> None: ...
-
-
-class _SliceRing:
-    """Stand-in for buffers.ring.PrerollRing: one preallocated array, slice copies."""
-
-    def __init__(self, capacity: int) -> None:
-        self._buf = np.zeros(capacity, dtype=np.int16)
-        self._pos = 0
-
-    def push(self, samples: npt.NDArray[np.integer]) -> None:
-        n = int(samples.shape[0])
-        first = min(n, self._buf.shape[0] - self._pos)
-        self._buf[self._pos : self._pos + first] = samples[:first]
-        self._buf[: n - first] = samples[first:]
-        self._pos = (self._pos + n) % self._buf.shape[0]
-
-    def push_silence(self, n: int) -> None:
-        self.push(np.zeros(n, dtype=np.int16))
-
-
-def _ring_factory() -> tuple[str, Callable[[int], _Ring]]:
-    try:
-        from buffers.ring import PrerollRing
-    except ImportError:
-        return "local slice copy", _SliceRing
-    return "buffers.ring.PrerollRing", PrerollRing
 
 
 def _setup_pcm(workdir: Path) -> Path:
@@ -102,7 +73,7 @@ def _write_infile(infile: Path, channels: int, seconds: int) -> None:
     rng.normal(0, 3000, size=(frames, channels)).astype("<i2").tofile(infile)
 
 
-def _run_ours(channels: int, seconds: int, make_ring: Callable[[int], _Ring] | None) -> float:
+def _run_ours(channels: int, seconds: int, with_rings: bool) -> float:
     """CPU seconds to capture ``seconds`` of audio (open to close, all in-process)."""
     cap = AlsaCapture(
         device=PCM_NAME,
@@ -112,7 +83,7 @@ def _run_ours(channels: int, seconds: int, make_ring: Callable[[int], _Ring] | N
         period_frames=PERIOD,
         periods=PERIODS,
     )
-    rings = [make_ring(RATE * PREROLL_S) for _ in range(channels)] if make_ring else []
+    rings = [PrerollRing(RATE * PREROLL_S) for _ in range(channels)] if with_rings else []
     target = RATE * seconds
     got = 0
     t0 = time.process_time()
@@ -129,6 +100,64 @@ def _run_ours(channels: int, seconds: int, make_ring: Callable[[int], _Ring] | N
             got += block.frames
     finally:
         cap.close()
+    return time.process_time() - t0
+
+
+class _PacedClock:
+    """One period per call: the unpaced file PCM then stamps blocks like a real card."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        self.now += PERIOD * NS_PER_S // RATE
+        return self.now
+
+
+def _run_recorder(channels: int, seconds: int, out: Path) -> float:
+    """CPU seconds of the whole recorder (every line off-hook, WAV sink) over ``seconds``."""
+    lines = "".join(
+        f'[[lines]]\nname = "line{n}"\nchannel = {n}\nhook_pin = {17 + n}\n'
+        for n in range(channels)
+    )
+    cfg = parse_config(
+        f'[audio]\ndevice = "{PCM_NAME}"\nchannels = {channels}\nperiods = {PERIODS}\n'
+        f'[gpio]\nbackend = "sim"\n[storage]\nout_dir = "{out}"\n{lines}'
+    )
+    capture = AlsaCapture(
+        device=PCM_NAME,
+        sample_rate=RATE,
+        channels=channels,
+        sample_format=SampleFormat.S16_LE,
+        period_frames=PERIOD,
+        periods=PERIODS,
+        clock=_PacedClock(),
+    )
+    # All hooks off-hook (active low) from the start: every line records all along.
+    pins = SimPinFactory(script=[ScriptedLevel(0, 17 + n, False) for n in range(channels)])
+    stop = threading.Event()
+    recorder: Recorder
+
+    def tick() -> None:
+        if recorder.lines[0].ring.end_frame >= RATE * seconds:
+            stop.set()
+
+    recorder = Recorder(
+        cfg,
+        capture,
+        pins,
+        WavSink(out),
+        stop=stop,
+        clock=time.monotonic_ns,
+        wall_offset_ns=0,
+        device_id="bench",
+        on_tick=tick,
+    )
+    t0 = time.process_time()
+    try:
+        recorder.run()
+    finally:
+        capture.close()
     return time.process_time() - t0
 
 
@@ -158,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds: int = args.seconds
     repeats: int = args.repeats
 
-    ring_name, make_ring = _ring_factory()
     arecord = shutil.which("arecord")
-    rows: list[tuple[int, float, float, float | None, float | None]] = []
+    rows: list[tuple[int, float, float, float, float | None, float | None]] = []
     wall = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="linetap-bench-") as tmp:
         infile = _setup_pcm(Path(tmp))
@@ -168,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
             _write_infile(infile, channels, seconds)
             # Warm-up run (alsa-lib config parse, imports, CPU clock ramp-up), then the
             # two variants interleaved so that drift during the bench hits both alike.
-            _run_ours(channels, seconds, make_ring)
+            _run_ours(channels, seconds, True)
             read_only: list[float] = []
             with_rings: list[float] = []
+            recorder: list[float] = []
             for _ in range(repeats):
-                read_only.append(_run_ours(channels, seconds, None))
-                with_rings.append(_run_ours(channels, seconds, make_ring))
+                read_only.append(_run_ours(channels, seconds, False))
+                with_rings.append(_run_ours(channels, seconds, True))
+                recorder.append(_run_recorder(channels, seconds, Path(tmp) / "out"))
             ar_default = ar_matched = None
             if arecord:
                 ar_default = _rtf(
@@ -189,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     channels,
                     _rtf(seconds, read_only),
                     _rtf(seconds, with_rings),
+                    _rtf(seconds, recorder),
                     ar_default,
                     ar_matched,
                 )
@@ -197,25 +228,26 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"capture real-time factor (audio s / CPU s): {RATE} Hz S16_LE, period {PERIOD} "
-        f"frames, {seconds} s of audio per run, median of {repeats}; "
-        f"rings: {ring_name}"
+        f"frames, {seconds} s of audio per run, median of {repeats}"
     )
     header = (
-        f"{'lines':>5}  {'ours read()':>12}  {'ours +rings':>12}  "
-        f"{'arecord':>10}  {'arecord p160':>12}  {'ours+rings / arecord p160':>25}"
+        f"{'lines':>5}  {'ours read()':>12}  {'ours +rings':>12}  {'recorder':>10}  "
+        f"{'arecord':>10}  {'arecord p160':>12}  {'recorder / arecord p160':>24}"
     )
     print(header)
     print("-" * len(header))
-    for channels, ours, ours_rings, ar_def, ar_160 in rows:
-        ratio = f"{ours_rings / ar_160:.2f}" if ar_160 else "n/a"
+    for channels, ours, ours_rings, full, ar_def, ar_160 in rows:
+        ratio = f"{full / ar_160:.3f}" if ar_160 else "n/a"
         print(
-            f"{channels:>5}  {ours:>12,.0f}  {ours_rings:>12,.0f}  "
+            f"{channels:>5}  {ours:>12,.0f}  {ours_rings:>12,.0f}  {full:>10,.0f}  "
             f"{f'{ar_def:,.0f}' if ar_def else 'n/a':>10}  "
-            f"{f'{ar_160:,.0f}' if ar_160 else 'n/a':>12}  {ratio:>25}"
+            f"{f'{ar_160:,.0f}' if ar_160 else 'n/a':>12}  {ratio:>24}"
         )
     if not arecord:
         print("arecord not found (apt install alsa-utils): no peer measurement")
     print(
+        "recorder = the whole pipeline (ALSA read, rings, call machines, WAV writes) with "
+        "every line recording. "
         "arecord = the given command (its default period); arecord p160 = same period and "
         f"buffer as ours. arecord's CPU includes process start-up. Total {wall:.1f} s wall."
     )
