@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from drivers.audio import CaptureSource
 from drivers.audio.factory import open_capture
@@ -22,10 +23,19 @@ from drivers.gpio.factory import make_pin_factory
 from drivers.gpio.sim import ScriptedLevel
 from firmware.callstate import EndReason
 from firmware.config import LinetapConfig
+from firmware.errors import StorageError
 from firmware.events import events_to_pin_script, load_events
-from firmware.recorder import NS_PER_S, Recorder
+from firmware.recorder import NS_PER_S, Recorder, StorageHealth
 from firmware.sdnotify import Notifier
 from firmware.sinks import RecordingSink, WavSink
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from firmware.sealing import SealingSink
+
+# How often the daemon applies the retention rules (deleting acked recordings).
+RETENTION_INTERVAL_S = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +44,66 @@ def device_id(cfg: LinetapConfig) -> str:
     return cfg.device_id or socket.gethostname()
 
 
-def make_sink(cfg: LinetapConfig) -> RecordingSink:
-    return WavSink(cfg.storage.out_dir)
+def device_key_path(cfg: LinetapConfig) -> Path:
+    return cfg.sealing.device_key or cfg.storage.data_dir / "keys" / "device.key"
+
+
+def make_sealing_sink(
+    cfg: LinetapConfig, health: StorageHealth, device_key: Ed25519PrivateKey | None = None
+) -> SealingSink:
+    from buffers.outbox import Outbox
+
+    from firmware.age import parse_recipient
+    from firmware.keys import load_device_key
+    from firmware.sealing import ChainState, SealingSettings, SealingSink
+
+    settings = SealingSettings(
+        recipients=tuple(parse_recipient(r) for r in cfg.sealing.recipients),
+        codec=cfg.sealing.codec,
+        opus_bitrate=cfg.sealing.opus_bitrate,
+        journal_sync_s=cfg.sealing.journal_sync_s,
+        ram_buffer_bytes=cfg.storage.ram_buffer_mb * 1024 * 1024,
+    )
+    return SealingSink(
+        settings,
+        journal_root=cfg.storage.journal_dir,
+        outbox=Outbox(cfg.storage.outbox_dir),
+        chain=ChainState(cfg.storage.chain_file),
+        device_key=device_key or load_device_key(device_key_path(cfg)),
+        storage_status=health.report,
+    )
+
+
+def make_sink(cfg: LinetapConfig, health: StorageHealth) -> RecordingSink:
+    if cfg.storage.format == "wav":
+        return WavSink(cfg.storage.wav_dir)
+    sink = make_sealing_sink(cfg, health)
+    recovered = sink.recover()
+    if recovered:
+        log.warning(
+            "sealed %d recording(s) left by a crash or power cut: %s",
+            len(recovered),
+            ", ".join(recovered),
+        )
+    return sink
+
+
+def apply_retention(cfg: LinetapConfig, health: StorageHealth) -> None:
+    from buffers.outbox import Outbox
+    from buffers.outbox import apply_retention as outbox_retention
+
+    try:
+        deleted = outbox_retention(
+            Outbox(cfg.storage.outbox_dir),
+            now=time.time(),
+            keep_acked_s=cfg.storage.keep_acked_days * 86400,
+            min_free_bytes=cfg.storage.min_free_mb * 1024 * 1024,
+        )
+    except OSError as exc:
+        health.report(StorageError(f"retention in {cfg.storage.outbox_dir}: {exc}"))
+        return
+    if deleted:
+        log.info("retention deleted %d acknowledged recording(s)", len(deleted))
 
 
 def pin_script(cfg: LinetapConfig) -> list[ScriptedLevel]:
@@ -58,25 +126,31 @@ def run_daemon(cfg: LinetapConfig) -> int:
     capture = open_capture(cfg.audio, stop=stop)
     pins = make_pin_factory(cfg.gpio.backend, chip=cfg.gpio.chip, script=pin_script(cfg))
     ready = False
+    health = StorageHealth()
+    next_retention = 0.0
 
     def tick() -> None:
-        nonlocal ready
+        nonlocal ready, next_retention
         if not ready:
             ready = True
             notifier.ready(f"recording {len(cfg.lines)} line(s)")
         notifier.watchdog()
+        if cfg.storage.format == "sealed" and time.monotonic() >= next_retention:
+            next_retention = time.monotonic() + RETENTION_INTERVAL_S
+            apply_retention(cfg, health)
 
     try:
         recorder = Recorder(
             cfg,
             capture,
             pins,
-            make_sink(cfg),
+            make_sink(cfg, health),
             stop=stop,
             clock=time.monotonic_ns,
             wall_offset_ns=time.time_ns() - time.monotonic_ns(),
             device_id=device_id(cfg),
             on_tick=tick,
+            storage_health=health,
         )
         log.info(
             "recorder starting device=%s lines=%s audio=%s:%s gpio=%s",
@@ -106,21 +180,36 @@ class ReplayResult:
 
 def run_replay(
     cfg: LinetapConfig,
+    *,
     audio: Path,
     events: Path,
     out: Path,
     start_utc: datetime,
+    fmt: str = "sealed",
 ) -> ReplayResult:
-    """``linetap replay``: the recorder pipeline over a file, as fast as it can go."""
+    """``linetap replay``: the recorder pipeline over a file, as fast as it can go.
+
+    ``sealed`` writes the device's data layout under ``out`` (journal/, outbox/, state/,
+    keys/ with a replay-only device key made on first use); ``wav`` plain files.
+    """
     replay_cfg = cfg.model_copy(
         update={
             "audio": cfg.audio.model_copy(
                 update={"backend": "file", "file": audio, "file_realtime": False}
             ),
             "gpio": cfg.gpio.model_copy(update={"backend": "sim", "script": events}),
-            "storage": cfg.storage.model_copy(update={"out_dir": out}),
+            "storage": cfg.storage.model_copy(
+                update={"out_dir": out, "data_dir": out, "format": fmt}
+            ),
+            "sealing": cfg.sealing.model_copy(update={"device_key": out / "keys" / "device.key"}),
         }
     )
+    health = StorageHealth()
+    if fmt == "sealed" and not device_key_path(replay_cfg).exists():
+        from firmware.keys import create_device_key
+
+        create_device_key(device_key_path(replay_cfg))
+    sink = make_sink(replay_cfg, health)
     stop = threading.Event()
     capture: CaptureSource = open_capture(replay_cfg.audio, stop=stop)
     pins: PinFactory = make_pin_factory("sim", script=pin_script(replay_cfg))
@@ -129,8 +218,9 @@ def run_replay(
             replay_cfg,
             capture,
             pins,
-            make_sink(replay_cfg),
+            sink,
             stop=stop,
+            storage_health=health,
             clock=time.monotonic_ns,
             # The replay's clock starts at 0 with the file; anchor it at the given time.
             wall_offset_ns=round(start_utc.timestamp() * NS_PER_S),

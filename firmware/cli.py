@@ -53,6 +53,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     return run_daemon(cfg)
 
 
+def _replay_outputs(out: Path, fmt: str) -> list[Path]:
+    if fmt == "wav":
+        return sorted(out.glob("*.json")) if out.is_dir() else []
+    return sorted((out / "outbox").glob("*/*/manifest.json"))
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load(args)
     _setup_logging(cfg.log_level if args.verbose else "warning")
@@ -62,27 +68,61 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     out: Path = args.out
-    before = set(out.glob("*.json")) if out.is_dir() else set()
-    result = run_replay(cfg, args.audio, args.events, out, start)
-    written = sorted(set(out.glob("*.json")) - before) if out.is_dir() else []
+    before = set(_replay_outputs(out, args.format))
+    result = run_replay(
+        cfg, audio=args.audio, events=args.events, out=out, start_utc=start, fmt=args.format
+    )
+    written = [p for p in _replay_outputs(out, args.format) if p not in before]
     metas = [json.loads(p.read_text()) for p in written]
-    metas.sort(key=lambda m: (m["start_frame"], m["line"]))
+    rate = cfg.audio.sample_rate
+    if args.format == "wav":
+        metas.sort(key=lambda m: (m["start_frame"], m["line"]))
+    else:
+        metas.sort(key=lambda m: m["seq"])
     if args.json:
         print(json.dumps({"recordings": metas, "frames": result.frames}, indent=2))
     else:
-        rate = cfg.audio.sample_rate
         print(f"replayed {result.frames / rate:.2f} s of audio: {len(metas)} recording(s) in {out}")
-        for m in metas:
-            audio = m["audio_file"] or "(discarded: metadata only)"
-            print(
-                f"  {m['line']:<8} {m['trigger']:<8} start {m['start_frame'] / rate:8.2f} s"
-                f"  duration {m['duration_s']:7.2f} s  end {m['reason']:<12} {audio}"
-            )
+        for m, path in zip(metas, written, strict=True):
+            if args.format == "wav":
+                audio = m["audio_file"] or "(discarded: metadata only)"
+                print(
+                    f"  {m['line']:<8} {m['trigger']:<8} start {m['start_frame'] / rate:8.2f} s"
+                    f"  duration {m['duration_s']:7.2f} s  end {m['reason']:<12} {audio}"
+                )
+            else:
+                what = (
+                    "discarded: metadata only"
+                    if m["discarded"]
+                    else f"{m['codec']} in {m['container']}"
+                )
+                print(
+                    f"  seq {m['seq']:<4} {m['line']:<8} {m['trigger']:<8} {m['started_utc']}"
+                    f"  {m['duration_ms'] / 1000:7.2f} s  end {m['end_reason']:<12} {what}"
+                    f"  {path.parent}"
+                )
     if result.unplayed_events:
         print(
             "warning: some events lie after the end of the audio and were not played",
             file=sys.stderr,
         )
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from firmware.app import device_key_path
+    from firmware.keys import create_device_key, key_id, load_device_key, public_key_b64
+
+    path = device_key_path(cfg)
+    if args.action == "init" and not path.exists():
+        key = create_device_key(path)
+        print(f"created device key {path}")
+    else:
+        key = load_device_key(path)
+    public = key.public_key()
+    print(f"device key id {key_id(public)}")
+    print(f"public key (give this to the head office) {public_key_b64(public)}")
     return EXIT_OK
 
 
@@ -117,11 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", type=Path, required=True, help="line capture (WAV, FLAC or raw)")
     p.add_argument("--events", type=Path, required=True, help="events script (see README)")
     p.add_argument("--out", type=Path, required=True, help="directory to write recordings to")
-    p.add_argument("--format", choices=["wav"], default="wav", help="recording format")
+    p.add_argument(
+        "--format",
+        choices=["sealed", "wav"],
+        default="sealed",
+        help="sealed: the device's journal/outbox layout under --out (default); wav: plain files",
+    )
     p.add_argument("--start-utc", help="wall-clock time of the audio's first frame (ISO 8601)")
     p.add_argument("--json", action="store_true", help="print the recordings' metadata as JSON")
     p.add_argument("--verbose", "-v", action="store_true", help="log each recording")
     p.set_defaults(func=cmd_replay)
+    p = sub.add_parser("keys", help="the device signing key")
+    config_arg(p)
+    p.add_argument(
+        "action", choices=["init", "show"], help="init: create it if missing; show: print it"
+    )
+    p.set_defaults(func=cmd_keys)
     return parser
 
 

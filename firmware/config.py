@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.audio.formats import SampleFormat
 from firmware.errors import ConfigError
@@ -119,12 +119,94 @@ class CallConfig(_Model):
 
 
 class StorageConfig(_Model):
-    format: Literal["wav"] = Field(
-        "wav", description='recording format written by the recorder: "wav" (development)'
+    format: Literal["sealed", "wav"] = Field(
+        "sealed",
+        description='"sealed" (encrypted, signed, queued in the outbox) or "wav" (plain; development only)',
     )
-    out_dir: Path = Field(
-        Path("/var/lib/linetap/outbox"), description="directory recordings are written to"
+    data_dir: Path = Field(
+        Path("/var/lib/linetap"),
+        description="data partition: journal/, outbox/, state/ and keys/ live here",
     )
+    out_dir: Path | None = Field(
+        None, description='where format = "wav" writes (default: data_dir/wav)'
+    )
+    keep_acked_days: float = Field(
+        30.0,
+        ge=0,
+        le=3650,
+        description="days to keep recordings the head office acknowledged (0-3650)",
+    )
+    min_free_mb: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="free space to keep on the data partition, in MB; acked recordings are deleted early to keep it",
+    )
+    ram_buffer_mb: int = Field(
+        64,
+        ge=1,
+        le=2048,
+        description="RAM for sealed audio while the data partition is full (1-2048 MB)",
+    )
+
+    @property
+    def wav_dir(self) -> Path:
+        return self.out_dir if self.out_dir is not None else self.data_dir / "wav"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def chain_file(self) -> Path:
+        return self.data_dir / "state" / "chain.json"
+
+
+class SealingConfig(_Model):
+    recipients: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="head-office age public keys ('age1…'), e.g. operational + escrow; from 'linetap-office enroll'",
+    )
+    codec: Literal["flac", "opus"] = Field(
+        "flac", description='"flac" (lossless, default) or "opus" (smaller, lossy)'
+    )
+    opus_bitrate: int = Field(
+        16000,
+        ge=6000,
+        le=64000,
+        description="Opus bitrate in bit/s (6000-64000); 16000 suits 8 kHz speech",
+    )
+    journal_sync_s: float = Field(
+        1.0,
+        ge=0.1,
+        le=10,
+        description="seconds of audio between journal fsyncs (0.1-10): the most a power cut loses",
+    )
+    device_key: Path | None = Field(
+        None,
+        description="Ed25519 device signing key, mode 0600 (default: data_dir/keys/device.key)",
+    )
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients_parse(cls, value: list[str]) -> list[str]:
+        if not value:
+            return value
+        from firmware.age import AgeError, parse_recipient
+
+        for item in value:
+            try:
+                parse_recipient(item)
+            except AgeError as exc:
+                raise ValueError(
+                    f"{exc}; paste the key exactly as 'linetap-office enroll' printed it"
+                ) from None
+        return value
 
 
 class LineConfig(_Model):
@@ -178,6 +260,9 @@ class LinetapConfig(_Model):
     gpio: GpioConfig = Field(default_factory=GpioConfig, description="GPIO backend and pins")
     call: CallConfig = Field(default_factory=CallConfig, description="call detection")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="where recordings go")
+    sealing: SealingConfig = Field(
+        default_factory=SealingConfig, description="encryption and signing"
+    )
     lines: list[LineConfig] = Field(
         min_length=1,
         max_length=MAX_LINES,
@@ -251,6 +336,14 @@ def cross_field_problems(cfg: LinetapConfig) -> list[tuple[tuple[str | int, ...]
                 ("call", "flash_max_ms"),
                 f"must be longer than call.debounce_ms ({cfg.call.debounce_ms}); a hook flash is "
                 "a debounced on-hook that ends before flash_max_ms",
+            )
+        )
+    if cfg.storage.format == "sealed" and not cfg.sealing.recipients:
+        out.append(
+            (
+                ("sealing", "recipients"),
+                'storage.format = "sealed" needs at least one head-office key: '
+                "sealing.recipients = [\"age1…\"] (from 'linetap-office enroll')",
             )
         )
     if cfg.audio.backend == "file" and cfg.audio.file is None:
@@ -410,6 +503,9 @@ def _resolve_paths(cfg: LinetapConfig, base: Path) -> LinetapConfig:
         update={
             "audio": cfg.audio.model_copy(update={"file": fix(cfg.audio.file)}),
             "gpio": cfg.gpio.model_copy(update={"script": fix(cfg.gpio.script)}),
-            "storage": cfg.storage.model_copy(update={"out_dir": fix(cfg.storage.out_dir)}),
+            "storage": cfg.storage.model_copy(
+                update={"out_dir": fix(cfg.storage.out_dir), "data_dir": fix(cfg.storage.data_dir)}
+            ),
+            "sealing": cfg.sealing.model_copy(update={"device_key": fix(cfg.sealing.device_key)}),
         }
     )

@@ -207,6 +207,7 @@ class LineRunner:
                 trigger_frame=action.trigger_frame,
                 preroll_s=max(0, action.trigger_frame - first) / self.rate,
                 continues=self.last_id if action.trigger.value == "rollover" else None,
+                started_mono_ns=self.timeline.ns_at(first),
             )
         )
         self.recording = _Recording(writer=writer, first_frame=first, cursor=first)
@@ -229,6 +230,7 @@ class LineRunner:
                 end_frame=end_frame,
                 duration_s=(end_frame - rec.first_frame) / self.rate,
                 audio_frames=rec.audio_frames,
+                ended_mono_ns=self.timeline.ns_at(end_frame),
             )
         )
         log.info(
@@ -277,6 +279,23 @@ class LineRunner:
             self._event(rec, "gap", at_frame, frames=frames, ms=round(frames * 1000 / self.rate))
 
 
+class StorageHealth:
+    """Storage fault state shared by the sink (which sees the disk) and the recorder (LEDs)."""
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+
+    def report(self, exc: StorageError | None) -> None:
+        if exc is None:
+            if self.fault is not None:
+                log.info("storage works again")
+            self.fault = None
+            return
+        if self.fault is None:
+            log.error("storage fault: %s", exc)
+        self.fault = str(exc)
+
+
 class Recorder:
     """Capture loop for all lines. Build with :func:`build_recorder` or by hand in tests."""
 
@@ -292,8 +311,10 @@ class Recorder:
         wall_offset_ns: int,
         device_id: str,
         on_tick: Callable[[], None] | None = None,
+        storage_health: StorageHealth | None = None,
     ) -> None:
         self.config = config
+        self.storage = storage_health or StorageHealth()
         self.capture = capture
         self.pins = pins
         self.stop = stop
@@ -312,7 +333,6 @@ class Recorder:
         )
         ring_frames = self.timing.preroll + self.timing.debounce + round(RING_SLACK_S * rate)
         self.audio_fault: str | None = None
-        self.storage_fault: str | None = None
         self.lines: list[LineRunner] = []
         self._pin_owner: dict[int, tuple[int, Input]] = {}
         line_leds: list[Led | None] = []
@@ -337,7 +357,7 @@ class Recorder:
                     device_id=device_id,
                     rate=rate,
                     timeline=self.timeline,
-                    storage_status=self._storage_status,
+                    storage_status=self.storage.report,
                 )
             )
         status = config.gpio.status_led_pin
@@ -350,22 +370,16 @@ class Recorder:
 
     # -- state ------------------------------------------------------------------------
     @property
+    def storage_fault(self) -> str | None:
+        return self.storage.fault
+
+    @property
     def fault(self) -> bool:
-        return self.audio_fault is not None or self.storage_fault is not None
+        return self.audio_fault is not None or self.storage.fault is not None
 
     @property
     def states(self) -> list[LineState]:
         return [line.state for line in self.lines]
-
-    def _storage_status(self, exc: StorageError | None) -> None:
-        if exc is None:
-            if self.storage_fault is not None:
-                log.info("storage works again")
-            self.storage_fault = None
-            return
-        if self.storage_fault is None:
-            log.error("storage fault: %s", exc)
-        self.storage_fault = str(exc)
 
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> EndReason:

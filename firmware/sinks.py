@@ -33,6 +33,7 @@ class RecordingStart:
     trigger_frame: int  # the edge that caused the recording
     preroll_s: float  # audio before the trigger actually kept
     continues: str | None = None  # the recording this one continues (rollover)
+    started_mono_ns: int = 0  # first frame on the capture clock (CLOCK_MONOTONIC on a device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class RecordingEnd:
     end_frame: int
     duration_s: float  # stream time from first frame to end, cut spans included
     audio_frames: int  # frames actually written (cut spans excluded)
+    ended_mono_ns: int = 0
 
 
 @dataclass(slots=True)

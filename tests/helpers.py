@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,6 +41,10 @@ def config_text(
     extra_audio: str = "",
     extra_gpio: str = "",
     status_led: bool = True,
+    storage_format: str = "wav",
+    recipients: tuple[str, ...] = (),
+    codec: str = "flac",
+    data_dir: Path | None = None,
 ) -> str:
     text = f"""
 device_id = "test-device"
@@ -60,7 +65,12 @@ flash_max_ms = 1000
 max_call_s = {max_call_s}
 opt_out_mode = "{opt_out_mode}"
 [storage]
+format = "{storage_format}"
 out_dir = "{out_dir}"
+{f'data_dir = "{data_dir}"' if data_dir else ""}
+[sealing]
+recipients = {json.dumps(list(recipients))}
+codec = "{codec}"
 """
     for n in range(lines):
         text += f"""

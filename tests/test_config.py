@@ -13,7 +13,10 @@ from firmware.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "firmware" / "linetap.example.toml"
 
-MINIMAL = """
+RECIPIENT = "age1f4zhnnetpxuyfgmas8l4yr42k0hv93f536lakp3qe64q600lf3ns9r098g"
+MINIMAL = f"""
+[sealing]
+recipients = ["{RECIPIENT}"]
 [[lines]]
 name = "line1"
 channel = 0
@@ -61,7 +64,7 @@ def test_every_field_has_a_description():
 def test_out_of_range_value_names_file_line_key_and_fix():
     text = MINIMAL.replace("hook_pin = 17", "hook_pin = 99")
     [problem] = problems(text)
-    assert problem.startswith("test.toml:5: lines[0].hook_pin: ")
+    assert problem.startswith("test.toml:7: lines[0].hook_pin: ")
     assert "less than or equal to 63" in problem and "BCM GPIO" in problem
 
 
@@ -77,7 +80,7 @@ def test_one_line_per_problem():
     found = problems(text)
     assert len(found) == 3
     assert all("\n" not in p for p in found)
-    assert {p.split(":")[1] for p in found} == {"2", "4", "7"}
+    assert {p.split(":")[1] for p in found} == {"2", "4", "9"}
 
 
 def test_cross_field_rules():
@@ -150,6 +153,19 @@ def test_cli_prints_one_line_per_problem_and_exits_2(tmp_path: Path, linetap_bin
             f"{bad}:6: lines[0].hook_pin: Input should be less than or equal to 63; BCM GPIO number of the hook switch input (0-63)",
         ]
         assert "Traceback" not in run.stderr
+
+
+def test_sealed_storage_needs_a_valid_recipient():
+    text = MINIMAL.replace(f'recipients = ["{RECIPIENT}"]', "recipients = []")
+    [problem] = problems(text)
+    assert problem.startswith("test.toml:3: sealing.recipients: ")
+    assert "at least one head-office key" in problem
+    broken = RECIPIENT[:-1] + ("q" if RECIPIENT[-1] != "q" else "p")
+    [problem] = problems(MINIMAL.replace(RECIPIENT, broken))
+    assert problem.startswith("test.toml:3: sealing.recipients: ")
+    assert "checksum" in problem and "linetap-office enroll" in problem
+    wav = parse_config(text.replace("[sealing]", '[storage]\nformat = "wav"\n[sealing]'))
+    assert wav.storage.format == "wav"
 
 
 def test_cli_missing_config_file(tmp_path: Path, linetap_bin: Path):

@@ -39,7 +39,7 @@ def build(tmp_path: Path, events: str, seconds: float = 20, out: Path | None = N
         cfg,
         capture,
         pins,
-        WavSink(cfg.storage.out_dir),
+        WavSink(cfg.storage.wav_dir),
         stop=stop,
         clock=time.monotonic_ns,
         wall_offset_ns=0,

@@ -33,6 +33,8 @@ def replay(
     code = main(
         [
             "replay",
+            "--format",
+            "wav",
             "--config",
             str(conf),
             "--audio",
@@ -195,6 +197,8 @@ def test_preroll_keeps_a_word_spoken_300ms_before_offhook(tmp_path: Path):
         main(
             [
                 "replay",
+                "--format",
+                "wav",
                 "--config",
                 str(conf),
                 "--audio",
@@ -225,7 +229,17 @@ def test_replay_cli_reports_bad_inputs_in_one_line(tmp_path: Path, linetap_bin: 
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(linetap_bin), "replay", "--config", str(conf), "--out", str(out), *argv],
+            [
+                str(linetap_bin),
+                "replay",
+                "--format",
+                "wav",
+                "--config",
+                str(conf),
+                "--out",
+                str(out),
+                *argv,
+            ],
             check=False,
             capture_output=True,
             text=True,
@@ -262,6 +276,8 @@ def test_replay_cli_summary(tmp_path: Path, linetap_bin: Path):
         [
             str(linetap_bin),
             "replay",
+            "--format",
+            "wav",
             "--config",
             str(conf),
             "--audio",

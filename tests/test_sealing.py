@@ -1,0 +1,311 @@
+"""Sealed recordings end to end: replay -> journal -> age + FLAC/Opus -> signed manifest -> outbox.
+
+The real `age` tool decrypts what the device sealed; samples are compared, not sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+
+from firmware.age import load_identities
+from firmware.cli import main
+from firmware.keys import load_device_key
+from firmware.manifest import verify_chain
+from firmware.verify import decrypt_recording, verify_entries
+from tests.helpers import RATE, config_text, write_capture
+
+
+@pytest.fixture(scope="module")
+def office(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """An office identity made by the real age-keygen, and its recipient."""
+    key = tmp_path_factory.mktemp("office") / "office.key"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return key, recipient
+
+
+def sealed_replay(
+    tmp_path: Path,
+    office: tuple[Path, str],
+    events: str,
+    *,
+    seconds: float = 30,
+    lines: int = 2,
+    codec: str = "flac",
+    out: Path | None = None,
+) -> tuple[list[Path], np.ndarray, Path]:
+    out = out or tmp_path / "data"
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(
+        config_text(out, lines=lines, storage_format="sealed", recipients=(office[1],), codec=codec)
+    )
+    audio = tmp_path / "line.wav"
+    data = write_capture(audio, seconds, lines)
+    ev = tmp_path / "events.txt"
+    ev.write_text(events)
+    code = main(
+        [
+            "replay",
+            "--config",
+            str(conf),
+            "--audio",
+            str(audio),
+            "--events",
+            str(ev),
+            "--out",
+            str(out),
+            "--start-utc",
+            "2026-11-25T10:00:00+00:00",
+        ]
+    )
+    assert code == 0
+    entries = sorted((out / "outbox" / "sealed").iterdir())
+    return entries, data, out
+
+
+def age_decrypt(office_key: Path, path: Path) -> bytes:
+    return subprocess.run(
+        ["age", "-d", "-i", str(office_key), str(path)], check=True, capture_output=True
+    ).stdout
+
+
+def manifest_of(entry: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((entry / "manifest.json").read_text())
+    return manifest
+
+
+def test_real_age_decrypts_lossless_flac_that_matches_the_input(tmp_path: Path, office):
+    entries, data, out = sealed_replay(
+        tmp_path, office, "2 line1 offhook\n9 line1 onhook\n4 line2 offhook\n14 line2 onhook\n"
+    )
+    assert len(entries) == 2
+    for entry in entries:
+        m = manifest_of(entry)
+        assert m["container"] == "age" and m["codec"] == "flac" and not m["recovered"]
+        flac = age_decrypt(office[0], entry / "recording.age")
+        assert flac[:4] == b"fLaC"
+        samples, rate = soundfile.read(io.BytesIO(flac), dtype="int16")
+        assert rate == RATE
+        channel = m["channel"]
+        start = round((m["start_monotonic_ns"]) * RATE / 1_000_000_000)
+        expected = data[start : start + m["audio_frames"], channel]
+        np.testing.assert_array_equal(samples, expected)
+        assert m["audio_pcm_sha256"] == hashlib.sha256(expected.astype("<i2").tobytes()).hexdigest()
+    device = load_device_key(out / "keys" / "device.key").public_key()
+    reports, chain = verify_entries(entries, device, load_identities(office[0]))
+    assert [r.problems for r in reports] == [[], []]
+    assert chain == []
+    assert [manifest_of(e)["seq"] for e in entries] == [1, 2]
+
+
+def test_manifest_fields(tmp_path: Path, office):
+    entries, _, _ = sealed_replay(
+        tmp_path,
+        office,
+        "2 line1 offhook\n5 line1 optout-on\n6 line1 optout-off\n9 line1 onhook\n",
+        lines=1,
+    )
+    [entry] = entries
+    m = manifest_of(entry)
+    for key in (
+        "recording_id",
+        "device_id",
+        "line",
+        "seq",
+        "prev_manifest_sha256",
+        "started_utc",
+        "ended_utc",
+        "duration_ms",
+        "start_monotonic_ns",
+        "end_monotonic_ns",
+        "clock_sync",
+        "trigger",
+        "direction",
+        "caller_id",
+        "dialled_digits",
+        "masked_spans",
+        "consent_events",
+        "codec",
+        "sample_rate",
+        "audio_pcm_sha256",
+        "blob_sha256",
+        "recovered",
+        "signature",
+    ):
+        assert key in m, key
+    assert m["device_id"] == "test-device" and m["line"] == "line1" and m["trigger"] == "offhook"
+    assert m["prev_manifest_sha256"] == "0" * 64
+    assert (
+        m["started_utc"] == "2026-11-25T10:00:00.000+00:00"
+    )  # 2 s edge - 5 s pre-roll, clamped at 0
+    assert m["duration_ms"] == 10_000
+    assert [e["type"] for e in m["consent_events"]] == ["pause", "resume"]
+    assert isinstance(m["clock_sync"]["synchronized"], bool)
+    # The blob never carries the plaintext.
+    blob = (entry / "recording.age").read_bytes()
+    assert blob.startswith(b"age-encryption.org/v1\n") and b"fLaC" not in blob
+
+
+def test_discarded_call_keeps_only_a_signed_manifest(tmp_path: Path, office):
+    out = tmp_path / "data"
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(
+        config_text(
+            out, lines=1, storage_format="sealed", recipients=(office[1],), opt_out_mode="discard"
+        )
+    )
+    audio = tmp_path / "line.wav"
+    write_capture(audio, 15, 1)
+    ev = tmp_path / "ev"
+    ev.write_text("2 line1 offhook\n5 line1 optout-on\n5.5 line1 optout-off\n9 line1 onhook\n")
+    assert (
+        main(
+            [
+                "replay",
+                "--config",
+                str(conf),
+                "--audio",
+                str(audio),
+                "--events",
+                str(ev),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    [entry] = sorted((out / "outbox" / "sealed").iterdir())
+    assert sorted(p.name for p in entry.iterdir() if not p.name.startswith(".")) == [
+        "manifest.json"
+    ]
+    m = manifest_of(entry)
+    assert m["discarded"] is True and m["container"] is None and m["blob_sha256"] is None
+    device = load_device_key(out / "keys" / "device.key").public_key()
+    reports, chain = verify_entries([entry], device)
+    assert reports[0].ok and chain == []
+    assert not list((out / "journal").iterdir())
+
+
+def test_opus_option(tmp_path: Path, office):
+    entries, _data, _ = sealed_replay(
+        tmp_path, office, "0 line1 offhook\n61 line1 onhook\n", seconds=62, lines=1, codec="opus"
+    )
+    [entry] = entries
+    m = manifest_of(entry)
+    assert m["codec"] == "opus"
+    plain = age_decrypt(office[0], entry / "recording.age")
+    assert plain[:4] == b"OggS" and b"OpusHead" in plain[:100]
+    samples, rate = soundfile.read(io.BytesIO(plain), dtype="int16")
+    assert rate == RATE and abs(len(samples) - m["audio_frames"]) < RATE // 10
+    # 16 kb/s target: bytes per minute within a generous band (Ogg framing, VBR).
+    per_min = len(plain) * 60_000 / m["duration_ms"]
+    assert 16_000 / 8 * 60 * 0.6 < per_min < 16_000 / 8 * 60 * 1.6, per_min
+
+
+def test_no_plain_audio_anywhere_in_the_data_dir(tmp_path: Path, office):
+    _, data, out = sealed_replay(
+        tmp_path, office, "1 line1 offhook\n12 line1 onhook\n3 line2 offhook\n8 line2 onhook\n"
+    )
+    needles = [
+        data[i : i + 32, c].astype("<i2").tobytes()
+        for c in (0, 1)
+        for i in (RATE * 2, RATE * 5, RATE * 7)
+    ]
+    magics = [b"fLaC", b"RIFF", b"OggS"]
+    scanned = 0
+    for path in out.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            scanned += 1
+            for needle in needles:
+                assert needle not in blob, f"plain PCM found in {path}"
+            for magic in magics:
+                assert magic not in blob, f"{magic!r} found in {path}"
+    assert scanned >= 5
+
+
+def test_tampering_is_detected_with_clear_messages(tmp_path: Path, office):
+    entries, _, out = sealed_replay(
+        tmp_path,
+        office,
+        "1 line1 offhook\n4 line1 onhook\n6 line1 offhook\n9 line1 onhook\n12 line1 offhook\n15 line1 onhook\n",
+        lines=1,
+    )
+    assert len(entries) == 3
+    device = load_device_key(out / "keys" / "device.key").public_key()
+    ids = load_identities(office[0])
+
+    # 1. A flipped byte in the ciphertext.
+    blob = entries[0] / "recording.age"
+    raw = bytearray(blob.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    blob.write_bytes(bytes(raw))
+    reports, _ = verify_entries([entries[0]], device, ids)
+    text = " | ".join(reports[0].problems)
+    assert "blob sha256 differs" in text and "cannot decrypt" in text
+
+    # 2. A modified manifest (a later start time), signature left as it was.
+    m = manifest_of(entries[1])
+    m["started_utc"] = "2026-11-25T11:00:00.000+00:00"
+    (entries[1] / "manifest.json").write_text(json.dumps(m))
+    reports, _ = verify_entries([entries[1]], device)
+    assert any("signature does not verify" in p for p in reports[0].problems)
+
+    # 3. A manifest re-signed by another key.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from firmware.manifest import sign_manifest
+
+    m = manifest_of(entries[2])
+    body = {k: v for k, v in m.items() if k != "signature"}
+    (entries[2] / "manifest.json").write_text(
+        json.dumps(sign_manifest(body, Ed25519PrivateKey.generate()))
+    )
+    reports, _ = verify_entries([entries[2]], device)
+    assert any("not by the device's key" in p for p in reports[0].problems)
+
+    # 4. A reordered / missing chain.
+    good = [manifest_of(e) for e in entries]
+    swapped = [good[1], good[0], good[2]]
+    assert any("out of order" in p.message or "gap" in p.message for p in verify_chain(swapped))
+    assert [p.message for p in verify_chain([good[0], good[2]])] == [
+        "gap: seq 2 missing before seq 3"
+    ]
+    replaced = [good[0], {**good[1], "prev_manifest_sha256": "f" * 64}, good[2]]
+    assert any("prev_manifest_sha256 does not match" in p.message for p in verify_chain(replaced))
+
+
+def test_seq_and_chain_continue_across_runs(tmp_path: Path, office):
+    out = tmp_path / "data"
+    sealed_replay(
+        tmp_path, office, "1 line1 offhook\n4 line1 onhook\n", lines=1, seconds=8, out=out
+    )
+    entries, _, _ = sealed_replay(
+        tmp_path, office, "1 line1 offhook\n4 line1 onhook\n", lines=1, seconds=8, out=out
+    )
+    assert [manifest_of(e)["seq"] for e in entries] == [1, 2]
+    assert verify_chain([manifest_of(e) for e in entries]) == []
+
+
+def test_decrypt_recording_helper_matches_real_age(tmp_path: Path, office):
+    entries, _data, _ = sealed_replay(
+        tmp_path, office, "1 line1 offhook\n6 line1 onhook\n", lines=1, seconds=10
+    )
+    samples, rate, m = decrypt_recording(entries[0], load_identities(office[0]))
+    via_tool, _ = soundfile.read(
+        io.BytesIO(age_decrypt(office[0], entries[0] / "recording.age")),
+        dtype="int16",
+    )
+    np.testing.assert_array_equal(samples, via_tool)
+    assert rate == RATE and len(samples) == m["audio_frames"]
