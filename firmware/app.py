@@ -52,7 +52,6 @@ def make_sealing_sink(
     cfg: LinetapConfig, health: StorageHealth, device_key: Ed25519PrivateKey | None = None
 ) -> SealingSink:
     from buffers.outbox import Outbox
-
     from firmware.age import parse_recipient
     from firmware.keys import load_device_key
     from firmware.sealing import ChainState, SealingSettings, SealingSink

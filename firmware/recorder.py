@@ -317,6 +317,7 @@ class Recorder:
         self.storage = storage_health or StorageHealth()
         self.capture = capture
         self.pins = pins
+        self.sink = sink
         self.stop = stop
         self.clock = clock
         self.on_tick = on_tick
@@ -455,6 +456,8 @@ class Recorder:
                 per_line[index],
                 block.end_frame,
             )
+        if block.end_frame // self.rate != self._last_frame // self.rate:
+            self.sink.poll()
         self._last_frame = block.end_frame
         self.leds.update(self.states, self.fault, end_ns)
         if self.on_tick:
@@ -479,4 +482,5 @@ class Recorder:
         if self._booted:
             for line in self.lines:
                 line.finish(self._last_frame, reason)
+        self.sink.close()
         self.leds.all_off()

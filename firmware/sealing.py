@@ -34,11 +34,11 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import soundfile
-from buffers.outbox import Outbox
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from buffers.journal import JournalWriter, fsync_dir, scan_journal
+from buffers.outbox import Outbox
 from firmware.age import AgeWriter, encrypt_bytes
 from firmware.clock import ClockSync, boot_id, read_clock_sync
 from firmware.errors import StorageError
@@ -119,6 +119,9 @@ class _PlainToAge(io.RawIOBase):
         self._age = age
         self._pos = 0
         self._len = 0
+        # libsndfile calls write() through a C callback that cannot carry a Python
+        # exception out; the first error is kept here and checked after each call.
+        self.error: OSError | None = None
 
     def writable(self) -> bool:
         return True
@@ -131,13 +134,17 @@ class _PlainToAge(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         chunk = bytes(data)
-        if self._pos == self._len:
-            self._age.write(chunk)
-            self._len += len(chunk)
-        elif self._pos + len(chunk) <= self._len:
-            self._age.patch(self._pos, chunk)
-        else:
-            raise OSError(errno.EINVAL, "encoder wrote across the end of the stream")
+        if self.error is None:
+            try:
+                if self._pos == self._len:
+                    self._age.write(chunk)
+                    self._len += len(chunk)
+                elif self._pos + len(chunk) <= self._len:
+                    self._age.patch(self._pos, chunk)
+                else:
+                    raise OSError(errno.EINVAL, "encoder wrote across the end of the stream")
+            except OSError as exc:
+                self.error = exc
         self._pos += len(chunk)
         return len(chunk)
 
@@ -209,6 +216,9 @@ class SealingWriter:
         self._ram_segments: list[tuple[bytes, int]] = []  # sealed, waiting for disk space
         self._dropped_frames = 0
         self._stream_ok = True
+        self._stream_sealed = False
+        self._journal_complete = True
+        self._end: RecordingEnd | None = None
         directory.mkdir(parents=True, mode=0o700)
         write_json_durable(
             directory / START_FILE, {**asdict(start), "codec": s.codec, "sample_rate": self._rate}
@@ -216,13 +226,14 @@ class SealingWriter:
         self._journal = JournalWriter(directory / SEGMENTS_FILE)
         self._stream_fh = open(directory / STREAM_PARTIAL, "w+b")  # noqa: SIM115 - closed in close()
         self._age = AgeWriter(self._stream_fh, s.recipients)
+        self._plain = _PlainToAge(self._age)
         if s.codec == "flac":
             self._encoder = soundfile.SoundFile(
-                _PlainToAge(self._age), "w", self._rate, 1, format="FLAC", subtype="PCM_16"
+                self._plain, "w", self._rate, 1, format="FLAC", subtype="PCM_16"
             )
         else:
             self._encoder = soundfile.SoundFile(
-                _PlainToAge(self._age),
+                self._plain,
                 "w",
                 self._rate,
                 1,
@@ -247,6 +258,8 @@ class SealingWriter:
                 self._encoder.write(pcm)
             except (OSError, RuntimeError) as exc:
                 self._stream_failed(exc)
+            if self._plain.error is not None and self._stream_ok:
+                self._stream_failed(self._plain.error)
         done = 0
         while done < pcm.shape[0]:
             take = min(pcm.shape[0] - done, self._sync_frames - self._pending_n)
@@ -335,10 +348,15 @@ class SealingWriter:
         self._ram_segments.clear()
         self._close_stream(finish=False)
         self._journal.close()
-        write_json_durable(self._dir / DISCARDED_FILE, {"discarded": True})
-        for name in (STREAM_PARTIAL, SEGMENTS_FILE):
-            (self._dir / name).unlink(missing_ok=True)
-        fsync_dir(self._dir)
+        try:
+            # Unlink first: on a full disk that frees the room the marker needs.
+            for name in (STREAM_PARTIAL, SEGMENTS_FILE):
+                (self._dir / name).unlink(missing_ok=True)
+            write_json_durable(self._dir / DISCARDED_FILE, {"discarded": True})
+        except OSError as exc:
+            raise StorageError(
+                f"journal {self._dir}: cannot mark the call discarded ({exc.strerror})"
+            ) from exc
 
     def _close_stream(self, *, finish: bool) -> None:
         if not self._stream_ok:
@@ -347,6 +365,8 @@ class SealingWriter:
         try:
             if finish:
                 self._encoder.close()
+                if self._plain.error is not None:
+                    raise self._plain.error
                 self._age.close()
                 self._stream_fh.flush()
                 os.fsync(self._stream_fh.fileno())
@@ -354,10 +374,11 @@ class SealingWriter:
             self._stream_fh.close()
 
     def close(self, end: RecordingEnd) -> None:
+        """End the recording and seal it; on a full disk the sink keeps it and retries."""
+        self._end = end
         if not self._discarded:
             self._flush_segment()
-        journal_complete = not self._ram_segments
-        self._journal.close()
+        self._journal_complete = self._dropped_frames == 0
         stream_ok = self._stream_ok
         try:
             self._close_stream(finish=True)
@@ -367,24 +388,39 @@ class SealingWriter:
         if stream_ok:
             os.replace(self._dir / STREAM_PARTIAL, self._dir / STREAM_FILE)
             fsync_dir(self._dir)
+        else:
+            (self._dir / STREAM_PARTIAL).unlink(missing_ok=True)
+        self._stream_sealed = stream_ok
+        self._sink.finish_or_keep(self)
+
+    def try_finish(self) -> bool:
+        """Write what RAM still holds, the end record, and seal. False if the disk is full."""
+        assert self._end is not None
+        self._drain_ram()
+        if self._ram_segments:
+            return False
+        self._journal.close()
         end_record = {
-            **asdict(end),
-            "audio_pcm_sha256": self._pcm_hash.hexdigest() if stream_ok else None,
+            **asdict(self._end),
+            "audio_pcm_sha256": self._pcm_hash.hexdigest() if self._stream_sealed else None,
             "frames_written": self._frames,
             "dropped_frames": self._dropped_frames,
             "events": self._events,
-            "journal_complete": journal_complete,
+            "journal_complete": self._journal_complete,
         }
         try:
-            write_json_durable(self._dir / END_FILE, end_record)
+            if not (self._dir / END_FILE).exists():
+                write_json_durable(self._dir / END_FILE, end_record)
             self._sink.seal_dir(self._dir)
         except OSError as exc:
             if exc.errno in _FULL_ERRNOS:
-                raise StorageError(
-                    f"data partition full while sealing {self.recording_id}: kept in {self._dir}, "
-                    "sealed at the next start once space is freed"
-                ) from exc
-            raise
+                return False
+            raise StorageError(f"sealing {self.recording_id} in {self._dir}: {exc}") from exc
+        return True
+
+    @property
+    def ram_bytes(self) -> int:
+        return sum(len(p) for p, _ in self._ram_segments)
 
 
 class SealingSink:
@@ -408,7 +444,46 @@ class SealingSink:
         self._key = device_key
         self._clock_sync = clock_sync
         self._storage_status = storage_status
+        # Ended recordings the full disk would not take yet; retried by poll().
+        self._pending: list[SealingWriter] = []
         journal_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def finish_or_keep(self, writer: SealingWriter) -> None:
+        if writer.try_finish():
+            return
+        self._pending.append(writer)
+        self.storage_failed(
+            StorageError(
+                f"data partition full: recording {writer.recording_id} ended and is held "
+                f"({writer.ram_bytes // 1024} KiB in RAM) until space is freed"
+            )
+        )
+
+    def poll(self) -> None:
+        """Retry sealing recordings held back by a full disk (called about once a second)."""
+        still: list[SealingWriter] = []
+        for writer in self._pending:
+            if not writer.try_finish():
+                still.append(writer)
+        if self._pending and not still:
+            log.info("all held recordings sealed")
+            self.storage_ok()
+        self._pending = still
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        """Last try for held recordings at shutdown; say what RAM still holds."""
+        self.poll()
+        for writer in self._pending:
+            log.error(
+                "recording %s: %d KiB of sealed audio could not be written (disk full) and is lost; "
+                "its journal keeps what was synced before",
+                writer.recording_id,
+                writer.ram_bytes // 1024,
+            )
 
     def storage_failed(self, exc: StorageError) -> None:
         if self._storage_status:
@@ -419,6 +494,7 @@ class SealingSink:
             self._storage_status(None)
 
     def open(self, start: RecordingStart) -> SealingWriter:
+        self.poll()
         try:
             return SealingWriter(self, self.journal_root / start.recording_id, start)
         except OSError as exc:

@@ -72,6 +72,14 @@ class RecordingWriter(Protocol):
 class RecordingSink(Protocol):
     def open(self, start: RecordingStart) -> RecordingWriter: ...
 
+    def poll(self) -> None:
+        """Housekeeping about once a second (e.g. retry what a full disk held back)."""
+        ...
+
+    def close(self) -> None:
+        """The recorder is stopping; every recording has been closed."""
+        ...
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -165,6 +173,12 @@ class WavSink:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+
+    def poll(self) -> None:
+        """Nothing to retry: a failed WAV write is reported at once."""
+
+    def close(self) -> None:
+        """Nothing held."""
 
     def open(self, start: RecordingStart) -> WavWriter:
         try:

@@ -108,7 +108,9 @@ def verify_entry(
             f"recording {rec}: blob is {len(data)} bytes, manifest says {manifest.get('blob_bytes')}"
         )
     if hashlib.sha256(data).hexdigest() != manifest.get("blob_sha256"):
-        report.problems.append(f"recording {rec}: blob sha256 differs from the manifest (altered or corrupt)")
+        report.problems.append(
+            f"recording {rec}: blob sha256 differs from the manifest (altered or corrupt)"
+        )
     if identities:
         try:
             samples, _, _ = decrypt_recording(directory, identities)
