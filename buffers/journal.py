@@ -63,8 +63,10 @@ class JournalWriter:
         self._durable = durable
         new = not path.exists()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._valid = os.fstat(self._fd).st_size  # end of the last complete record
         if new:
             self._write(FILE_MAGIC)
+            self._valid = len(FILE_MAGIC)
             if durable:
                 os.fsync(self._fd)
                 fsync_dir(path.parent)
@@ -78,9 +80,17 @@ class JournalWriter:
             view = view[written:]
 
     def append(self, payload: bytes, frames: int) -> None:
-        self._write(encode_record(payload, frames))
-        if self._durable:
-            os.fsync(self._fd)
+        """Append one record durably; on failure (disk full) the file is cut back to its
+        last complete record, so a later append does not land behind a torn one."""
+        record = encode_record(payload, frames)
+        try:
+            self._write(record)
+            if self._durable:
+                os.fsync(self._fd)
+        except OSError:
+            os.ftruncate(self._fd, self._valid)
+            raise
+        self._valid += len(record)
         self.records += 1
         self.frames += frames
 
