@@ -14,11 +14,7 @@ DEB_PACKAGES := python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfil
 
 demo: $(BIN)/.installed
 	@rm -rf demo-out
-	$(BIN)/linetap replay --verbose --config firmware/samples/demo.toml \
-	    --audio firmware/samples/sample_call.flac \
-	    --events firmware/samples/sample_call.events --out demo-out
-	@echo "demo: recordings and their metadata are in demo-out/"
-	@ls -l demo-out
+	$(BIN)/python -m firmware.demo --out demo-out
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -36,6 +32,7 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/capture_rtf.py
 	$(BIN)/python bench/recorder_memory.py
+	$(BIN)/python bench/age_throughput.py
 
 sysdeps:
 	@missing=""; \

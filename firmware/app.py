@@ -5,13 +5,15 @@ Collaborators are made here, once, and passed in; nothing below builds its own.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -36,6 +38,27 @@ if TYPE_CHECKING:
 
 # How often the daemon applies the retention rules (deleting acked recordings).
 RETENTION_INTERVAL_S = 60.0
+# How often the daemon refreshes its status file (read by the uploader's telemetry).
+STATUS_INTERVAL_S = 1.0
+
+
+def write_status(cfg: LinetapConfig, recorder: Recorder) -> None:
+    """Atomically replace the status file in the runtime dir (tmpfs); never fatal."""
+    path = cfg.storage.status_file
+    payload = {
+        "updated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        "device_id": device_id(cfg),
+        **recorder.status(),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(payload, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("status file %s not written: %s", path, exc)
+
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +150,22 @@ def run_daemon(cfg: LinetapConfig) -> int:
     ready = False
     health = StorageHealth()
     next_retention = 0.0
+    next_status = 0.0
+    recorder: Recorder | None = None
 
     def tick() -> None:
-        nonlocal ready, next_retention
+        nonlocal ready, next_retention, next_status
         if not ready:
             ready = True
             notifier.ready(f"recording {len(cfg.lines)} line(s)")
         notifier.watchdog()
-        if cfg.storage.format == "sealed" and time.monotonic() >= next_retention:
-            next_retention = time.monotonic() + RETENTION_INTERVAL_S
+        now = time.monotonic()
+        if cfg.storage.format == "sealed" and now >= next_retention:
+            next_retention = now + RETENTION_INTERVAL_S
             apply_retention(cfg, health)
+        if recorder is not None and now >= next_status:
+            next_status = now + STATUS_INTERVAL_S
+            write_status(cfg, recorder)
 
     try:
         recorder = Recorder(

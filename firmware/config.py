@@ -149,6 +149,15 @@ class StorageConfig(_Model):
         description="RAM for sealed audio while the data partition is full (1-2048 MB)",
     )
 
+    runtime_dir: Path = Field(
+        Path("/run/linetap"),
+        description="tmpfs for short-lived plain state: the recorder's status file for the uploader and tools",
+    )
+
+    @property
+    def status_file(self) -> Path:
+        return self.runtime_dir / "recorder.json"
+
     @property
     def wav_dir(self) -> Path:
         return self.out_dir if self.out_dir is not None else self.data_dir / "wav"
@@ -504,7 +513,11 @@ def _resolve_paths(cfg: LinetapConfig, base: Path) -> LinetapConfig:
             "audio": cfg.audio.model_copy(update={"file": fix(cfg.audio.file)}),
             "gpio": cfg.gpio.model_copy(update={"script": fix(cfg.gpio.script)}),
             "storage": cfg.storage.model_copy(
-                update={"out_dir": fix(cfg.storage.out_dir), "data_dir": fix(cfg.storage.data_dir)}
+                update={
+                    "out_dir": fix(cfg.storage.out_dir),
+                    "data_dir": fix(cfg.storage.data_dir),
+                    "runtime_dir": fix(cfg.storage.runtime_dir),
+                }
             ),
             "sealing": cfg.sealing.model_copy(update={"device_key": fix(cfg.sealing.device_key)}),
         }

@@ -408,6 +408,23 @@ class Recorder:
             self.finish(reason)
         return reason
 
+    def status(self) -> dict[str, object]:
+        """What the recorder is doing, for the status file (uploader telemetry, tools)."""
+        stats = self.capture.stats
+        return {
+            "lines": [
+                {"name": line.config.name, "state": line.state.value, "led": pattern.value}
+                for line, pattern in zip(self.lines, self.leds.patterns, strict=True)
+            ],
+            "status_led": self.leds.status.value,
+            "faults": {"audio": self.audio_fault, "storage": self.storage.fault},
+            "capture": {
+                "xruns": stats.xruns,
+                "lost_frames": stats.lost_frames,
+                "frames": stats.frames,
+            },
+        }
+
     def _open_capture(self) -> bool:
         """Open the capture source, retrying with the fault LED blinking until stopped."""
         while not self.stop.is_set():

@@ -67,6 +67,7 @@ opt_out_mode = "{opt_out_mode}"
 [storage]
 format = "{storage_format}"
 out_dir = "{out_dir}"
+runtime_dir = "{out_dir.parent / "run"}"
 {f'data_dir = "{data_dir}"' if data_dir else ""}
 [sealing]
 recipients = {json.dumps(list(recipients))}

@@ -72,6 +72,9 @@ def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path
         t_ready = time.monotonic()
         messages += collect(sock, "never", 2.0)
         assert messages.count("WATCHDOG=1") >= 5  # pinged every 100 ms while running
+        status = json.loads((tmp_path / "run" / "recorder.json").read_text())
+        assert status["lines"] == [{"name": "line1", "state": "recording", "led": "solid"}]
+        assert status["faults"] == {"audio": None, "storage": None}
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
         elapsed = time.monotonic() - t_ready
