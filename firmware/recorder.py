@@ -473,8 +473,7 @@ class Recorder:
                 per_line[index],
                 block.end_frame,
             )
-        if block.end_frame // self.rate != self._last_frame // self.rate:
-            self.sink.poll()
+        self.sink.poll()
         self._last_frame = block.end_frame
         self.leds.update(self.states, self.fault, end_ns)
         if self.on_tick:

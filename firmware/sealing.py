@@ -27,9 +27,9 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +60,13 @@ DISCARDED_FILE = "discarded"
 MANIFEST_FILE = "manifest.json"
 BLOB_AGE = "recording.age"
 BLOB_SEGMENTS = "recording.segments"
+BLOBS = {"age": BLOB_AGE, "segments": BLOB_SEGMENTS}
+
+# Sealing hashes the finished file in slices of this many bytes per capture period, so a
+# 2-hour call never stalls capture (SHA-256 of 256 KiB takes a few ms even on a Pi 3).
+SEAL_BYTES_PER_POLL = 256 * 1024
+HASH_CHUNK = 64 * 1024
+_DONE, _BLOCKED, _WORKING = "done", "blocked", "working"
 
 # libsndfile maps its compression level linearly onto the Opus bitrate between these
 # (measured with libsndfile 1.2: level 0 -> ~256 kb/s, level 1 -> ~6 kb/s + Ogg framing).
@@ -391,15 +398,17 @@ class SealingWriter:
         else:
             (self._dir / STREAM_PARTIAL).unlink(missing_ok=True)
         self._stream_sealed = stream_ok
-        self._sink.finish_or_keep(self)
+        self._sink.enqueue(self._dir, self)
 
-    def try_finish(self) -> bool:
-        """Write what RAM still holds, the end record, and seal. False if the disk is full."""
+    def flush_ended(self) -> bool:
+        """Write what RAM still holds and the end record. False while the disk is full."""
         assert self._end is not None
         self._drain_ram()
         if self._ram_segments:
             return False
         self._journal.close()
+        if (self._dir / END_FILE).exists():
+            return True
         end_record = {
             **asdict(self._end),
             "audio_pcm_sha256": self._pcm_hash.hexdigest() if self._stream_sealed else None,
@@ -409,13 +418,13 @@ class SealingWriter:
             "journal_complete": self._journal_complete,
         }
         try:
-            if not (self._dir / END_FILE).exists():
-                write_json_durable(self._dir / END_FILE, end_record)
-            self._sink.seal_dir(self._dir)
+            write_json_durable(self._dir / END_FILE, end_record)
         except OSError as exc:
             if exc.errno in _FULL_ERRNOS:
                 return False
-            raise StorageError(f"sealing {self.recording_id} in {self._dir}: {exc}") from exc
+            raise StorageError(
+                f"recording {self.recording_id}: end record not written ({exc})"
+            ) from exc
         return True
 
     @property
@@ -444,45 +453,66 @@ class SealingSink:
         self._key = device_key
         self._clock_sync = clock_sync
         self._storage_status = storage_status
-        # Ended recordings the full disk would not take yet; retried by poll().
-        self._pending: list[SealingWriter] = []
+        # Ended recordings being sealed, oldest first; poll() advances them.
+        self._jobs: list[_SealJob] = []
+        self._was_blocked = False
         journal_root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def finish_or_keep(self, writer: SealingWriter) -> None:
-        if writer.try_finish():
-            return
-        self._pending.append(writer)
-        self.storage_failed(
-            StorageError(
-                f"data partition full: recording {writer.recording_id} ended and is held "
-                f"({writer.ram_bytes // 1024} KiB in RAM) until space is freed"
-            )
-        )
+    def enqueue(self, directory: Path, writer: SealingWriter | None = None) -> None:
+        """Queue an ended recording for sealing; :meth:`poll` does the work in slices."""
+        self._jobs.append(_SealJob(directory, writer))
 
-    def poll(self) -> None:
-        """Retry sealing recordings held back by a full disk (called about once a second)."""
-        still: list[SealingWriter] = []
-        for writer in self._pending:
-            if not writer.try_finish():
-                still.append(writer)
-        if self._pending and not still:
+    def poll(self, budget: int = SEAL_BYTES_PER_POLL) -> None:
+        """Advance the sealing queue by about ``budget`` bytes of hashing.
+
+        Called once per capture period, so sealing a long call never stalls capture for
+        more than a slice; a full disk blocks the queue (and shows as a fault) until
+        space is back.
+        """
+        blocked = False
+        while self._jobs and budget > 0:
+            job = self._jobs[0]
+            try:
+                state, used = self._advance(job, budget)
+            except OSError as exc:
+                if exc.errno not in _FULL_ERRNOS:
+                    raise StorageError(f"sealing {job.directory.name}: {exc}") from exc
+                state, used = _BLOCKED, 0
+            budget -= used
+            if state == _BLOCKED:
+                blocked = True
+                break
+            if state == _DONE:
+                self._jobs.pop(0)
+        if blocked:
+            job = self._jobs[0]
+            held = job.writer.ram_bytes if job.writer else 0
+            self.storage_failed(
+                StorageError(
+                    f"data partition full: recording {job.directory.name} ended and is held "
+                    f"({held // 1024} KiB in RAM) until space is freed"
+                )
+            )
+            self._was_blocked = True
+        elif self._was_blocked and not self._jobs:
+            self._was_blocked = False
             log.info("all held recordings sealed")
             self.storage_ok()
-        self._pending = still
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._jobs)
 
     def close(self) -> None:
-        """Last try for held recordings at shutdown; say what RAM still holds."""
-        self.poll()
-        for writer in self._pending:
+        """Seal everything queued (shutdown); say what a full disk still holds in RAM."""
+        self.poll(budget=1 << 62)
+        for job in self._jobs:
+            held = job.writer.ram_bytes if job.writer else 0
             log.error(
-                "recording %s: %d KiB of sealed audio could not be written (disk full) and is lost; "
-                "its journal keeps what was synced before",
-                writer.recording_id,
-                writer.ram_bytes // 1024,
+                "recording %s not sealed (disk full): %d KiB in RAM are lost; its journal keeps "
+                "what was synced and the next start seals that",
+                job.directory.name,
+                held // 1024,
             )
 
     def storage_failed(self, exc: StorageError) -> None:
@@ -494,7 +524,6 @@ class SealingSink:
             self._storage_status(None)
 
     def open(self, start: RecordingStart) -> SealingWriter:
-        self.poll()
         try:
             return SealingWriter(self, self.journal_root / start.recording_id, start)
         except OSError as exc:
@@ -513,7 +542,10 @@ class SealingSink:
                 # Crashed before start.json was durable: no audio could have been synced.
                 shutil.rmtree(directory)
                 continue
-            sealed.append(self.seal_dir(directory))
+            job = _SealJob(directory, None)
+            while self._advance(job, 1 << 62)[0] != _DONE:
+                pass
+            sealed.append(directory.name)
         return sealed
 
     def _commit_outbox_leftovers(self) -> None:
@@ -540,21 +572,95 @@ class SealingSink:
                     head = (m["seq"], manifest_hash(m))
         return head
 
-    def seal_dir(self, directory: Path) -> str:
-        """Seal one journal directory and move it into the outbox. Idempotent.
+    def _advance(self, job: _SealJob, budget: int) -> tuple[str, int]:
+        """One slice of sealing ``job``: (_DONE | _BLOCKED | _WORKING, bytes hashed)."""
+        if job.writer is not None and not job.writer.flush_ended():
+            return _BLOCKED, 0
+        if job.blob is None:
+            job.blob = self._prepare_blob(job.directory)
+            job.reader = open(job.blob.path, "rb") if job.blob.path else None  # noqa: SIM115
+        used = 0
+        if job.reader is not None:
+            while used < budget:
+                chunk = job.reader.read(min(HASH_CHUNK, budget - used))
+                if not chunk:
+                    job.reader.close()
+                    job.reader = None
+                    break
+                job.digest.update(chunk)
+                job.size += len(chunk)
+                used += len(chunk)
+            if job.reader is not None:
+                return _WORKING, used
+        self._finalize(job)
+        return _DONE, used
 
-        Order: (1) pick the blob (finished stream, else the journal cut at its last good
-        record); (2) write the signed manifest with the next seq; (3) advance the chain
-        state; (4) drop journal-only files; (5) move the directory into the outbox. A
-        crash after (2) resumes at (3) with the same seq; before (2) it starts over.
+    def _prepare_blob(self, directory: Path) -> _Blob:
+        """Settle which file is the recording. Idempotent: a crash halfway is redone."""
+        start = json.loads((directory / START_FILE).read_text())
+        end_path = directory / END_FILE
+        end = json.loads(end_path.read_text()) if end_path.exists() else None
+        if (directory / MANIFEST_FILE).exists() or (directory / DISCARDED_FILE).exists():
+            manifest = directory / MANIFEST_FILE
+            if manifest.exists():
+                m = json.loads(manifest.read_text())
+                path = directory / BLOBS[m["container"]] if m.get("container") in BLOBS else None
+                return _Blob(
+                    path,
+                    m.get("container"),
+                    m.get("codec"),
+                    m["audio_frames"],
+                    m["audio_pcm_sha256"],
+                    m["recovered"],
+                )
+            return _Blob(None, None, None, 0, None, end is None)
+        if end is not None and (
+            (directory / STREAM_FILE).exists() or (directory / BLOB_AGE).exists()
+        ):
+            if (directory / STREAM_FILE).exists():
+                os.replace(directory / STREAM_FILE, directory / BLOB_AGE)
+                fsync_dir(directory)
+            return _Blob(
+                directory / BLOB_AGE,
+                "age",
+                start["codec"],
+                int(end["frames_written"]),
+                end["audio_pcm_sha256"],
+                False,
+            )
+        if (directory / SEGMENTS_FILE).exists():
+            scan = scan_journal(directory / SEGMENTS_FILE)
+            os.truncate(directory / SEGMENTS_FILE, scan.valid_bytes)
+            _fsync_file(directory / SEGMENTS_FILE)
+            os.replace(directory / SEGMENTS_FILE, directory / BLOB_SEGMENTS)
+            fsync_dir(directory)
+        if (directory / BLOB_SEGMENTS).exists():
+            frames = scan_journal(directory / BLOB_SEGMENTS).frames
+            # A call that ended normally but whose stream could not be finished (disk
+            # full) is whole if its journal is: sealed from segments, not recovered.
+            whole = end is not None and bool(end.get("journal_complete", False))
+            return _Blob(directory / BLOB_SEGMENTS, "segments", "flac", frames, None, not whole)
+        # Crashed before the first journal sync: the call is known, its audio is not.
+        return _Blob(None, None, None, 0, None, True)
+
+    def _finalize(self, job: _SealJob) -> None:
+        """Manifest, chain, clean-up and the move into the outbox (see the module doc).
+
+        Order: (1) the signed manifest with the next seq; (2) the chain state; (3) drop
+        journal-only files; (4) move the directory into the outbox. A crash after (1)
+        resumes at (2) with the same seq; before (1) it starts over.
         """
+        directory = job.directory
         rec_id = directory.name
         manifest_path = directory / MANIFEST_FILE
-        if not manifest_path.exists():
-            manifest = self._build_manifest(directory)
-            write_json_durable(manifest_path, manifest)
-        else:
+        if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
+        else:
+            assert job.blob is not None
+            manifest = self._manifest(
+                directory, job.blob, job.digest.hexdigest() if job.blob.path else None, job.size
+            )
+            write_json_durable(manifest_path, manifest)
         seq = int(manifest["seq"])
         if self.chain.read()[0] < seq:
             self.chain.write(seq, manifest_hash(manifest))
@@ -563,52 +669,26 @@ class SealingSink:
             if path.name not in keep:
                 path.unlink()
         fsync_dir(directory)
-        existing = self.outbox.find(rec_id)
-        if existing is not None:
+        if self.outbox.find(rec_id) is not None:
             shutil.rmtree(directory)
-            return rec_id
+            return
         staged = self.outbox.stage(seq, rec_id)
         os.rename(directory, staged)  # replaces the empty staged dir atomically
         fsync_dir(self.journal_root)
         self.outbox.commit(staged)
         log.info("sealed recording id=%s seq=%d recovered=%s", rec_id, seq, manifest["recovered"])
-        return rec_id
 
-    def _build_manifest(self, directory: Path) -> dict[str, Any]:
+    def _manifest(
+        self, directory: Path, blob: _Blob, blob_sha: str | None, blob_bytes: int
+    ) -> dict[str, Any]:
         start = json.loads((directory / START_FILE).read_text())
         end_path = directory / END_FILE
         end = json.loads(end_path.read_text()) if end_path.exists() else None
         discarded = (directory / DISCARDED_FILE).exists()
         rate = int(start["sample_rate"])
         events = end["events"] if end else _read_events(directory / EVENTS_FILE)
-        recovered = end is None
-        blob: Path | None = None
-        container: str | None = None
-        codec: str | None = None
-        frames = 0
-        pcm_sha: str | None = None
-        if not discarded:
-            if end is not None and (directory / STREAM_FILE).exists():
-                blob = directory / BLOB_AGE
-                os.replace(directory / STREAM_FILE, blob)
-                container, codec = "age", start["codec"]
-                frames, pcm_sha = int(end["frames_written"]), end["audio_pcm_sha256"]
-            elif (directory / SEGMENTS_FILE).exists():
-                scan = scan_journal(directory / SEGMENTS_FILE)
-                os.truncate(directory / SEGMENTS_FILE, scan.valid_bytes)
-                _fsync_file(directory / SEGMENTS_FILE)
-                blob = directory / BLOB_SEGMENTS
-                os.replace(directory / SEGMENTS_FILE, blob)
-                container, codec, frames = "segments", "flac", scan.frames
-                # A call that ended normally but whose stream could not be finished (disk
-                # full) is whole if its journal is: sealed from segments, not recovered.
-                if end is not None and not end.get("journal_complete", False):
-                    recovered = True
-            fsync_dir(directory)
-        blob_sha, blob_bytes = sha256_file(blob) if blob else (None, 0)
         seq, prev = self._chain_head()
-        started_ns = int(start.get("started_mono_ns", 0))
-        duration_ms = round(end["duration_s"] * 1000) if end else round(frames * 1000 / rate)
+        duration_ms = round(end["duration_s"] * 1000) if end else round(blob.frames * 1000 / rate)
         consent_types = {"pause", "resume", "discard"}
         body: dict[str, Any] = {
             "version": MANIFEST_VERSION,
@@ -622,7 +702,7 @@ class SealingSink:
             "started_utc": start["started_utc"],
             "ended_utc": end["ended_utc"] if end else None,
             "duration_ms": duration_ms,
-            "start_monotonic_ns": started_ns,
+            "start_monotonic_ns": int(start.get("started_mono_ns", 0)),
             "end_monotonic_ns": int(end["ended_mono_ns"]) if end else None,
             "boot_id": boot_id(),
             "clock_sync": self._clock_sync().as_dict(),
@@ -636,20 +716,40 @@ class SealingSink:
             "consent_events": [e for e in events if e["type"] in consent_types],
             "events": [e for e in events if e["type"] not in consent_types],
             "preroll_ms": round(float(start["preroll_s"]) * 1000),
-            "codec": codec,
-            "container": container,
+            "codec": blob.codec,
+            "container": blob.container,
             "sample_rate": rate,
             "channels": 1,
-            "audio_frames": frames,
-            "audio_pcm_sha256": pcm_sha,
+            "audio_frames": blob.frames,
+            "audio_pcm_sha256": blob.pcm_sha256,
             "blob_sha256": blob_sha,
             "blob_bytes": blob_bytes,
             "recipients": sorted(_recipient_ids(self.settings.recipients)),
-            "recovered": recovered,
+            "recovered": blob.recovered and not discarded,
             "discarded": discarded,
             "dropped_frames": int(end.get("dropped_frames", 0)) if end else 0,
         }
         return sign_manifest(body, self._key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Blob:
+    path: Path | None
+    container: str | None
+    codec: str | None
+    frames: int
+    pcm_sha256: str | None
+    recovered: bool
+
+
+@dataclass(eq=False)
+class _SealJob:
+    directory: Path
+    writer: SealingWriter | None
+    blob: _Blob | None = None
+    reader: BinaryIO | None = None
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
 
 
 def _recipient_ids(recipients: Sequence[X25519PublicKey]) -> list[str]:

@@ -73,7 +73,7 @@ class RecordingSink(Protocol):
     def open(self, start: RecordingStart) -> RecordingWriter: ...
 
     def poll(self) -> None:
-        """Housekeeping about once a second (e.g. retry what a full disk held back)."""
+        """A slice of background work (sealing, retries after a full disk), once a period."""
         ...
 
     def close(self) -> None:

@@ -95,7 +95,11 @@ def verify_entry(
         report.problems.append(str(exc))
     path = blob_path(directory, manifest)
     if path is None:
-        if not manifest.get("discarded"):
+        # Only a discarded call, or one a crash cut before its first journal sync, has none.
+        no_audio_ok = manifest.get("discarded") or (
+            manifest.get("recovered") and manifest.get("audio_frames") == 0
+        )
+        if not no_audio_ok:
             report.problems.append(f"recording {rec}: no audio and not marked discarded")
         return report
     try:
