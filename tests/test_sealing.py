@@ -309,3 +309,70 @@ def test_decrypt_recording_helper_matches_real_age(tmp_path: Path, office):
     )
     np.testing.assert_array_equal(samples, via_tool)
     assert rate == RATE and len(samples) == m["audio_frames"]
+
+
+def _sink_and_writer(tmp_path: Path, office, seconds: int):
+    from firmware.app import make_sealing_sink
+    from firmware.config import load_config
+    from firmware.keys import create_device_key
+    from firmware.recorder import StorageHealth
+    from firmware.sinks import RecordingEnd, RecordingStart
+
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(
+        config_text(
+            tmp_path / "wav",
+            lines=1,
+            storage_format="sealed",
+            recipients=(office[1],),
+            data_dir=tmp_path / "data",
+        )
+    )
+    cfg = load_config(conf)
+    create_device_key(tmp_path / "data" / "keys" / "device.key")
+    sink = make_sealing_sink(cfg, StorageHealth())
+    start = RecordingStart(
+        "rec-1", "dev", "line1", 0, RATE, "offhook", "2026-11-25T10:00:00.000+00:00", 0, 0, 0.0
+    )
+    writer = sink.open(start)
+    data = np.random.default_rng(3).integers(-9000, 9000, seconds * RATE, dtype=np.int16)
+    for i in range(0, len(data), 160):
+        writer.write(data[i : i + 160])
+    end = RecordingEnd(
+        "onhook", "2026-11-25T10:01:00.000+00:00", len(data), float(seconds), len(data)
+    )
+    return cfg, sink, writer, end, data
+
+
+def test_sealing_is_sliced_so_capture_never_stalls(tmp_path: Path, office):
+    _, sink, writer, end, data = _sink_and_writer(tmp_path, office, seconds=60)
+    writer.close(end)
+    assert sink.pending == 1  # closing only queues the work
+    polls = 0
+    while sink.pending:
+        sink.poll(budget=64 * 1024)
+        polls += 1
+        assert polls < 1000
+    [entry] = sorted((tmp_path / "data" / "outbox" / "sealed").iterdir())
+    assert polls >= (entry / "recording.age").stat().st_size // (64 * 1024)
+    samples, _, _ = decrypt_recording(entry, load_identities(office[0]))
+    np.testing.assert_array_equal(samples, data)
+
+
+def test_crash_halfway_through_sealing_is_finished_at_the_next_start(tmp_path: Path, office):
+    from firmware.app import make_sealing_sink
+    from firmware.recorder import StorageHealth
+
+    cfg, sink, writer, end, data = _sink_and_writer(tmp_path, office, seconds=20)
+    writer.close(end)
+    sink.poll(budget=1)  # end record written, blob settled, hashing just begun... then a crash
+    journal = tmp_path / "data" / "journal" / "rec-1"
+    assert (journal / "recording.age").exists() and not (journal / "manifest.json").exists()
+    recovered = make_sealing_sink(cfg, StorageHealth()).recover()
+    assert recovered == ["rec-1"]
+    [entry] = sorted((tmp_path / "data" / "outbox" / "sealed").iterdir())
+    m = manifest_of(entry)
+    # A finished recording, not a recovered one: the crash hit after the call had ended.
+    assert m["container"] == "age" and m["recovered"] is False and m["seq"] == 1
+    samples, _, _ = decrypt_recording(entry, load_identities(office[0]))
+    np.testing.assert_array_equal(samples, data)
