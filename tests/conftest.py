@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -58,3 +59,14 @@ def linetap_bin() -> Path:
     if not exe.exists():
         pytest.fail(f"{exe} missing: run `make test` (it installs the project into .venv)")
     return exe
+
+
+@pytest.fixture(scope="session")
+def office(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A head-office identity made by the real age-keygen, and its recipient string."""
+    key = tmp_path_factory.mktemp("office") / "office.key"
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return key, recipient

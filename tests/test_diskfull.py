@@ -52,16 +52,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.fixture(scope="module")
-def office(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    key = tmp_path_factory.mktemp("office") / "office.key"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    rec = subprocess.run(
-        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return key, rec
-
-
 def fill(disk: Path, leave: int) -> Path:
     filler = disk / "filler"
     with open(filler, "wb") as fh:

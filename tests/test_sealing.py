@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import soundfile
 
 from firmware.age import load_identities
@@ -22,17 +21,6 @@ from firmware.keys import load_device_key
 from firmware.manifest import verify_chain
 from firmware.verify import decrypt_recording, verify_entries
 from tests.helpers import RATE, config_text, write_capture
-
-
-@pytest.fixture(scope="module")
-def office(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """An office identity made by the real age-keygen, and its recipient."""
-    key = tmp_path_factory.mktemp("office") / "office.key"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    recipient = subprocess.run(
-        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return key, recipient
 
 
 def sealed_replay(

@@ -191,16 +191,6 @@ def _assert_no_plain_audio(data_dir: Path, data: np.ndarray) -> None:
             assert b"fLaC" not in blob and b"RIFF" not in blob, f"plain audio container in {path}"
 
 
-@pytest.fixture(scope="module")
-def office(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    key = tmp_path_factory.mktemp("office") / "office.key"
-    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
-    rec = subprocess.run(
-        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return key, rec
-
-
 def test_kill_mid_call_recovers_segments_readable_by_real_age(
     tmp_path: Path, linetap_bin: Path, office
 ):
