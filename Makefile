@@ -33,6 +33,8 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/capture_rtf.py
 	$(BIN)/python bench/recorder_memory.py
 	$(BIN)/python bench/age_throughput.py
+	$(BIN)/python bench/sealing_rtf.py
+	$(BIN)/python bench/sealing_memory.py
 
 sysdeps:
 	@missing=""; \
