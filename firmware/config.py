@@ -287,6 +287,9 @@ class LinetapConfig(_Model):
     sealing: SealingConfig = Field(
         default_factory=SealingConfig, description="encryption and signing"
     )
+    upload: UploadConfig = Field(
+        default_factory=UploadConfig, description="MQTT upload to the head office"
+    )
     lines: list[LineConfig] = Field(
         min_length=1,
         max_length=MAX_LINES,
