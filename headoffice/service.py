@@ -1,0 +1,104 @@
+"""`linetap-office serve`: the receiver on MQTT.
+
+One paho client, one thread: messages are handled in the client's callback, so a
+chunk is parked (fsynced) before its PUBACK goes out, and an ack is published only after
+the store and the index are durable. Several workers share the load through an MQTT 5
+shared subscription (``$share/{group}/linetap/+/up/#``); none keeps state in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from firmware.errors import ConfigError, LinetapError
+from headoffice.config import OfficeConfig
+from headoffice.receiver import Receiver
+from uploader.protocol import QOS, up_filter
+
+log = logging.getLogger(__name__)
+
+
+def make_client(cfg: OfficeConfig) -> mqtt.Client:
+    b = cfg.broker
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=b.client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    if b.tls:
+        missing = [k for k in ("ca_file", "cert_file", "key_file") if getattr(b, k) is None]
+        if missing:
+            raise ConfigError(
+                [f"broker.{k}: needed with broker.tls = true (from enroll)" for k in missing]
+            )
+        client.tls_set(
+            ca_certs=str(b.ca_file),
+            certfile=str(b.cert_file),
+            keyfile=str(b.key_file),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
+
+
+def subscription(cfg: OfficeConfig) -> str:
+    group = cfg.broker.shared_group
+    return f"$share/{group}/{up_filter()}" if group else up_filter()
+
+
+def attach(client: mqtt.Client, cfg: OfficeConfig, receiver: Receiver) -> None:
+    topic = subscription(cfg)
+
+    def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        log.info("connected to %s:%d; subscribing %s", cfg.broker.host, cfg.broker.port, topic)
+        c.subscribe(topic, qos=QOS)
+
+    def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        log.warning("disconnected from the broker: %s", reason)
+
+    def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        props = getattr(msg.properties, "UserProperty", None) if msg.properties else None
+        try:
+            replies = receiver.handle(msg.topic, bytes(msg.payload), props)
+        except LinetapError as exc:
+            # Storage trouble: no ack, the device asks again after its timeout.
+            log.error("could not process %s: %s", msg.topic[:120], exc)
+            return
+        for reply in replies:
+            c.publish(reply.topic, reply.payload, qos=QOS)
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.on_message = on_message
+
+
+def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
+    client = make_client(cfg)
+    attach(client, cfg, receiver)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        client.disconnect()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    client.connect_async(cfg.broker.host, cfg.broker.port, keepalive=cfg.broker.keepalive_s)
+    client.loop_forever(retry_first_connection=True)
+    log.info(
+        "receiver stopped: %d stored, %d rejected, %d malformed",
+        receiver.stored,
+        receiver.rejected,
+        receiver.malformed,
+    )
+    return 0
