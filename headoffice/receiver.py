@@ -14,6 +14,7 @@ stored gets the same ack and changes nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from firmware.errors import LinetapError
 from firmware.manifest import ManifestError, verify_signature
+from headoffice.index import IndexConflictError
 from headoffice.store import BlobStore, StoreError, utc_now_iso
 from uploader.protocol import (
     SHA256_PROPERTY,
@@ -102,6 +104,8 @@ class Receiver:
         if problem:
             return [self._reject(device, rec, problem)]
         self._save_init(device, init)
+        parked = len(self.store.parked(device, rec))
+        self.index.note_upload(device, rec, json.loads(init.encode()), init.chunk_count, parked)
         return self._progress(device, init)
 
     def _chunk(self, device: str, rec: str, index: int, data: bytes, sha: str | None) -> None:
@@ -161,8 +165,12 @@ class Receiver:
                         device, Ack(rec, AckStatus.MISSING, missing=tuple(range(init.chunk_count)))
                     )
                 raise
-            self.index.add(manifest, str(path), utc_now_iso())
+            try:
+                self.index.add(manifest, str(path), utc_now_iso())
+            except (IndexConflictError, ManifestError) as exc:
+                return self._reject(device, rec, f"not indexed: {exc}")
             self.store.drop_parking(device, rec)
+            self.index.drop_upload(device, rec)
         self.stored += 1
         log.info(
             "stored recording device=%s id=%s seq=%s bytes=%d",
