@@ -1,22 +1,156 @@
-"""``linetap-office``: the head-office command line (receiver, store, search)."""
+"""``linetap-office``: the head-office command line.
+
+linetap-office init --root R --name "ACME Head Office" [--dns H] [--ip A]
+linetap-office enroll-device --root R --csr device.csr --signing-key B64 [--replace]
+linetap-office office-client --root R [--name office-receiver-1]
+linetap-office broker-config --root R [--port 8883]
+linetap-office serve --config office.toml
+linetap-office ls|search|show|export|verify ...   (--store R [--index URL])
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 from firmware import __version__
+from firmware.errors import ConfigError, LinetapError
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from headoffice.enroll import init_ca
+
+    setup = init_ca(
+        args.root,
+        args.name,
+        dns_names=args.dns or ("localhost",),
+        ip_addresses=args.ip or ("127.0.0.1",),
+    )
+    print(f"office set up in {setup.root}")
+    print(f"  office identity (decrypts recordings; keep it safe): {setup.office_key}")
+    print(f"  CA certificate for devices: {setup.ca_cert}")
+    print(f"  recipient for every device's sealing.recipients: {setup.recipient}")
+    return 0
+
+
+def cmd_enroll_device(args: argparse.Namespace) -> int:
+    from headoffice.enroll import enroll_device
+
+    cert = enroll_device(
+        args.root, Path(args.csr).read_bytes(), args.signing_key, replace=args.replace
+    )
+    print(f"device certificate: {cert}")
+    return 0
+
+
+def cmd_office_client(args: argparse.Namespace) -> int:
+    from headoffice.enroll import issue_office_client
+
+    cert, key = issue_office_client(args.root, args.name, replace=args.replace)
+    print(f"office client certificate: {cert}\nkey: {key}")
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from headoffice.enroll import write_broker_config
+
+    path = write_broker_config(args.root, args.port)
+    print(f"mosquitto config: {path}  (run: mosquitto -c {path})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from headoffice.config import load_office_config
+    from headoffice.enroll import device_signing_key
+    from headoffice.index import open_index
+    from headoffice.receiver import Receiver
+    from headoffice.service import serve
+    from headoffice.store import BlobStore
+
+    cfg = load_office_config(args.config)
+    _setup_logging(args.log_level)
+    index = open_index(cfg.index_url)
+    try:
+        receiver = Receiver(
+            BlobStore(cfg.root), index, lambda device: device_signing_key(cfg.root, device)
+        )
+        return serve(cfg, receiver)
+    finally:
+        index.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from headoffice.cli_query import add_query_commands
+
+    parser = argparse.ArgumentParser(prog="linetap-office", description="linetap head office")
+    parser.add_argument("--version", action="version", version=f"linetap-office {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "init", help="create the office CA, broker certificate and age identity (once)"
+    )
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--name", required=True, help="office name in the certificates")
+    p.add_argument("--dns", action="append", help="broker host name devices use (repeatable)")
+    p.add_argument("--ip", action="append", help="broker IP address devices use (repeatable)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "enroll-device", help="sign a device's TLS certificate request and record its signing key"
+    )
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--csr", required=True, help="the device's CSR (linetap keys csr)")
+    p.add_argument(
+        "--signing-key", required=True, help="the device's public signing key (linetap keys show)"
+    )
+    p.add_argument(
+        "--replace", action="store_true", help="accept a new signing key for a known device"
+    )
+    p.set_defaults(func=cmd_enroll_device)
+
+    p = sub.add_parser("office-client", help="issue a client certificate for a receiver worker")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--name", default="office-receiver")
+    p.add_argument("--replace", action="store_true")
+    p.set_defaults(func=cmd_office_client)
+
+    p = sub.add_parser("broker-config", help="write the mosquitto config (TLS, client certs, ACL)")
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--port", type=int, default=8883)
+    p.set_defaults(func=cmd_broker_config)
+
+    p = sub.add_parser("serve", help="receive, verify, store and acknowledge recordings")
+    p.add_argument("--config", type=Path, required=True, help="office.toml")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    add_query_commands(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="linetap-office",
-        description="linetap head office: receive, verify, index and keep recordings",
-    )
-    parser.add_argument("--version", action="version", version=f"linetap-office {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except (LinetapError, OSError) as exc:
+        print(f"linetap-office {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return code
 
 
 if __name__ == "__main__":

@@ -24,10 +24,9 @@ class BrokerConfig(_Model):
     client_id: str = Field(
         "office-receiver", min_length=1, description="MQTT client id; unique per worker"
     )
-    shared_group: str = Field(
-        "office",
-        pattern=r"^[A-Za-z0-9_-]*$",
-        description="MQTT 5 shared-subscription group for several workers; empty = plain subscription",
+    shared: bool = Field(
+        True,
+        description="MQTT 5 shared subscription (secret group from the store root) so workers split the load",
     )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
 

@@ -20,6 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware.errors import ConfigError, LinetapError
 from headoffice.config import OfficeConfig
+from headoffice.enroll import office_share_filter
 from headoffice.receiver import Receiver
 from uploader.protocol import QOS, up_filter
 
@@ -50,8 +51,10 @@ def make_client(cfg: OfficeConfig) -> mqtt.Client:
 
 
 def subscription(cfg: OfficeConfig) -> str:
-    group = cfg.broker.shared_group
-    return f"$share/{group}/{up_filter()}" if group else up_filter()
+    """A shared subscription whose group name is the office's secret (see enroll:
+    mosquitto does not check SUBSCRIBE against the ACL, so a known group could be joined
+    by a device and starve the office of messages); plain when sharing is off."""
+    return office_share_filter(cfg.root) if cfg.broker.shared else up_filter()
 
 
 def attach(client: mqtt.Client, cfg: OfficeConfig, receiver: Receiver) -> None:
