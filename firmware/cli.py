@@ -114,6 +114,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from firmware.app import device_key_path
     from firmware.keys import create_device_key, key_id, load_device_key, public_key_b64
 
+    if args.action == "csr":
+        from firmware.app import device_id
+        from uploader.tlskeys import make_device_csr
+
+        tls_key = cfg.upload.key_file or cfg.storage.data_dir / "keys" / "device-tls.key"
+        csr = make_device_csr(tls_key, device_id(cfg))
+        out = args.out or Path(f"{device_id(cfg)}.csr")
+        out.write_bytes(csr)
+        print(f"TLS key {tls_key}; certificate request {out} (give it to the head office)")
+        return EXIT_OK
     path = device_key_path(cfg)
     if args.action == "init" and not path.exists():
         key = create_device_key(path)
