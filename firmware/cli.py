@@ -34,6 +34,12 @@ def _load(args: argparse.Namespace) -> LinetapConfig:
     return load_config(args.config)
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    from uploader.daemon import cmd_upload as run
+
+    return run(args)
+
+
 def cmd_validate_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     names = ", ".join(
@@ -155,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-config", action="store_true", help="check the config and exit")
     p.set_defaults(func=cmd_record)
 
+    p = sub.add_parser("upload", help="run the uploader daemon (outbox -> head office over MQTT)")
+    config_arg(p)
+    p.set_defaults(func=cmd_upload)
+
     p = sub.add_parser("validate-config", help="check a config file; one line per problem")
     config_arg(p)
     p.set_defaults(func=cmd_validate_config)
@@ -180,8 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="the device signing key")
     config_arg(p)
     p.add_argument(
-        "action", choices=["init", "show"], help="init: create it if missing; show: print it"
+        "action",
+        choices=["init", "show", "csr"],
+        help="init: create the signing key if missing; show: print it; csr: TLS key + request",
     )
+    p.add_argument("--out", type=Path, help="csr: where to write the request (default DEVICE.csr)")
     p.set_defaults(func=cmd_keys)
     return parser
 
