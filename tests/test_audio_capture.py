@@ -524,7 +524,10 @@ class TestFileCapture:
             tracemalloc.stop()
             cap.close()
         assert frames == rate * seconds
-        assert peak < 256 * 1024
+        # Constant memory: far below the 3.8 MB the file holds. The bound leaves room for
+        # unrelated allocations tracemalloc also sees when the whole suite runs in one
+        # process (a cyclic GC pass, library caches); reading the file whole would blow it.
+        assert peak < 1024 * 1024
 
 
 # -- the contract every backend keeps -----------------------------------------------
