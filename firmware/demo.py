@@ -1,13 +1,18 @@
-"""`make demo`: a simulated appliance records a call; the head office verifies and opens it.
+"""`make demo`: a simulated appliance records a call; the head office receives, verifies
+and decrypts it — every part real, on this machine.
 
-1. The head office makes its age identity (in production: `linetap-office enroll`).
-2. The appliance gets a signing key and a config naming the office's public key.
-3. The real recorder pipeline replays the bundled sample call (speech made with espeak-ng)
-   with its hook script: pre-roll, debounce, call state, journal, FLAC, age, manifest,
-   outbox — exactly what `linetap record` does, only faster than real time.
-4. The head office takes the sealed recording from the outbox (the MQTT transport and the
-   store arrive with issue 4), verifies signature, hashes and chain, decrypts it with its
-   identity and writes the audio out.
+1. Head office: CA, broker certificate, age identity (`linetap-office init`), a client
+   certificate for its receiver, and a mosquitto config with TLS client certificates and
+   the per-device ACL; mosquitto runs on a free local port.
+2. Appliance: signing key and TLS key (`linetap keys init|csr`), enrolled by the office
+   (`linetap-office enroll-device`); its config names the office's key and broker.
+3. The real recorder pipeline replays the bundled sample call (speech made with
+   espeak-ng) with its hook script — pre-roll, debounce, call state, journal, FLAC, age,
+   signed manifest, outbox — faster than real time (`linetap replay`).
+4. `linetap upload` ships it over MQTT v5 + mTLS; `linetap-office serve` verifies the
+   signature, stores and indexes it, and only then acknowledges; the appliance marks it
+   acked.
+5. The office verifies the store (signatures, hashes, chain, audio) and exports the call.
 
     python -m firmware.demo [--out demo-out]
 """
@@ -15,110 +20,231 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
-import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import soundfile
-
-from firmware.age import format_identity, format_recipient, generate_identity, load_identities
-from firmware.app import run_replay
-from firmware.config import parse_config
-from firmware.keys import create_device_key, load_device_key
-from firmware.verify import decrypt_recording, verify_entries
+from buffers.outbox import Outbox, OutboxState
+from firmware.keys import load_device_key, public_key_b64
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
+BIN = Path(sys.executable).parent
+DEVICE = "demo-appliance"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"demo: {' '.join(argv[:3])} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear script, step by step
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
-    office_dir, device_dir = out / "office", out / "device"
-    office_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if shutil.which("mosquitto") is None:
+        raise SystemExit(
+            "demo: mosquitto is not installed: apt-get install mosquitto (make demo does it as root)"
+        )
+    from headoffice import enroll
+    from headoffice.enroll import CaLayout
 
-    # 1. Head office identity (the private half never leaves the office).
-    identity = generate_identity()
-    office_key = office_dir / "office.key"
-    fd = os.open(office_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(format_identity(identity) + "\n")
-    recipient = format_recipient(identity.public_key())
-    print(f"[office]  identity {office_key}  public key {recipient}")
+    office_root, device_dir = out / "office", out / "device"
+    out.mkdir(parents=True, exist_ok=True)
+    lt, office = str(BIN / "linetap"), str(BIN / "linetap-office")
 
-    # 2. Appliance config and signing key.
-    text = (SAMPLES / "demo.toml").read_text()
-    text = text.replace("RECIPIENT", recipient).replace("DATA_DIR", str(device_dir))
-    cfg_path = out / "linetap.toml"
-    cfg_path.write_text(text)
-    cfg = parse_config(text, str(cfg_path))
-    cfg = cfg.model_copy(
-        update={
-            "audio": cfg.audio.model_copy(update={"file": SAMPLES / "sample_call.flac"}),
-            "gpio": cfg.gpio.model_copy(update={"script": SAMPLES / "sample_call.events"}),
-        }
+    # 1. Head office.
+    setup = enroll.init_ca(office_root, "Demo Head Office")
+    client_cert, client_key = enroll.issue_office_client(office_root)
+    port = _free_port()
+    broker_conf = enroll.write_broker_config(
+        office_root,
+        port,
+        persistence_location=out / "broker",
+        bind_address="127.0.0.1",
+        run_as_user=getpass.getuser(),
     )
-    device_key_path = device_dir / "keys" / "device.key"
-    create_device_key(device_key_path)
-    print(f"[device]  config {cfg_path}  signing key {device_key_path}")
+    print(f"[office]  identity {setup.office_key}; recipient {setup.recipient}")
+    office_toml = out / "office.toml"
+    office_toml.write_text(
+        f'root = "{office_root}"\n[broker]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'ca_file = "{CaLayout(office_root).broker_ca}"\ncert_file = "{client_cert}"\nkey_file = "{client_key}"\n'
+    )
+
+    # 2. Appliance config, keys, enrollment.
+    text = (SAMPLES / "demo.toml").read_text()
+    text = text.replace("RECIPIENT", setup.recipient).replace("DATA_DIR", str(device_dir))
+    text = text.replace("SAMPLES", str(SAMPLES)).replace("BROKER_PORT", str(port))
+    text = text.replace("CA_FILE", str(CaLayout(office_root).broker_ca))
+    device_toml = out / "linetap.toml"
+    device_toml.write_text(text)
+    _run([lt, "validate-config", "--config", str(device_toml)])
+    _run([lt, "keys", "init", "--config", str(device_toml)])
+    csr = out / f"{DEVICE}.csr"
+    _run([lt, "keys", "csr", "--config", str(device_toml), "--out", str(csr)])
+    signing = public_key_b64(load_device_key(device_dir / "keys" / "device.key").public_key())
+    _run(
+        [
+            office,
+            "enroll-device",
+            "--root",
+            str(office_root),
+            "--csr",
+            str(csr),
+            "--signing-key",
+            signing,
+        ]
+    )
+    shutil.copy(office_root / "devices" / f"{DEVICE}.crt", device_dir / "keys" / "device.crt")
+    print(
+        f"[device]  enrolled {DEVICE}: signing key {signing[:16]}…, TLS client certificate from the office CA"
+    )
 
     # 3. Record: the real pipeline over the sample call.
-    result = run_replay(
-        cfg,
-        audio=SAMPLES / "sample_call.flac",
-        events=SAMPLES / "sample_call.events",
-        out=device_dir,
-        start_utc=datetime.now(UTC),
-        fmt="sealed",
-    )
-    entries = sorted((device_dir / "outbox" / "sealed").iterdir())
     print(
-        f"[device]  replayed {result.frames / cfg.audio.sample_rate:.1f} s of line audio: "
-        f"{len(entries)} sealed recording(s) in {device_dir / 'outbox' / 'sealed'}"
+        _run(
+            [
+                lt,
+                "replay",
+                "--config",
+                str(device_toml),
+                "--audio",
+                str(SAMPLES / "sample_call.flac"),
+                "--events",
+                str(SAMPLES / "sample_call.events"),
+                "--out",
+                str(device_dir),
+                "--start-utc",
+                datetime.now(UTC).isoformat(),
+            ]
+        )
+        .rstrip()
+        .replace("\n", "\n[device]  ")
+        .replace("replayed", "[device]  replayed", 1)
     )
+    outbox = Outbox(device_dir / "outbox")
+    total = len(outbox.entries())
 
-    # 4. Head office: verify, then decrypt.
-    device_public = load_device_key(device_key_path).public_key()
-    identities = load_identities(office_key)
-    reports, chain = verify_entries(entries, device_public, identities)
-    ok = all(r.ok for r in reports) and not chain
-    for entry, report in zip(entries, reports, strict=True):
-        m = report.manifest or {}
-        print(
-            f"[office]  recording {m.get('recording_id')} seq {m.get('seq')} line {m.get('line')}"
+    # 4. Upload over MQTT v5 + mTLS; the office stores, indexes, acks.
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        log = open(out / "services.log", "ab")  # noqa: SIM115 - closed in finally
+        procs.append(
+            subprocess.Popen(["mosquitto", "-c", str(broker_conf)], stdout=log, stderr=log)
         )
-        summary = {
-            k: m.get(k)
-            for k in (
-                "started_utc",
-                "ended_utc",
-                "duration_ms",
-                "trigger",
-                "end_reason",
-                "preroll_ms",
-                "codec",
-                "container",
-                "audio_frames",
-                "recovered",
-                "clock_sync",
-                "blob_sha256",
+        _wait(lambda: _port_open(port), 10, "mosquitto to listen")
+        procs.append(
+            subprocess.Popen(
+                [office, "serve", "--config", str(office_toml)], stdout=log, stderr=log
             )
-        }
-        print("          " + json.dumps(summary, indent=None))
-        print(
-            f"[office]  verify: {'OK (signature, hashes, chain, audio)' if report.ok else report.problems}"
         )
-        samples, rate, _ = decrypt_recording(entry, identities)
-        wav = office_dir / f"{m.get('recording_id')}.wav"
-        soundfile.write(wav, samples, rate, subtype="PCM_16")
-        print(f"[office]  decrypted audio: {wav} ({len(samples) / rate:.2f} s)")
-    if chain:
-        print(f"[office]  chain problems: {chain}")
-    print("demo: " + ("all recordings verified and decrypted" if ok else "VERIFICATION FAILED"))
-    return 0 if ok and entries else 1
+        procs.append(
+            subprocess.Popen([lt, "upload", "--config", str(device_toml)], stdout=log, stderr=log)
+        )
+        print(
+            f"[net]     mosquitto (TLS, client certificates, ACL) on 127.0.0.1:{port}; uploader and receiver running"
+        )
+        _wait(
+            lambda: len(outbox.entries(OutboxState.ACKED)) == total,
+            60,
+            "the office's acknowledgement",
+        )
+        print(
+            f"[device]  {total} recording(s) acknowledged by the office (stored + indexed before the ack)"
+        )
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+    # 5. The office: list, verify, decrypt.
+    listing = json.loads(_run([office, "ls", "--store", str(office_root), "--json"]))
+    rows = listing if isinstance(listing, list) else listing.get("recordings", [])
+    verify = subprocess.run(
+        [
+            office,
+            "verify",
+            "--store",
+            str(office_root),
+            "--identity",
+            str(setup.office_key),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ok = verify.returncode == 0 and json.loads(verify.stdout).get("ok") is True
+    for row in rows:
+        rec = row["recording_id"]
+        print(
+            f"[office]  {rec}  seq {row.get('seq')}  line {row.get('line')}  started {row.get('started_utc')}"
+            f"  {row.get('duration_ms', 0) / 1000:.1f} s  recovered={row.get('recovered')}"
+        )
+        wav = office_root / "exports" / f"{rec}.wav"
+        wav.parent.mkdir(exist_ok=True)
+        _run(
+            [
+                office,
+                "export",
+                rec,
+                "--store",
+                str(office_root),
+                "--identity",
+                str(setup.office_key),
+                "-o",
+                str(wav),
+            ]
+        )
+        print(f"[office]  decrypted audio: {wav}")
+    print(f"[office]  verify (signatures, hashes, chain, audio): {'OK' if ok else 'FAILED'}")
+    if not ok:
+        print(verify.stdout + verify.stderr)
+    print(
+        "demo: "
+        + (
+            "the office received, verified and decrypted every recording"
+            if ok and rows
+            else "FAILED"
+        )
+    )
+    return 0 if ok and rows else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`make demo` stays true: the demo records, seals, verifies and decrypts the sample call."""
+"""`make demo` stays true: record, seal, upload over mTLS, store, verify and decrypt the sample call."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def test_demo_end_to_end(tmp_path: Path):
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "verify: OK" in run.stdout and "all recordings verified and decrypted" in run.stdout
-    [wav] = (out / "office").glob("*.wav")
+    assert "verify (signatures, hashes, chain, audio): OK" in run.stdout
+    assert "the office received, verified and decrypted every recording" in run.stdout
+    [wav] = (out / "office" / "exports").glob("*.wav")
     decrypted, rate = soundfile.read(wav, dtype="int16")
     source, _ = soundfile.read(REPO / "firmware" / "samples" / "sample_call.flac", dtype="int16")
     # Off-hook at 2.5 s with 5 s pre-roll (clamped to 0), hang-up known at 13.5 s.

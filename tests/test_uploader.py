@@ -98,6 +98,8 @@ class Responder:
         drop_first_init: set[str] | None = None,
         garbage_acks: bool = False,
         on_chunk: Callable[[Responder, str, int], None] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,  # (ca, cert, key)
+        client_id: str = "office-test",
     ) -> None:
         self.broker = broker
         self.reject = reject or set()
@@ -116,9 +118,9 @@ class Responder:
         self.problems: list[str] = []
         self.blobs_changed = threading.Condition(self.lock)
         self.connected = threading.Event()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="office-test", protocol=mqtt.MQTTv5
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if tls is not None:
+            client.tls_set(ca_certs=str(tls[0]), certfile=str(tls[1]), keyfile=str(tls[2]))
         client.reconnect_delay_set(1, 2)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -398,6 +400,41 @@ def test_a_30_mb_blob_is_chunked_and_the_window_is_kept(tmp_path: Path, broker: 
     assert states(outbox) == {rec: OutboxState.ACKED}
 
 
+def test_stop_mid_upload_finishes_the_chunks_in_flight_and_says_offline(
+    tmp_path: Path, broker: Broker
+):
+    outbox = SpyOutbox(tmp_path / "outbox")
+    rec, blob = add_entry(outbox, 1, 4 * 1024 * 1024)
+    stopped_at: list[float] = []
+    running: list[Running] = []
+
+    def stop_uploader(store: Responder, _rec: str, _index: int) -> None:
+        if len(store.received) == 10:
+            stopped_at.append(time.monotonic())
+            running[0].stop.set()
+
+    with Responder(broker, on_chunk=stop_uploader) as store:
+        outbox.responder = store
+        with Running(outbox, settings(broker, chunk_kib=16, window=4)) as run:
+            running.append(run)
+            run.thread.join(10)
+            assert not run.thread.is_alive()
+        assert time.monotonic() - stopped_at[0] < 2
+        watcher = StatusWatcher(broker)
+        try:
+            last = watcher.wait(lambda _p, r: r, "the retained status")
+        finally:
+            watcher.close()
+    assert last == protocol.OFFLINE_PAYLOAD
+    sent = len(store.received)
+    assert sent < protocol.chunk_count(len(blob), 16 * 1024)
+    assert sent <= 10 + 3 * 4  # the broker's delivery lags the uploader by a window or two
+    # every chunk published was PUBACKed before the disconnect: nothing left half-sent
+    assert run.uploader.stats().sent_bytes == sent * 16 * 1024
+    assert store.fin_count == Counter() and store.stored == {}
+    assert states(outbox) == {rec: OutboxState.UPLOADING}  # resumed first next start
+
+
 def test_the_brokers_receive_maximum_caps_the_window(
     tmp_path: Path, start_broker: Callable[..., Broker]
 ):
@@ -498,25 +535,98 @@ def test_malformed_acks_are_logged_and_ignored(
     assert any("malformed ack" in m and "protocol version 99" in m for m in warnings), warnings
 
 
+@pytest.mark.parametrize(
+    ("allowed", "refused"),
+    [
+        ("", "broker refused init of"),  # no upload topic at all
+        ("up/+/init\ntopic write linetap/{d}/up/+/fin", "broker refused chunk 0 of"),
+        # ... and "resending 1 chunk(s) of … in N s", not a fin with the chunk missing
+    ],
+    ids=["init", "chunks"],
+)
 def test_puback_refusals_are_not_taken_for_delivery(
-    tmp_path: Path, start_broker: Callable[..., Broker], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    start_broker: Callable[..., Broker],
+    caplog: pytest.LogCaptureFixture,
+    allowed: str,
+    refused: str,
 ):
-    """The broker ACL lets the device read acks and write status but not upload."""
+    """The broker ACL lets the device read acks and write status, but not (all) upload."""
     caplog.set_level(logging.INFO, logger="uploader")
     acl = tmp_path / "acl"
-    acl.write_text(f"topic read linetap/{DEVICE}/ack/#\ntopic write linetap/{DEVICE}/status\n")
+    acl.write_text(
+        "topic read linetap/+/up/#\ntopic write linetap/+/ack/#\n"  # the responder
+        f"topic read linetap/{DEVICE}/ack/#\ntopic write linetap/{DEVICE}/status\n"
+        + (f"topic write linetap/{DEVICE}/{allowed.format(d=DEVICE)}\n" if allowed else "")
+    )
     broker = start_broker(f"acl_file {acl}")
     outbox = SpyOutbox(tmp_path / "outbox")
     rec, _ = add_entry(outbox, 1, 10_000)
-    with Running(outbox, settings(broker, backoff_max_s=1.0)) as run:
-        wait_until(
-            lambda: sum("Not authorized (0x87)" in r.getMessage() for r in caplog.records) >= 2,
-            "two refused inits",
-            timeout=10,
+
+    def refusals() -> int:
+        return sum(
+            refused in r.getMessage() and "Not authorized (0x87)" in r.getMessage()
+            for r in caplog.records
         )
+
+    with Responder(broker) as store, Running(outbox, settings(broker, backoff_max_s=1.0)) as run:
+        wait_until(lambda: refusals() >= 2, "two refusals, the second after a backoff", 10)
     assert states(outbox) == {rec: OutboxState.UPLOADING}  # resumed first next time
     assert outbox.acked_calls == Counter()
     assert run.uploader.stats().acked == 0
+    assert run.uploader.stats().sent_bytes == 0  # a refused chunk is not a sent one
+    assert store.received == []
+    assert store.fin_count == Counter()
+
+
+def test_over_tls_with_the_enrolled_certificate_and_the_production_acl(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """The deployment path: client certificate from enroll, the ACL write_broker_config
+    renders (a device may only use its own topics), client id forced to the CN."""
+    import getpass
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from firmware.keys import public_key_b64
+    from headoffice import enroll
+    from uploader.tlskeys import make_device_csr
+
+    caplog.set_level(logging.INFO, logger="uploader")
+    root = tmp_path / "office"
+    setup = enroll.init_ca(root, "Test Office")
+    key = tmp_path / "device" / "device-tls.key"
+    signing = public_key_b64(ed25519.Ed25519PrivateKey.generate().public_key())
+    cert = enroll.enroll_device(root, make_device_csr(key, DEVICE), signing)
+    office_cert, office_key = enroll.issue_office_client(root)
+
+    def conf(port: int) -> str:
+        return enroll.write_broker_config(
+            root,
+            port,
+            persistence_location=tmp_path / "broker-data",
+            bind_address="127.0.0.1",
+            run_as_user=getpass.getuser(),
+        ).read_text()
+
+    outbox = SpyOutbox(tmp_path / "outbox")
+    recs = {add_entry(outbox, seq, 300_000)[0] for seq in (1, 2)}
+    with run_mosquitto(tmp_path, conf) as broker:
+        cfg = settings(
+            broker, tls=True, ca_file=setup.ca_cert, cert_file=cert, key_file=key, telemetry_s=1.0
+        )
+        tls = (setup.ca_cert, office_cert, office_key)
+        with Responder(broker, tls=tls, client_id=office_cert.stem) as store:
+            outbox.responder = store
+            with Running(outbox, cfg) as run:
+                store.wait_stored(recs)
+                wait_until(lambda: run.uploader.stats().acked == 2, "2 acks")
+                time.sleep(1.2)  # a periodic telemetry publish too
+    assert set(states(outbox).values()) == {OutboxState.ACKED}
+    assert outbox.premature == []
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refused == []  # init, chunks, fin, status: every PUBACK a success
+    assert f"as {DEVICE} (p5" in broker.log()
 
 
 # -- tests: crashes -----------------------------------------------------------------------

@@ -902,9 +902,12 @@ class Uploader:
     def _transfer(self, job: _Job, fh: BinaryIO | None) -> None:
         """init / chunks / fin rounds until the store says stored or rejected."""
         ack: Ack | None = None
+        after_fin = False  # is ``ack`` the answer to a fin?
+        fin_rounds = 0
         while True:
             if ack is None:
                 ack = self._request(job, "init")
+                after_fin = False
                 continue
             if ack.status is AckStatus.STORED:
                 if ack.blob_sha256 != job.init.blob_sha256:
@@ -937,10 +940,26 @@ class Uploader:
                     job.rec,
                     job.init.chunk_count,
                 )
+            if after_fin:
+                fin_rounds += 1
+                if fin_rounds > 1 or not wanted:
+                    # The store keeps missing chunks it had every chance to get: do not
+                    # loop at network speed (a store problem shows in its own logs).
+                    delay = self._backoff("send")
+                    log.warning(
+                        "store still lacks %d chunk(s) of %s after fin (round %d); "
+                        "resending in %.1f s",
+                        len(wanted),
+                        job.rec,
+                        fin_rounds,
+                        delay,
+                    )
+                    self._wait(delay)
             if wanted:
                 assert fh is not None  # chunk_count > 0 means there is a blob
                 self._send_chunks(job, fh, wanted)
             ack = self._request(job, "fin")
+            after_fin = True
 
     def _request(self, job: _Job, what: Literal["init", "fin"]) -> Ack | None:
         """Publish init or fin and wait for the store's ack; None: ask again with init."""
@@ -986,7 +1005,7 @@ class Uploader:
         pending = deque(sorted(set(indices)))
         self._failed_chunks.clear()
         timeout = self._settings.ack_timeout_s
-        while pending or conn.chunks_in_flight():
+        while pending or self._failed_chunks or conn.chunks_in_flight():
             if self._stop.is_set():
                 raise _Stopping
             if self._failed_chunks:
