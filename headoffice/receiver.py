@@ -166,9 +166,11 @@ class Receiver:
                     )
                 raise
             try:
-                self.index.add(manifest, str(path), utc_now_iso())
+                result = self.index.add(manifest, str(path), utc_now_iso())
             except (IndexConflictError, ManifestError) as exc:
                 return self._reject(device, rec, f"not indexed: {exc}")
+            for alarm in result.alarms:
+                log.warning("ALARM device=%s %s: %s", device, alarm.kind, alarm.message)
             self.store.drop_parking(device, rec)
             self.index.drop_upload(device, rec)
         self.stored += 1

@@ -215,15 +215,16 @@ def test_sealed_calls_reach_the_office_over_mtls(tmp_path: Path):
     assert len(samples) == 7 * RATE
 
 
-def _synthetic(s: Setup, sizes: list[int]) -> list[str]:
-    """Sealed-looking entries with random blobs, signed by the enrolled device key
-    (transport and storage do not decrypt; they verify signatures and hashes)."""
+def _synthetic(
+    s: Setup, sizes: list[int], *, first_seq: int = 1, prev: str = "0" * 64
+) -> list[tuple[str, dict[str, bytes]]]:
+    """Sealed-looking entries with random blobs, signed and chained by the enrolled device
+    key (transport and storage do not decrypt; they verify signatures and hashes)."""
     key = load_device_key(s.data / "keys" / "device.key")
-    outbox = Outbox(s.data / "outbox")
-    prev, ids = "0" * 64, []
-    for seq, size in enumerate(sizes, start=1):
+    entries = []
+    for seq, size in enumerate(sizes, start=first_seq):
         blob = os.urandom(size)
-        rec = f"syn-{seq:03d}"
+        rec = f"syn-{seq:04d}"
         body = {
             "version": 1,
             "recording_id": rec,
@@ -246,11 +247,17 @@ def _synthetic(s: Setup, sizes: list[int]) -> list[str]:
         }
         manifest = sign_manifest(body, key)
         prev = manifest_hash(manifest)
-        outbox.add(
-            seq, rec, {"manifest.json": json.dumps(manifest).encode(), "recording.age": blob}
+        entries.append(
+            (rec, {"manifest.json": json.dumps(manifest).encode(), "recording.age": blob})
         )
-        ids.append(rec)
-    return ids
+    return entries
+
+
+def _add(s: Setup, entries: list[tuple[str, dict[str, bytes]]]) -> list[str]:
+    outbox = Outbox(s.data / "outbox")
+    for rec, files in entries:
+        outbox.add(int(rec.split("-")[1]), rec, files)
+    return [rec for rec, _ in entries]
 
 
 def test_broker_receiver_and_uploader_killed_mid_upload(tmp_path: Path):
@@ -258,7 +265,8 @@ def test_broker_receiver_and_uploader_killed_mid_upload(tmp_path: Path):
     with run_mosquitto(tmp_path, s.broker_conf) as broker:
         conf = s.device_config(broker.port)
         s.enroll_device(conf)
-        ids = _synthetic(s, [12_000_000, 300_000, 50_000, 5_000_000, 1_000])
+        made = _synthetic(s, [30_000_000, 300_000, 50_000, 5_000_000, 1_000, 70_000, 2_000])
+        ids = _add(s, made[:5])  # the last two are "recorded" while the network is down
         office_conf = s.office_config(broker.port)
 
         def store_parts() -> int:
@@ -268,7 +276,10 @@ def test_broker_receiver_and_uploader_killed_mid_upload(tmp_path: Path):
         with s.receiver(office_conf) as receiver:
             with s.uploader(conf) as uploader:
                 wait_for(lambda: store_parts() > 20, 60, "the first chunks", s.logs)
-                broker.restart(kill=True)  # 1. broker dies mid-upload
+                broker.stop(kill=True)  # 1. broker dies mid-upload (network gone)...
+                ids += _add(s, made[5:])  # ...while the device keeps recording
+                time.sleep(1.0)
+                broker.start()
                 wait_for(
                     lambda: store_parts() > 60,
                     60,
@@ -295,3 +306,17 @@ def test_broker_receiver_and_uploader_killed_mid_upload(tmp_path: Path):
             s.root / stored.path if not Path(stored.path).is_absolute() else Path(stored.path)
         ).read_bytes() == (entry.path / "recording.age").read_bytes()
     assert not list((s.root / "parking").rglob("*.part"))
+
+
+def test_two_hundred_small_recordings(tmp_path: Path):
+    s = Setup(tmp_path)
+    with run_mosquitto(tmp_path, s.broker_conf) as broker:
+        conf = s.device_config(broker.port)
+        s.enroll_device(conf)
+        ids = _add(s, _synthetic(s, [2_000 + 13 * i for i in range(200)]))
+        with s.receiver(s.office_config(broker.port)), s.uploader(conf):
+            wait_for(lambda: s.acked() == 200, 120, "200 recordings acked", s.logs)
+    index = open_index(f"sqlite:///{s.root / 'index.sqlite3'}")
+    assert sorted(r.recording_id for r in index.search(device=DEVICE, limit=1000)) == ids
+    assert index.gaps() == [] and index.alarms() == []
+    index.close()
