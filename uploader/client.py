@@ -567,10 +567,17 @@ class Uploader:
         self._acks.clear()
         self._status_dirty = True
 
-    def _teardown(self, conn: _Connection) -> None:
-        """Disconnect (if still connected) and stop paho's thread; bounded."""
+    def _teardown(self, conn: _Connection, *, clean: bool = False) -> None:
+        """Disconnect (if still connected) and stop paho's thread; bounded.
+
+        Unless ``clean`` (stopping), the DISCONNECT asks the broker to publish our will
+        ("offline"): a connection given up on (stalled, refused) is not a clean exit.
+        """
         client = conn.client
-        gone = conn.gone or client.disconnect() == mqtt.MQTT_ERR_NO_CONN
+        reason = None
+        if not clean:
+            reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+        gone = conn.gone or client.disconnect(reason) == mqtt.MQTT_ERR_NO_CONN
         deadline = time.monotonic() + DISCONNECT_WAIT_S
         while not gone and time.monotonic() < deadline:
             try:
@@ -1085,7 +1092,7 @@ class Uploader:
                     self._drain(conn, STOP_DRAIN_S)
                 except _Lost as lost:
                     log.info("connection closed while stopping: %s", lost.reason)
-            self._teardown(conn)
+            self._teardown(conn, clean=True)
         s = self.stats()
         log.info(
             "uploader stopped: %d acked, %d rejected, %d bytes of chunks sent",

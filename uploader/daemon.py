@@ -36,15 +36,24 @@ def tls_file_problems(settings: UploadConfig) -> list[str]:
         return []
     problems: list[str] = []
     files = (
-        ("ca_file", settings.ca_file, "the CA certificate that signed the broker's"),
-        ("cert_file", settings.cert_file, "this device's client certificate"),
-        ("key_file", settings.key_file, "this device's TLS private key"),
+        (
+            "ca_file",
+            settings.ca_file,
+            "a copy of the head office's CA certificate (ca.crt from 'linetap-office init')",
+        ),
+        (
+            "cert_file",
+            settings.cert_file,
+            "this device's certificate from 'linetap-office enroll-device'",
+        ),
+        (
+            "key_file",
+            settings.key_file,
+            "the TLS key 'linetap keys csr' made on this device",
+        ),
     )
     for key, path, what in files:
-        fix = (
-            f"set it to {what} from 'linetap-office enroll' "
-            "(or upload.tls = false for a plain test broker)"
-        )
+        fix = f"set it to {what} (or upload.tls = false for a plain test broker)"
         if path is None:
             problems.append(f"upload.{key}: required when upload.tls = true; {fix}")
         elif not path.is_file():
