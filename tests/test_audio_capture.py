@@ -510,6 +510,15 @@ class TestFileCapture:
     def test_memory_stays_constant_whatever_the_length(self, tmp_path: Path) -> None:
         rate, channels, seconds = 8000, 2, 120  # 3.8 MB of samples
         path = write_audio(tmp_path / "long.wav", pattern(rate * seconds, channels), rate)
+        # Warm up first: lazy one-time set-up (cffi type caches, numpy dispatch) must not
+        # count as per-length memory.
+        warm = FileCapture(
+            path=path, sample_rate=rate, channels=channels, period_frames=160, realtime=False
+        )
+        warm.open()
+        for _ in range(10):
+            warm.read()
+        warm.close()
         cap = FileCapture(
             path=path, sample_rate=rate, channels=channels, period_frames=160, realtime=False
         )
