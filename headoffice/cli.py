@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
-        "enroll-device", help="sign a device's TLS certificate request and record its signing key"
+        "enroll-device",
+        aliases=["enroll"],
+        help="sign a device's TLS certificate request and record its signing key",
     )
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--csr", required=True, help="the device's CSR (linetap keys csr)")
