@@ -359,8 +359,10 @@ def add_synthetic(device: Device, sizes: Sequence[int], *, prefix: str = "syn") 
 # --------------------------------------------------------------------------- the chain
 
 
-def start_broker(procs: Processes, office: Office, workdir: Path, attempts: int = 3) -> int:
-    """mosquitto with the office's config (mTLS, ACL) on a free port; returns the port."""
+def start_broker(
+    procs: Processes, office: Office, workdir: Path, attempts: int = 3
+) -> tuple[int, Proc]:
+    """mosquitto with the office's config (mTLS, ACL) on a free port: (port, process)."""
     for attempt in range(attempts):
         port = free_port()
         conf = enroll.write_broker_config(
@@ -375,7 +377,7 @@ def start_broker(procs: Processes, office: Office, workdir: Path, attempts: int 
         while proc.running() and not _accepts(port) and time.monotonic() < deadline:
             time.sleep(0.02)
         if proc.running() and _accepts(port):
-            return port
+            return port, proc
         procs.stop(proc, kill=True)
         if attempt == attempts - 1 or "Address already in use" not in proc.tail():
             raise BenchError(f"mosquitto did not start; its log ({proc.log}):\n{proc.tail()}")
@@ -389,13 +391,40 @@ def profile_argv(module: str, prof: Path | None) -> list[str | Path]:
     return [sys.executable, "-m", "cProfile", "-o", prof, "-m", module]
 
 
+# What-if (opt-in, --receiver-nodelay): the receiver with TCP_NODELAY on its broker socket.
+# headoffice.service does not set it (the uploader does, see uploader.client._no_delay);
+# paho opens its socket with socket.create_connection, so patching that is enough.
+NODELAY_WRAPPER = """\
+import runpy, socket
+_create = socket.create_connection
+def _nodelay(*args, **kwargs):
+    sock = _create(*args, **kwargs)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+socket.create_connection = _nodelay
+runpy.run_module("headoffice.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def start_receiver(
-    procs: Processes, office_toml: Path, name: str, *, prof: Path | None = None
+    procs: Processes,
+    office_toml: Path,
+    name: str,
+    *,
+    prof: Path | None = None,
+    nodelay: bool = False,
 ) -> Proc:
     """``linetap-office serve``; returns once it has connected and sent its SUBSCRIBE."""
-    argv: list[str | Path] = (
-        [LINETAP_OFFICE] if prof is None else profile_argv("headoffice.cli", prof)
-    )
+    argv: list[str | Path]
+    if nodelay:
+        wrapper = procs.logdir / "receiver_nodelay.py"
+        wrapper.write_text(NODELAY_WRAPPER)
+        argv = [sys.executable]
+        if prof is not None:
+            argv += ["-m", "cProfile", "-o", prof]
+        argv.append(wrapper)
+    else:
+        argv = [LINETAP_OFFICE] if prof is None else profile_argv("headoffice.cli", prof)
     proc = procs.start(name, [*argv, "serve", "--config", office_toml])
     wait_until(lambda: log_has(proc, "subscribing"), START_TIMEOUT_S, f"{name} to connect", procs)
     time.sleep(0.3)  # SUBSCRIBE → SUBACK (not logged): loopback takes well under this

@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", choices=["flac", "opus"], default="flac")
     parser.add_argument("--jitter", type=float, default=1.0, help="random pause 0..J s (1.0)")
     parser.add_argument("--fresh-audio", action="store_true", help="rebuild the speech sample")
+    parser.add_argument(
+        "--receiver-nodelay",
+        action="store_true",
+        help="what-if: run the receiver with TCP_NODELAY on its socket (it does not set it)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -200,11 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     with workdir(args.keep, "linetap-upload-lat-") as tmp, Processes(tmp / "logs") as procs:
         office = make_office(tmp / "office", [RECEIVER])
         device = enroll_device(office, DEVICE, tmp / "device")
-        port = start_broker(procs, office, tmp)
+        port, _broker = start_broker(procs, office, tmp)
         device_toml = write_device_toml(device, office, tmp / "device.toml", port, codec=args.codec)
         sink = make_sealing_sink(load_config(device_toml), StorageHealth(), device.key)
         start_receiver(
-            procs, office.write_office_toml(tmp / "office.toml", port, RECEIVER), RECEIVER
+            procs,
+            office.write_office_toml(tmp / "office.toml", port, RECEIVER),
+            RECEIVER,
+            nodelay=args.receiver_nodelay,
         )
         uploader = start_uploader(procs, device_toml, "uploader")
         wait_until(lambda: log_has(uploader, "connected to"), 20, "the uploader", procs)
@@ -228,6 +236,11 @@ def report(args: argparse.Namespace, calls: list[Call], audio: str, wall: float)
         f"receiver already connected; {cores()} CPU cores"
     )
     print(f"audio: {audio}")
+    if args.receiver_nodelay:
+        print(
+            "WHAT-IF run: the receiver had TCP_NODELAY set on its broker socket "
+            "(--receiver-nodelay); the shipped headoffice.service does not set it"
+        )
     header = f"{'part (ms)':<40}{'median':>9}{'p99':>9}{'min':>9}{'max':>9}"
     print(header)
     print("-" * len(header))

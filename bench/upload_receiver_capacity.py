@@ -58,7 +58,7 @@ from upload_common import (
 
 from buffers.outbox import OutboxState
 
-RUN_TIMEOUT_S = 300.0
+RUN_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Result:
     span_s: float  # first → last stored_at in the index
     cpu: dict[str, float]
     stored: dict[str, int]  # per worker, from its log
+    fin_retries: int  # uploader warnings "store still lacks ... after fin (round N)"
 
 
 def device_sizes(small: int, small_bytes: int, large: int, large_bytes: int) -> list[int]:
@@ -86,19 +87,19 @@ def run(
     total: int,
     run_dir: Path,
     profile: bool,
+    nodelay: bool,
 ) -> Result:
     with Processes(run_dir / "logs") as procs:
         off = relocated(office, run_dir / "office")
         devs = [relocated_device(d, run_dir / d.device_id) for d in devices]
-        port = start_broker(procs, off, run_dir)
-        broker = procs.procs[-1]
+        port, broker = start_broker(procs, off, run_dir)
         tomls = [write_device_toml(d, off, run_dir / f"{d.device_id}.toml", port) for d in devs]
         receivers = []
         for k in range(1, workers + 1):
             name = f"office-receiver-{k}"
             toml = off.write_office_toml(run_dir / f"{name}.toml", port, name)
             prof = run_dir / f"{name}.prof" if profile else None
-            receivers.append(start_receiver(procs, toml, name, prof=prof))
+            receivers.append(start_receiver(procs, toml, name, prof=prof, nodelay=nodelay))
         broker0 = proc_cpu_s(broker.pid)
         t0 = time.monotonic()
         uploaders = [
@@ -124,6 +125,7 @@ def run(
         )
         for r in receivers:
             procs.stop(r)
+        fin_retries = sum(u.tail(1 << 24).count("after fin (round") for u in uploaders)
         stored = {r.name: r.tail(1 << 24).count("stored recording ") for r in receivers}
         rejected = sum(r.tail(1 << 24).count("rejected recording ") for r in receivers)
         if rejected:
@@ -131,7 +133,7 @@ def run(
     rows, span = index_stored_span(off)
     if rows != total:
         raise BenchError(f"index has {rows} recordings, expected {total}")
-    return Result(workers, t_done - t0, span, cpu, stored)
+    return Result(workers, t_done - t0, span, cpu, stored, fin_retries)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-mib", type=float, default=4, help="large size, MiB (4)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (1,2)")
     parser.add_argument("--profile", action="store_true", help="cProfile the workers")
+    parser.add_argument(
+        "--receiver-nodelay",
+        action="store_true",
+        help="what-if: run the receiver with TCP_NODELAY on its socket (it does not set it)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -158,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = []
         for i in range(1, args.devices + 1):
             device = enroll_device(office, f"dev-{i:02d}", tmp / "pristine" / f"dev-{i:02d}")
-            add_synthetic(device, sizes)
+            add_synthetic(device, sizes, prefix=device.device_id)  # ids unique office-wide
             devices.append(device)
         total = len(sizes) * len(devices)
         for w in counts:
@@ -171,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     total=total,
                     run_dir=run_dir,
                     profile=args.profile,
+                    nodelay=args.receiver_nodelay,
                 )
             )
             if args.profile:
@@ -195,9 +203,14 @@ def report(
         f"{cores()} CPU cores, shared by the workers, the {args.devices} uploaders and "
         "the broker"
     )
+    if args.receiver_nodelay:
+        print(
+            "WHAT-IF run: the receiver had TCP_NODELAY set on its broker socket "
+            "(--receiver-nodelay); the shipped headoffice.service does not set it"
+        )
     header = (
         f"{'workers':>7}  {'rec/s':>7}  {'MB/s':>6}  {'rec/s steady':>12}  {'MB/s steady':>11}"
-        f"  {'wall s':>6}  {'stored per worker':>18}"
+        f"  {'wall s':>6}  {'stored per worker':>18}  {'fin retries':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -205,7 +218,8 @@ def report(
         print(
             f"{r.workers:>7}  {total / r.wall_s:>7.1f}  {total_bytes / MB / r.wall_s:>6.1f}  "
             f"{total / r.span_s:>12.1f}  {total_bytes / MB / r.span_s:>11.1f}  "
-            f"{r.wall_s:>6.1f}  {'/'.join(str(n) for n in r.stored.values()):>18}"
+            f"{r.wall_s:>6.1f}  {'/'.join(str(n) for n in r.stored.values()):>18}  "
+            f"{r.fin_retries:>11}"
         )
     by = {r.workers: r for r in results}
     if 1 in by and 2 in by:
@@ -225,6 +239,11 @@ def report(
         "\nrec/s, MB/s = from the moment every uploader process is started until the index "
         "has every recording; steady = over the index's first-to-last stored_at. A recording "
         "counts once its blob and manifest are fsynced and the index committed. "
+        "fin retries = uploader warnings 'store still lacks N chunk(s) ... after fin (round "
+        "2+)', each followed by a 0.25-0.5 s backoff: with a shared subscription a fin can "
+        "reach one worker before another has parked the recording's last chunk. "
+        "cores busy = all processes' CPU s / wall s: well below the core count means the "
+        "run waits on round trips and fsyncs rather than CPU. "
         f"MB = 10^6 bytes. Total {wall:.1f} s wall."
     )
 

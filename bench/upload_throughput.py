@@ -4,23 +4,33 @@ Ours: ``--recordings`` synthetic sealed recordings of ``--mib`` MiB each (random
 signed chained manifests) in a fresh outbox; ``linetap-office serve`` running and
 subscribed; then ``linetap upload`` is started and the clock runs until the device's
 outbox has every one of them acked (the store has fsynced blob and manifest, committed the
-index and sent the ack). Two figures: from the uploader's process start (Python start-up
-and TLS handshake included) and from its first claim (the entry leaving ``sealed/``).
+index and sent the ack). "wall" runs from the uploader's process start (Python start-up,
+TLS handshake, CONNACK/SUBACK included), "steady" from its first claim (the first entry
+leaving ``sealed/``).
 
-Peer, the same bytes in the same message sizes (``--chunk-kib`` chunks, the tail of each
-recording its own message): ``mosquitto_pub -V mqttv5 -q 1 -f CHUNK --repeat N`` with the
-device's certificate, key and client id on ``linetap/{device}/up/x/0``, one process per
-recording, drained by ``mosquitto_sub -C total`` with an office client certificate on
-``linetap/+/up/#`` (payload lengths only to /dev/null), so both ends pay TLS. The clock runs
-from the first mosquitto_pub's start until mosquitto_sub has taken the last message.
-mosquitto_pub's --repeat is stop-and-wait (v2.0.11 pub_client.c: the next publish goes
-out from the PUBACK callback), i.e. one QoS 1 message in flight; ours keeps ``--window``.
-The peer runs while neither our uploader (same client id: the broker would disconnect
-it) nor our receiver (it would get the peer's messages) is connected.
+Peers, the same bytes in the same message sizes (``--chunk-kib`` chunks, the tail of each
+recording its own message), QoS 1, MQTT v5, with the device's certificate, key and client
+id, on ``linetap/{device}/up/x/0`` (the ACL lets the device publish there):
 
-Repeats alternate peer and ours; medians are printed, with each process's CPU seconds.
+- ``pub -f --repeat``: ``mosquitto_pub -f CHUNK --repeat N``, one process per recording.
+  Stop-and-wait: in mosquitto 2.0.11 (client/pub_client.c) the next publish goes out
+  from the PUBACK callback, and the loop polls with a 0 ms timeout meanwhile (busy).
+- ``pub -l``: one ``mosquitto_pub -l`` fed every message as a line on stdin (the bytes
+  contain no NUL or newline): publishes as fast as the broker's receive maximum (20)
+  lets it. It sleeps 100 ms before its first publish.
+
+Both are drained by ``mosquitto_sub -C total`` with an office client certificate on
+``linetap/+/up/#`` (payload lengths only, read by this script), so both ends pay TLS. The
+clock runs from the first mosquitto_pub's start ("wall"), or from the first message at the
+subscriber ("steady", scaled by n/(n-1)), to the last message at the subscriber. The
+peers run while neither our uploader (same client id: the broker would disconnect it)
+nor our receiver (it would get the peer's messages) is connected. The peers store
+nothing; ours parks (fsyncs) every chunk, then assembles and indexes each recording.
+
+Repeats interleave the peers and ours; medians are printed, with each process's CPU s.
 
 Run: .venv/bin/python bench/upload_throughput.py [--recordings 4] [--mib 16] [--repeats 3]
+     [--chunk-kib 256] [--window 16] [--profile] [--receiver-nodelay]
 """
 
 from __future__ import annotations
@@ -71,7 +81,7 @@ UPLOAD_TIMEOUT_S = 120.0
 @dataclass
 class Run:
     wall_s: float  # uploader start (ours) / first mosquitto_pub start (peer) → all done
-    steady_s: float  # ours: first claim → all acked; peer: same as wall
+    steady_s: float  # ours: first claim → all acked; peer: first → last message at the sub
     cpu: dict[str, float]
 
 
@@ -85,12 +95,13 @@ def run_ours(
     broker_pid: int,
     n: int,
     profile_dir: Path | None,
+    nodelay: bool,
 ) -> Run:
     add_synthetic(device, sizes, prefix=f"r{n}")
     before = device.count(OutboxState.ACKED)
     target = before + len(sizes)
     prof = (profile_dir / f"receiver-{n}.prof") if profile_dir else None
-    receiver = start_receiver(procs, office_toml, f"receiver-{n}", prof=prof)
+    receiver = start_receiver(procs, office_toml, f"receiver-{n}", prof=prof, nodelay=nodelay)
     broker0 = proc_cpu_s(broker_pid)
     t0 = time.monotonic()
     uploader = start_uploader(
@@ -162,45 +173,53 @@ def _filler(size: int) -> bytes:
     return (bytes(range(32, 127)) * (size // 95 + 1))[:size]
 
 
-def peer_messages(tmp: Path, sizes: list[int], chunk: int) -> tuple[list[Path], Path, int]:
-    """Per recording: (chunk file, count) and tail file; plus the lines file; total count."""
+@dataclass(frozen=True)
+class PeerInput:
+    """The peer's messages: per mosquitto_pub -f run (file, repeat count), and all of
+    them as the lines of one file for mosquitto_pub -l; ``total`` messages."""
+
+    runs: list[tuple[Path, int]]
+    lines: Path
+    total: int
+
+
+def peer_input(tmp: Path, sizes: list[int], chunk: int) -> PeerInput:
+    full_bytes = _filler(chunk)
     full = tmp / "peer-chunk.bin"
-    full.write_bytes(_filler(chunk))
+    full.write_bytes(full_bytes)
     lines = tmp / "peer-lines.txt"
-    files: list[Path] = []
+    runs: list[tuple[Path, int]] = []
     total = 0
     with lines.open("wb") as fh:
         for n, size in enumerate(sizes):
             count, tail = divmod(size, chunk)
-            for _ in range(count):
-                fh.write(full.read_bytes() + b"\n")
-            files.extend([full] * count)
-            total += count
+            if count:
+                runs.append((full, count))
+                fh.write((full_bytes + b"\n") * count)
+                total += count
             if tail:
                 tail_file = tmp / f"peer-tail-{n}.bin"
                 tail_file.write_bytes(_filler(tail))
+                runs.append((tail_file, 1))
                 fh.write(_filler(tail) + b"\n")
-                files.append(tail_file)
                 total += 1
-    return files, lines, total
+    return PeerInput(runs, lines, total)
 
 
 def run_peer(
     mode: str,
     *,
-    tmp: Path,
     office: Office,
     device: Device,
     port: int,
-    sizes: list[int],
-    chunk: int,
+    messages: PeerInput,
     broker_pid: int,
 ) -> Run:
     """``repeat``: mosquitto_pub -f CHUNK --repeat N per recording (stop-and-wait);
     ``lines``: one mosquitto_pub -l with every message a line on stdin (windowed)."""
     tls = ["-h", HOST, "-p", str(port), "-V", "mqttv5", "-q", "1", "--cafile", str(office.ca_file)]
     sub_cert, sub_key = office.client_files(PEER_SUB)
-    files, lines_file, total = peer_messages(tmp, sizes, chunk)
+    total = messages.total
     base = [
         "mosquitto_pub",
         *tls,
@@ -217,15 +236,8 @@ def run_peer(
     if mode == "lines":
         pubs.append([*base, "-l"])
     else:
-        at = 0
-        for size in sizes:
-            count = size // chunk
-            if count:
-                pubs.append([*base, "-f", str(files[at]), "--repeat", str(count)])
-            at += count
-            if size % chunk:
-                pubs.append([*base, "-f", str(files[at])])
-                at += 1
+        for path, count in messages.runs:
+            pubs.append([*base, "-f", str(path), *(["--repeat", str(count)] if count > 1 else [])])
     sub = _Sub(
         [
             "stdbuf",
@@ -256,7 +268,7 @@ def run_peer(
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         for argv in pubs:
-            with lines_file.open("rb") as stdin:
+            with messages.lines.open("rb") as stdin:
                 done = subprocess.run(
                     argv,
                     stdin=stdin if mode == "lines" else subprocess.DEVNULL,
@@ -298,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=16, help="upload.window (16)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (median; 3)")
     parser.add_argument("--profile", action="store_true", help="cProfile uploader + receiver")
+    parser.add_argument(
+        "--receiver-nodelay",
+        action="store_true",
+        help="what-if: run the receiver with TCP_NODELAY on its socket (it does not set it)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     exit_on_sigterm()
@@ -311,24 +328,22 @@ def main(argv: list[str] | None = None) -> int:
     with workdir(args.keep, "linetap-upload-tput-") as tmp, Processes(tmp / "logs") as procs:
         office = make_office(tmp / "office", [RECEIVER, PEER_SUB])
         device = enroll_device(office, DEVICE, tmp / "device")
-        port = start_broker(procs, office, tmp)
-        broker = procs.procs[-1]
+        port, broker = start_broker(procs, office, tmp)
         device_toml = write_device_toml(
             device, office, tmp / "device.toml", port, chunk_kib=args.chunk_kib, window=args.window
         )
         office_toml = office.write_office_toml(tmp / "office.toml", port, RECEIVER)
         profile_dir = tmp if args.profile else None
+        messages = peer_input(tmp, sizes, chunk)
         for n in range(args.repeats):
             for mode in PEERS:
                 runs[mode].append(
                     run_peer(
                         mode,
-                        tmp=tmp,
                         office=office,
                         device=device,
                         port=port,
-                        sizes=sizes,
-                        chunk=chunk,
+                        messages=messages,
                         broker_pid=broker.pid,
                     )
                 )
@@ -342,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                     broker_pid=broker.pid,
                     n=n,
                     profile_dir=profile_dir,
+                    nodelay=args.receiver_nodelay,
                 )
             )
         wall = time.monotonic() - wall
@@ -364,6 +380,11 @@ def report(args: argparse.Namespace, total: int, runs: dict[str, list[Run]], wal
         f"{args.chunk_kib} KiB messages, QoS 1, our window {args.window}; "
         f"{args.repeats} runs each, interleaved; {cores()} CPU cores"
     )
+    if args.receiver_nodelay:
+        print(
+            "WHAT-IF run: the receiver had TCP_NODELAY set on its broker socket "
+            "(--receiver-nodelay); the shipped headoffice.service does not set it"
+        )
     names = list(runs)
     header = "MB/s (wall | steady)".ljust(21) + "".join(f"{LABELS[k]:>20}" for k in names)
     print(header)

@@ -95,11 +95,21 @@ class Receiver:
             return []
 
     # -- messages -----------------------------------------------------------------------
+    def _stored_ack(self, device: str, rec: str, sha: str | None) -> list[Reply] | None:
+        """The ack for a recording id already in the index — ``stored`` only if it is this
+        device's recording with this content (an id clash must never ack someone's copy)."""
+        done = self.index.get(rec)
+        if done is None:
+            return None
+        if done.device_id != device or done.blob_sha256 != sha:
+            return [self._reject(device, rec, "recording id already stored with other content or device")]
+        return [self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=sha))]
+
     def _init(self, device: str, init: Init) -> list[Reply]:
         rec = init.recording_id
-        done = self.index.get(rec)
-        if done is not None:
-            return [self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=init.blob_sha256))]
+        stored = self._stored_ack(device, rec, init.blob_sha256)
+        if stored is not None:
+            return stored
         problem = self._check_manifest(device, init)
         if problem:
             return [self._reject(device, rec, problem)]
@@ -117,8 +127,9 @@ class Receiver:
 
     def _fin(self, device: str, fin: Fin) -> list[Reply]:
         rec = fin.recording_id
-        if self.index.get(rec) is not None:
-            return [self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=fin.blob_sha256))]
+        stored = self._stored_ack(device, rec, fin.blob_sha256)
+        if stored is not None:
+            return stored
         init = self._load_init(device, rec)
         if init is None:
             return [self._reject(device, rec, "unknown upload: send init first")]
@@ -137,8 +148,9 @@ class Receiver:
         rec = init.recording_id
         manifest = init.manifest
         with self.store.lock(device, rec), self.index.finish_lock(device, rec):
-            if self.index.get(rec) is not None:  # another worker finished it meanwhile
-                return self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=init.blob_sha256))
+            stored = self._stored_ack(device, rec, init.blob_sha256)
+            if stored is not None:  # another worker finished it meanwhile
+                return stored[0]
             blob_tmp = None
             try:
                 if init.chunk_count:

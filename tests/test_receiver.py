@@ -208,3 +208,21 @@ def test_two_workers_on_a_shared_subscription(office):
     assert workers[0].index.gaps() == []
     for w in workers:
         w.index.close()
+
+
+def test_an_id_clash_is_rejected_not_acked(office):
+    """Another device (or other content) under a stored recording id must never get `stored`."""
+    device, receiver, _, index, _, _ = office
+    manifest, blob = device.recording(6000)
+    for msg in messages(manifest, blob):
+        receiver.handle(*msg)
+    assert index.get(manifest["recording_id"]) is not None
+    # The same id again with different content: rejected, and the stored row is unchanged.
+    other_blob = os.urandom(6000)
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    body["blob_sha256"] = hashlib.sha256(other_blob).hexdigest()
+    forged = sign_manifest(body, device.key)
+    init = Init(manifest["recording_id"], forged, len(other_blob), forged["blob_sha256"], CHUNK)
+    ack = ack_of(receiver.handle(init_topic(DEVICE, manifest["recording_id"]), init.encode()))
+    assert ack.status is AckStatus.REJECTED and "already stored" in ack.reason
+    assert index.get(manifest["recording_id"]).blob_sha256 == manifest["blob_sha256"]
