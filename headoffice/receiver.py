@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,9 @@ from uploader.protocol import (
 log = logging.getLogger(__name__)
 
 INIT_FILE = "init.json"
+# How long a fin waits for chunks another worker may still be parking, and how often it looks.
+FIN_GRACE_S = 0.5
+FIN_POLL_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,8 @@ class Receiver:
         self.stored = 0
         self.rejected = 0
         self.malformed = 0
+        # Set at shutdown: ends the short wait for chunks a fin overtook.
+        self.stop = threading.Event()
 
     # -- entry point --------------------------------------------------------------------
     def handle(
@@ -135,7 +142,19 @@ class Receiver:
             return [self._reject(device, rec, "unknown upload: send init first")]
         if fin.blob_sha256 != init.blob_sha256 or fin.chunk_count != init.chunk_count:
             return [self._reject(device, rec, "fin does not match init (sha256 or chunk count)")]
+        self._await_parked(device, init)
         return self._progress(device, init)
+
+    def _await_parked(self, device: str, init: Init) -> None:
+        """On a shared subscription the fin can overtake the last chunks, which another
+        worker is still parking: give them a moment before answering "missing" (which
+        costs the device a back-off and a resend round)."""
+        deadline = time.monotonic() + FIN_GRACE_S
+        needed = set(range(init.chunk_count))
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            if needed <= self.store.parked(device, init.recording_id):
+                return
+            self.stop.wait(FIN_POLL_S)
 
     def _progress(self, device: str, init: Init) -> list[Reply]:
         rec = init.recording_id

@@ -98,6 +98,7 @@ def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
+        receiver.stop.set()
         client.disconnect()
 
     signal.signal(signal.SIGTERM, on_signal)
