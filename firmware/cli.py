@@ -34,6 +34,37 @@ def _load(args: argparse.Namespace) -> LinetapConfig:
     return load_config(args.config)
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from firmware.analyze import analyze_file
+
+    report = analyze_file(args.file)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"{report['file']}: {report['seconds']:.2f} s at {report['sample_rate']} Hz")
+    for m in report["caller_id"]:
+        who = m["number"] or f"(number withheld: {m['absence_number']})"
+        print(
+            f"  caller ID  {m['start_s']:8.3f} s  ch{m['channel']}  {who}  {m['name'] or ''}"
+            f"  [{m['standard']} {m['format']}]  {m['time'] or ''}"
+        )
+    if report["dtmf"]:
+        print(
+            "  DTMF       " + " ".join(f"{d['digit']}@{d['start_s']:.2f}s" for d in report["dtmf"])
+        )
+    for e in report["errors"]:
+        print(
+            f"  rejected   {e['start_s']:8.3f} s  ch{e['channel']}  {e['standard']}: {e['reason']}"
+        )
+    for c, lv in enumerate(report["levels"]):
+        hum = ", ".join(f"{k} {v}" for k, v in lv["hum"].items())
+        print(
+            f"  levels ch{c}  RMS {lv['rms_dbfs']} dBFS  peak {lv['peak_dbfs']} dBFS  clipped {lv['clipped_samples']}"
+            f"  silence {lv['silence_fraction']:.0%}  hum {hum}"
+        )
+    return EXIT_OK
+
+
 def cmd_upload(args: argparse.Namespace) -> int:
     from uploader.daemon import cmd_upload as run
 
@@ -160,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.add_argument("--validate-config", action="store_true", help="check the config and exit")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("analyze", help="caller ID, DTMF digits and levels in a WAV/FLAC file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("upload", help="run the uploader daemon (outbox -> head office over MQTT)")
     config_arg(p)

@@ -222,15 +222,27 @@ class UploadConfig(_Model):
     host: str = Field("localhost", min_length=1, description="head-office MQTT broker host name")
     port: int = Field(8883, ge=1, le=65535, description="broker port (8883 = MQTT over TLS)")
     tls: bool = Field(True, description="TLS with a client certificate (always on in production)")
-    ca_file: Path | None = Field(None, description="CA certificate that signed the broker's (from enroll)")
-    cert_file: Path | None = Field(None, description="this device's client certificate (from enroll)")
+    ca_file: Path | None = Field(
+        None, description="CA certificate that signed the broker's (from enroll)"
+    )
+    cert_file: Path | None = Field(
+        None, description="this device's client certificate (from enroll)"
+    )
     key_file: Path | None = Field(None, description="this device's TLS private key, mode 0600")
     chunk_kib: int = Field(256, ge=1, le=4096, description="upload chunk size in KiB (1-4096)")
-    window: int = Field(16, ge=1, le=1024, description="chunks in flight before waiting for PUBACKs (1-1024)")
+    window: int = Field(
+        16, ge=1, le=1024, description="chunks in flight before waiting for PUBACKs (1-1024)"
+    )
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds (5-3600)")
-    ack_timeout_s: float = Field(30.0, gt=0, le=3600, description="seconds to wait for the store's ack before asking again")
-    telemetry_s: float = Field(30.0, ge=1, le=3600, description="seconds between status telemetry messages")
-    backoff_max_s: float = Field(60.0, ge=1, le=3600, description="longest wait between reconnect attempts")
+    ack_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="seconds to wait for the store's ack before asking again"
+    )
+    telemetry_s: float = Field(
+        30.0, ge=1, le=3600, description="seconds between status telemetry messages"
+    )
+    backoff_max_s: float = Field(
+        60.0, ge=1, le=3600, description="longest wait between reconnect attempts"
+    )
 
 
 class LineConfig(_Model):
