@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def call_audio() -> np.ndarray:
     return np.concatenate([gap, cid, gap, digits, gap])
 
 
-def run_analyze(linetap_bin: Path, path: Path) -> dict:
+def run_analyze(linetap_bin: Path, path: Path) -> dict[str, Any]:
     done = subprocess.run(
         [str(linetap_bin), "analyze", str(path), "--json"],
         capture_output=True,
@@ -40,7 +41,8 @@ def run_analyze(linetap_bin: Path, path: Path) -> dict:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
 
 
 @pytest.mark.parametrize("file_rate", [8000, 44100])
