@@ -540,8 +540,10 @@ class SealingSink:
         self._commit_outbox_leftovers()
         self.outbox.cleanup_tmp()
         for directory in sorted(p for p in self.journal_root.iterdir() if p.is_dir()):
-            if not (directory / START_FILE).exists():
+            if not (directory / START_FILE).exists() and not (directory / MANIFEST_FILE).exists():
                 # Crashed before start.json was durable: no audio could have been synced.
+                # (A sealed directory has dropped start.json on its way to the outbox: the
+                # manifest marks it, and it must be finished, never removed.)
                 shutil.rmtree(directory)
                 continue
             job = _SealJob(directory, None)
@@ -599,22 +601,23 @@ class SealingSink:
 
     def _prepare_blob(self, directory: Path) -> _Blob:
         """Settle which file is the recording. Idempotent: a crash halfway is redone."""
+        manifest = directory / MANIFEST_FILE
+        if manifest.exists():
+            # Already sealed (start.json may be gone already): the manifest says it all.
+            m = json.loads(manifest.read_text())
+            path = directory / BLOBS[m["container"]] if m.get("container") in BLOBS else None
+            return _Blob(
+                path,
+                m.get("container"),
+                m.get("codec"),
+                m["audio_frames"],
+                m["audio_pcm_sha256"],
+                m["recovered"],
+            )
         start = json.loads((directory / START_FILE).read_text())
         end_path = directory / END_FILE
         end = json.loads(end_path.read_text()) if end_path.exists() else None
-        if (directory / MANIFEST_FILE).exists() or (directory / DISCARDED_FILE).exists():
-            manifest = directory / MANIFEST_FILE
-            if manifest.exists():
-                m = json.loads(manifest.read_text())
-                path = directory / BLOBS[m["container"]] if m.get("container") in BLOBS else None
-                return _Blob(
-                    path,
-                    m.get("container"),
-                    m.get("codec"),
-                    m["audio_frames"],
-                    m["audio_pcm_sha256"],
-                    m["recovered"],
-                )
+        if (directory / DISCARDED_FILE).exists():
             return _Blob(None, None, None, 0, None, end is None)
         if end is not None and (
             (directory / STREAM_FILE).exists() or (directory / BLOB_AGE).exists()

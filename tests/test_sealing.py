@@ -364,3 +364,30 @@ def test_crash_halfway_through_sealing_is_finished_at_the_next_start(tmp_path: P
     assert m["container"] == "age" and m["recovered"] is False and m["seq"] == 1
     samples, _, _ = decrypt_recording(entry, load_identities(office[0]))
     np.testing.assert_array_equal(samples, data)
+
+
+def test_crash_after_journal_files_dropped_before_the_move_loses_nothing(tmp_path: Path, office):
+    """The narrowest window of sealing: manifest written, chain advanced, start.json and
+    the other journal-only files already unlinked, the directory not yet in the outbox."""
+    from firmware.app import make_sealing_sink
+    from firmware.recorder import StorageHealth
+
+    cfg, sink, writer, end, data = _sink_and_writer(tmp_path, office, seconds=5)
+    writer.close(end)
+    while sink.pending:
+        sink.poll()
+    [entry] = sorted((tmp_path / "data" / "outbox" / "sealed").iterdir())
+    chain_before = (tmp_path / "data" / "state" / "chain.json").read_text()
+    # Put the directory back where the crash would have left it: in the journal, holding
+    # only the manifest and the blob.
+    journal = tmp_path / "data" / "journal" / "rec-1"
+    entry.rename(journal)
+    for marker in journal.glob(".outbox-*"):
+        marker.unlink()
+    assert sorted(p.name for p in journal.iterdir()) == ["manifest.json", "recording.age"]
+    assert make_sealing_sink(cfg, StorageHealth()).recover() == ["rec-1"]
+    [again] = sorted((tmp_path / "data" / "outbox" / "sealed").iterdir())
+    assert again.name == entry.name  # same seq, same id
+    assert (tmp_path / "data" / "state" / "chain.json").read_text() == chain_before
+    samples, _, _ = decrypt_recording(again, load_identities(office[0]))
+    np.testing.assert_array_equal(samples, data)
