@@ -42,7 +42,8 @@ from sealing_rtf import (
     speech_wav,
 )
 
-from firmware.sealing import BLOB_AGE, Codec
+from firmware.manifest import BLOB_AGE
+from firmware.sealing import Codec
 
 PROGRESS_S = 600  # report every 10 minutes of audio
 SHORT_S = 60

@@ -51,7 +51,8 @@ import soundfile
 from buffers.outbox import Outbox
 from firmware.age import format_recipient, generate_identity
 from firmware.keys import create_device_key
-from firmware.sealing import BLOB_AGE, ChainState, Codec, SealingSettings, SealingSink
+from firmware.manifest import BLOB_AGE
+from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink
 from firmware.sinks import RecordingEnd, RecordingStart
 
 RATE = 8000

@@ -60,8 +60,9 @@ from upload_common import (
 from buffers.outbox import OutboxState
 from firmware.app import make_sealing_sink
 from firmware.config import CallConfig, load_config
+from firmware.manifest import BLOB_AGE
 from firmware.recorder import StorageHealth
-from firmware.sealing import BLOB_AGE, SealingSink
+from firmware.sealing import SealingSink
 from firmware.sinks import RecordingEnd, RecordingStart
 from uploader.client import IDLE_RESCAN_S
 

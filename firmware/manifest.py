@@ -23,6 +23,12 @@ from firmware.errors import LinetapError
 from firmware.keys import key_id
 
 MANIFEST_VERSION = 1
+# A sealed recording's directory (outbox entry, store upload): the manifest, and the blob
+# named by the manifest's "container" (none for a discarded call).
+MANIFEST_FILE = "manifest.json"
+BLOB_AGE = "recording.age"
+BLOB_SEGMENTS = "recording.segments"
+BLOB_FILES = {"age": BLOB_AGE, "segments": BLOB_SEGMENTS}
 GENESIS_HASH = "0" * 64
 SIGNATURE_FIELD = "signature"
 

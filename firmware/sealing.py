@@ -43,7 +43,16 @@ from firmware.age import AgeWriter, encrypt_bytes
 from firmware.clock import ClockSync, boot_id, read_clock_sync
 from firmware.errors import StorageError
 from firmware.keys import key_id
-from firmware.manifest import GENESIS_HASH, MANIFEST_VERSION, manifest_hash, sign_manifest
+from firmware.manifest import (
+    BLOB_AGE,
+    BLOB_FILES,
+    BLOB_SEGMENTS,
+    GENESIS_HASH,
+    MANIFEST_FILE,
+    MANIFEST_VERSION,
+    manifest_hash,
+    sign_manifest,
+)
 from firmware.sinks import RecordingEnd, RecordingEvent, RecordingStart
 
 log = logging.getLogger(__name__)
@@ -57,10 +66,6 @@ SEGMENTS_FILE = "segments.jrn"
 STREAM_PARTIAL = "stream.age.partial"
 STREAM_FILE = "stream.age"
 DISCARDED_FILE = "discarded"
-MANIFEST_FILE = "manifest.json"
-BLOB_AGE = "recording.age"
-BLOB_SEGMENTS = "recording.segments"
-BLOBS = {"age": BLOB_AGE, "segments": BLOB_SEGMENTS}
 
 # Sealing hashes the finished file in slices of this many bytes per capture period, so a
 # 2-hour call never stalls capture (SHA-256 of 256 KiB takes a few ms even on a Pi 3).
@@ -605,7 +610,9 @@ class SealingSink:
         if manifest.exists():
             # Already sealed (start.json may be gone already): the manifest says it all.
             m = json.loads(manifest.read_text())
-            path = directory / BLOBS[m["container"]] if m.get("container") in BLOBS else None
+            path = (
+                directory / BLOB_FILES[m["container"]] if m.get("container") in BLOB_FILES else None
+            )
             return _Blob(
                 path,
                 m.get("container"),

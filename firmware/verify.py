@@ -20,10 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from buffers.journal import JournalFormatError, iter_segments
 from firmware.age import AgeError, AgeReader, decrypt_bytes
-from firmware.manifest import ManifestError, verify_chain, verify_signature
-
-MANIFEST_FILE = "manifest.json"
-BLOBS = {"age": "recording.age", "segments": "recording.segments"}
+from firmware.manifest import (
+    BLOB_FILES,
+    MANIFEST_FILE,
+    ManifestError,
+    verify_chain,
+    verify_signature,
+)
 
 
 @dataclass
@@ -49,7 +52,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def blob_path(directory: Path, manifest: Mapping[str, Any]) -> Path | None:
     container = manifest.get("container")
-    return directory / BLOBS[container] if container in BLOBS else None
+    return directory / BLOB_FILES[container] if container in BLOB_FILES else None
 
 
 def decode_audio(encoded: bytes) -> npt.NDArray[np.int16]:

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 
 from buffers.outbox import OutboxEntry
 from firmware.config import UploadConfig
+from firmware.manifest import BLOB_FILES, MANIFEST_FILE
 from uploader import protocol
 from uploader.connection import POLL_S, Backoff, Link, Lost, Sent, Stopping
 from uploader.protocol import Ack, AckStatus, Fin, Init, Kind, ProtocolError
@@ -32,8 +33,6 @@ from uploader.protocol import Ack, AckStatus, Fin, Init, Kind, ProtocolError
 log = logging.getLogger("uploader.client")
 
 # Blob file of an outbox entry by manifest["container"] (None: a discarded call, no blob).
-BLOB_FILES = {"age": "recording.age", "segments": "recording.segments"}
-MANIFEST_FILE = "manifest.json"
 
 
 class LocalProblem(Exception):
