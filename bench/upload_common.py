@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import json
 import os
 import random
@@ -38,11 +37,16 @@ from types import FrameType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+# The benches share the tests' signed-manifest helper; run as scripts they need the repo
+# root on the path to import it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from buffers.outbox import Outbox, OutboxState
 from firmware.keys import create_device_key, public_key_b64
-from firmware.manifest import GENESIS_HASH, manifest_hash, sign_manifest
+from firmware.manifest import GENESIS_HASH, manifest_hash
 from headoffice import enroll
 from headoffice.enroll import CaLayout
+from tests.helpers import signed_manifest
 from uploader.tlskeys import make_device_csr
 
 HOST = "127.0.0.1"
@@ -326,27 +330,14 @@ def add_synthetic(device: Device, sizes: Sequence[int], *, prefix: str = "syn") 
         seq = device.next_seq
         blob = os.urandom(size) if size >= 4096 else rng.randbytes(size)
         rec = f"{prefix}-{seq:06d}"
-        body = {
-            "version": 1,
-            "recording_id": rec,
-            "device_id": device.device_id,
-            "line": "line1",
-            "seq": seq,
-            "prev_manifest_sha256": device.prev_hash,
-            "started_utc": "2026-11-25T10:00:00.000+00:00",
-            "ended_utc": "2026-11-25T10:05:00.000+00:00",
-            "duration_ms": 300000,
-            "container": "age",
-            "codec": "flac",
-            "blob_sha256": hashlib.sha256(blob).hexdigest(),
-            "blob_bytes": size,
-            "recovered": False,
-            "discarded": False,
-            "caller_id": None,
-            "dialled_digits": "",
-            "direction": "unknown",
-        }
-        manifest = sign_manifest(body, device.key)
+        manifest = signed_manifest(
+            device.key,
+            device_id=device.device_id,
+            rec=rec,
+            seq=seq,
+            prev=device.prev_hash,
+            blob=blob,
+        )
         device.prev_hash = manifest_hash(manifest)
         device.next_seq += 1
         outbox.add(

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import soundfile
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from firmware.manifest import sign_manifest
 
 RATE = 8000
 
@@ -103,3 +108,26 @@ def espeak_word(text: str, rate: int = RATE) -> npt.NDArray[np.int16]:
         timeout=60,
     ).stdout
     return np.frombuffer(raw, dtype="<i2").copy()
+
+
+def signed_manifest(
+    key: Ed25519PrivateKey,
+    *,
+    device_id: str,
+    rec: str,
+    seq: int,
+    prev: str,
+    blob: bytes,
+    duration_ms: int = 300_000,
+) -> dict[str, Any]:
+    """A signed manifest for an opaque blob: what transport and storage check (signature,
+    chain, size, sha256) without anything having to decrypt it."""
+    body = {
+        "version": 1, "recording_id": rec, "device_id": device_id, "line": "line1", "seq": seq,
+        "prev_manifest_sha256": prev, "started_utc": "2026-11-25T10:00:00.000+00:00",
+        "ended_utc": "2026-11-25T10:05:00.000+00:00", "duration_ms": duration_ms,
+        "container": "age", "codec": "flac", "blob_sha256": hashlib.sha256(blob).hexdigest(),
+        "blob_bytes": len(blob), "recovered": False, "discarded": False, "caller_id": None,
+        "dialled_digits": "", "direction": "unknown",
+    }  # fmt: skip
+    return sign_manifest(body, key)

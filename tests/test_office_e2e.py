@@ -10,7 +10,6 @@ only after the store has it.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import signal
@@ -25,12 +24,12 @@ import soundfile
 
 from buffers.outbox import Outbox, OutboxState
 from firmware.keys import load_device_key
-from firmware.manifest import manifest_hash, sign_manifest
+from firmware.manifest import manifest_hash
 from headoffice import enroll
 from headoffice.enroll import CaLayout
 from headoffice.index import open_index
 from tests.conftest import VENV_BIN
-from tests.helpers import RATE, config_text, write_capture
+from tests.helpers import RATE, config_text, signed_manifest, write_capture
 from tests.mqtt_broker import run_mosquitto
 
 DEVICE = "branch-7"
@@ -225,27 +224,7 @@ def _synthetic(
     for seq, size in enumerate(sizes, start=first_seq):
         blob = os.urandom(size)
         rec = f"syn-{seq:04d}"
-        body = {
-            "version": 1,
-            "recording_id": rec,
-            "device_id": DEVICE,
-            "line": "line1",
-            "seq": seq,
-            "prev_manifest_sha256": prev,
-            "started_utc": "2026-11-25T10:00:00.000+00:00",
-            "ended_utc": "2026-11-25T10:05:00.000+00:00",
-            "duration_ms": 300000,
-            "container": "age",
-            "codec": "flac",
-            "blob_sha256": hashlib.sha256(blob).hexdigest(),
-            "blob_bytes": size,
-            "recovered": False,
-            "discarded": False,
-            "caller_id": None,
-            "dialled_digits": "",
-            "direction": "unknown",
-        }
-        manifest = sign_manifest(body, key)
+        manifest = signed_manifest(key, device_id=DEVICE, rec=rec, seq=seq, prev=prev, blob=blob)
         prev = manifest_hash(manifest)
         entries.append(
             (rec, {"manifest.json": json.dumps(manifest).encode(), "recording.age": blob})

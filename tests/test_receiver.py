@@ -16,6 +16,7 @@ from firmware.manifest import GENESIS_HASH, manifest_hash, sign_manifest
 from headoffice.index import open_index
 from headoffice.receiver import Receiver
 from headoffice.store import BlobStore
+from tests.helpers import signed_manifest
 from uploader.protocol import (
     SHA256_PROPERTY,
     Ack,
@@ -43,27 +44,15 @@ class Device:
         blob = os.urandom(size)
         self.seq += 1
         rec = f"rec-{self.seq:04d}"
-        body = {
-            "version": 1,
-            "recording_id": rec,
-            "device_id": DEVICE,
-            "line": "line1",
-            "seq": self.seq,
-            "prev_manifest_sha256": self.prev,
-            "started_utc": "2026-11-25T10:00:00.000+00:00",
-            "ended_utc": "2026-11-25T10:01:00.000+00:00",
-            "duration_ms": 60000,
-            "container": "age",
-            "codec": "flac",
-            "blob_sha256": hashlib.sha256(blob).hexdigest(),
-            "blob_bytes": len(blob),
-            "recovered": False,
-            "discarded": False,
-            "caller_id": None,
-            "dialled_digits": "",
-            "direction": "unknown",
-        }
-        manifest = sign_manifest(body, self.key)
+        manifest = signed_manifest(
+            self.key,
+            device_id=DEVICE,
+            rec=rec,
+            seq=self.seq,
+            prev=self.prev,
+            blob=blob,
+            duration_ms=60_000,
+        )
         self.prev = manifest_hash(manifest)
         return manifest, blob
 
