@@ -53,7 +53,7 @@ from firmware.manifest import (
     manifest_hash,
     sign_manifest,
 )
-from firmware.sinks import RecordingEnd, RecordingEvent, RecordingStart
+from firmware.sinks import RecordingEnd, RecordingEvent, RecordingStart, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,8 @@ def opus_compression_level(bitrate: int) -> float:
 
 
 def write_json_durable(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Journal and manifest files: compact JSON, written atomically and durably."""
+    write_json_atomic(path, payload, indent=None)
 
 
 def _fsync_file(path: Path) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import soundfile
 
+from buffers.journal import fsync_dir
 from firmware.errors import StorageError
 
 
@@ -81,23 +82,18 @@ class RecordingSink(Protocol):
         ...
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, payload: Any, *, indent: int | None = 2) -> None:
+    """Replace ``path`` with ``payload`` as JSON, durably: temp file, fsync, rename, fsync
+    of the directory. A crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
+        json.dump(payload, fh, indent=indent, sort_keys=True)
+        if indent is not None:
+            fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class WavWriter:

@@ -8,7 +8,7 @@ their harmonics leak into badly earthed taps) relative to the whole signal.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -101,7 +101,3 @@ def levels(samples: npt.NDArray[np.int16], rate: int, block_s: float = 1.0) -> d
     for start in range(0, samples.shape[0], step):
         stats.update(samples[start : start + step])
     return stats.summary()
-
-
-def as_dict(stats: LevelStats) -> dict[str, Any]:
-    return asdict(stats)
