@@ -173,19 +173,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def config_arg(p: argparse.ArgumentParser) -> None:
+    """The ``--config/-c`` option every config-reading subcommand takes."""
+    p.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        help=f"config file (default: $LINETAP_CONFIG or {DEFAULT_CONFIG_PATH})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linetap", description="linetap call recorder")
     parser.add_argument("--version", action="version", version=f"linetap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def config_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--config",
-            "-c",
-            type=Path,
-            default=None,
-            help=f"config file (default: $LINETAP_CONFIG or {DEFAULT_CONFIG_PATH})",
-        )
 
     p = sub.add_parser("record", help="run the recorder daemon")
     config_arg(p)
@@ -232,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="csr: where to write the request (default DEVICE.csr)")
     p.set_defaults(func=cmd_keys)
+
+    from firmware.tools import register_all
+
+    register_all(sub)
     return parser
 
 
