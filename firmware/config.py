@@ -118,6 +118,44 @@ class CallConfig(_Model):
     )
 
 
+class TelephonyConfig(_Model):
+    mask_dtmf: bool = Field(
+        True,
+        description="replace key presses (DTMF) in the stored audio by silence/noise (PCI DSS)",
+    )
+    mask_after_n: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="leave the first N digits after off-hook readable (menu choices), mask the rest (0-32; 0: mask all)",
+    )
+    mask_mode: Literal["silence", "comfort_noise"] = Field(
+        "comfort_noise",
+        description='what replaces a masked digit: "silence" or "comfort_noise" (low noise, -65 dBm0)',
+    )
+    mask_guard_ms: int = Field(
+        30,
+        ge=15,
+        le=200,
+        description="ms masked before and after each detected digit (15-200); 30 leaves no tone",
+    )
+    fsk_caller_id: bool = Field(
+        True, description="decode FSK caller ID (Bell 202 / V.23) heard on the line"
+    )
+    caller_id_window_s: float = Field(
+        40.0,
+        ge=1,
+        le=300,
+        description="a caller ID heard up to this many seconds before off-hook belongs to the call (1-300)",
+    )
+    outbound_window_s: float = Field(
+        15.0,
+        ge=1,
+        le=120,
+        description="a call without caller ID whose first digit comes within this many seconds of off-hook is outbound (1-120)",
+    )
+
+
 class StorageConfig(_Model):
     format: Literal["sealed", "wav"] = Field(
         "sealed",
@@ -295,6 +333,10 @@ class LinetapConfig(_Model):
     audio: AudioConfig = Field(default_factory=AudioConfig, description="capture device")
     gpio: GpioConfig = Field(default_factory=GpioConfig, description="GPIO backend and pins")
     call: CallConfig = Field(default_factory=CallConfig, description="call detection")
+    telephony: TelephonyConfig = Field(
+        default_factory=TelephonyConfig,
+        description="DTMF masking, caller ID and call direction",
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="where recordings go")
     sealing: SealingConfig = Field(
         default_factory=SealingConfig, description="encryption and signing"

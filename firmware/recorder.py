@@ -39,6 +39,8 @@ from firmware.callstate import (
     Start,
 )
 from firmware.config import LineConfig, LinetapConfig
+from firmware.dsp.dtmf import MASK_CHAR, MaskMode, mask_spans
+from firmware.dsp.line import LineAnalyser, caller_id_record
 from firmware.errors import AudioDeviceError, StorageError
 from firmware.leds import LedPanel
 from firmware.sinks import (
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 NS_PER_S = 1_000_000_000
 # Slack in the ring beyond pre-roll + debounce, for edges reported late (a slow poll).
 RING_SLACK_S = 2.0
+# How long after off-hook a caller ID may still arrive (serial units report when decoded).
+CALLER_ID_LATE_S = 3.0
 
 
 def iso_utc(ns: int) -> str:
@@ -87,14 +91,40 @@ class Timeline:
         return iso_utc(self.ns_at(frame) + self.wall_offset_ns)
 
 
+@dataclass(frozen=True, slots=True)
+class Telephony:
+    """What the recorder does with what a line's analyser hears (from ``[telephony]``)."""
+
+    mask_dtmf: bool
+    mask_after_n: int  # digits dialled after off-hook left readable before masking starts
+    mask_mode: MaskMode
+    guard_frames: int  # masked before and after each digit's detected span
+    caller_id_window_frames: int  # how long before off-hook a caller ID still counts
+    caller_id_after_frames: int  # ... and how long after (a serial unit reports late)
+    outbound_window_frames: int  # a digit this soon after off-hook makes the call outbound
+
+
+@dataclass(slots=True)
+class _CallInfo:
+    """Facts about the call as a whole, carried over to a rollover's next recording."""
+
+    caller_id: dict[str, object] | None = None
+    direction: str = "unknown"
+
+
 @dataclass(slots=True)
 class _Recording:
     writer: RecordingWriter
     first_frame: int
     cursor: int  # next stream frame to write
+    trigger_frame: int = 0
+    call: _CallInfo = field(default_factory=_CallInfo)
     audio_frames: int = 0
     paused: bool = False
     discarded: bool = False
+    digit_seq: int = 0  # the analyser's number of the next key press to take
+    digits: list[str] = field(default_factory=list)  # dialled, masked ones as MASK_CHAR
+    masked: list[tuple[int, int]] = field(default_factory=list)  # detected spans, frames
 
 
 @dataclass
@@ -112,10 +142,14 @@ class LineRunner:
     timeline: Timeline
     # Called with the error when storage fails, with None when a recording starts fine.
     storage_status: Callable[[StorageError | None], None]
+    analyser: LineAnalyser | None = None
+    telephony: Telephony | None = None
     machine: CallMachine | None = None
     recording: _Recording | None = None
     recordings_started: int = 0
     last_id: str | None = field(default=None)
+    last_call: _CallInfo | None = field(default=None)
+    last_end_frame: int | None = field(default=None)  # a caller ID before it was that call's
 
     @property
     def state(self) -> LineState:
@@ -142,7 +176,10 @@ class LineRunner:
             self.ring.push_silence(gap_frames)
             self._note_gap(end_frame - samples.shape[0] - gap_frames, gap_frames)
         self.ring.push(samples)
+        if self.analyser is not None:
+            self.analyser.process(samples, end_frame - samples.shape[0])
         self._apply(self.machine.advance(edges, end_frame))
+        self._take_digits()
         self._flush(end_frame)
 
     def finish(self, frame: int, reason: EndReason) -> None:
@@ -169,7 +206,8 @@ class LineRunner:
             return
         if rec is None:
             return
-        self._flush(action.frame)
+        self._take_digits()
+        self._flush(action.frame, final=not isinstance(action, Flash))
         if isinstance(action, Pause):
             rec.paused = True
             self._event(rec, "pause", action.frame)
@@ -210,7 +248,22 @@ class LineRunner:
                 started_mono_ns=self.timeline.ns_at(first),
             )
         )
-        self.recording = _Recording(writer=writer, first_frame=first, cursor=first)
+        rollover = action.trigger.value == "rollover" and self.last_call is not None
+        call = self.last_call if rollover and self.last_call else self._call_info(action)
+        guard = self.telephony.guard_frames if self.telephony else 0
+        # Key presses heard in the pre-roll count too: they are in the audio.
+        digit_seq = (
+            self.analyser.first_digit_seq_ending_after(first - guard) if self.analyser else 0
+        )
+        self.recording = _Recording(
+            writer=writer,
+            first_frame=first,
+            cursor=first,
+            trigger_frame=action.trigger_frame,
+            call=call,
+            digit_seq=digit_seq,
+        )
+        self.last_call = call
         self.recordings_started += 1
         self.last_id = rec_id
         log.info(
@@ -221,8 +274,57 @@ class LineRunner:
             max(0, action.trigger_frame - first) / self.rate,
         )
 
+    def _call_info(self, action: Start) -> _CallInfo:
+        """Caller ID heard before this off-hook; inbound when there was one."""
+        if self.analyser is None or self.telephony is None:
+            return _CallInfo()
+        t = self.telephony
+        window = t.caller_id_window_frames
+        if self.last_end_frame is not None:
+            # A caller ID heard before the previous call ended belonged to that call.
+            window = min(window, action.trigger_frame - self.last_end_frame)
+        message = self.analyser.caller_id_before(
+            action.trigger_frame, window_frames=window, after_frames=t.caller_id_after_frames
+        )
+        if message is None:
+            return _CallInfo()
+        return _CallInfo(caller_id=caller_id_record(message), direction="inbound")
+
+    def _take_digits(self) -> None:
+        """Move the key presses heard since the last call into the recording, deciding
+        which are masked; a call without caller ID whose first digit comes soon after
+        off-hook was dialled from here (outbound)."""
+        rec = self.recording
+        if rec is None or self.analyser is None or self.telephony is None:
+            return
+        t = self.telephony
+        for heard in self.analyser.digits_from(rec.digit_seq):
+            rec.digit_seq = heard.seq + 1
+            event = heard.event
+            if event.start_frame < rec.trigger_frame:
+                # In the pre-roll: not dialled on this call (DTMF CLIP, or the end of the
+                # previous call), but in the audio, so masked all the same.
+                if t.mask_dtmf:
+                    rec.masked.append((event.start_frame, event.end_frame))
+                continue
+            if rec.paused or rec.discarded:
+                continue  # consent withdrawn: nothing about this span is kept
+            if (
+                not rec.digits
+                and rec.call.direction == "unknown"
+                and event.start_frame - rec.trigger_frame <= t.outbound_window_frames
+            ):
+                rec.call.direction = "outbound"
+            if t.mask_dtmf and len(rec.digits) >= t.mask_after_n:
+                rec.digits.append(MASK_CHAR)
+                rec.masked.append((event.start_frame, event.end_frame))
+            else:
+                rec.digits.append(event.digit)
+
     def _end(self, rec: _Recording, action: End) -> None:
         end_frame = max(action.frame, rec.cursor)
+        self.last_end_frame = end_frame
+        guard = self.telephony.guard_frames if self.telephony else 0
         rec.writer.close(
             RecordingEnd(
                 reason=action.reason.value,
@@ -231,6 +333,21 @@ class LineRunner:
                 duration_s=(end_frame - rec.first_frame) / self.rate,
                 audio_frames=rec.audio_frames,
                 ended_mono_ns=self.timeline.ns_at(end_frame),
+                direction=rec.call.direction,
+                caller_id=rec.call.caller_id,
+                dialled_digits="".join(rec.digits),
+                masked_spans=[
+                    {
+                        "start_ms": (max(s - guard, rec.first_frame) - rec.first_frame)
+                        * 1000
+                        // self.rate,
+                        "end_ms": -(
+                            (rec.first_frame - min(e + guard, end_frame)) * 1000 // self.rate
+                        ),
+                    }
+                    for s, e in rec.masked
+                    if min(e + guard, end_frame) > max(s - guard, rec.first_frame)
+                ],
             )
         )
         log.info(
@@ -244,8 +361,14 @@ class LineRunner:
         )
         self.recording = None
 
-    def _flush(self, upto: int) -> None:
-        """Write the recording's audio from the ring up to stream frame ``upto``."""
+    def _flush(self, upto: int, *, final: bool = False) -> None:
+        """Write the recording's audio from the ring up to stream frame ``upto``.
+
+        With DTMF masking, audio is held back until the detector has settled it (a key
+        press is reported only when it ends): writing stops a guard before the first frame
+        a digit could still start at. ``final`` (pause, end) writes up to ``upto`` anyway,
+        masking a tone still under way; so does a hold-back about to outgrow the ring.
+        """
         rec = self.recording
         if rec is None:
             return
@@ -253,21 +376,52 @@ class LineRunner:
         if rec.paused or rec.discarded:
             rec.cursor = max(rec.cursor, upto)
             return
+        t = self.telephony
+        if t is not None and t.mask_dtmf and self.analyser is not None:
+            upto = self._masking_limit(rec, t, upto, final=final)
         if upto <= rec.cursor:
             return
         head, tail = self.ring.read(rec.cursor, upto)
+        if t is not None and rec.masked:
+            spans = [(s, e) for s, e in rec.masked if e + t.guard_frames > rec.cursor]
+            if spans:
+                head = mask_spans(head, spans, t.guard_frames, t.mask_mode, offset=rec.cursor)
+                if tail.size:
+                    tail = mask_spans(
+                        tail, spans, t.guard_frames, t.mask_mode, offset=rec.cursor + head.size
+                    )
         rec.writer.write(head)
         if tail.size:
             rec.writer.write(tail)
         rec.audio_frames += upto - rec.cursor
         rec.cursor = upto
 
+    def _masking_limit(self, rec: _Recording, t: Telephony, upto: int, *, final: bool) -> int:
+        """How far audio may be written now without risking an unmasked digit."""
+        assert self.analyser is not None
+        settled = self.analyser.settled_frame
+        if settled is None:
+            return upto
+        safe = settled - t.guard_frames
+        if safe >= upto:
+            return upto
+        # The ring must still hold everything not yet written, with a period to spare.
+        outgrowing = upto - rec.cursor > self.ring.capacity - self.timing.debounce - self.rate
+        if not (final or outgrowing):
+            return max(rec.cursor, safe)
+        if self.analyser.tone_pending and len(rec.digits) >= t.mask_after_n:
+            # A key press under way that would be masked: mask from its start to here.
+            rec.masked.append((settled, upto))
+        return upto
+
     def _event(self, rec: _Recording, kind: str, frame: int, **data: object) -> None:
+        # Audio may be held back (masking): count the frames up to ``frame`` still to come.
+        ahead = 0 if rec.paused or rec.discarded else max(0, frame - rec.cursor)
         rec.writer.event(
             RecordingEvent(
                 type=kind,
                 at_s=round((frame - rec.first_frame) / self.rate, 4),
-                audio_s=round(rec.audio_frames / self.rate, 4),
+                audio_s=round((rec.audio_frames + ahead) / self.rate, 4),
                 data=dict(data),
             )
         )
@@ -277,6 +431,21 @@ class LineRunner:
         if rec is not None:
             self._flush(at_frame)
             self._event(rec, "gap", at_frame, frames=frames, ms=round(frames * 1000 / self.rate))
+
+
+def telephony_settings(config: LinetapConfig) -> Telephony:
+    t, rate = config.telephony, config.audio.sample_rate
+    return Telephony(
+        mask_dtmf=t.mask_dtmf,
+        mask_after_n=t.mask_after_n,
+        mask_mode=t.mask_mode,
+        guard_frames=round(t.mask_guard_ms * rate / 1000),
+        caller_id_window_frames=round(t.caller_id_window_s * rate),
+        # A serial unit prints the caller ID once it has decoded it, so it may arrive a
+        # little after an immediate answer.
+        caller_id_after_frames=round(CALLER_ID_LATE_S * rate),
+        outbound_window_frames=round(t.outbound_window_s * rate),
+    )
 
 
 class StorageHealth:
@@ -333,6 +502,7 @@ class Recorder:
             opt_out_mode=config.call.opt_out_mode,
         )
         ring_frames = self.timing.preroll + self.timing.debounce + round(RING_SLACK_S * rate)
+        self.telephony = telephony_settings(config)
         self.audio_fault: str | None = None
         self.lines: list[LineRunner] = []
         self._pin_owner: dict[int, tuple[int, Input]] = {}
@@ -359,6 +529,8 @@ class Recorder:
                     rate=rate,
                     timeline=self.timeline,
                     storage_status=self.storage.report,
+                    analyser=LineAnalyser(rate, fsk_caller_id=config.telephony.fsk_caller_id),
+                    telephony=self.telephony,
                 )
             )
         status = config.gpio.status_led_pin
@@ -413,7 +585,12 @@ class Recorder:
         stats = self.capture.stats
         return {
             "lines": [
-                {"name": line.config.name, "state": line.state.value, "led": pattern.value}
+                {
+                    "name": line.config.name,
+                    "state": line.state.value,
+                    "led": pattern.value,
+                    "levels": line.analyser.levels if line.analyser else None,
+                }
                 for line, pattern in zip(self.lines, self.leds.patterns, strict=True)
             ],
             "status_led": self.leds.status.value,

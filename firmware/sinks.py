@@ -45,6 +45,12 @@ class RecordingEnd:
     duration_s: float  # stream time from first frame to end, cut spans included
     audio_frames: int  # frames actually written (cut spans excluded)
     ended_mono_ns: int = 0
+    direction: str = "unknown"  # inbound (caller ID before off-hook) / outbound / unknown
+    caller_id: dict[str, Any] | None = None  # number, name, time, absence_*, source, format
+    dialled_digits: str = ""  # key presses after off-hook, masked ones as "*"
+    # Masked audio, guard included, in whole ms on the call's timeline (like events' at_ms),
+    # rounded outwards: {"start_ms", "end_ms"}.
+    masked_spans: list[dict[str, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -37,8 +37,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Standard = Literal["bell202", "v23", "dtmf"]
-Format = Literal["sdmf", "mdmf", "dtmf"]
+# "serial": a caller-ID unit on a serial port (drivers/serial), its text format "text".
+Standard = Literal["bell202", "v23", "dtmf", "serial"]
+Format = Literal["sdmf", "mdmf", "dtmf", "text"]
 ErrorReason = Literal["checksum", "malformed", "truncated", "framing"]
 
 SDMF_CALLER_ID = 0x04

@@ -349,6 +349,11 @@ class DtmfDetector:
         return KEYPAD[self._in_digit] if self._in_digit != _NO_HIT else None
 
     @property
+    def tone_pending(self) -> bool:
+        """A digit is sounding, or the last window hit one that may yet become a digit."""
+        return self._in_digit != _NO_HIT or self._last_hit != _NO_HIT
+
+    @property
     def settled_frame(self) -> int | None:
         """No digit reported later can start before this frame (None before any audio)."""
         if self._pending_start is None:

@@ -1,0 +1,178 @@
+"""All the detectors of one line, run on its live audio: :class:`LineAnalyser`.
+
+The recorder feeds every capture block of a line here, recording or not, because what
+matters for a call is often heard before it starts: FSK caller ID between the rings and
+DTMF CLIP before the first one. The analyser keeps a short history (``history_s``) of
+what it heard, on the capture stream's frame timeline, so the recorder can ask at the
+start or end of a call "which caller ID preceded this off-hook" and "which digits were
+dialled since". It also keeps the levels of the last second for telemetry and tools.
+
+No I/O and no clock: frames in, facts out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from firmware.dsp.cid_messages import CallerIdMessage, parse_dtmf_clip
+from firmware.dsp.dtmf import DtmfDetector, DtmfEvent
+from firmware.dsp.fsk import CallerIdDecoder
+from firmware.dsp.levels import LevelStats
+
+log = logging.getLogger(__name__)
+
+# What the line heard is kept this long: long enough to span ringing before an answer
+# (caller ID comes after the first ring; six rings of a 6 s cadence is 36 s) plus margin.
+DEFAULT_HISTORY_S = 60.0
+LEVEL_WINDOW_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeardDigit:
+    """A key press with its running number on this line (numbers never repeat)."""
+
+    seq: int
+    event: DtmfEvent
+
+
+def caller_id_record(message: CallerIdMessage) -> dict[str, Any]:
+    """The manifest's ``caller_id`` object for a message (head office indexes it)."""
+    return {
+        "number": message.number,
+        "name": message.name,
+        "time": message.time,
+        "absence_number": message.absence_number,
+        "absence_name": message.absence_name,
+        "source": message.standard,
+        "format": message.format,
+    }
+
+
+class LineAnalyser:
+    """DTMF, caller ID (FSK and DTMF CLIP, plus messages from a serial unit) and levels
+    for one line's stream of mono int16 blocks."""
+
+    def __init__(
+        self,
+        rate: int,
+        *,
+        fsk_caller_id: bool = True,
+        history_s: float = DEFAULT_HISTORY_S,
+    ) -> None:
+        self.rate = rate
+        self.dtmf = DtmfDetector(rate)
+        self.fsk = CallerIdDecoder(rate) if fsk_caller_id else None
+        self._history = round(history_s * rate)
+        self._digits: deque[HeardDigit] = deque()
+        self._next_seq = 0
+        self._caller_ids: deque[CallerIdMessage] = deque()
+        self._end_frame: int | None = None
+        self._level_buf = np.zeros(max(1, round(LEVEL_WINDOW_S * rate)), dtype=np.int16)
+        self._level_fill = 0
+        self.levels: dict[str, Any] | None = None  # the last whole second's levels
+
+    # -- feeding -----------------------------------------------------------------------
+    def process(self, samples: npt.NDArray[np.int16], start_frame: int) -> list[DtmfEvent]:
+        """Analyse one block starting at stream frame ``start_frame``; the key presses that
+        ended in it are returned (and kept in the history)."""
+        events = self.dtmf.process(samples, start_frame)
+        for event in events:
+            self._digits.append(HeardDigit(self._next_seq, event))
+            self._next_seq += 1
+        if self.fsk is not None:
+            self._caller_ids.extend(self.fsk.process(samples, start_frame))
+            for error in self.fsk.pop_errors():
+                # One line per rejected message: support staff look for these when a
+                # caller ID is missing (a bad checksum is a line problem, not ours).
+                log.info(
+                    "caller ID rejected at frame %d: %s %s (%s)",
+                    error.start_frame,
+                    error.standard,
+                    error.reason,
+                    error.detail,
+                )
+        self._end_frame = start_frame + samples.shape[0]
+        self._levels(samples)
+        self._prune()
+        return events
+
+    def add_caller_id(self, message: CallerIdMessage) -> None:
+        """A caller ID from another source (a serial unit), placed on this line's timeline."""
+        self._caller_ids.append(message)
+
+    def _levels(self, samples: npt.NDArray[np.int16]) -> None:
+        buf = self._level_buf
+        pos = 0
+        while pos < samples.shape[0]:
+            take = min(buf.shape[0] - self._level_fill, samples.shape[0] - pos)
+            buf[self._level_fill : self._level_fill + take] = samples[pos : pos + take]
+            self._level_fill += take
+            pos += take
+            if self._level_fill == buf.shape[0]:
+                stats = LevelStats(self.rate)
+                stats.update(buf)
+                self.levels = stats.summary()
+                self._level_fill = 0
+
+    def _prune(self) -> None:
+        if self._end_frame is None:
+            return
+        oldest = self._end_frame - self._history
+        while self._digits and self._digits[0].event.end_frame < oldest:
+            self._digits.popleft()
+        while self._caller_ids and self._caller_ids[0].start_frame < oldest:
+            self._caller_ids.popleft()
+
+    # -- questions -----------------------------------------------------------------------
+    @property
+    def end_frame(self) -> int | None:
+        """The frame after the last one analysed (None before any audio)."""
+        return self._end_frame
+
+    @property
+    def settled_frame(self) -> int | None:
+        """No key press reported later can start before this frame."""
+        return self.dtmf.settled_frame
+
+    @property
+    def tone_pending(self) -> bool:
+        """A key press may be under way that has not been reported yet."""
+        return self.dtmf.tone_pending
+
+    @property
+    def next_digit_seq(self) -> int:
+        return self._next_seq
+
+    def digits_from(self, seq: int) -> list[HeardDigit]:
+        """Key presses numbered ``seq`` and later, still in the history."""
+        return [d for d in self._digits if d.seq >= seq]
+
+    def first_digit_seq_ending_after(self, frame: int) -> int:
+        """The number of the first key press still sounding after ``frame``."""
+        for digit in self._digits:
+            if digit.event.end_frame > frame:
+                return digit.seq
+        return self._next_seq
+
+    def caller_id_before(
+        self, frame: int, *, window_frames: int, after_frames: int = 0
+    ) -> CallerIdMessage | None:
+        """The caller ID that announced a call answered at ``frame``: the latest message
+        (FSK, serial, or a DTMF CLIP among the digits heard before ``frame``) starting in
+        ``[frame - window_frames, frame + after_frames]``."""
+        lo, hi = frame - window_frames, frame + after_frames
+        found: list[CallerIdMessage] = [m for m in self._caller_ids if lo <= m.start_frame <= hi]
+        before = [d.event for d in self._digits if lo <= d.event.start_frame < frame]
+        # Times in seconds since frame 0, so the CLIPs' frames are stream frames too.
+        found += parse_dtmf_clip(
+            [(e.digit, e.start_frame / self.rate) for e in before], rate=self.rate
+        )
+        if not found:
+            return None
+        return max(found, key=lambda m: m.start_frame)
