@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             f"[office]  {rec}  seq {row.get('seq')}  line {row.get('line')}  started {row.get('started_utc')}"
             f"  {row.get('duration_ms', 0) / 1000:.1f} s  recovered={row.get('recovered')}"
         )
+        caller = " ".join(str(row[k]) for k in ("caller_number", "caller_name") if row.get(k))
+        print(
+            f"[office]  {row.get('direction') or 'unknown'} call from {caller or '(no caller ID)'};"
+            f" dialled {row.get('dialled_digits') or '(none)'} (card digits masked in the audio)"
+        )
         wav = office_root / "exports" / f"{rec}.wav"
         wav.parent.mkdir(exist_ok=True)
         _run(

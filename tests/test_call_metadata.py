@@ -177,7 +177,7 @@ def test_sealed_manifest_carries_call_metadata_and_age_decrypts_masked_audio(
         tmp_path,
         line,
         EVENTS,
-        telephony="mask_after_n = 1\nmask_mode = \"silence\"\n",
+        telephony='mask_after_n = 1\nmask_mode = "silence"\n',
         storage_format="sealed",
         recipients=(office[1],),
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from firmware.dsp.dtmf import detect
 from tests.conftest import REPO
 
 
@@ -28,5 +29,11 @@ def test_demo_end_to_end(tmp_path: Path):
     [wav] = (out / "office" / "exports").glob("*.wav")
     decrypted, rate = soundfile.read(wav, dtype="int16")
     source, _ = soundfile.read(REPO / "firmware" / "samples" / "sample_call.flac", dtype="int16")
-    # Off-hook at 2.5 s with 5 s pre-roll (clamped to 0), hang-up known at 13.5 s.
-    np.testing.assert_array_equal(decrypted, source[: round(13.5 * rate)])
+    # Off-hook at 2.5 s with 5 s pre-roll (clamped to 0), hang-up known at 16.5 s; the
+    # card number keyed at 9.6-12.3 s is masked (and only that).
+    assert decrypted.shape[0] == round(16.5 * rate)
+    assert "".join(e.digit for e in detect(decrypted, rate)) == ""
+    assert "".join(e.digit for e in detect(source, rate)) == "4111111111111111#"
+    differs = np.flatnonzero(decrypted != source[: decrypted.shape[0]])
+    assert round(9.5 * rate) < differs[0] and differs[-1] < round(12.4 * rate)
+    assert "inbound call from 02079460123 BRANCH 12; dialled *****************" in run.stdout
