@@ -114,15 +114,18 @@ class _PacedClock:
         return self.now
 
 
-def _run_recorder(channels: int, seconds: int, out: Path) -> float:
-    """CPU seconds of the whole recorder (every line off-hook, WAV sink) over ``seconds``."""
+def _run_recorder(channels: int, seconds: int, out: Path, *, line_dsp: bool = True) -> float:
+    """CPU seconds of the whole recorder (every line off-hook, WAV sink) over ``seconds``.
+
+    ``line_dsp=False`` removes each line's analyser (DTMF, caller ID, levels, masking)
+    after construction, to show what the telephony DSP costs in the same run."""
     lines = "".join(
         f'[[lines]]\nname = "line{n}"\nchannel = {n}\nhook_pin = {17 + n}\n'
         for n in range(channels)
     )
     cfg = parse_config(
         f'[audio]\ndevice = "{PCM_NAME}"\nchannels = {channels}\nperiods = {PERIODS}\n'
-        f'[gpio]\nbackend = "sim"\n[storage]\nout_dir = "{out}"\n{lines}'
+        f'[gpio]\nbackend = "sim"\n[storage]\nformat = "wav"\nout_dir = "{out}"\n{lines}'
     )
     capture = AlsaCapture(
         device=PCM_NAME,
@@ -153,6 +156,9 @@ def _run_recorder(channels: int, seconds: int, out: Path) -> float:
         device_id="bench",
         on_tick=tick,
     )
+    if not line_dsp:
+        for line in recorder.lines:
+            line.analyser = None
     t0 = time.process_time()
     try:
         recorder.run()
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats: int = args.repeats
 
     arecord = shutil.which("arecord")
-    rows: list[tuple[int, float, float, float, float | None, float | None]] = []
+    rows: list[tuple[int, float, float, float, float, float | None, float | None]] = []
     wall = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="linetap-bench-") as tmp:
         infile = _setup_pcm(Path(tmp))
@@ -200,10 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             read_only: list[float] = []
             with_rings: list[float] = []
             recorder: list[float] = []
+            no_dsp: list[float] = []
             for _ in range(repeats):
                 read_only.append(_run_ours(channels, seconds, False))
                 with_rings.append(_run_ours(channels, seconds, True))
                 recorder.append(_run_recorder(channels, seconds, Path(tmp) / "out"))
+                no_dsp.append(
+                    _run_recorder(channels, seconds, Path(tmp) / "out", line_dsp=False)
+                )
             ar_default = ar_matched = None
             if arecord:
                 ar_default = _rtf(
@@ -219,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     channels,
                     _rtf(seconds, read_only),
                     _rtf(seconds, with_rings),
+                    _rtf(seconds, no_dsp),
                     _rtf(seconds, recorder),
                     ar_default,
                     ar_matched,
@@ -231,23 +242,25 @@ def main(argv: list[str] | None = None) -> int:
         f"frames, {seconds} s of audio per run, median of {repeats}"
     )
     header = (
-        f"{'lines':>5}  {'ours read()':>12}  {'ours +rings':>12}  {'recorder':>10}  "
+        f"{'lines':>5}  {'ours read()':>12}  {'ours +rings':>12}  {'rec. no DSP':>11}  "
+        f"{'recorder':>10}  "
         f"{'arecord':>10}  {'arecord p160':>12}  {'recorder / arecord p160':>24}"
     )
     print(header)
     print("-" * len(header))
-    for channels, ours, ours_rings, full, ar_def, ar_160 in rows:
+    for channels, ours, ours_rings, bare, full, ar_def, ar_160 in rows:
         ratio = f"{full / ar_160:.3f}" if ar_160 else "n/a"
         print(
-            f"{channels:>5}  {ours:>12,.0f}  {ours_rings:>12,.0f}  {full:>10,.0f}  "
+            f"{channels:>5}  {ours:>12,.0f}  {ours_rings:>12,.0f}  {bare:>11,.0f}  {full:>10,.0f}  "
             f"{f'{ar_def:,.0f}' if ar_def else 'n/a':>10}  "
             f"{f'{ar_160:,.0f}' if ar_160 else 'n/a':>12}  {ratio:>24}"
         )
     if not arecord:
         print("arecord not found (apt install alsa-utils): no peer measurement")
     print(
-        "recorder = the whole pipeline (ALSA read, rings, call machines, WAV writes) with "
-        "every line recording. "
+        "recorder = the whole pipeline (ALSA read, rings, call machines, line DSP: DTMF, "
+        "FSK caller ID, levels, masking; WAV writes) with every line recording; "
+        "rec. no DSP = the same without the line DSP. "
         "arecord = the given command (its default period); arecord p160 = same period and "
         f"buffer as ours. arecord's CPU includes process start-up. Total {wall:.1f} s wall."
     )

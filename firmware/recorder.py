@@ -399,9 +399,12 @@ class LineRunner:
     def _masking_limit(self, rec: _Recording, t: Telephony, upto: int, *, final: bool) -> int:
         """How far audio may be written now without risking an unmasked digit."""
         assert self.analyser is not None
+        if final:
+            self.analyser.catch_up()
+            self._take_digits()
         settled = self.analyser.settled_frame
-        if settled is None:
-            return upto
+        if settled is None:  # nothing analysed yet
+            return upto if final else rec.cursor
         safe = settled - t.guard_frames
         if safe >= upto:
             return upto

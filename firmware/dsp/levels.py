@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,29 @@ def dbfs(power: float) -> float:
     return _FLOOR_DBFS if power <= 0 else max(_FLOOR_DBFS, 10 * math.log10(power))
 
 
-def _tone_power(x: npt.NDArray[np.float64], rate: int, hz: float) -> float:
-    """Power of one sinusoid at ``hz`` in ``x`` (least-squares fit of sin and cos)."""
-    t = np.arange(x.shape[0]) / rate
-    basis = np.stack([np.sin(2 * np.pi * hz * t), np.cos(2 * np.pi * hz * t)], axis=1)
-    coef, *_ = np.linalg.lstsq(basis, x, rcond=None)
-    return float(np.sum(coef**2) / 2)
+@lru_cache(maxsize=4)
+def _hum_projector(rate: int, frames: int) -> npt.NDArray[np.float64]:
+    """Least-squares projector onto sin/cos of every hum tone (mains frequencies and their
+    harmonics) over ``frames`` samples: ``coef = P @ x``. Cached: blocks repeat in length."""
+    t = np.arange(frames) / rate
+    columns = []
+    for hz in HUM_HZ:
+        for k in range(1, HUM_HARMONICS + 1):
+            columns += [np.sin(2 * np.pi * hz * k * t), np.cos(2 * np.pi * hz * k * t)]
+    projector = np.linalg.pinv(np.stack(columns, axis=1))
+    projector.flags.writeable = False
+    return projector
+
+
+def hum_powers(x: npt.NDArray[np.float64], rate: int) -> dict[float, float]:
+    """Power of each mains frequency's hum (fundamental + harmonics) in ``x`` (scaled to
+    ±1), from one joint least-squares fit of all the tones."""
+    coef = _hum_projector(rate, x.shape[0]) @ x
+    per_tone = (coef[0::2] ** 2 + coef[1::2] ** 2) / 2
+    return {
+        hz: float(per_tone[i * HUM_HARMONICS : (i + 1) * HUM_HARMONICS].sum())
+        for i, hz in enumerate(HUM_HZ)
+    }
 
 
 @dataclass
@@ -66,10 +84,8 @@ class LevelStats:
         # Hum needs several cycles of 50 Hz: only blocks of at least 200 ms count.
         if x.shape[0] >= self.rate // 5:
             hum = self.hum_power or {hz: 0.0 for hz in HUM_HZ}
-            for hz in HUM_HZ:
-                hum[hz] += sum(
-                    _tone_power(x, self.rate, hz * k) for k in range(1, HUM_HARMONICS + 1)
-                )
+            for hz, power in hum_powers(x, self.rate).items():
+                hum[hz] += power
             self.hum_power = hum
             self.hum_blocks += 1
 
