@@ -73,7 +73,10 @@ def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path
         messages += collect(sock, "never", 2.0)
         assert messages.count("WATCHDOG=1") >= 5  # pinged every 100 ms while running
         status = json.loads((tmp_path / "run" / "recorder.json").read_text())
+        levels = status["lines"][0].pop("levels")
         assert status["lines"] == [{"name": "line1", "state": "recording", "led": "solid"}]
+        # The last second of the line, measured on the live stream (telemetry, tools).
+        assert levels["seconds"] == 1.0 and -30 < levels["rms_dbfs"] < levels["peak_dbfs"] < 0
         assert status["faults"] == {"audio": None, "storage": None}
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
