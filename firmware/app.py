@@ -23,6 +23,7 @@ from drivers.audio.factory import open_capture
 from drivers.gpio import PinFactory
 from drivers.gpio.factory import make_pin_factory
 from drivers.gpio.sim import ScriptedLevel
+from drivers.serial.reader import SerialCallerIdReader
 from firmware.callstate import EndReason
 from firmware.config import LinetapConfig
 from firmware.errors import StorageError
@@ -134,6 +135,40 @@ def pin_script(cfg: LinetapConfig) -> list[ScriptedLevel]:
     return events_to_pin_script(load_events(cfg.gpio.script), cfg, str(cfg.gpio.script))
 
 
+def serial_caller_id_readers(
+    cfg: LinetapConfig, *, replay: bool = False
+) -> list[SerialCallerIdReader]:
+    """One reader per line with ``[lines.caller_id_serial]``. A replay has no real ports:
+    it plays only ``sim`` units (their scripts) and leaves real ones out, saying so."""
+    from drivers.serial.factory import make_serial_port
+    from drivers.serial.sim import load_serial_script
+
+    readers = []
+    for index, line in enumerate(cfg.lines):
+        unit = line.caller_id_serial
+        if unit is None:
+            continue
+        if replay and unit.backend != "sim":
+            log.warning("replay: line %s's serial caller-ID unit is not replayed", line.name)
+            continue
+        port = make_serial_port(
+            unit.backend,
+            device=unit.device,
+            baudrate=unit.baudrate,
+            script=load_serial_script(unit.script) if unit.script else (),
+            setting=f"lines[{index}].caller_id_serial.backend",
+        )
+        readers.append(
+            SerialCallerIdReader(
+                port,
+                line_name=line.name,
+                init=unit.init.encode("latin-1") if unit.init else None,
+                idle_gap_s=unit.idle_gap_s,
+            )
+        )
+    return readers
+
+
 def run_daemon(cfg: LinetapConfig) -> int:
     """``linetap record``: record until SIGTERM/SIGINT, then finish calls and exit 0."""
     stop = threading.Event()
@@ -147,6 +182,7 @@ def run_daemon(cfg: LinetapConfig) -> int:
     notifier = Notifier()
     capture = open_capture(cfg.audio, stop=stop)
     pins = make_pin_factory(cfg.gpio.backend, chip=cfg.gpio.chip, script=pin_script(cfg))
+    serial_units = serial_caller_id_readers(cfg)
     ready = False
     health = StorageHealth()
     next_retention = 0.0
@@ -179,6 +215,7 @@ def run_daemon(cfg: LinetapConfig) -> int:
             device_id=device_id(cfg),
             on_tick=tick,
             storage_health=health,
+            serial_caller_ids=serial_units,
         )
         log.info(
             "recorder starting device=%s lines=%s audio=%s:%s gpio=%s",
@@ -194,6 +231,8 @@ def run_daemon(cfg: LinetapConfig) -> int:
     finally:
         capture.close()
         pins.close()
+        for unit in serial_units:
+            unit.close()
         notifier.close()
     return 0
 
@@ -241,6 +280,7 @@ def run_replay(
     stop = threading.Event()
     capture: CaptureSource = open_capture(replay_cfg.audio, stop=stop)
     pins: PinFactory = make_pin_factory("sim", script=pin_script(replay_cfg))
+    serial_units = serial_caller_id_readers(replay_cfg, replay=True)
     try:
         recorder = Recorder(
             replay_cfg,
@@ -253,6 +293,7 @@ def run_replay(
             # The replay's clock starts at 0 with the file; anchor it at the given time.
             wall_offset_ns=round(start_utc.timestamp() * NS_PER_S),
             device_id=device_id(cfg),
+            serial_caller_ids=serial_units,
         )
         reason = recorder.run()
         return ReplayResult(
@@ -264,3 +305,5 @@ def run_replay(
     finally:
         capture.close()
         pins.close()
+        for unit in serial_units:
+            unit.close()

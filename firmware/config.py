@@ -283,6 +283,34 @@ class UploadConfig(_Model):
     )
 
 
+class SerialCallerIdConfig(_Model):
+    backend: Literal["pyserial", "sim"] = Field(
+        "pyserial", description='"pyserial" (a real serial port) or "sim" (a script, for tests)'
+    )
+    device: str = Field(
+        "/dev/ttyUSB0",
+        min_length=1,
+        description="serial device of the caller-ID unit; /dev/serial/by-id/... survives replugging",
+    )
+    baudrate: int = Field(
+        1200, ge=300, le=921600, description="baud rate the unit prints at (300-921600)"
+    )
+    init: str | None = Field(
+        None,
+        max_length=64,
+        description='sent after each open, e.g. "AT#CID=1\\r" for a modem; omit for a caller-ID box',
+    )
+    idle_gap_s: float = Field(
+        0.5,
+        ge=0.05,
+        le=10,
+        description="a record without a NAME line ends after this many quiet seconds (0.05-10)",
+    )
+    script: Path | None = Field(
+        None, description='backend = "sim": the unit\'s output on a timeline (see README)'
+    )
+
+
 class LineConfig(_Model):
     name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
@@ -310,6 +338,10 @@ class LineConfig(_Model):
     )
     opt_out_pull: Literal["up", "down", "off"] = Field(
         "up", description='bias on the opt-out input: "up", "down" or "off"'
+    )
+    caller_id_serial: SerialCallerIdConfig | None = Field(
+        None,
+        description="a modem or caller-ID box on a serial port for this line ([lines.caller_id_serial])",
     )
 
 
@@ -431,6 +463,28 @@ def cross_field_problems(cfg: LinetapConfig) -> list[tuple[tuple[str | int, ...]
         out.append(
             (("audio", "file"), 'audio.backend = "file" needs audio.file = "path/to/line.wav"')
         )
+    serial_devices: dict[str, str] = {}
+    for i, line in enumerate(cfg.lines):
+        unit = line.caller_id_serial
+        if unit is None:
+            continue
+        if unit.backend != "sim" and unit.script is not None:
+            out.append(
+                (
+                    ("lines", i, "caller_id_serial", "script"),
+                    'a script drives only backend = "sim"; a real port prints what the unit sends',
+                )
+            )
+        if unit.backend == "pyserial":
+            if unit.device in serial_devices:
+                out.append(
+                    (
+                        ("lines", i, "caller_id_serial", "device"),
+                        f"{unit.device} is already the caller-ID unit of "
+                        f"{serial_devices[unit.device]}; one unit reports one line",
+                    )
+                )
+            serial_devices[unit.device] = f"line {line.name}"
     return out
 
 
@@ -458,7 +512,12 @@ def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
                 array_counts[parts] = index
                 table = (*parts, index)
             else:
+                # [lines.caller_id_serial] is a sub-table of the latest [[lines]] element.
                 table = parts
+                for cut in range(len(parts) - 1, 0, -1):
+                    if parts[:cut] in array_counts:
+                        table = (*parts[:cut], array_counts[parts[:cut]], *parts[cut:])
+                        break
             where.setdefault(table, number)
             continue
         key = _KEY_RE.match(raw)

@@ -32,6 +32,11 @@ class GpioError(LinetapError, OSError):
     """A GPIO backend, chip or pin cannot be used."""
 
 
+class SerialPortError(LinetapError, OSError):
+    """A serial port cannot be opened, read or written (missing device, unplugged USB
+    adapter, EIO), or its backend setting is wrong. The message names the port or setting."""
+
+
 class EventsFileError(LinetapError, ValueError):
     """An events script (hook / opt-out timeline) is malformed."""
 

@@ -24,6 +24,8 @@ from buffers.ring import PrerollRing
 from drivers.audio import AudioBlock, CaptureSource
 from drivers.gpio import Edge, PinFactory
 from drivers.gpio.devices import Led, SwitchInput
+from drivers.serial.cid_text import SerialCallerId
+from drivers.serial.reader import SerialCallerIdReader
 from firmware.callstate import (
     Action,
     CallMachine,
@@ -39,6 +41,7 @@ from firmware.callstate import (
     Start,
 )
 from firmware.config import LineConfig, LinetapConfig
+from firmware.dsp.cid_messages import CallerIdMessage
 from firmware.dsp.dtmf import MASK_CHAR, MaskMode, mask_spans
 from firmware.dsp.line import LineAnalyser, caller_id_record
 from firmware.errors import AudioDeviceError, StorageError
@@ -484,6 +487,7 @@ class Recorder:
         device_id: str,
         on_tick: Callable[[], None] | None = None,
         storage_health: StorageHealth | None = None,
+        serial_caller_ids: Sequence[SerialCallerIdReader] = (),
     ) -> None:
         self.config = config
         self.storage = storage_health or StorageHealth()
@@ -493,6 +497,7 @@ class Recorder:
         self.stop = stop
         self.clock = clock
         self.on_tick = on_tick
+        self.serial_caller_ids = list(serial_caller_ids)
         rate = config.audio.sample_rate
         self.rate = rate
         self.timeline = Timeline(rate=rate, wall_offset_ns=wall_offset_ns)
@@ -639,6 +644,8 @@ class Recorder:
         self.timeline.update(block)
         if not self._booted:
             self.pins.start(block.t_start_ns)
+            for reader in self.serial_caller_ids:
+                reader.start(block.t_start_ns)
             for line in self.lines:
                 line.boot(block.start_frame - block.gap_frames)
             self._booted = True
@@ -646,6 +653,9 @@ class Recorder:
         per_line: list[list[tuple[int, Input, bool]]] = [[] for _ in self.lines]
         for edge in self.pins.poll(end_ns):
             self._route_edge(edge, block, per_line)
+        for reader in self.serial_caller_ids:
+            for record in reader.poll(end_ns):
+                self._route_serial_caller_id(reader.line_name, record)
         for index, line in enumerate(self.lines):
             line.feed(
                 block.samples[:, line.config.channel],
@@ -658,6 +668,32 @@ class Recorder:
         self.leds.update(self.states, self.fault, end_ns)
         if self.on_tick:
             self.on_tick()
+
+    def _route_serial_caller_id(self, line_name: str, record: SerialCallerId) -> None:
+        line = next((ln for ln in self.lines if ln.config.name == line_name), None)
+        if line is None or line.analyser is None:
+            return
+        frame = self.timeline.frame_at(record.received_ns)
+        line.analyser.add_caller_id(
+            CallerIdMessage(
+                standard="serial",
+                format="text",
+                number=record.number,
+                name=record.name,
+                time=record.time,
+                absence_number=record.absence_number,
+                absence_name=record.absence_name,
+                start_frame=frame,
+                raw=record.raw,
+            )
+        )
+        log.info(
+            "caller ID from %s for line %s at frame %d: number=%s",
+            record.port,
+            line_name,
+            frame,
+            record.number or record.absence_number,
+        )
 
     def _route_edge(
         self, edge: Edge, block: AudioBlock, per_line: list[list[tuple[int, Input, bool]]]
