@@ -430,6 +430,19 @@ class LineRunner:
             self._event(rec, "gap", at_frame, frames=frames, ms=round(frames * 1000 / self.rate))
 
 
+def call_timing(config: LinetapConfig) -> CallTiming:
+    """``[call]`` in frames: what the recorder (and ``linetap hooktest``) decide by."""
+    call = config.call
+    return CallTiming.from_seconds(
+        config.audio.sample_rate,
+        preroll_s=call.preroll_s,
+        debounce_ms=call.debounce_ms,
+        flash_max_ms=call.flash_max_ms,
+        max_call_s=call.max_call_s,
+        opt_out_mode=call.opt_out_mode,
+    )
+
+
 def telephony_settings(config: LinetapConfig) -> Telephony:
     t, rate = config.telephony, config.audio.sample_rate
     return Telephony(

@@ -21,7 +21,6 @@ from drivers.gpio.devices import Led, SwitchInput
 from drivers.serial.cid_text import SerialCallerId
 from drivers.serial.reader import SerialCallerIdReader
 from firmware.callstate import (
-    CallTiming,
     EndReason,
     Input,
     LineState,
@@ -31,7 +30,7 @@ from firmware.dsp.cid_messages import CallerIdMessage
 from firmware.dsp.line import LineAnalyser
 from firmware.errors import AudioDeviceError, StorageError
 from firmware.leds import LedPanel
-from firmware.line import NS_PER_S, LineRunner, Timeline, telephony_settings
+from firmware.line import NS_PER_S, LineRunner, Timeline, call_timing, telephony_settings
 from firmware.sinks import (
     RecordingSink,
 )
@@ -92,14 +91,7 @@ class Recorder:
         rate = config.audio.sample_rate
         self.rate = rate
         self.timeline = Timeline(rate=rate, wall_offset_ns=wall_offset_ns)
-        self.timing = CallTiming.from_seconds(
-            rate,
-            preroll_s=config.call.preroll_s,
-            debounce_ms=config.call.debounce_ms,
-            flash_max_ms=config.call.flash_max_ms,
-            max_call_s=config.call.max_call_s,
-            opt_out_mode=config.call.opt_out_mode,
-        )
+        self.timing = call_timing(config)
         ring_frames = self.timing.preroll + self.timing.debounce + round(RING_SLACK_S * rate)
         self.telephony = telephony_settings(config)
         self.audio_fault: str | None = None

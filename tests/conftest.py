@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tmux_pane import TmuxPane
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 
@@ -70,3 +72,13 @@ def office(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
     ).stdout.strip()
     return key, recipient
+
+
+@pytest.fixture
+def pane(tmp_path: Path) -> Iterator[TmuxPane]:
+    """A real terminal (tests/tmux_pane.py), its tmux server killed afterwards."""
+    p = TmuxPane(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
