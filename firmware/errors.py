@@ -28,6 +28,10 @@ class AudioDeviceError(LinetapError, OSError):
     """The capture device cannot be opened or has gone away."""
 
 
+class AudioDeviceBusyError(AudioDeviceError):
+    """The capture device exists but another process holds it (usually the recorder)."""
+
+
 class GpioError(LinetapError, OSError):
     """A GPIO backend, chip or pin cannot be used."""
 

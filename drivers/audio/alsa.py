@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import re
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import alsaaudio
 
 from drivers.audio import AudioBlock, CaptureStats, Int16Frames
 from drivers.audio.formats import SampleFormat, frames_from_bytes
-from firmware.errors import AudioDeviceError
+from firmware.errors import AudioDeviceBusyError, AudioDeviceError
 
 _NS_PER_S = 1_000_000_000
 
@@ -133,6 +134,12 @@ class AlsaCapture:
                 periods=self._periods,
             )
         except alsaaudio.ALSAAudioError as exc:
+            # pyalsaaudio gives alsa-lib's strerror text, not the errno.
+            if os.strerror(errno.EBUSY) in str(exc):
+                raise AudioDeviceBusyError(
+                    f"audio.device {self._device!r}: busy (another process is capturing "
+                    f"from it: 'fuser -v /dev/snd/*' shows which)"
+                ) from exc
             raise AudioDeviceError(
                 f"audio.device {self._device!r}: cannot open capture device "
                 f"({_reason(exc)}); check that 'arecord -L' lists it and that the HAT's "

@@ -33,7 +33,7 @@ from drivers.gpio.devices import SwitchInput
 from drivers.gpio.factory import make_pin_factory
 from firmware.callstate import Input
 from firmware.config import LineConfig, LinetapConfig
-from firmware.errors import AudioDeviceError, GpioError
+from firmware.errors import AudioDeviceBusyError, AudioDeviceError, GpioError
 from firmware.line import Timeline
 
 HIDE_CURSOR = "\x1b[?25l"
@@ -270,8 +270,7 @@ def _busy_hint(cfg: LinetapConfig) -> str:
 
 def explain_capture_error(exc: AudioDeviceError, cfg: LinetapConfig) -> AudioDeviceError:
     """The capture error to show an installer: a busy device names the recorder daemon."""
-    # pyalsaaudio reports alsa-lib's strerror text only (no errno attribute).
-    if os.strerror(errno.EBUSY) in str(exc):
+    if isinstance(exc, AudioDeviceBusyError):
         return AudioDeviceError(f"audio.device {cfg.audio.device!r} is busy: {_busy_hint(cfg)}")
     return exc
 

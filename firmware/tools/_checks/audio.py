@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +13,7 @@ from firmware.config import (
     LineConfig,
 )
 from firmware.dsp.levels import SILENCE_DBFS, levels
-from firmware.errors import AudioDeviceError, AudioFileError
+from firmware.errors import AudioDeviceBusyError, AudioDeviceError, AudioFileError
 from firmware.tools._checks.base import (
     CAPTURE_S,
     CLIP_FAIL_FRACTION,
@@ -76,7 +74,7 @@ def check_audio(
     try:
         capture.open()
     except (AudioDeviceError, AudioFileError) as exc:
-        if os.strerror(errno.EBUSY) in str(exc):
+        if isinstance(exc, AudioDeviceBusyError):
             if recorder is not None:
                 fault = (recorder.get("faults") or {}).get("audio")
                 state = f" (it reports: {fault})" if fault else " (it reports no audio fault)"
