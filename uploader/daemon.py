@@ -3,6 +3,9 @@
 Run by ``linetap-uploader.service`` (Type=notify): READY once the first connection
 attempt has finished (connected or not: the uploader keeps retrying, and being offline
 is a normal state for it), WATCHDOG pings from the upload loop, STOPPING on SIGTERM.
+Every LOCAL_STATUS_INTERVAL_S it also writes ``runtime_dir/uploader.json`` (the status
+document plus the broker link's state) for ``linetap status``; a last one on exit says
+``stopped``.
 Also runnable as ``python -m uploader.daemon --config C``.
 """
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 # The recorder rewrites its status file every second; older than this, it is not running.
 STATUS_MAX_AGE_S = 10.0
 STATUS_MAX_BYTES = 64 * 1024
+# How often the daemon rewrites runtime_dir/uploader.json (for `linetap status`).
+LOCAL_STATUS_INTERVAL_S = 2.0
 
 
 def tls_file_problems(settings: UploadConfig) -> list[str]:
@@ -101,6 +106,7 @@ def run_upload(cfg: LinetapConfig) -> int:
     from firmware.app import device_id
     from firmware.sdnotify import Notifier
     from uploader.client import Uploader
+    from uploader.telemetry import LocalStatus, ProblemLog, uploader_status_path
 
     stop = threading.Event()
 
@@ -112,13 +118,24 @@ def run_upload(cfg: LinetapConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     notifier = Notifier()
     ready = False
+    problem_log = ProblemLog()
+    local = LocalStatus(
+        uploader_status_path(cfg.storage.runtime_dir),
+        f"{cfg.upload.host}:{cfg.upload.port}",
+        problem_log,
+    )
+    next_local = 0.0
 
     def tick() -> None:
-        nonlocal ready
+        nonlocal ready, next_local
         if not ready:
             ready = True
             notifier.ready(f"uploading to {cfg.upload.host}:{cfg.upload.port}")
         notifier.watchdog()
+        now = time.monotonic()
+        if now >= next_local:
+            next_local = now + LOCAL_STATUS_INTERVAL_S
+            local.write(uploader.telemetry())
 
     status_file = cfg.storage.status_file
     uploader = Uploader(
@@ -129,11 +146,16 @@ def run_upload(cfg: LinetapConfig) -> int:
         stop=stop,
         on_tick=tick,
     )
+    uploader_log = logging.getLogger("uploader")
+    uploader_log.addHandler(problem_log)
     try:
+        local.write(uploader.telemetry(), phase="starting")
         uploader.run()
     finally:
         notifier.stopping()
         notifier.close()
+        local.write(uploader.telemetry(), phase="stopped")
+        uploader_log.removeHandler(problem_log)
     return 0
 
 

@@ -1,20 +1,30 @@
-"""The uploader's status document, published (retained) on ``linetap/{device}/status``."""
+"""The uploader's status document, published (retained) on ``linetap/{device}/status``
+and, with the broker link's state, written to ``runtime_dir/uploader.json`` for
+``linetap status`` (:class:`LocalStatus`)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import paho.mqtt
 
 import firmware
 from buffers.outbox import Outbox, OutboxError
 from firmware.clock import read_clock_sync
+from firmware.sinks import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+UPLOADER_STATUS_NAME = "uploader.json"  # in storage.runtime_dir, beside recorder.json
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +110,100 @@ def _recorder_status(status_source: Callable[[], dict[str, Any]] | None) -> dict
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def uploader_status_path(runtime_dir: Path) -> Path:
+    """Where the uploader leaves its status for ``linetap status``."""
+    return runtime_dir / UPLOADER_STATUS_NAME
+
+
+class ProblemLog(logging.Handler):
+    """Remembers the uploader's last logged problem (WARNING or worse).
+
+    Attached to the ``uploader`` logger: connection refused, TLS errors, lost
+    connections and rejections are logged there as one line each, without secrets, so
+    the last of them is the "last error" ``linetap status`` shows.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: tuple[float, str] | None = None  # (wall clock, message)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = (record.created, record.getMessage()[:500])  # one assignment: thread-safe
+
+
+class LocalStatus:
+    """``uploader.json``: the status document plus the broker link's state.
+
+    ``link`` is ``connecting`` until the first attempt has finished, then ``connected``
+    or ``disconnected`` with the time it became so, and the last problem logged. The file
+    is replaced atomically; ``state`` is ``running`` or, once the daemon has stopped,
+    ``stopped``. A file not rewritten for a while means the uploader is not running.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        broker: str,
+        problems: ProblemLog,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self._broker = broker
+        self._problems = problems
+        self._clock = clock
+        self._link = "connecting"
+        self._since = clock()
+        self._write_error: str | None = None
+
+    def write(
+        self,
+        document: dict[str, Any],
+        *,
+        phase: Literal["starting", "running", "stopped"] = "running",
+    ) -> None:
+        """Write ``document`` with the link state; ``phase``: ``starting`` (before the
+        first connection attempt is over), ``running`` or ``stopped``."""
+        now = self._clock()
+        upload = document.get("upload")
+        connected = isinstance(upload, dict) and upload.get("connected") is True
+        if phase == "starting":
+            link = "connecting"
+        elif phase == "running" and connected:
+            link = "connected"
+        else:
+            link = "disconnected"
+        if link != self._link:
+            self._link, self._since = link, now
+        payload = {
+            **document,
+            "state": "stopped" if phase == "stopped" else "running",
+            "pid": os.getpid(),
+            "updated_utc": _iso(now),
+            "link": self.link_state(),
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.path, payload, indent=None)
+        except OSError as exc:
+            message = (
+                f"{self.path} not written ({exc.strerror or exc}); "
+                "'linetap status' cannot see the uploader"
+            )
+            if message != self._write_error:
+                log.warning("%s", message)
+            self._write_error = message
+        else:
+            self._write_error = None
+
+    def link_state(self) -> dict[str, Any]:
+        last = self._problems.last
+        return {
+            "state": self._link,
+            "since_utc": _iso(self._since),
+            "broker": self._broker,
+            "last_error": last[1] if last else None,
+            "last_error_utc": _iso(last[0]) if last else None,
+        }
