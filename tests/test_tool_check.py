@@ -917,3 +917,35 @@ def test_text_lines() -> None:
     assert format_check(check) == ["FAIL  tls.key        mode 0644; fix: chmod 600 k"]
     many = c.Check("config", c.Status.FAIL, "2 problems", "x", ("a: one", "b: two"))
     assert format_check(many) == ["FAIL  config         a: one", "FAIL  config         b: two"]
+
+
+def test_a_connected_uploader_answers_for_the_broker_without_a_probe(
+    tmp_path: Path, linetap_bin: Path, pki: Pki
+) -> None:
+    """A probe would take the running uploader's session over (same certificate, same
+    client id); when the uploader says it is connected, check believes it. Stale or
+    disconnected: the real probe runs (here: refused, nothing listens)."""
+    data = device_data(pki, tmp_path)
+    port = free_port()
+    conf = write_config(
+        tmp_path,
+        audio=f'backend = "file"\nfile = "{tmp_path / "none.wav"}"',
+        data=data,
+        upload=upload_toml(data, port=port),
+        recipients=(pki.recipient,),
+    )
+    status_file = tmp_path / "run" / "uploader.json"
+    status_file.parent.mkdir(parents=True, exist_ok=True)
+    link = {"state": "connected", "since_utc": "2026-11-25T10:00:00+00:00", "broker": "ho:8883"}
+    status_file.write_text(json.dumps({"pid": os.getpid(), "link": link}))
+    run = run_check(linetap_bin, conf, "--skip", "audio", "--skip", "gpio")
+    assert run.one("broker") == (
+        "PASS",
+        "the running uploader is connected to ho:8883 since 2026-11-25T10:00:00+00:00 "
+        "(TLS, certificate accepted)",
+    )
+    status_file.write_text(
+        json.dumps({"pid": os.getpid(), "link": {**link, "state": "connecting"}})
+    )
+    status, text = run_check(linetap_bin, conf, "--skip", "audio", "--skip", "gpio").one("broker")
+    assert status == "FAIL" and "connection refused" in text

@@ -278,6 +278,20 @@ def _files(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], None
         add(c.check_recipients(cfg.sealing, cfg.storage.format))
 
 
+def _running_uploader_link(cfg: LinetapConfig) -> dict[str, Any] | None:
+    """The running uploader's broker link from its status file (None: not running)."""
+    import time
+
+    from firmware.tools.status import UPLOADER_MAX_AGE_S, read_daemon_status
+    from uploader.telemetry import uploader_status_path
+
+    status = read_daemon_status(
+        uploader_status_path(cfg.storage.runtime_dir), UPLOADER_MAX_AGE_S, time.time()
+    )
+    link = (status.get("data") or {}).get("link") if status["running"] else None
+    return link if isinstance(link, dict) else None
+
+
 def _network(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], None]) -> None:
     """The TLS files and the broker."""
     from firmware.app import device_id
@@ -290,8 +304,20 @@ def _network(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], No
     else:
         for check in c.check_tls(cfg.upload, device, datetime.now(UTC)):
             add(check)
+    uploader_link = _running_uploader_link(cfg)
     if "broker" in skip:
         add(c.skipped("broker", "--skip broker"))
+    elif uploader_link is not None and uploader_link.get("state") == "connected":
+        # A probe would log in with the device's certificate (client id = CN) and take the
+        # running uploader's session over; its own connection already answers the question.
+        add(
+            c.Check(
+                "broker",
+                c.Status.PASS,
+                f"the running uploader is connected to {uploader_link.get('broker')} "
+                f"since {uploader_link.get('since_utc')} (TLS, certificate accepted)",
+            )
+        )
     elif tls_file_problems(cfg.upload):
         add(c.skipped("broker", "needs readable upload.ca_file, cert_file and key_file"))
     else:
