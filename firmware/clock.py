@@ -8,7 +8,7 @@ office never trusts a device's UTC blindly: the manifest says how good it was.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,14 +55,21 @@ class ClockSync:
         return asdict(self)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # The process's own C library, loaded once: find_library("c") would run ldconfig in a
+    # subprocess on every call (every sealed recording, every telemetry message).
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def read_clock_sync() -> ClockSync:
     """Ask the kernel; ``synchronized`` is False whenever it cannot tell."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    try:
+        adjtimex = _libc().adjtimex
+    except (OSError, AttributeError):
         return ClockSync(False, None, None, "unavailable")
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     tx = _Timex()  # modes = 0: read only
-    state = libc.adjtimex(ctypes.byref(tx))
+    state = adjtimex(ctypes.byref(tx))
     if state < 0:
         return ClockSync(False, None, None, "unavailable")
     synced = state != _TIME_ERROR and not (tx.status & _STA_UNSYNC)
