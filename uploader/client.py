@@ -98,6 +98,7 @@ class Uploader:
             client_factory=client_factory,
             on_refused=self._on_refused,
             on_message=self._on_message,
+            on_wait=self._tick,
         )
         self._current: Transfer | None = None
         self._skip: dict[str, float] = {}

@@ -136,8 +136,12 @@ class Link:
         client_factory: ClientFactory | None,
         on_refused: Callable[[Sent, str], None],
         on_message: Callable[[str, bytes], None],
+        on_wait: Callable[[], None] = lambda: None,
     ) -> None:
         self.device = device_id
+        # Called while waiting for the broker (CONNACK, a full window), so the daemon's
+        # watchdog keeps being fed however long the broker takes.
+        self._on_wait = on_wait
         self._settings = settings
         self._stop = stop
         self._lock = lock
@@ -188,6 +192,7 @@ class Link:
                 if remaining <= 0:
                     what = "SUBACK" if conn.connacked else "CONNACK"
                     raise Lost(f"no {what} from {where} within {CONNECT_TIMEOUT_S:g} s")
+                self._on_wait()
                 self.pump(min(remaining, POLL_S))
         except Lost as lost:
             self.teardown(conn)
@@ -370,6 +375,7 @@ class Link:
         while len(conn.inflight) >= conn.limit:
             if time.monotonic() > deadline:
                 raise Lost(f"no PUBACK from the broker for {self._settings.ack_timeout_s:g} s")
+            self._on_wait()
             self.pump(POLL_S)
         info = conn.client.publish(
             topic, payload, qos=protocol.QOS, retain=retain, properties=properties
