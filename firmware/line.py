@@ -315,9 +315,23 @@ class LineRunner:
             else:
                 rec.digits.append(event.digit)
 
+    def _digit_at_end(self, rec: _Recording) -> None:
+        """A key still held when the call ends is reported only after it: list it now (its
+        audio was masked by the final flush)."""
+        if self.analyser is None or self.telephony is None or rec.paused or rec.discarded:
+            return
+        digit = self.analyser.dtmf.active_digit
+        settled = self.analyser.settled_frame
+        if digit is None or settled is None or settled < rec.trigger_frame:
+            return
+        t = self.telephony
+        masked = t.mask_dtmf and len(rec.digits) >= t.mask_after_n
+        rec.digits.append(MASK_CHAR if masked else digit)
+
     def _end(self, rec: _Recording, action: End) -> None:
         end_frame = max(action.frame, rec.cursor)
         self.last_end_frame = end_frame
+        self._digit_at_end(rec)
         guard = self.telephony.guard_frames if self.telephony else 0
         rec.writer.close(
             RecordingEnd(
