@@ -299,3 +299,33 @@ def test_two_hundred_small_recordings(tmp_path: Path):
     assert sorted(r.recording_id for r in index.search(device=DEVICE, limit=1000)) == ids
     assert index.gaps() == [] and index.alarms() == []
     index.close()
+
+
+def test_a_device_enrolled_elsewhere_is_told_its_certificate_was_refused(tmp_path: Path):
+    """The broker refuses a client certificate from another CA. With TLS 1.3 the alert
+    arrives after the handshake, as a read error: the uploader still says what it is
+    (not "network down") and what to do."""
+    s = Setup(tmp_path)
+    other = tmp_path / "other-office"
+    enroll.init_ca(other, "Other Office")
+    with run_mosquitto(tmp_path, s.broker_conf) as broker:
+        conf = s.device_config(broker.port)  # trusts the real office's broker...
+        s.root, real_root = other, s.root
+        s.enroll_device(conf)  # ... but was enrolled at the other office
+        s.root = real_root
+        with s.uploader(conf):
+            wait_for(
+                lambda: "refused this device's TLS certificate" in s.logs[1].read_text(),
+                20,
+                "the uploader to report the refused certificate",
+                s.logs,
+            )
+    log = s.logs[1].read_text()
+    assert "(tlsv1 alert unknown ca)" in log
+    assert "linetap provision install-cert" in log
+    # When the broker's close overtakes its alert, the uploader still points the right way.
+    for line in log.splitlines():
+        if "cannot connect" in line:
+            assert "refused this device's TLS certificate" in line or (
+                "a refused device certificate looks like this" in line
+            ), line

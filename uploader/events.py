@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,10 @@ class Gone:
 Event = Connack | Suback | Puback | Incoming | Gone
 
 
+# An OpenSSL alert from the peer, as in "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca".
+_TLS_ALERT = re.compile(r"((?:tlsv1[0-9]?|sslv3) alert [a-z ]+?)\s*(?:\(|$)", re.IGNORECASE)
+
+
 def make_client(
     gen: int,
     events: queue.Queue[Event],
@@ -119,6 +124,7 @@ def make_client(
         rc: ReasonCode,
         props: Properties | None,
     ) -> None:
+        connacked.append(True)
         events.put(
             Connack(
                 gen,
@@ -141,6 +147,16 @@ def make_client(
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         events.put(Incoming(gen, msg.topic, bytes(msg.payload)))
 
+    # paho reports why a socket failed only through its log: keep the last error, so that
+    # a broker refusing our certificate (with TLS 1.3 its alert arrives after the
+    # handshake, as a read error) is not reported as a network problem.
+    socket_errors: list[str] = []
+    connacked: list[bool] = []  # set once the broker accepted the session
+
+    def on_log(_c: mqtt.Client, _u: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            socket_errors[:] = [text]
+
     def on_disconnect(
         _c: mqtt.Client,
         _u: Any,
@@ -148,10 +164,24 @@ def make_client(
         rc: ReasonCode,
         _p: Properties | None,
     ) -> None:
+        alert = _TLS_ALERT.search(socket_errors[0]) if socket_errors else None
         if flags.is_disconnect_packet_from_server:
             reason = f"the broker sent DISCONNECT: {rc} (0x{rc.value:02x})"
         elif rc.value == 0:
             reason = "closed"
+        elif rc.value == 0x80 and alert:
+            reason = (
+                f"the broker refused this device's TLS certificate ({alert.group(1)}): "
+                "enrol the device ('linetap provision init', 'linetap-office enroll-device') "
+                "and install what the office returns ('linetap provision install-cert')"
+            )
+        elif rc.value == 0x80 and s.tls and not connacked:
+            # The alert was not seen (the broker's close can overtake it), but a broker
+            # that hangs up between the TLS handshake and CONNACK is refusing us.
+            reason = (
+                "the broker closed the connection before accepting the session; a refused "
+                "device certificate looks like this ('linetap check' tells)"
+            )
         elif rc.value == 0x80:  # paho's "connection lost" / socket error
             reason = "the connection broke (broker gone or network down)"
         else:
@@ -163,4 +193,5 @@ def make_client(
     client.on_publish = on_publish
     client.on_message = on_message
     client.on_disconnect = on_disconnect
+    client.on_log = on_log
     return client
