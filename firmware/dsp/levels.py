@@ -24,6 +24,37 @@ HUM_HARMONICS = 3
 _FLOOR_DBFS = -120.0
 
 
+# -- judging a line (shared by `linetap check`, `linetap levels` and telemetry readers) --
+# A line is silent when this share of its 20 ms windows is below SILENCE_DBFS: a click or
+# two on an otherwise dead line must not make it look alive.
+SILENT_LINE_FRACTION = 0.95
+# Mains hum (50/60 Hz and harmonics): a phone line carries speech at -30..-15 dBFS; hum at
+# -30 dBFS is as loud as quiet speech and drowns recordings; above -50 dBFS it is audible
+# in every pause (a clean tap's noise floor is under -60).
+HUM_BAD_DBFS = -30.0
+HUM_AUDIBLE_DBFS = -50.0
+# Below HUM_BAD_DBFS, hum counts only when it is a large part (10 %) of the line's power:
+# voice fundamentals (100-180 Hz) overlap the hum harmonics, and speech leaks into the hum
+# fit about 30 dB below itself (espeak-ng speech at -20 dBFS: "hum" -53 dBFS).
+HUM_SHARE_DB = -10.0
+
+
+def line_is_silent(silence_fraction: float) -> bool:
+    return silence_fraction >= SILENT_LINE_FRACTION
+
+
+def hum_is_bad(hum_dbfs: float) -> bool:
+    """Hum that spoils recordings whatever else is on the line."""
+    return hum_dbfs >= HUM_BAD_DBFS
+
+
+def hum_is_noticeable(hum_dbfs: float, rms_dbfs: float) -> bool:
+    """Hum worth a warning: bad, or audible and a large part of what is on the line."""
+    return hum_is_bad(hum_dbfs) or (
+        hum_dbfs >= HUM_AUDIBLE_DBFS and hum_dbfs - rms_dbfs >= HUM_SHARE_DB
+    )
+
+
 def dbfs(power: float) -> float:
     """Mean-square power (of samples scaled to ±1) in dBFS, floored for silence."""
     return _FLOOR_DBFS if power <= 0 else max(_FLOOR_DBFS, 10 * math.log10(power))

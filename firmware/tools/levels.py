@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from firmware.config import LinetapConfig, load_config
-from firmware.dsp.levels import HUM_HZ, LevelStats
+from firmware.dsp.levels import HUM_HZ, LevelStats, hum_is_noticeable, line_is_silent
 from firmware.tools._terminal import (
     LiveLines,
     LiveScreen,
@@ -45,10 +45,6 @@ PEAK_HOLD_S = 2.0
 ONCE_DEFAULT_S = 1.0
 BAR_FLOOR_DBFS = -60.0
 BAR_WIDTH = 30
-# Hum worth a note: loud enough to hear, and a large part of what is on the line (speech
-# has a little energy at 100-180 Hz too, which must not count as hum).
-HUM_NOTE_DBFS = -50.0
-HUM_NOTE_SHARE_DB = -10.0
 FLOOR_DBFS = -120.0  # what the DSP reports for digital silence
 
 HEADER = (
@@ -79,13 +75,13 @@ class Reading:
         out: list[str] = []
         if self.seconds == 0:
             return ["no audio yet"]
-        if self.silence_fraction >= 1.0:
+        if line_is_silent(self.silence_fraction):
             out.append("silent")
         if self.clipped_now:
             out.append("CLIPPING")
         if self.hum_dbfs:
             hz, hum = max(self.hum_dbfs.items(), key=lambda item: item[1])
-            if hum >= HUM_NOTE_DBFS and hum - self.rms_dbfs >= HUM_NOTE_SHARE_DB:
+            if hum_is_noticeable(hum, self.rms_dbfs):
                 out.append(f"HUM {hz} Hz")
         if self.opted_out:
             out.append("opt-out pressed")

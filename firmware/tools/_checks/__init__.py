@@ -51,15 +51,6 @@ from firmware.tools._checks.base import (
     CLIP_FAIL_FRACTION as CLIP_FAIL_FRACTION,
 )
 from firmware.tools._checks.base import (
-    HUM_FAIL_DBFS as HUM_FAIL_DBFS,
-)
-from firmware.tools._checks.base import (
-    HUM_SHARE_DB as HUM_SHARE_DB,
-)
-from firmware.tools._checks.base import (
-    HUM_WARN_DBFS as HUM_WARN_DBFS,
-)
-from firmware.tools._checks.base import (
     LED_ON_S as LED_ON_S,
 )
 from firmware.tools._checks.base import (
@@ -70,9 +61,6 @@ from firmware.tools._checks.base import (
 )
 from firmware.tools._checks.base import (
     MIN_WRITE_MB_S as MIN_WRITE_MB_S,
-)
-from firmware.tools._checks.base import (
-    SILENT_FRACTION as SILENT_FRACTION,
 )
 from firmware.tools._checks.base import (
     TLS_VERDICT_S as TLS_VERDICT_S,

@@ -12,16 +12,18 @@ from firmware.config import (
     AudioConfig,
     LineConfig,
 )
-from firmware.dsp.levels import SILENCE_DBFS, levels
+from firmware.dsp.levels import (
+    SILENCE_DBFS,
+    hum_is_bad,
+    hum_is_noticeable,
+    levels,
+    line_is_silent,
+)
 from firmware.errors import AudioDeviceBusyError, AudioDeviceError, AudioFileError
 from firmware.tools._checks.base import (
     CAPTURE_S,
     CLIP_FAIL_FRACTION,
-    HUM_FAIL_DBFS,
-    HUM_SHARE_DB,
-    HUM_WARN_DBFS,
     MIN_CAPTURE_S,
-    SILENT_FRACTION,
     Check,
     Status,
     _combine,
@@ -153,7 +155,7 @@ def check_signal(line: LineConfig, samples: Int16Frames, rate: int, off_hook: bo
     clipped = int(lv["clipped_samples"])
     found: list[tuple[Status, str, str | None]] = []
 
-    if lv["silence_fraction"] >= SILENT_FRACTION:
+    if line_is_silent(lv["silence_fraction"]):
         quiet = (
             f"{name} is silent: under {SILENCE_DBFS:g} dBFS {lv['silence_fraction']:.0%} of the"
             f" time (RMS {lv['rms_dbfs']} dBFS, peak {lv['peak_dbfs']} dBFS)"
@@ -189,9 +191,8 @@ def check_signal(line: LineConfig, samples: Int16Frames, rate: int, off_hook: bo
                 "lower the capture gain ('alsamixer', capture controls) or the tap's level",
             )
         )
-    hum_share_db = hum_dbfs - float(lv["rms_dbfs"])
-    if hum_dbfs >= HUM_FAIL_DBFS or (hum_dbfs >= HUM_WARN_DBFS and hum_share_db >= HUM_SHARE_DB):
-        status = Status.FAIL if hum_dbfs >= HUM_FAIL_DBFS else Status.WARN
+    if hum_is_noticeable(hum_dbfs, float(lv["rms_dbfs"])):
+        status = Status.FAIL if hum_is_bad(hum_dbfs) else Status.WARN
         found.append(
             (
                 status,

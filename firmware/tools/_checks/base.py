@@ -17,22 +17,9 @@ MIB = 1024 * 1024
 CAPTURE_S = 1.5
 # Less than this (a file source that ends early) is too little to judge a line by.
 MIN_CAPTURE_S = 0.5
-# A line is silent when this share of its 20 ms windows is below levels.SILENCE_DBFS:
-# a click or two on an otherwise dead line must not make it look alive.
-SILENT_FRACTION = 0.95
 # Samples at full scale: over 0.1 % of them distort every loud syllable (FAIL); a few are
-# a loud click or a ring burst, worth a WARN.
+# a loud click or a ring burst, worth a WARN. (Silence and hum: firmware.dsp.levels.)
 CLIP_FAIL_FRACTION = 0.001
-# Mains hum (50/60 Hz and harmonics, levels.HUM_HZ): a phone line carries speech at
-# -30..-15 dBFS; hum at -30 dBFS is as loud as quiet speech and drowns recordings (FAIL);
-# above -50 dBFS it is audible in every pause (a clean tap's noise floor is under -60).
-HUM_FAIL_DBFS = -30.0
-HUM_WARN_DBFS = -50.0
-# Below the FAIL level, hum counts only when it is a large part (10 %) of the line's
-# power: voice fundamentals (100-180 Hz) overlap the hum harmonics, and speech leaks
-# into the hum fit about 30 dB below itself (espeak-ng speech at -20 dBFS: "hum" -53).
-# The same rule as the HUM note of `linetap levels` (HUM_NOTE_DBFS, HUM_NOTE_SHARE_DB).
-HUM_SHARE_DB = -10.0
 
 # How long the LEDs stay lit so an installer at the desk sees each one come on.
 LED_ON_S = 1.0
