@@ -226,6 +226,8 @@ class LineRunner:
     def _start(self, action: Start) -> None:
         first = max(action.audio_from, self.ring.start_frame)
         rec_id = str(uuid.uuid4())
+        rollover = action.trigger.value == "rollover" and self.last_call is not None
+        call = self.last_call if rollover and self.last_call else self._call_info(action)
         writer = self.sink.open(
             RecordingStart(
                 recording_id=rec_id,
@@ -240,10 +242,12 @@ class LineRunner:
                 preroll_s=max(0, action.trigger_frame - first) / self.rate,
                 continues=self.last_id if action.trigger.value == "rollover" else None,
                 started_mono_ns=self.timeline.ns_at(first),
+                # Known now; kept in the start record so a recording recovered after a
+                # crash (no end record) still has them.
+                caller_id=call.caller_id,
+                direction=call.direction,
             )
         )
-        rollover = action.trigger.value == "rollover" and self.last_call is not None
-        call = self.last_call if rollover and self.last_call else self._call_info(action)
         guard = self.telephony.guard_frames if self.telephony else 0
         # Key presses heard in the pre-roll count too: they are in the audio.
         digit_seq = (
@@ -270,19 +274,27 @@ class LineRunner:
 
     def _call_info(self, action: Start) -> _CallInfo:
         """Caller ID heard before this off-hook; inbound when there was one."""
-        if self.analyser is None or self.telephony is None:
-            return _CallInfo()
+        info = _CallInfo()
+        self._find_caller_id(info, action.trigger_frame)
+        return info
+
+    def _find_caller_id(self, info: _CallInfo, trigger_frame: int) -> None:
+        """Fill in the caller ID heard before ``trigger_frame`` (or just after it: a serial
+        unit reports once it has decoded), making the call inbound."""
+        if self.analyser is None or self.telephony is None or info.caller_id is not None:
+            return
         t = self.telephony
         window = t.caller_id_window_frames
-        if self.last_end_frame is not None:
+        if self.last_end_frame is not None and self.last_end_frame <= trigger_frame:
             # A caller ID heard before the previous call ended belonged to that call.
-            window = min(window, action.trigger_frame - self.last_end_frame)
+            window = min(window, trigger_frame - self.last_end_frame)
         message = self.analyser.caller_id_before(
-            action.trigger_frame, window_frames=window, after_frames=t.caller_id_after_frames
+            trigger_frame, window_frames=window, after_frames=t.caller_id_after_frames
         )
-        if message is None:
-            return _CallInfo()
-        return _CallInfo(caller_id=caller_id_record(message), direction="inbound")
+        if message is not None:
+            info.caller_id = caller_id_record(message)
+            if info.direction == "unknown":
+                info.direction = "inbound"
 
     def _take_digits(self) -> None:
         """Move the key presses heard since the last call into the recording, deciding
@@ -330,8 +342,9 @@ class LineRunner:
 
     def _end(self, rec: _Recording, action: End) -> None:
         end_frame = max(action.frame, rec.cursor)
-        self.last_end_frame = end_frame
+        self._find_caller_id(rec.call, rec.trigger_frame)  # one that came after the start
         self._digit_at_end(rec)
+        self.last_end_frame = end_frame
         guard = self.telephony.guard_frames if self.telephony else 0
         rec.writer.close(
             RecordingEnd(

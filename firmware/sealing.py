@@ -717,8 +717,8 @@ class SealingSink:
             "end_reason": end["reason"] if end else "recovered",
             "continues": start.get("continues"),
             # Known at the end of a call; a recovered recording (crash) has no end record.
-            "direction": end.get("direction", "unknown") if end else "unknown",
-            "caller_id": end.get("caller_id") if end else None,
+            "direction": (end or start).get("direction", "unknown"),
+            "caller_id": (end or start).get("caller_id"),
             "dialled_digits": end.get("dialled_digits", "") if end else "",
             "masked_spans": end.get("masked_spans", []) if end else [],
             "consent_events": [e for e in events if e["type"] in consent_types],

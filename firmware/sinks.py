@@ -35,6 +35,8 @@ class RecordingStart:
     preroll_s: float  # audio before the trigger actually kept
     continues: str | None = None  # the recording this one continues (rollover)
     started_mono_ns: int = 0  # first frame on the capture clock (CLOCK_MONOTONIC on a device)
+    caller_id: dict[str, Any] | None = None  # as heard before the off-hook (see RecordingEnd)
+    direction: str = "unknown"  # as known at the start: inbound or unknown
 
 
 @dataclass(frozen=True, slots=True)

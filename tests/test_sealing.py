@@ -391,3 +391,35 @@ def test_crash_after_journal_files_dropped_before_the_move_loses_nothing(tmp_pat
     assert (tmp_path / "data" / "state" / "chain.json").read_text() == chain_before
     samples, _, _ = decrypt_recording(again, load_identities(office[0]))
     np.testing.assert_array_equal(samples, data)
+
+
+def test_a_call_cut_by_a_crash_keeps_the_caller_id_known_at_its_start(tmp_path: Path, office):
+    from dataclasses import replace
+
+    from firmware.app import make_sealing_sink
+    from firmware.recorder import StorageHealth
+    from firmware.sinks import RecordingStart
+
+    cfg, sink, _, _, _ = _sink_and_writer(tmp_path, office, seconds=3)
+    caller = {"number": "5551234", "name": "JOHN DOE", "source": "serial", "format": "text"}
+    # A second call whose start record carries its caller ID, then the power goes.
+    second = sink.open(
+        replace(
+            RecordingStart(
+                "rec-2", "dev", "line1", 0, RATE, "offhook", "2026-11-25T10:02:00.000+00:00",
+                0, 0, 0.0,
+            ),
+            caller_id=caller,
+            direction="inbound",
+        )
+    )  # fmt: skip
+    second.write(np.ones(2 * RATE, dtype=np.int16))
+    assert sorted(make_sealing_sink(cfg, StorageHealth()).recover()) == ["rec-1", "rec-2"]
+    manifests = {
+        m["recording_id"]: m
+        for m in map(manifest_of, (tmp_path / "data" / "outbox" / "sealed").iterdir())
+    }
+    assert manifests["rec-2"]["recovered"] is True
+    assert manifests["rec-2"]["caller_id"] == caller
+    assert manifests["rec-2"]["direction"] == "inbound"
+    assert manifests["rec-1"]["caller_id"] is None  # nothing known, nothing made up

@@ -153,3 +153,18 @@ def test_daemon_reads_a_modem_on_a_real_pty(tmp_path: Path, linetap_bin: Path):
     assert meta["caller_id"]["source"] == "serial"
     assert meta["direction"] == "inbound"
     assert f"caller ID from {device} for line line1" in stderr
+
+
+def test_a_unit_reporting_just_after_the_answer_still_counts(tmp_path: Path):
+    """A quick answer: the unit has not finished decoding when the handset is lifted."""
+    script = tmp_path / "unit.txt"
+    script.write_text(f"5.8 {UNIT_OUTPUT}\n")
+    unit = f'\n[lines.caller_id_serial]\nbackend = "sim"\nscript = "{script}"\n'
+    conf = _config(tmp_path, unit, preroll_s=1.0)
+    write_capture(tmp_path / "line.wav", 12, 1)
+    (tmp_path / "events").write_text("4 line1 offhook\n8 line1 onhook\n")
+    args = ["replay", "--format", "wav", "-c", str(conf), "--audio", str(tmp_path / "line.wav")]
+    assert main([*args, "--events", str(tmp_path / "events"), "--out", str(tmp_path / "out")]) == 0
+    [meta] = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert meta["caller_id"]["number"] == "5551234"  # 1.8 s after off-hook: within 3 s
+    assert meta["direction"] == "inbound"
