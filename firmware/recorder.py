@@ -16,19 +16,19 @@ from collections.abc import Callable, Sequence
 
 from buffers.ring import PrerollRing
 from drivers.audio import AudioBlock, CaptureSource
-from drivers.gpio import Edge, PinFactory
-from drivers.gpio.devices import Led, SwitchInput
+from drivers.gpio import PinFactory
+from drivers.gpio.devices import Led
 from drivers.serial.cid_text import SerialCallerId
 from drivers.serial.reader import SerialCallerIdReader
 from firmware.callstate import (
     EndReason,
-    Input,
     LineState,
 )
 from firmware.config import LinetapConfig
 from firmware.dsp.cid_messages import CallerIdMessage
 from firmware.dsp.line import LineAnalyser
 from firmware.errors import AudioDeviceError, StorageError
+from firmware.inputs import LineInputs
 from firmware.leds import LedPanel
 from firmware.line import NS_PER_S, LineRunner, Timeline, call_timing, telephony_settings
 from firmware.sinks import (
@@ -96,15 +96,10 @@ class Recorder:
         self.telephony = telephony_settings(config)
         self.audio_fault: str | None = None
         self.lines: list[LineRunner] = []
-        self._pin_owner: dict[int, tuple[int, Input]] = {}
+        self.inputs = LineInputs(config.lines, pins)
         line_leds: list[Led | None] = []
-        for index, line in enumerate(config.lines):
-            hook = SwitchInput(pins, line.hook_pin, line.hook_active, line.hook_pull)
-            self._pin_owner[line.hook_pin] = (index, "hook")
-            optout = None
-            if line.opt_out_pin is not None:
-                optout = SwitchInput(pins, line.opt_out_pin, line.opt_out_active, line.opt_out_pull)
-                self._pin_owner[line.opt_out_pin] = (index, "optout")
+        for line, switches in zip(config.lines, self.inputs.lines, strict=True):
+            hook, optout = switches.hook, switches.optout
             line_leds.append(
                 Led(pins, line.led_pin, line.led_active) if line.led_pin is not None else None
             )
@@ -233,9 +228,9 @@ class Recorder:
                 line.boot(block.start_frame - block.gap_frames)
             self._booted = True
         end_ns = self.timeline.ns_at(block.end_frame)
-        per_line: list[list[tuple[int, Input, bool]]] = [[] for _ in self.lines]
-        for edge in self.pins.poll(end_ns):
-            self._route_edge(edge, block, per_line)
+        per_line = self.inputs.route(
+            self.pins.poll(end_ns), self.timeline.frame_at, block.end_frame
+        )
         for reader in self.serial_caller_ids:
             for record in reader.poll(end_ns):
                 self._route_serial_caller_id(reader.line_name, record)
@@ -277,20 +272,6 @@ class Recorder:
             frame,
             record.number or record.absence_number,
         )
-
-    def _route_edge(
-        self, edge: Edge, block: AudioBlock, per_line: list[list[tuple[int, Input, bool]]]
-    ) -> None:
-        owner = self._pin_owner.get(edge.pin)
-        if owner is None:
-            return
-        index, which = owner
-        line = self.lines[index]
-        switch = line.hook if which == "hook" else line.optout
-        assert switch is not None
-        # An edge polled after this block but stamped later still belongs at its end.
-        frame = min(self.timeline.frame_at(edge.t_ns), block.end_frame)
-        per_line[index].append((frame, which, switch.edge_is_active(edge)))
 
     def finish(self, reason: EndReason) -> None:
         """End calls in progress (their recordings close normally) and turn LEDs off."""

@@ -29,11 +29,11 @@ from typing import TextIO
 from drivers.audio import AudioBlock, CaptureSource
 from drivers.audio.factory import open_capture
 from drivers.gpio import PinFactory
-from drivers.gpio.devices import SwitchInput
 from drivers.gpio.factory import make_pin_factory
 from firmware.callstate import Input
-from firmware.config import LineConfig, LinetapConfig
+from firmware.config import LinetapConfig
 from firmware.errors import AudioDeviceBusyError, AudioDeviceError, GpioError
+from firmware.inputs import LineInputs
 from firmware.line import Timeline
 
 HIDE_CURSOR = "\x1b[?25l"
@@ -150,24 +150,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 @dataclass(frozen=True, slots=True)
-class LineInputs:
-    """One line's switches, as the recorder reads them."""
-
-    config: LineConfig
-    hook: SwitchInput
-    optout: SwitchInput | None
-
-    @property
-    def off_hook(self) -> bool:
-        return self.hook.is_active
-
-    @property
-    def opted_out(self) -> bool | None:
-        """Opt-out pressed, or ``None`` when the line has no opt-out input."""
-        return self.optout.is_active if self.optout is not None else None
-
-
-@dataclass(frozen=True, slots=True)
 class LiveBlock:
     """One capture period and, per line, its raw switch edges placed on the audio timeline."""
 
@@ -178,7 +160,8 @@ class LiveBlock:
 class LiveLines:
     """The capture stream plus every line's hook / opt-out inputs, read by one loop.
 
-    The wiring of :class:`firmware.recorder.Recorder` without the recording: the pin
+    The wiring of :class:`firmware.recorder.Recorder` without the recording (the same
+    :class:`firmware.inputs.LineInputs`): the pin
     backend starts on the first block's clock (so a sim events script plays on the
     audio's own timeline), edges are polled up to each block's end and placed on the
     stream timeline exactly as the recorder places them.
@@ -194,16 +177,8 @@ class LiveLines:
         # Each line's (off-hook, opt-out pressed) when the stream started, before its first
         # edges: what the recorder's call machines boot with.
         self.start_levels: list[tuple[bool, bool]] = []
-        self.lines: list[LineInputs] = []
-        self._owner: dict[int, tuple[int, Input]] = {}
-        for index, line in enumerate(cfg.lines):
-            hook = SwitchInput(pins, line.hook_pin, line.hook_active, line.hook_pull)
-            self._owner[line.hook_pin] = (index, "hook")
-            optout = None
-            if line.opt_out_pin is not None:
-                optout = SwitchInput(pins, line.opt_out_pin, line.opt_out_active, line.opt_out_pull)
-                self._owner[line.opt_out_pin] = (index, "optout")
-            self.lines.append(LineInputs(line, hook, optout))
+        self.inputs = LineInputs(cfg.lines, pins)
+        self.lines = self.inputs.lines
 
     def read(self) -> LiveBlock | None:
         """The next period with its edges; ``None`` at the end of a file or on stop."""
@@ -215,18 +190,11 @@ class LiveLines:
             self.pins.start(block.t_start_ns)
             self.first_frame = block.start_frame - block.gap_frames
             self.start_levels = [(line.off_hook, bool(line.opted_out)) for line in self.lines]
-        edges: list[list[tuple[int, Input, bool]]] = [[] for _ in self.lines]
-        for edge in self.pins.poll(self.timeline.ns_at(block.end_frame)):
-            owner = self._owner.get(edge.pin)
-            if owner is None:
-                continue
-            index, which = owner
-            line = self.lines[index]
-            switch = line.hook if which == "hook" else line.optout
-            assert switch is not None
-            # Like the recorder: an edge stamped after this block still belongs at its end.
-            frame = min(self.timeline.frame_at(edge.t_ns), block.end_frame)
-            edges[index].append((frame, which, switch.edge_is_active(edge)))
+        edges = self.inputs.route(
+            self.pins.poll(self.timeline.ns_at(block.end_frame)),
+            self.timeline.frame_at,
+            block.end_frame,
+        )
         return LiveBlock(block, edges)
 
     def seconds_at(self, frame: int) -> float:
