@@ -60,3 +60,17 @@ $(BIN)/.installed: pyproject.toml | sysdeps
 
 clean:
 	rm -rf $(VENV) demo-out .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# Raspberry Pi SD-card image (image/README.md): Debian trixie arm64 from Debian's archive,
+# built as root with qemu-user binfmt; image-test boots it under qemu-system-aarch64.
+.PHONY: image image-test image-check
+
+image-check:
+	@image/check-host.sh
+
+image: image-check
+	image/build.sh
+
+image-test: $(BIN)/.installed
+	@image/check-host.sh --test
+	$(BIN)/pytest -m slow -s tests/test_image.py
