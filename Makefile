@@ -36,6 +36,11 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/age_throughput.py
 	$(BIN)/python bench/sealing_rtf.py
 	$(BIN)/python bench/sealing_memory.py
+	$(BIN)/python bench/upload_throughput.py
+	$(BIN)/python bench/upload_latency.py
+	$(BIN)/python bench/upload_receiver_capacity.py
+	$(BIN)/python bench/dtmf_accuracy.py
+	$(BIN)/python bench/cid_accuracy.py
 
 sysdeps:
 	@missing=""; \
