@@ -446,6 +446,30 @@ def test_first_boot_then_certificate_then_an_mtls_connection(
     assert (dev.boot / "linetap.toml.applied").read_text() == text  # nothing lost
     assert (dev.boot / "linetap.toml.applied.2").read_text() == changed
 
+    reconfigure_in_the_field(cli, dev, paths, changed, signing_before)
+
+
+def reconfigure_in_the_field(
+    cli: Run, dev: Device, paths: DevicePaths, changed: str, signing_before: bytes
+) -> None:
+    """Without a login: new settings plus an empty linetap-reconfigure file on the boot
+    partition, and the next boot (plain --first-boot) applies them."""
+    again = changed.replace("port = 9883", "port = 10883")
+    dev.boot_file.write_text(again)
+    (dev.boot / "linetap-reconfigure").write_text("")
+    res = cli("provision", "--first-boot", "--boot-dir", dev.boot, "-c", dev.link)
+    assert res.returncode == 0, res.stderr
+    assert "linetap-reconfigure: settings re-applied, keys kept" in res.stdout
+    assert_provisioned(dev, again)
+    assert paths.signing_key.read_bytes() == signing_before
+    assert not (dev.boot / "linetap-reconfigure").exists()  # spent: not applied twice
+    assert (dev.boot / "linetap-reconfigure.applied").exists()
+    # A reconfigure file alone (no new settings) changes nothing.
+    (dev.boot / "linetap-reconfigure").write_text("")
+    res = cli("provision", "--first-boot", "--boot-dir", dev.boot, "-c", dev.link)
+    assert res.returncode == 0 and res.stdout.startswith("already provisioned")
+    assert_provisioned(dev, again)
+
 
 def test_bad_boot_settings_are_listed_and_nothing_is_written(cli: Run, tmp_path: Path, office):
     dev = Device(tmp_path)

@@ -63,6 +63,7 @@ BOOT_CONFIG = "linetap.toml"
 APPLIED_SUFFIX = ".applied"
 REQUEST_DIR = "linetap-request"
 CERT_DIR = "linetap-cert"
+RECONFIGURE_FILE = "linetap-reconfigure"  # on the boot partition: apply new settings
 MARKER = "provisioned.json"
 LOCK = ".provision.lock"
 STAGE_PREFIX = ".provision-"  # temp files beside their destination: <dir>/.provision-<name>.tmp
@@ -544,6 +545,10 @@ class FirstBoot:
     def cert_dir(self) -> Path:
         return self.boot_dir / CERT_DIR
 
+    @property
+    def reconfigure_file(self) -> Path:
+        return self.boot_dir / RECONFIGURE_FILE
+
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
@@ -746,7 +751,8 @@ def _already_provisioned(
             _say(f"{fb.boot_file.name} was applied already: renamed to {applied.name}")
         else:
             _say(
-                f"{fb.boot_file} holds other settings: not applied; to apply them run"
+                f"{fb.boot_file} holds other settings: not applied; to apply them put an"
+                f" empty file {RECONFIGURE_FILE} beside it and reboot, or run"
                 " 'linetap provision --first-boot --force' (keys are kept)"
             )
     if not (fb.cert_dir / "device.crt").exists():
@@ -768,14 +774,22 @@ def first_boot(fb: FirstBoot, *, force: bool) -> int:
             boot_data = _read_or_none(fb.boot_file)
             markers = [d / MARKER for d in _data_dirs(fb, boot_data)]
             found = [(m, doc) for m in markers if (doc := _read_marker(m)) is not None]
-            if found and not force:
+            # A field tech without a login asks for new settings to be applied by putting
+            # an (empty) linetap-reconfigure file beside the new linetap.toml.
+            reconfigure = boot_data is not None and fb.reconfigure_file.exists()
+            if found and not (force or reconfigure):
                 return _already_provisioned(fb, *found[0], boot_data)
             boot_data = _validated_boot_config(fb, boot_data)
             for path, _doc in found:
                 # --force: not provisioned from here on, until the new marker is written.
                 path.unlink()
                 _fsync_dir(path.parent)
-            return _provision(fb, boot_data)
+            code = _provision(fb, boot_data)
+            if reconfigure and code == EXIT_OK:
+                # Spent: the next boot must not re-apply anything (FAT: no fsync of dirs).
+                fb.reconfigure_file.replace(fb.boot_dir / f"{RECONFIGURE_FILE}.applied")
+                _say(f"{RECONFIGURE_FILE}: settings re-applied, keys kept")
+            return code
     except LinetapError:
         raise
     except OSError as exc:
