@@ -42,7 +42,7 @@ from firmware.tools.check import exit_code, format_check, run_checks
 from headoffice import enroll
 from headoffice.enroll import CaLayout
 from tests.alsa_pcm import FilePcm, make_file_pcm
-from tests.helpers import espeak_word
+from tests.helpers import espeak_word, mounted_tmpfs
 from tests.mqtt_broker import Broker, MqttProbe, free_port, run_mosquitto
 from uploader import protocol
 from uploader.tlskeys import make_device_csr
@@ -722,22 +722,8 @@ def test_an_unusable_gpio_backend_fails_and_skips_the_leds(tmp_path: Path) -> No
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_partition_fails_both_storage_checks(small_disk: Path) -> None:

@@ -37,6 +37,7 @@ from firmware.tools.provision import DevicePaths, FirstBoot, first_boot
 from headoffice import enroll
 from headoffice.enroll import CaLayout, OfficeSetup
 from tests.conftest import VENV_BIN
+from tests.helpers import mounted_tmpfs
 from tests.mqtt_broker import MqttProbe, run_mosquitto
 from uploader import protocol
 from uploader.tlskeys import load_or_create_tls_key
@@ -779,23 +780,9 @@ def test_first_boot_failing_at_every_step_says_why_in_one_line_and_leaves_no_deb
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "data"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with mounted_tmpfs(tmp_path / "data", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_data_partition_fails_cleanly_and_the_next_boot_completes(
