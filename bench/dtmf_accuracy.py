@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +47,21 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+# The repository root, for the shared test signals (run as `python bench/dtmf_accuracy.py`).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from firmware.dsp.dtmf import COL_HZ, KEYPAD, ROW_HZ, DtmfDetector
+from tests.dtmf_signals import (
+    MULTIMON_RATE,
+    amplitude,
+    multimon,
+    multimon_raw,
+    raw_out,
+    sox_raw,
+    to_multimon_rate,
+)
 
 Int16s = npt.NDArray[np.int16]
-MULTIMON_RATE = 22050
 BLOCK_S = 0.020  # the recorder's default period
 RATES = (8000, 16000)
 
@@ -76,21 +86,6 @@ VOICES = (
     "de", "fr", "es", "it", "nl", "pl", "pt", "hi",
 )  # fmt: skip
 PITCHES = (25, 45, 65, 85)
-
-
-def _sox(args: Sequence[str], stdin: bytes | None = None) -> Int16s:
-    out = subprocess.run(
-        ["sox", "-R", *args], input=stdin, capture_output=True, check=True, timeout=120
-    ).stdout
-    return np.frombuffer(out, dtype="<i2").astype(np.int16)
-
-
-def _raw(rate: int) -> list[str]:
-    return ["-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16", "-c", "1"]
-
-
-def _amplitude(level_dbm0: float) -> float:
-    return float(10.0 ** ((level_dbm0 - 3.14) / 20.0))
 
 
 # --------------------------------------------------------------------------- corpus
@@ -125,9 +120,9 @@ def _tone(digit: str, c: Conditions, frames: int) -> Int16s:
     row, col = divmod(KEYPAD.index(digit), 4)
     f_low = ROW_HZ[row] * (1 + c.low_dev)
     f_high = COL_HZ[col] * (1 + c.high_dev)
-    remix = f"1v{_amplitude(c.low_dbm0):.8f},2v{_amplitude(c.high_dbm0):.8f}"
-    return _sox(
-        ["-c", "2", "-r", str(c.rate), "-n", *_raw(c.rate), "-", "synth", f"{frames}s",
+    remix = f"1v{amplitude(c.low_dbm0):.8f},2v{amplitude(c.high_dbm0):.8f}"
+    return sox_raw(
+        ["-c", "2", "-r", str(c.rate), "-n", *raw_out(c.rate), "synth", f"{frames}s",
          "sine", f"{f_low:.4f}", "sine", f"{f_high:.4f}", "remix", remix]
     )  # fmt: skip
 
@@ -158,7 +153,7 @@ def make_case(
     parts.append(np.zeros(round(0.15 * rate), dtype=np.int16))
     audio = np.concatenate(parts).astype(np.float64)
     if c.snr_db is not None:
-        power = (_amplitude(low) ** 2 + _amplitude(high) ** 2) / 2 * 32768.0**2
+        power = (amplitude(low) ** 2 + amplitude(high) ** 2) / 2 * 32768.0**2
         src = noise[rate]
         start = int(rng.integers(0, src.size - audio.size))
         n = src[start : start + audio.size].astype(np.float64)
@@ -179,7 +174,7 @@ def make_speech(minutes: float, pool: ThreadPoolExecutor) -> Int16s:
             ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", "160", "--stdout", text],
             capture_output=True, check=True, timeout=120,
         ).stdout  # fmt: skip
-        return _sox(["-t", "wav", "-", *_raw(8000), "-", "sinc", "300-3400"], stdin=wav)
+        return sox_raw(["-t", "wav", "-", *raw_out(8000), "sinc", "300-3400"], stdin=wav)
 
     target = round(minutes * 60 * 8000)
     parts: list[Int16s] = []
@@ -206,20 +201,6 @@ def ours(audio: Int16s, rate: int) -> str:
         events += det.process(audio[i : i + block], i)
     events += det.flush()
     return "".join(e.digit for e in events)
-
-
-def to_multimon_rate(audio: Int16s, rate: int) -> bytes:
-    return _sox([*_raw(rate), "-", *_raw(MULTIMON_RATE), "-"], stdin=audio.tobytes()).tobytes()
-
-
-def multimon(raw22k: bytes) -> str:
-    out = subprocess.run(
-        ["multimon-ng", "-q", "-c", "-a", "DTMF", "-t", "raw", "-"],
-        input=raw22k, capture_output=True, check=True, timeout=120,
-    ).stdout.decode()  # fmt: skip
-    return "".join(
-        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("DTMF:")
-    )
 
 
 @dataclass
@@ -312,13 +293,13 @@ class Results:
 def run(args: argparse.Namespace) -> Results:
     rng = np.random.default_rng(args.seed)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        noise = {r: _sox(["-r", str(r), "-n", *_raw(r), "-", "synth", "120", "whitenoise"])
+        noise = {r: sox_raw(["-r", str(r), "-n", *raw_out(r), "synth", "120", "whitenoise"])
                  for r in RATES}  # fmt: skip
         cases = [make_case(rng, RATES[i % 2], noise, pool) for i in range(args.strings)]
         speech = make_speech(args.speech_minutes, pool)
         heard_ours = [ours(c.audio, c.conditions.rate) for c in cases]
         raws = list(pool.map(lambda c: to_multimon_rate(c.audio, c.conditions.rate), cases))
-        heard_mm = list(pool.map(multimon, raws))
+        heard_mm = list(pool.map(multimon_raw, raws))
     rtf = {}
     with tempfile.TemporaryDirectory(prefix="linetap-dtmf-bench-") as tmp_name:
         for rate in RATES:
@@ -337,7 +318,7 @@ def run(args: argparse.Namespace) -> Results:
         heard_mm=heard_mm,
         speech_s=speech.size / 8000,
         speech_ours=ours(speech, 8000),
-        speech_mm=multimon(to_multimon_rate(speech, 8000)),
+        speech_mm=multimon(speech, 8000),
         rtf=rtf,
     )
 

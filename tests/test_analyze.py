@@ -14,7 +14,7 @@ import soundfile
 from firmware.dsp.cid_messages import build_mdmf
 from firmware.dsp.levels import levels
 from tests.cid_signals import BELL202, at_level, make_burst, missing_tools, to_int16
-from tests.test_dtmf import dial
+from tests.dtmf_signals import dial
 
 RATE = 8000
 

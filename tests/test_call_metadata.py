@@ -1,7 +1,7 @@
 """The recorder's telephony: DTMF masking in the live path, caller ID and direction.
 
 Signals nobody here wrote: FSK caller ID from minimodem (tests/cid_signals.py), DTMF tones
-from sox (checked as they are made, tests/test_dtmf.py), speech from espeak-ng. The real
+from sox (checked as they are made, tests/dtmf_signals.py), speech from espeak-ng. The real
 recorder runs over them through ``linetap replay``; the stored audio is checked with our
 detector and with multimon-ng, and sample for sample outside the masked spans.
 """
@@ -22,8 +22,8 @@ from firmware.cli import main
 from firmware.dsp.cid_messages import build_mdmf
 from firmware.dsp.dtmf import detect
 from tests.cid_signals import BELL202, make_burst, missing_tools
+from tests.dtmf_signals import MULTIMON, dial, multimon
 from tests.helpers import config_text, espeak_word
-from tests.test_dtmf import MULTIMON, dial, multimon
 
 RATE = 8000
 Int16s = npt.NDArray[np.int16]

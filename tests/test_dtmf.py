@@ -27,9 +27,7 @@ import pytest
 
 from firmware.dsp import dtmf
 from firmware.dsp.dtmf import (
-    COL_HZ,
     KEYPAD,
-    ROW_HZ,
     DtmfDetector,
     DtmfEvent,
     MaskMode,
@@ -38,14 +36,22 @@ from firmware.dsp.dtmf import (
     masking_plan,
     window_hits,
 )
+from tests.dtmf_signals import (
+    MULTIMON,
+    SOX,
+    amplitude,
+    dial,
+    measure_tones,
+    multimon,
+    raw_out,
+    sox_raw,
+    sox_tone,
+)
 
 Int16s = npt.NDArray[np.int16]
 RATES = (8000, 16000)
 ALL = KEYPAD  # all 16 digits
-SOX = shutil.which("sox")
-MULTIMON = shutil.which("multimon-ng")
 ESPEAK = shutil.which("espeak-ng")
-MULTIMON_RATE = 22050
 
 pytestmark = pytest.mark.skipif(SOX is None, reason="sox is missing (Debian package sox)")
 
@@ -53,123 +59,9 @@ pytestmark = pytest.mark.skipif(SOX is None, reason="sox is missing (Debian pack
 # --------------------------------------------------------------------------- signals
 
 
-def _sox(args: Sequence[str], stdin: bytes | None = None) -> Int16s:
-    """Run sox (repeatable mode: fixed dither/noise seed) producing raw s16le on stdout."""
-    out = subprocess.run(
-        ["sox", "-R", *args], input=stdin, capture_output=True, check=True, timeout=60
-    ).stdout
-    return np.frombuffer(out, dtype="<i2").astype(np.int16)
-
-
-def _raw_out(rate: int) -> list[str]:
-    return ["-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16", "-c", "1", "-"]
-
-
-def amplitude(level_dbm0: float) -> float:
-    """Peak amplitude as a fraction of full scale; 0 dBm0 = -3.14 dBFS (G.711)."""
-    return float(10.0 ** ((level_dbm0 - 3.14) / 20.0))
-
-
-def measure_tones(x: Int16s, rate: int) -> list[tuple[float, float]]:
-    """The two strongest tones of ``x``: (frequency Hz, level dBm0), by frequency.
-
-    Peak of a zero-padded Hann FFT, refined by a parabola, then a least-squares fit of
-    both sines at those frequencies for the levels. Independent of the detector.
-    """
-    xf = x.astype(np.float64)
-    n = xf.size
-    nfft = 1 << 18
-    spec = np.abs(np.fft.rfft(xf * np.hanning(n), nfft))
-    freqs = np.fft.rfftfreq(nfft, 1.0 / rate)
-    found: list[float] = []
-    s = spec.copy()
-    for _ in range(2):
-        k = int(np.argmax(s))
-        a, b, c = np.log(s[k - 1 : k + 2] + 1e-12)
-        found.append(freqs[k] + 0.5 * (a - c) / (a - 2 * b + c) * (freqs[1] - freqs[0]))
-        lo, hi = np.searchsorted(freqs, [freqs[k] - 4.0 * rate / n, freqs[k] + 4.0 * rate / n])
-        s[lo:hi] = 0.0
-    t = np.arange(n) / rate
-    cols = []
-    for f in found:
-        cols += [np.cos(2 * np.pi * f * t), np.sin(2 * np.pi * f * t)]
-    coef, *_ = np.linalg.lstsq(np.stack(cols, axis=1), xf, rcond=None)
-    tones = []
-    for i, f in enumerate(found):
-        amp = math.hypot(coef[2 * i], coef[2 * i + 1]) / 32768.0
-        tones.append((f, 20.0 * math.log10(amp) + 3.14))
-    return sorted(tones)
-
-
-@functools.cache
-def sox_tone(
-    digit: str,
-    rate: int,
-    frames: int,
-    *,
-    low_dbm0: float = -10.0,
-    high_dbm0: float = -10.0,
-    low_dev: float = 0.0,
-    high_dev: float = 0.0,
-) -> Int16s:
-    """One DTMF tone burst made by sox, checked: frequencies to 0.05 %, levels to 0.2 dB."""
-    row, col = divmod(KEYPAD.index(digit), 4)
-    f_low = ROW_HZ[row] * (1.0 + low_dev)
-    f_high = COL_HZ[col] * (1.0 + high_dev)
-    remix = f"1v{amplitude(low_dbm0):.8f},2v{amplitude(high_dbm0):.8f}"
-    x = _sox(
-        ["-c", "2", "-r", str(rate), "-n", *_raw_out(rate), "synth", f"{frames}s",
-         "sine", f"{f_low:.4f}", "sine", f"{f_high:.4f}", "remix", remix]
-    )  # fmt: skip
-    assert x.size == frames
-    (m_low, l_low), (m_high, l_high) = measure_tones(x, rate)
-    assert abs(m_low / f_low - 1.0) < 5e-4 and abs(m_high / f_high - 1.0) < 5e-4, (
-        f"sox made {m_low:.1f}/{m_high:.1f} Hz, asked {f_low:.1f}/{f_high:.1f}"
-    )
-    assert abs(l_low - low_dbm0) < 0.2 and abs(l_high - high_dbm0) < 0.2, (
-        f"sox made {l_low:.2f}/{l_high:.2f} dBm0, asked {low_dbm0}/{high_dbm0}"
-    )
-    x.flags.writeable = False
-    return x
-
-
-def dial(
-    digits: str,
-    rate: int,
-    *,
-    on_s: float = 0.05,
-    off_s: float = 0.05,
-    lead_frames: int = 0,
-    tail_s: float = 0.1,
-    low_dbm0: float = -10.0,
-    high_dbm0: float = -10.0,
-    low_dev: float = 0.0,
-    high_dev: float = 0.0,
-) -> tuple[Int16s, list[tuple[int, int]]]:
-    """``digits`` as sox tone bursts with silence between; returns (audio, tone spans)."""
-    on = round(on_s * rate)
-    parts: list[Int16s] = [np.zeros(lead_frames, dtype=np.int16)]
-    spans = []
-    pos = lead_frames
-    for d in digits:
-        parts.append(
-            sox_tone(
-                d, rate, on, low_dbm0=low_dbm0, high_dbm0=high_dbm0, low_dev=low_dev,
-                high_dev=high_dev,
-            )
-        )  # fmt: skip
-        spans.append((pos, pos + on))
-        pos += on
-        gap = round(off_s * rate)
-        parts.append(np.zeros(gap, dtype=np.int16))
-        pos += gap
-    parts.append(np.zeros(round(tail_s * rate), dtype=np.int16))
-    return np.concatenate(parts), spans
-
-
 @functools.cache
 def sox_white_noise(rate: int, seconds: float) -> Int16s:
-    x = _sox(["-r", str(rate), "-n", *_raw_out(rate), "synth", str(seconds), "whitenoise"])
+    x = sox_raw(["-r", str(rate), "-n", *raw_out(rate), "synth", str(seconds), "whitenoise"])
     x.flags.writeable = False
     return x
 
@@ -188,26 +80,6 @@ def tone_power(*levels_dbm0: float) -> float:
 
 def digits_of(events: Sequence[DtmfEvent]) -> str:
     return "".join(e.digit for e in events)
-
-
-def multimon(x: Int16s, rate: int) -> str:
-    """Digits multimon-ng hears in ``x`` (resampled by sox to its 22 050 Hz)."""
-    assert MULTIMON is not None
-    raw = _sox(
-        ["-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16", "-c", "1", "-",
-         *_raw_out(MULTIMON_RATE)],
-        stdin=x.astype("<i2").tobytes(),
-    )  # fmt: skip
-    out = subprocess.run(
-        ["multimon-ng", "-q", "-c", "-a", "DTMF", "-t", "raw", "-"],
-        input=raw.tobytes(),
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout.decode()
-    return "".join(
-        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("DTMF:")
-    )
 
 
 needs_multimon = pytest.mark.skipif(MULTIMON is None, reason="multimon-ng is missing")
@@ -235,7 +107,7 @@ def espeak(text: str, voice: str, pitch: int, rate: int) -> Int16s:
         capture_output=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     band = "300-3400" if rate == 8000 else "100-7000"
-    return _sox(["-t", "wav", "-", *_raw_out(rate), "sinc", band], stdin=wav)
+    return sox_raw(["-t", "wav", "-", *raw_out(rate), "sinc", band], stdin=wav)
 
 
 @pytest.fixture(scope="session")
@@ -271,23 +143,23 @@ def music() -> dict[int, Int16s]:
                 tones = [a for s in chord for a in (kind, f"%{s + 12 * (i % 2)}")]
                 mix = ",".join(f"{k + 1}v0.2" for k in range(len(chord)))
                 parts.append(
-                    _sox(["-c", str(len(chord)), "-r", "48000", "-n", *_raw_out(rate), "synth",
+                    sox_raw(["-c", str(len(chord)), "-r", "48000", "-n", *raw_out(rate), "synth",
                           "0.8", *tones, "remix", mix, "fade", "0.01", "0.8", "0.1"])
                 )  # fmt: skip
         for kind in ("sine", "square", "triangle"):
             for a, b in ((300, 3400), (3400, 300), (600, 1700), (1700, 600)):
                 for sweep in (f"{a}-{b}", f"{a}:{b}"):  # linear, exponential
                     parts.append(
-                        _sox(["-r", str(rate), "-n", *_raw_out(rate), "synth", "3", kind, sweep,
+                        sox_raw(["-r", str(rate), "-n", *raw_out(rate), "synth", "3", kind, sweep,
                               "vol", "0.3"])
                     )  # fmt: skip
         for kind in ("whitenoise", "pinknoise", "brownnoise"):
             parts.append(
-                _sox(["-r", str(rate), "-n", *_raw_out(rate), "synth", "5", kind, "vol", "0.3"])
+                sox_raw(["-r", str(rate), "-n", *raw_out(rate), "synth", "5", kind, "vol", "0.3"])
             )
         for n in [0, 4, 7, 12, 16, 19, 24, 19, 16, 12, 7, 4] * 3:  # arpeggio over a bass
             parts.append(
-                _sox(["-c", "2", "-r", "48000", "-n", *_raw_out(rate), "synth", "0.15", "pluck",
+                sox_raw(["-c", "2", "-r", "48000", "-n", *raw_out(rate), "synth", "0.15", "pluck",
                       f"%{n}", "sine", f"%{n - 24}", "remix", "1v0.4,2v0.3"])
             )  # fmt: skip
         out[rate] = np.concatenate(parts)
@@ -420,12 +292,12 @@ def test_through_g711_with_twist_and_offsets(encoding: str) -> None:
     for loud in (-3.0, -20.0, -34.0):
         x, _ = dial(ALL, 8000, low_dbm0=loud, high_dbm0=loud - 5.0, low_dev=0.015,
                     high_dev=-0.015)  # fmt: skip
-        law = _sox(
+        law = sox_raw(
             ["-t", "raw", "-r", "8000", "-e", "signed", "-b", "16", "-c", "1", "-",
              "-t", "raw", "-e", encoding, "-b", "8", "-"],
             stdin=x.tobytes(),
         ).tobytes()  # fmt: skip
-        back = _sox(
+        back = sox_raw(
             ["-t", "raw", "-r", "8000", "-e", encoding, "-b", "8", "-c", "1", "-",
              "-t", "raw", "-e", "signed", "-b", "16", "-"],
             stdin=law,

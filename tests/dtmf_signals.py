@@ -1,0 +1,167 @@
+"""DTMF test signals made by sox, checked as they are made, and the multimon-ng reference.
+
+Shared by tests/test_dtmf.py, test_call_metadata.py, test_analyze.py and bench/dtmf_accuracy.py.
+Tones come from ``sox synth`` (two sines on two channels, mixed to mono by ``remix`` with a
+gain per tone); :func:`sox_tone` measures each one (FFT peak + least-squares amplitude)
+before it is used. The reference detector is ``multimon-ng -a DTMF`` (raw s16le at
+22 050 Hz, its input rate).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from firmware.dsp.dtmf import COL_HZ, KEYPAD, ROW_HZ
+
+Int16s = npt.NDArray[np.int16]
+SOX = shutil.which("sox")
+MULTIMON = shutil.which("multimon-ng")
+MULTIMON_RATE = 22050
+
+
+def sox_raw(args: Sequence[str], stdin: bytes | None = None) -> Int16s:
+    """Run sox (repeatable mode: fixed dither/noise seed) producing raw s16le on stdout."""
+    out = subprocess.run(
+        ["sox", "-R", *args], input=stdin, capture_output=True, check=True, timeout=120
+    ).stdout
+    return np.frombuffer(out, dtype="<i2").astype(np.int16)
+
+
+def raw_out(rate: int) -> list[str]:
+    return ["-t", "raw", "-r", str(rate), "-e", "signed", "-b", "16", "-c", "1", "-"]
+
+
+def amplitude(level_dbm0: float) -> float:
+    """Peak amplitude as a fraction of full scale; 0 dBm0 = -3.14 dBFS (G.711)."""
+    return float(10.0 ** ((level_dbm0 - 3.14) / 20.0))
+
+
+def measure_tones(x: Int16s, rate: int) -> list[tuple[float, float]]:
+    """The two strongest tones of ``x``: (frequency Hz, level dBm0), by frequency.
+
+    Peak of a zero-padded Hann FFT, refined by a parabola, then a least-squares fit of
+    both sines at those frequencies for the levels. Independent of the detector.
+    """
+    xf = x.astype(np.float64)
+    n = xf.size
+    nfft = 1 << 18
+    spec = np.abs(np.fft.rfft(xf * np.hanning(n), nfft))
+    freqs = np.fft.rfftfreq(nfft, 1.0 / rate)
+    found: list[float] = []
+    s = spec.copy()
+    for _ in range(2):
+        k = int(np.argmax(s))
+        a, b, c = np.log(s[k - 1 : k + 2] + 1e-12)
+        found.append(freqs[k] + 0.5 * (a - c) / (a - 2 * b + c) * (freqs[1] - freqs[0]))
+        lo, hi = np.searchsorted(freqs, [freqs[k] - 4.0 * rate / n, freqs[k] + 4.0 * rate / n])
+        s[lo:hi] = 0.0
+    t = np.arange(n) / rate
+    cols = []
+    for f in found:
+        cols += [np.cos(2 * np.pi * f * t), np.sin(2 * np.pi * f * t)]
+    coef, *_ = np.linalg.lstsq(np.stack(cols, axis=1), xf, rcond=None)
+    tones = []
+    for i, f in enumerate(found):
+        amp = math.hypot(coef[2 * i], coef[2 * i + 1]) / 32768.0
+        tones.append((f, 20.0 * math.log10(amp) + 3.14))
+    return sorted(tones)
+
+
+@functools.cache
+def sox_tone(
+    digit: str,
+    rate: int,
+    frames: int,
+    *,
+    low_dbm0: float = -10.0,
+    high_dbm0: float = -10.0,
+    low_dev: float = 0.0,
+    high_dev: float = 0.0,
+) -> Int16s:
+    """One DTMF tone burst made by sox, checked: frequencies to 0.05 %, levels to 0.2 dB."""
+    row, col = divmod(KEYPAD.index(digit), 4)
+    f_low = ROW_HZ[row] * (1.0 + low_dev)
+    f_high = COL_HZ[col] * (1.0 + high_dev)
+    remix = f"1v{amplitude(low_dbm0):.8f},2v{amplitude(high_dbm0):.8f}"
+    x = sox_raw(
+        ["-c", "2", "-r", str(rate), "-n", *raw_out(rate), "synth", f"{frames}s",
+         "sine", f"{f_low:.4f}", "sine", f"{f_high:.4f}", "remix", remix]
+    )  # fmt: skip
+    assert x.size == frames
+    (m_low, l_low), (m_high, l_high) = measure_tones(x, rate)
+    assert abs(m_low / f_low - 1.0) < 5e-4 and abs(m_high / f_high - 1.0) < 5e-4, (
+        f"sox made {m_low:.1f}/{m_high:.1f} Hz, asked {f_low:.1f}/{f_high:.1f}"
+    )
+    assert abs(l_low - low_dbm0) < 0.2 and abs(l_high - high_dbm0) < 0.2, (
+        f"sox made {l_low:.2f}/{l_high:.2f} dBm0, asked {low_dbm0}/{high_dbm0}"
+    )
+    x.flags.writeable = False
+    return x
+
+
+def dial(
+    digits: str,
+    rate: int,
+    *,
+    on_s: float = 0.05,
+    off_s: float = 0.05,
+    lead_frames: int = 0,
+    tail_s: float = 0.1,
+    low_dbm0: float = -10.0,
+    high_dbm0: float = -10.0,
+    low_dev: float = 0.0,
+    high_dev: float = 0.0,
+) -> tuple[Int16s, list[tuple[int, int]]]:
+    """``digits`` as sox tone bursts with silence between; returns (audio, tone spans)."""
+    on = round(on_s * rate)
+    parts: list[Int16s] = [np.zeros(lead_frames, dtype=np.int16)]
+    spans = []
+    pos = lead_frames
+    for d in digits:
+        parts.append(
+            sox_tone(
+                d, rate, on, low_dbm0=low_dbm0, high_dbm0=high_dbm0, low_dev=low_dev,
+                high_dev=high_dev,
+            )
+        )  # fmt: skip
+        spans.append((pos, pos + on))
+        pos += on
+        gap = round(off_s * rate)
+        parts.append(np.zeros(gap, dtype=np.int16))
+        pos += gap
+    parts.append(np.zeros(round(tail_s * rate), dtype=np.int16))
+    return np.concatenate(parts), spans
+
+
+def to_multimon_rate(x: Int16s, rate: int) -> bytes:
+    """``x`` resampled by sox to multimon-ng's 22 050 Hz, as raw s16le."""
+    return sox_raw(
+        [*raw_out(rate), *raw_out(MULTIMON_RATE)], stdin=x.astype("<i2").tobytes()
+    ).tobytes()
+
+
+def multimon_raw(raw22k: bytes) -> str:
+    """Digits multimon-ng hears in raw s16le audio at 22 050 Hz."""
+    assert MULTIMON is not None
+    out = subprocess.run(
+        ["multimon-ng", "-q", "-c", "-a", "DTMF", "-t", "raw", "-"],
+        input=raw22k,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout.decode()
+    return "".join(
+        line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("DTMF:")
+    )
+
+
+def multimon(x: Int16s, rate: int) -> str:
+    """Digits multimon-ng hears in ``x`` (resampled by sox to its 22 050 Hz)."""
+    return multimon_raw(to_multimon_rate(x, rate))
