@@ -42,10 +42,10 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from firmware.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, config_arg
 from firmware.config import config_path, load_config, parse_config
@@ -196,16 +196,17 @@ def _remove_leftovers(directory: Path) -> None:
 # -- keys and the request --------------------------------------------------------------
 
 
-def ensure_signing_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
-    """The device's Ed25519 key, made (staged, then renamed) if missing; (key, created)."""
-    from firmware.keys import create_device_key, load_device_key
+K = TypeVar("K")  # a private key type
 
+
+def _ensure_key(path: Path, load: Callable[[Path], K], make: Callable[[Path], K]) -> tuple[K, bool]:
+    """The key at ``path``, made (staged, then renamed) if missing; (key, created)."""
     if path.exists() or path.is_symlink():
-        return load_device_key(path), False
+        return load(path), False
     _make_dirs(path.parent, 0o700)
     tmp = _staged(path)
     tmp.unlink(missing_ok=True)
-    key = create_device_key(tmp)
+    key = make(tmp)
     try:
         _take_owner_of_dir(tmp)
     except BaseException:
@@ -215,23 +216,18 @@ def ensure_signing_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
     return key, True
 
 
+def ensure_signing_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """The device's Ed25519 signing key, made if missing; (key, created)."""
+    from firmware.keys import create_device_key, load_device_key
+
+    return _ensure_key(path, load_device_key, create_device_key)
+
+
 def ensure_tls_key(path: Path) -> tuple[EllipticCurvePrivateKey, bool]:
-    """The device's TLS key (EC P-256), made (staged, then renamed) if missing."""
+    """The device's TLS key (EC P-256), made if missing; (key, created)."""
     from uploader.tlskeys import load_or_create_tls_key
 
-    if path.exists() or path.is_symlink():
-        return load_or_create_tls_key(path), False
-    _make_dirs(path.parent, 0o700)
-    tmp = _staged(path)
-    tmp.unlink(missing_ok=True)
-    key = load_or_create_tls_key(tmp)
-    try:
-        _take_owner_of_dir(tmp)
-    except BaseException:
-        _discard(tmp)
-        raise
-    _commit(tmp, path)
-    return key, True
+    return _ensure_key(path, load_or_create_tls_key, load_or_create_tls_key)
 
 
 def _same_public_key(a: Any, b: Any) -> bool:
