@@ -456,7 +456,8 @@ def test_world_readable_keys_fail_with_the_chmod(
     assert run.code == 1
 
 
-def test_broker_down_is_connection_refused(tmp_path: Path, linetap_bin: Path, pki: Pki) -> None:
+def broker_down_config(tmp_path: Path, pki: Pki) -> tuple[Path, int]:
+    """An enrolled device whose broker port nobody listens on; (config, port)."""
     data = device_data(pki, tmp_path)
     port = free_port()
     conf = write_config(
@@ -466,6 +467,11 @@ def test_broker_down_is_connection_refused(tmp_path: Path, linetap_bin: Path, pk
         upload=upload_toml(data, port=port),
         recipients=(pki.recipient,),
     )
+    return conf, port
+
+
+def test_broker_down_is_connection_refused(tmp_path: Path, linetap_bin: Path, pki: Pki) -> None:
+    conf, port = broker_down_config(tmp_path, pki)
     run = run_check(linetap_bin, conf, "--skip", "audio", "--skip", "gpio")
     status, text = run.one("broker")
     assert status == "FAIL"
@@ -911,15 +917,7 @@ def test_a_connected_uploader_answers_for_the_broker_without_a_probe(
     """A probe would take the running uploader's session over (same certificate, same
     client id); when the uploader says it is connected, check believes it. Stale or
     disconnected: the real probe runs (here: refused, nothing listens)."""
-    data = device_data(pki, tmp_path)
-    port = free_port()
-    conf = write_config(
-        tmp_path,
-        audio=f'backend = "file"\nfile = "{tmp_path / "none.wav"}"',
-        data=data,
-        upload=upload_toml(data, port=port),
-        recipients=(pki.recipient,),
-    )
+    conf, _ = broker_down_config(tmp_path, pki)
     status_file = tmp_path / "run" / "uploader.json"
     status_file.parent.mkdir(parents=True, exist_ok=True)
     link = {"state": "connected", "since_utc": "2026-11-25T10:00:00+00:00", "broker": "ho:8883"}
