@@ -412,7 +412,10 @@ class _Reported:
         self.in_doubt: set[str] = set()  # delete started, not reported done
 
     def feed(self, out: bytes) -> None:
-        for line in out.decode().splitlines():
+        # A kill can land mid-line ("deleted" without its id): a report that did not
+        # finish is no report, so only whole lines count.
+        whole, _, _cut = out.decode().rpartition("\n")
+        for line in whole.splitlines():
             word, *rest = line.split()
             if word == "committed":
                 self.committed[rest[0]] = int(rest[1])
