@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from drivers.audio import CaptureSource
@@ -28,6 +27,7 @@ from firmware.callstate import EndReason
 from firmware.config import LinetapConfig
 from firmware.errors import StorageError
 from firmware.events import events_to_pin_script, load_events
+from firmware.process import stop_on_signals
 from firmware.recorder import NS_PER_S, Recorder, StorageHealth
 from firmware.sdnotify import Notifier
 from firmware.sinks import RecordingSink, WavSink
@@ -172,17 +172,32 @@ def serial_caller_id_readers(
 def run_daemon(cfg: LinetapConfig) -> int:
     """``linetap record``: record until SIGTERM/SIGINT, then finish calls and exit 0."""
     stop = threading.Event()
+    with ExitStack() as cleanup:  # closes, in reverse, whatever was opened before a failure
+        cleanup.enter_context(stop_on_signals(stop, log=log, doing="finishing calls in progress"))
+        notifier = Notifier()
+        cleanup.callback(notifier.close)
+        capture = open_capture(cfg.audio, stop=stop)
+        cleanup.callback(capture.close)
+        pins = make_pin_factory(cfg.gpio.backend, chip=cfg.gpio.chip, script=pin_script(cfg))
+        cleanup.callback(pins.close)
+        serial_units = serial_caller_id_readers(cfg)
+        for unit in serial_units:
+            cleanup.callback(unit.close)
+        _record_until_stopped(
+            cfg, stop, notifier=notifier, capture=capture, pins=pins, serial_units=serial_units
+        )
+    return 0
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: finishing calls in progress", signal.Signals(signum).name)
-        stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    notifier = Notifier()
-    capture = open_capture(cfg.audio, stop=stop)
-    pins = make_pin_factory(cfg.gpio.backend, chip=cfg.gpio.chip, script=pin_script(cfg))
-    serial_units = serial_caller_id_readers(cfg)
+def _record_until_stopped(
+    cfg: LinetapConfig,
+    stop: threading.Event,
+    *,
+    notifier: Notifier,
+    capture: CaptureSource,
+    pins: PinFactory,
+    serial_units: list[SerialCallerIdReader],
+) -> None:
     ready = False
     health = StorageHealth()
     next_retention = 0.0
@@ -203,38 +218,30 @@ def run_daemon(cfg: LinetapConfig) -> int:
             next_status = now + STATUS_INTERVAL_S
             write_status(cfg, recorder)
 
-    try:
-        recorder = Recorder(
-            cfg,
-            capture,
-            pins,
-            make_sink(cfg, health),
-            stop=stop,
-            clock=time.monotonic_ns,
-            wall_offset_ns=time.time_ns() - time.monotonic_ns(),
-            device_id=device_id(cfg),
-            on_tick=tick,
-            storage_health=health,
-            serial_caller_ids=serial_units,
-        )
-        log.info(
-            "recorder starting device=%s lines=%s audio=%s:%s gpio=%s",
-            device_id(cfg),
-            ",".join(line.name for line in cfg.lines),
-            cfg.audio.backend,
-            cfg.audio.device if cfg.audio.backend == "alsa" else cfg.audio.file,
-            cfg.gpio.backend,
-        )
-        reason = recorder.run()
-        notifier.stopping()
-        log.info("recorder stopped (%s)", reason.value)
-    finally:
-        capture.close()
-        pins.close()
-        for unit in serial_units:
-            unit.close()
-        notifier.close()
-    return 0
+    recorder = Recorder(
+        cfg,
+        capture,
+        pins,
+        make_sink(cfg, health),
+        stop=stop,
+        clock=time.monotonic_ns,
+        wall_offset_ns=time.time_ns() - time.monotonic_ns(),
+        device_id=device_id(cfg),
+        on_tick=tick,
+        storage_health=health,
+        serial_caller_ids=serial_units,
+    )
+    log.info(
+        "recorder starting device=%s lines=%s audio=%s:%s gpio=%s",
+        device_id(cfg),
+        ",".join(line.name for line in cfg.lines),
+        cfg.audio.backend,
+        cfg.audio.device if cfg.audio.backend == "alsa" else cfg.audio.file,
+        cfg.gpio.backend,
+    )
+    reason = recorder.run()
+    notifier.stopping()
+    log.info("recorder stopped (%s)", reason.value)
 
 
 @dataclass(frozen=True)

@@ -12,22 +12,13 @@ from pathlib import Path
 from firmware import __version__
 from firmware.config import DEFAULT_CONFIG_PATH, LinetapConfig, load_config
 from firmware.errors import ConfigError, LinetapError
+from firmware.process import setup_logging
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 log = logging.getLogger("linetap")
-
-
-def _setup_logging(level: str) -> None:
-    # journald adds timestamps and the unit name; one event per line on stderr.
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
 
 
 def _load(args: argparse.Namespace) -> LinetapConfig:
@@ -84,7 +75,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.validate_config:
         return cmd_validate_config(args)
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)
     from firmware.app import run_daemon
 
     return run_daemon(cfg)
@@ -98,7 +89,7 @@ def _replay_outputs(out: Path, fmt: str) -> list[Path]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    _setup_logging(cfg.log_level if args.verbose else "warning")
+    setup_logging(cfg.log_level if args.verbose else "warning")
     from firmware.app import run_replay
 
     start = datetime.fromisoformat(args.start_utc) if args.start_utc else datetime.now(UTC)

@@ -11,21 +11,12 @@ linetap-office ls|search|show|export|verify ...   (--store R [--index URL])
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from firmware import __version__
 from firmware.errors import ConfigError, LinetapError
-
-
-def _setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+from firmware.process import setup_logging
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -79,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from headoffice.store import BlobStore
 
     cfg = load_office_config(args.config)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     index = open_index(cfg.index_url)
     try:
         receiver = Receiver(

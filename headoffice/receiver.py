@@ -109,7 +109,11 @@ class Receiver:
         if done is None:
             return None
         if done.device_id != device or done.blob_sha256 != sha:
-            return [self._reject(device, rec, "recording id already stored with other content or device")]
+            return [
+                self._reject(
+                    device, rec, "recording id already stored with other content or device"
+                )
+            ]
         return [self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=sha))]
 
     def _init(self, device: str, init: Init) -> list[Reply]:

@@ -9,10 +9,8 @@ shared subscription (``$share/{group}/linetap/+/up/#``); none keeps state in mem
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import ssl
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -20,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware.errors import ConfigError, LinetapError
+from firmware.process import stop_on_signals
 from headoffice.config import OfficeConfig
 from headoffice.enroll import office_share_filter
 from headoffice.receiver import Receiver
@@ -96,15 +95,9 @@ def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
     client = make_client(cfg)
     attach(client, cfg, receiver)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        receiver.stop.set()
-        client.disconnect()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    client.connect_async(cfg.broker.host, cfg.broker.port, keepalive=cfg.broker.keepalive_s)
-    client.loop_forever(retry_first_connection=True)
+    with stop_on_signals(receiver.stop, log=log, on_stop=client.disconnect):
+        client.connect_async(cfg.broker.host, cfg.broker.port, keepalive=cfg.broker.keepalive_s)
+        client.loop_forever(retry_first_connection=True)
     log.info(
         "receiver stopped: %d stored, %d rejected, %d malformed",
         receiver.stored,

@@ -15,16 +15,15 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from firmware.config import LinetapConfig, UploadConfig, load_config
 from firmware.errors import ConfigError, LinetapError
+from firmware.process import setup_logging, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +100,12 @@ def run_upload(cfg: LinetapConfig) -> int:
     problems = tls_file_problems(cfg.upload)
     if problems:
         raise ConfigError(problems)
+    stop = threading.Event()
+    with stop_on_signals(stop, log=log, doing="stopping the upload"):
+        return _upload_until_stopped(cfg, stop)
+
+
+def _upload_until_stopped(cfg: LinetapConfig, stop: threading.Event) -> int:
     # paho is imported here, not at module import, so `linetap --help` stays fast.
     from buffers.outbox import Outbox
     from firmware.app import device_id
@@ -108,14 +113,6 @@ def run_upload(cfg: LinetapConfig) -> int:
     from uploader.client import Uploader
     from uploader.telemetry import LocalStatus, ProblemLog, uploader_status_path
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping the upload", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     notifier = Notifier()
     ready = False
     problem_log = ProblemLog()
@@ -159,20 +156,10 @@ def run_upload(cfg: LinetapConfig) -> int:
     return 0
 
 
-def _setup_logging(level: str) -> None:
-    # The same as `linetap record`: journald adds time and unit; one event per line.
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-
-
 def cmd_upload(args: argparse.Namespace) -> int:
     """Entry point for ``linetap upload --config C`` (firmware/cli.py)."""
     cfg = load_config(args.config)
-    _setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level)
     return run_upload(cfg)
 
 

@@ -3,7 +3,6 @@
 - :class:`LiveScreen`: redraws a block of rows in place with plain ANSI (cursor home,
   clear to end of line, hide/show cursor), so it works over SSH and on a serial console
   with no curses; rows are cut to the terminal so nothing wraps or scrolls.
-- :func:`stop_on_signals`: SIGINT (Ctrl-C) and SIGTERM set the loop's stop event.
 - :func:`open_live_lines` / :class:`LiveLines`: the capture stream and every line's hook
   and opt-out switches, wired the way the recorder wires them (same capture factory, pin
   backend, events script, edge placement on the audio timeline), read by one loop.
@@ -17,13 +16,11 @@ import argparse
 import errno
 import os
 import shutil
-import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
 from typing import TextIO
 
 from drivers.audio import AudioBlock, CaptureSource
@@ -129,21 +126,6 @@ def is_terminal(out: TextIO) -> bool:
         return out.isatty()
     except ValueError:  # closed stream
         return False
-
-
-@contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``stop`` (the loop ends, the tool exits 0); restored after."""
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # ---- capture and switches ------------------------------------------------------------

@@ -47,6 +47,7 @@ from firmware.callstate import (
     Trigger,
 )
 from firmware.config import CallConfig, LinetapConfig, load_config
+from firmware.process import stop_on_signals
 from firmware.tools._terminal import (
     LiveLines,
     LiveScreen,
@@ -54,7 +55,6 @@ from firmware.tools._terminal import (
     is_terminal,
     open_live_lines,
     positive_seconds,
-    stop_on_signals,
 )
 
 REFRESH_S = 0.1  # terminal redraw period

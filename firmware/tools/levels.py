@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from firmware.config import LinetapConfig, load_config
 from firmware.dsp.levels import HUM_HZ, LevelStats, hum_is_noticeable, line_is_silent
+from firmware.process import stop_on_signals
 from firmware.tools._terminal import (
     LiveLines,
     LiveScreen,
@@ -35,7 +36,6 @@ from firmware.tools._terminal import (
     is_terminal,
     open_live_lines,
     positive_seconds,
-    stop_on_signals,
 )
 
 WINDOW_S = 0.4  # live analysis window: RMS/peak/silence/hum of the last 0.4 s (hum needs 0.2)
