@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from firmware.dsp.blocks import BlockGatherer
 from firmware.dsp.cid_messages import CallerIdMessage, parse_dtmf_clip
 from firmware.dsp.dtmf import DtmfDetector, DtmfEvent
 from firmware.dsp.fsk import CallerIdDecoder
@@ -70,9 +71,7 @@ class LineAnalyser:
         history_s: float = DEFAULT_HISTORY_S,
     ) -> None:
         self.rate = rate
-        self._batch = np.zeros(max(1, round(BATCH_S * rate)), dtype=np.int16)
-        self._batch_fill = 0
-        self._batch_start = 0
+        self._batch = BlockGatherer(max(1, round(BATCH_S * rate)))
         self.dtmf = DtmfDetector(rate)
         self.fsk = CallerIdDecoder(rate) if fsk_caller_id else None
         self._history = round(history_s * rate)
@@ -80,8 +79,7 @@ class LineAnalyser:
         self._next_seq = 0
         self._caller_ids: deque[CallerIdMessage] = deque()
         self._end_frame: int | None = None
-        self._level_buf = np.zeros(max(1, round(LEVEL_WINDOW_S * rate)), dtype=np.int16)
-        self._level_fill = 0
+        self._level_window = BlockGatherer(max(1, round(LEVEL_WINDOW_S * rate)))
         self.levels: dict[str, Any] | None = None  # the last whole second's levels
 
     # -- feeding -----------------------------------------------------------------------
@@ -90,29 +88,16 @@ class LineAnalyser:
         ``BATCH_S`` of audio has gathered (or at :meth:`catch_up`). Returns the key presses
         that ended in what was analysed (they are kept in the history too)."""
         events: list[DtmfEvent] = []
-        if self._batch_fill and start_frame != self._batch_start + self._batch_fill:
-            events += self.catch_up()  # not contiguous (a gap): analyse what came before
-        pos = 0
-        while pos < samples.shape[0]:
-            if self._batch_fill == 0:
-                self._batch_start = start_frame + pos
-            take = min(self._batch.shape[0] - self._batch_fill, samples.shape[0] - pos)
-            self._batch[self._batch_fill : self._batch_fill + take] = samples[pos : pos + take]
-            self._batch_fill += take
-            pos += take
-            if self._batch_fill == self._batch.shape[0]:
-                events += self.catch_up()
+        # After a gap (an overrun) the batch in hand comes out short: analysed, not joined.
+        for batch, batch_start in self._batch.push(samples, start_frame):
+            events += self._analyse(batch, batch_start)
         return events
 
     def catch_up(self) -> list[DtmfEvent]:
         """Analyse every frame taken so far (the recorder calls this before it must know
         whether a key press is under way, e.g. at the end of a call)."""
-        if self._batch_fill == 0:
-            return []
-        samples = self._batch[: self._batch_fill]
-        start_frame = self._batch_start
-        self._batch_fill = 0
-        return self._analyse(samples, start_frame)
+        batch = self._batch.flush()
+        return [] if batch is None else self._analyse(*batch)
 
     def _analyse(self, samples: npt.NDArray[np.int16], start_frame: int) -> list[DtmfEvent]:
         events = self.dtmf.process(samples, start_frame)
@@ -132,7 +117,7 @@ class LineAnalyser:
                     error.detail,
                 )
         self._end_frame = start_frame + samples.shape[0]
-        self._levels(samples)
+        self._levels(samples, start_frame)
         self._prune()
         return events
 
@@ -140,19 +125,12 @@ class LineAnalyser:
         """A caller ID from another source (a serial unit), placed on this line's timeline."""
         self._caller_ids.append(message)
 
-    def _levels(self, samples: npt.NDArray[np.int16]) -> None:
-        buf = self._level_buf
-        pos = 0
-        while pos < samples.shape[0]:
-            take = min(buf.shape[0] - self._level_fill, samples.shape[0] - pos)
-            buf[self._level_fill : self._level_fill + take] = samples[pos : pos + take]
-            self._level_fill += take
-            pos += take
-            if self._level_fill == buf.shape[0]:
+    def _levels(self, samples: npt.NDArray[np.int16], start_frame: int) -> None:
+        for window, _start in self._level_window.push(samples, start_frame):
+            if window.shape[0] == self._level_window.length:  # a gap cuts a second short
                 stats = LevelStats(self.rate)
-                stats.update(buf)
+                stats.update(window)
                 self.levels = stats.summary()
-                self._level_fill = 0
 
     def _prune(self) -> None:
         if self._end_frame is None:
