@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from buffers.durable import fsync_dir
+
 FILE_MAGIC = b"LTJOURNAL1\n"
 RECORD_MAGIC = b"SEG1"
 _HEAD = struct.Struct(">4sII")
@@ -40,14 +42,6 @@ class JournalFormatError(ValueError):
 class Segment:
     frames: int
     payload: bytes
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode_record(payload: bytes, frames: int) -> bytes:

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from buffers.durable import fsync_dir, fsync_file
 from buffers.retention import RetentionItem, deletion_order, disk_pressure, is_expired
 from firmware.errors import StorageError
 
@@ -159,7 +160,7 @@ class Outbox:
                 os.close(os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
                 created = True
             if created:
-                _fsync_dir(self._root)
+                fsync_dir(self._root)
         except OSError as e:
             raise self._error(e, "creating", self._root) from e
 
@@ -245,8 +246,8 @@ class Outbox:
             target = self._dir(OutboxState.SEALED) / staged.name
             try:
                 os.rename(staged, target)
-                _fsync_dir(self._tmp)
-                _fsync_dir(target.parent)
+                fsync_dir(self._tmp)
+                fsync_dir(target.parent)
             except OSError as e:
                 raise self._error(e, "committing", staged) from e
             return self._read_entry(target, OutboxState.SEALED, seq, recording_id)
@@ -286,7 +287,7 @@ class Outbox:
                     _rmtree(self._tmp / name)
                     removed += 1
                 if removed:
-                    _fsync_dir(self._tmp)
+                    fsync_dir(self._tmp)
                 self._prune_deleted()
             except OSError as e:
                 raise self._error(e, "cleaning", self._tmp) from e
@@ -321,7 +322,7 @@ class Outbox:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(entry.path)  # in case the placeholder was missing and just created
+            fsync_dir(entry.path)  # in case the placeholder was missing and just created
             return self._move(entry, OutboxState.ACKED)
 
         return self._transition(recording_id, "acking", step)
@@ -352,8 +353,8 @@ class Outbox:
                 if target.exists():  # the same id deleted before, re-added and acked again
                     _rmtree(target)
                 os.rename(entry.path, target)
-                _fsync_dir(entry.path.parent)
-                _fsync_dir(self._deleted)
+                fsync_dir(entry.path.parent)
+                fsync_dir(self._deleted)
                 self._prune_deleted()
             except OSError as e:
                 raise self._error(e, "deleting", entry.path) from e
@@ -513,8 +514,8 @@ class Outbox:
         """Rename the entry into another state dir and make the rename durable."""
         target = self._dir(to) / entry.path.name
         os.rename(entry.path, target)
-        _fsync_dir(entry.path.parent)
-        _fsync_dir(target.parent)
+        fsync_dir(entry.path.parent)
+        fsync_dir(target.parent)
         return self._read_entry(target, to, entry.seq, entry.recording_id)
 
     def _prune_deleted(self) -> None:
@@ -537,9 +538,9 @@ class Outbox:
                 _rmtree(Path(child.path))
                 removed = True
         if removed:
-            _fsync_dir(keep)
+            fsync_dir(keep)
         if len(markers) > 1:
-            _fsync_dir(self._deleted)
+            fsync_dir(self._deleted)
 
     def _deleted_ack_times(self) -> list[float]:
         out: list[float] = []
@@ -642,14 +643,6 @@ def _write_all(path: Path, data: bytes, extra_flags: int) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """fsync every regular file and directory under ``path``, children before parents."""
     with os.scandir(path) as it:
@@ -658,12 +651,8 @@ def _fsync_tree(path: Path) -> None:
         if child.is_dir(follow_symlinks=False):
             _fsync_tree(Path(child.path))
         elif child.is_file(follow_symlinks=False):
-            fd = os.open(child.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(path)
+            fsync_file(Path(child.path))
+    fsync_dir(path)
 
 
 def _payload_bytes(path: Path) -> int:

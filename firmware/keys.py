@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from firmware.errors import LinetapError
+from firmware.keyfiles import read_private_key, write_private_key
 
 
 class DeviceKeyError(LinetapError, OSError):
@@ -44,44 +43,22 @@ def key_id(key: Ed25519PublicKey) -> str:
 def create_device_key(path: Path) -> Ed25519PrivateKey:
     """Make a new key at ``path`` (0600); refuses to replace an existing one."""
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_private_key(path, key)
     except FileExistsError:
         raise DeviceKeyError(
             f"{path}: a device key already exists; a new one would break the signature chain"
         ) from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
     return key
 
 
 def load_device_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DeviceKeyError(
-            f"sealing.device_key {path}: not found; create it once with 'linetap keys init'"
-        ) from None
-    except OSError as exc:
-        raise DeviceKeyError(f"sealing.device_key {path}: cannot read ({exc.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise DeviceKeyError(
-            f"sealing.device_key {path}: readable by others (mode {stat.S_IMODE(mode):o}); "
-            f"run 'chmod 600 {path}'"
-        )
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except ValueError as exc:
-        raise DeviceKeyError(f"sealing.device_key {path}: not a PEM private key ({exc})") from None
+    key = read_private_key(
+        path,
+        setting="sealing.device_key",
+        error=DeviceKeyError,
+        if_missing="create it once with 'linetap keys init'",
+    )
     if not isinstance(key, Ed25519PrivateKey):
         raise DeviceKeyError(f"sealing.device_key {path}: not an Ed25519 key")
     return key

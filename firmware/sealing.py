@@ -37,7 +37,8 @@ import soundfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from buffers.journal import JournalWriter, fsync_dir, scan_journal
+from buffers.durable import fsync_dir, fsync_file
+from buffers.journal import JournalWriter, scan_journal
 from buffers.outbox import Outbox
 from firmware.age import AgeWriter, encrypt_bytes
 from firmware.clock import ClockSync, boot_id, read_clock_sync
@@ -89,14 +90,6 @@ def opus_compression_level(bitrate: int) -> float:
 def write_json_durable(path: Path, payload: Any) -> None:
     """Journal and manifest files: compact JSON, written atomically and durably."""
     write_json_atomic(path, payload, indent=None)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -638,7 +631,7 @@ class SealingSink:
         if (directory / SEGMENTS_FILE).exists():
             scan = scan_journal(directory / SEGMENTS_FILE)
             os.truncate(directory / SEGMENTS_FILE, scan.valid_bytes)
-            _fsync_file(directory / SEGMENTS_FILE)
+            fsync_file(directory / SEGMENTS_FILE)
             os.replace(directory / SEGMENTS_FILE, directory / BLOB_SEGMENTS)
             fsync_dir(directory)
         if (directory / BLOB_SEGMENTS).exists():

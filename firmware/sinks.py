@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import soundfile
 
-from buffers.journal import fsync_dir
+from buffers.durable import fsync_dir
 from firmware.errors import StorageError
 
 

@@ -26,7 +26,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import secrets
 import string
@@ -42,8 +41,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from buffers.durable import replace_file, write_new_file
 from firmware import age
 from firmware.errors import LinetapError
+from firmware.keyfiles import private_key_pem
 from firmware.keys import DeviceKeyError, key_id, public_key_b64, public_key_from_b64
 from uploader.protocol import MAX_CHUNK_SIZE, up_filter
 from uploader.tlskeys import DEVICE_ID_PATTERN, make_device_csr
@@ -196,44 +197,6 @@ class OfficeSetup:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` (it must not exist) with ``mode`` and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(path, mode)  # the umask may have narrowed it further; make it exact
-    _fsync_dir(path.parent)
-
-
-def _write_replace(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomically create or replace ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        _write_new(tmp, data, mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
@@ -429,13 +392,13 @@ def init_ca(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_new(layout.ca_key, _key_pem(key), 0o600)
-    _write_new(layout.ca_cert, _cert_pem(cert), 0o644)
+    write_new_file(layout.ca_key, private_key_pem(key), 0o600)
+    write_new_file(layout.ca_cert, _cert_pem(cert), 0o644)
     _issue_broker(_Ca(key, cert), layout, san)
 
     identity = age.generate_identity()
     recipient = age.format_recipient(identity.public_key())
-    _write_new(
+    write_new_file(
         layout.office_key,
         (
             f"# created: {now.isoformat()}\n"
@@ -444,7 +407,7 @@ def init_ca(
         ).encode(),
         0o600,
     )
-    _write_new(layout.office_pub, f"{recipient}\n".encode(), 0o644)
+    write_new_file(layout.office_pub, f"{recipient}\n".encode(), 0o644)
     return OfficeSetup(
         layout.root, recipient, layout.ca_cert, layout.server_cert, layout.office_key
     )
@@ -471,9 +434,9 @@ def _issue_broker(ca: _Ca, layout: CaLayout, san: list[x509.GeneralName]) -> Non
     # The key first: a crash in between leaves a key without a certificate, never the
     # other way round (a certificate whose key was lost).
     layout.server_key.unlink(missing_ok=True)
-    _write_new(layout.server_key, _key_pem(key), 0o600)
-    _write_replace(layout.server_cert, _cert_pem(cert))
-    _write_replace(layout.broker_ca, _cert_pem(ca.cert))
+    write_new_file(layout.server_key, private_key_pem(key), 0o600)
+    replace_file(layout.server_cert, _cert_pem(cert))
+    replace_file(layout.broker_ca, _cert_pem(ca.cert))
 
 
 def issue_broker_cert(
@@ -637,10 +600,10 @@ def enroll_device(
         replaced = layout.devices / "replaced"
         replaced.mkdir(exist_ok=True)
         stamp = _now().strftime("%Y%m%dT%H%M%SZ")
-        _write_replace(replaced / f"{device_id}-{stamp}.json", record_path.read_bytes())
+        replace_file(replaced / f"{device_id}-{stamp}.json", record_path.read_bytes())
     cert_path = layout.device_cert(device_id)
-    _write_replace(cert_path, _cert_pem(cert))
-    _write_replace(record_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    replace_file(cert_path, _cert_pem(cert))
+    replace_file(record_path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
     return cert_path
 
 
@@ -716,7 +679,7 @@ def issue_office_client(
         key = loaded
     else:
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_new(key_path, _key_pem(key), 0o600)
+        write_new_file(key_path, private_key_pem(key), 0o600)
     cert = _issue(
         ca,
         x509.Name(
@@ -730,7 +693,7 @@ def issue_office_client(
         eku=ExtendedKeyUsageOID.CLIENT_AUTH,
         years=CERT_YEARS,
     )
-    _write_replace(cert_path, _cert_pem(cert))
+    replace_file(cert_path, _cert_pem(cert))
     return cert_path, key_path
 
 
@@ -755,7 +718,7 @@ def office_share_group(root: Path) -> str:
     if not path.exists():
         layout.office.mkdir(parents=True, mode=0o700, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # made concurrently: use that one
-            _write_new(path, f"office-{secrets.token_hex(16)}\n".encode(), 0o600)
+            write_new_file(path, f"office-{secrets.token_hex(16)}\n".encode(), 0o600)
     group = path.read_text(encoding="utf-8", errors="replace").strip()
     if not _SHARE_GROUP.fullmatch(group):
         raise EnrollError(
@@ -936,6 +899,6 @@ def write_broker_config(
         **options,
     )
     Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_replace(layout.broker_acl, acl.encode())
-    _write_replace(layout.broker_conf, conf.encode())
+    replace_file(layout.broker_acl, acl.encode())
+    replace_file(layout.broker_conf, conf.encode())
     return layout.broker_conf

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from buffers.durable import replace_file
 from firmware.errors import LinetapError
 from firmware.manifest import ManifestError, verify_signature
 from headoffice.index import IndexConflictError
@@ -247,12 +247,7 @@ class Receiver:
     def _save_init(self, device: str, init: Init) -> None:
         directory = self.store.parking_dir(device, init.recording_id)
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / INIT_FILE
-        tmp = directory / f".{INIT_FILE}.{os.getpid()}.tmp"
-        tmp.write_bytes(init.encode())
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        replace_file(directory / INIT_FILE, init.encode(), 0o600)
 
     def _load_init(self, device: str, rec: str) -> Init | None:
         path = self.store.parking_dir(device, rec) / INIT_FILE

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from buffers.durable import fsync_dir
 from firmware.errors import LinetapError
 
 PARKING = "parking"
@@ -64,14 +65,6 @@ class StoreError(LinetapError, OSError):
         super().__init__(message)
         self.reason = reason
         self.missing = missing
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _makedirs_durable(path: Path) -> None:

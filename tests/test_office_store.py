@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import headoffice.store as store_mod
+from buffers import durable
 from headoffice.store import BlobStore, StoreError
 
 DEV = "dev-a"
@@ -100,7 +101,7 @@ def test_assemble_checks_size_and_sha(store: BlobStore):
 
 def test_commit_places_blob_and_manifest_durably(store: BlobStore, monkeypatch: pytest.MonkeyPatch):
     synced: list[Path] = []
-    real = store_mod.fsync_dir
+    real = durable.fsync_dir
 
     def spy(path: Path) -> None:
         synced.append(Path(path))

@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ from firmware.tools.check import exit_code, format_check, run_checks
 from headoffice import enroll
 from headoffice.enroll import CaLayout
 from tests.alsa_pcm import FilePcm, make_file_pcm
-from tests.helpers import espeak_word, mounted_tmpfs
-from tests.mqtt_broker import Broker, MqttProbe, free_port, run_mosquitto
+from tests.helpers import espeak_word, lines_toml, mounted_tmpfs, run_cli
+from tests.mqtt_broker import Broker, MqttProbe, free_port, office_broker_conf, run_mosquitto
 from uploader import protocol
 from uploader.tlskeys import make_device_csr
 
@@ -108,17 +107,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     tmp = tmp_path_factory.mktemp("check-broker")
-
-    def conf(port: int) -> str:
-        return enroll.write_broker_config(
-            pki.root,
-            port,
-            persistence_location=tmp / "data",
-            bind_address="127.0.0.1",
-            run_as_user=getpass.getuser(),
-        ).read_text()
-
-    with run_mosquitto(tmp, conf) as b:
+    with run_mosquitto(tmp, office_broker_conf(pki.root, tmp / "data")) as b:
         yield b
 
 
@@ -140,6 +129,22 @@ def upload_toml(data: Path, *, port: int, host: str = "localhost", ca: Path | No
         f'cert_file = "{data / "keys" / "device.crt"}"\n'
         f'key_file = "{data / "keys" / "device-tls.key"}"\n'
     )
+
+
+def enrolled_config(
+    tmp_path: Path, pki: Pki, *, port: int, ca: Path | None = None
+) -> tuple[Path, Path]:
+    """The enrolled device (a fresh copy of its data dir) with its broker at
+    localhost:``port``, no audio file; (config, data dir)."""
+    data = device_data(pki, tmp_path)
+    conf = write_config(
+        tmp_path,
+        audio=no_audio_file(tmp_path),
+        data=data,
+        upload=upload_toml(data, port=port, ca=ca),
+        recipients=(pki.recipient,),
+    )
+    return conf, data
 
 
 def write_config(
@@ -173,18 +178,26 @@ recipients = {json.dumps(list(recipients))}
 [upload]
 {upload}
 """
-    for n in range(lines):
-        text += f"""
-[[lines]]
-name = "line{n + 1}"
-channel = {n}
-hook_pin = {17 + n}
-opt_out_pin = {27 + n}
-{f"led_pin = {22 + n}" if leds else ""}
-"""
     path = tmp_path / "linetap.toml"
-    path.write_text(text)
+    path.write_text(text + lines_toml(lines, leds=leds))
     return path
+
+
+def no_audio_file(tmp_path: Path) -> str:
+    """[audio] of a file backend whose file does not exist (for runs that skip audio)."""
+    return f'backend = "file"\nfile = "{tmp_path / "none.wav"}"'
+
+
+def speech_file_config(tmp_path: Path, **kw: Any) -> Path:
+    """A wav-storage config whose one line plays 2 s of speech from a raw file, unpaced."""
+    audio = tmp_path / "line.raw"
+    audio.write_bytes(speech(2.0).astype("<i2").tobytes())
+    return write_config(
+        tmp_path,
+        audio=f'backend = "file"\nfile = "{audio}"\nfile_realtime = false',
+        storage_format="wav",
+        **kw,
+    )
 
 
 def alsa_audio(pcm: FilePcm, channels: int) -> str:
@@ -216,13 +229,7 @@ class Run:
 
 
 def run_check(linetap_bin: Path, conf: Path, *args: str) -> Run:
-    done = subprocess.run(
-        [str(linetap_bin), "check", "--config", str(conf), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli(linetap_bin, "check", "--config", conf, *args)
     assert "Traceback" not in done.stderr, done.stderr
     return Run(done.returncode, done.stdout, done.stderr)
 
@@ -429,16 +436,9 @@ def test_everything_in_order_with_the_broker_accepting_the_device(
 def test_world_readable_keys_fail_with_the_chmod(
     tmp_path: Path, linetap_bin: Path, pki: Pki
 ) -> None:
-    data = device_data(pki, tmp_path)
+    conf, data = enrolled_config(tmp_path, pki, port=free_port())
     (data / "keys" / "device.key").chmod(0o644)
     (data / "keys" / "device-tls.key").chmod(0o640)
-    conf = write_config(
-        tmp_path,
-        audio=f'backend = "file"\nfile = "{tmp_path / "none.wav"}"',
-        data=data,
-        upload=upload_toml(data, port=free_port()),
-        recipients=(pki.recipient,),
-    )
     run = run_check(linetap_bin, conf, "--skip", "audio", "--skip", "broker")
     key = data / "keys" / "device.key"
     assert run.one("keys.device") == (
@@ -458,15 +458,8 @@ def test_world_readable_keys_fail_with_the_chmod(
 
 def broker_down_config(tmp_path: Path, pki: Pki) -> tuple[Path, int]:
     """An enrolled device whose broker port nobody listens on; (config, port)."""
-    data = device_data(pki, tmp_path)
     port = free_port()
-    conf = write_config(
-        tmp_path,
-        audio=f'backend = "file"\nfile = "{tmp_path / "none.wav"}"',
-        data=data,
-        upload=upload_toml(data, port=port),
-        recipients=(pki.recipient,),
-    )
+    conf, _ = enrolled_config(tmp_path, pki, port=port)
     return conf, port
 
 
@@ -483,14 +476,7 @@ def test_broker_down_is_connection_refused(tmp_path: Path, linetap_bin: Path, pk
 def test_wrong_ca_fails_tls_verification(
     tmp_path: Path, linetap_bin: Path, pki: Pki, broker: Broker
 ) -> None:
-    data = device_data(pki, tmp_path)
-    conf = write_config(
-        tmp_path,
-        audio=f'backend = "file"\nfile = "{tmp_path / "none.wav"}"',
-        data=data,
-        upload=upload_toml(data, port=broker.port, ca=pki.other_ca),
-        recipients=(pki.recipient,),
-    )
+    conf, _ = enrolled_config(tmp_path, pki, port=broker.port, ca=pki.other_ca)
     run = run_check(linetap_bin, conf, "--skip", "audio", "--skip", "gpio")
     assert run.one("tls.ca")[0] == "PASS"  # a fine CA, just not this office's
     status, text = run.one("tls.cert")
@@ -503,13 +489,7 @@ def test_wrong_ca_fails_tls_verification(
 
 
 def test_warnings_alone_exit_0_and_1_with_strict(tmp_path: Path, linetap_bin: Path) -> None:
-    audio = tmp_path / "line.raw"
-    audio.write_bytes(speech(2.0).astype("<i2").tobytes())
-    conf = write_config(
-        tmp_path,
-        audio=f'backend = "file"\nfile = "{audio}"\nfile_realtime = false',
-        storage_format="wav",
-    )
+    conf = speech_file_config(tmp_path)
     args = ("--skip", "clock", "--skip", "broker", "--skip", "leds")
     run = run_check(linetap_bin, conf, *args)
     statuses = {s for s, _ in (run.one(i) for i in run.ids())}
@@ -537,13 +517,7 @@ def test_clock_synced_and_not() -> None:
 
 @pytest.mark.parametrize("synced", [True, False])
 def test_the_clock_reading_decides_the_exit_code(tmp_path: Path, synced: bool) -> None:
-    audio = tmp_path / "line.raw"
-    audio.write_bytes(speech(2.0).astype("<i2").tobytes())
-    conf = write_config(
-        tmp_path,
-        audio=f'backend = "file"\nfile = "{audio}"\nfile_realtime = false',
-        storage_format="wav",
-    )
+    conf = speech_file_config(tmp_path)
     checks = run_checks(
         conf,
         skip=frozenset({"broker", "tls"}),
@@ -631,14 +605,7 @@ def test_a_busy_device_is_a_warning_while_the_recorder_runs(tmp_path: Path) -> N
 
 
 def test_recorder_running_reports_its_view_and_leaves_the_pins_alone(tmp_path: Path) -> None:
-    audio = tmp_path / "line.raw"
-    audio.write_bytes(speech(2.0).astype("<i2").tobytes())
-    conf = write_config(
-        tmp_path,
-        audio=f'backend = "file"\nfile = "{audio}"\nfile_realtime = false',
-        storage_format="wav",
-        leds=True,
-    )
+    conf = speech_file_config(tmp_path, leds=True)
     status = {
         "updated_utc": datetime.now(UTC).isoformat(),
         "pid": 4242,
@@ -711,7 +678,7 @@ def test_a_pin_in_use_fails_and_leds_are_lit_then_dark() -> None:
 def test_an_unusable_gpio_backend_fails_and_skips_the_leds(tmp_path: Path) -> None:
     conf = write_config(
         tmp_path,
-        audio=f'backend = "file"\nfile = "{tmp_path / "none.wav"}"',
+        audio=no_audio_file(tmp_path),
         gpio='backend = "gpiod"\nchip = "/dev/gpiochip-none"',
         storage_format="wav",
         leds=True,
@@ -775,7 +742,7 @@ def test_device_key_missing_and_not_a_key(tmp_path: Path) -> None:
     junk.write_text("not a key\n")
     junk.chmod(0o600)
     bad = c.check_device_key(junk)
-    assert bad.status is c.Status.FAIL and "not a PEM private key" in bad.message
+    assert bad.status is c.Status.FAIL and "not an unencrypted PEM private key" in bad.message
 
 
 def test_recipients(pki: Pki) -> None:

@@ -11,9 +11,7 @@ This key only authenticates the TLS connection. The Ed25519 key that signs manif
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from pathlib import Path
 
 from cryptography import x509
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firmware.errors import LinetapError
+from firmware.keyfiles import read_private_key, write_private_key
 
 # The same id grammar as the topic segment ``{device}`` in uploader.protocol.
 DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
@@ -46,20 +45,6 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
-def _write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def load_or_create_tls_key(key_path: Path) -> ec.EllipticCurvePrivateKey:
     """The device TLS key at ``key_path``; made (EC P-256, mode 0600) when missing.
 
@@ -68,7 +53,7 @@ def load_or_create_tls_key(key_path: Path) -> ec.EllipticCurvePrivateKey:
     if not key_path.exists():
         key = ec.generate_private_key(ec.SECP256R1())
         try:
-            _write_private_key(key_path, key)
+            write_private_key(key_path, key)
         except FileExistsError:
             pass  # made concurrently: use that one, below
         except OSError as exc:
@@ -78,23 +63,12 @@ def load_or_create_tls_key(key_path: Path) -> ec.EllipticCurvePrivateKey:
             ) from None
         else:
             return key
-    try:
-        mode = key_path.stat().st_mode
-        data = key_path.read_bytes()
-    except OSError as exc:
-        raise TlsKeyError(f"upload.key_file {key_path}: cannot read ({exc.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TlsKeyError(
-            f"upload.key_file {key_path}: readable by others (mode {stat.S_IMODE(mode):o});"
-            f" run 'chmod 600 {key_path}'"
-        )
-    try:
-        loaded = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise TlsKeyError(
-            f"upload.key_file {key_path}: not an unencrypted PEM private key ({exc});"
-            " move it away and run enrolment again to make a new one"
-        ) from None
+    loaded = read_private_key(
+        key_path,
+        setting="upload.key_file",
+        error=TlsKeyError,
+        remedy="move it away and run enrolment again to make a new one",
+    )
     if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(
         loaded.curve, ec.SECP256R1
     ):

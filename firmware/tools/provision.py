@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from buffers.durable import fsync_dir
 from firmware.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, config_arg
 from firmware.config import config_path, load_config, parse_config
 from firmware.errors import ConfigError, LinetapError
@@ -109,12 +110,6 @@ class DevicePaths:
 # -- durable files ---------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    from buffers.journal import fsync_dir
-
-    fsync_dir(path)
-
-
 def _staged(dest: Path) -> Path:
     return dest.with_name(f"{STAGE_PREFIX}{dest.name}.tmp")
 
@@ -140,7 +135,7 @@ def _make_dirs(path: Path, mode: int, *, inherit_owner: bool = True) -> None:
             d.mkdir(mode=mode)
         if inherit_owner:
             _take_owner_of_dir(d)
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 def _stage(dest: Path, data: bytes, mode: int | None) -> Path:
@@ -172,7 +167,7 @@ def _commit(tmp: Path, dest: Path) -> None:
     except BaseException:
         _discard(tmp)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def _discard(tmp: Path) -> None:
@@ -586,7 +581,7 @@ def _applied_name(boot_file: Path) -> Path:
 def _retire_boot_file(fb: FirstBoot) -> Path:
     applied = _applied_name(fb.boot_file)
     os.rename(fb.boot_file, applied)
-    _fsync_dir(fb.boot_dir)
+    fsync_dir(fb.boot_dir)
     return applied
 
 
@@ -779,7 +774,7 @@ def first_boot(fb: FirstBoot, *, force: bool) -> int:
             for path, _doc in found:
                 # --force: not provisioned from here on, until the new marker is written.
                 path.unlink()
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             code = _provision(fb, boot_data)
             if reconfigure and code == EXIT_OK:
                 # Spent: the next boot must not re-apply anything (FAT: no fsync of dirs).
