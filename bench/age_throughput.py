@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -24,23 +23,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_common import children_cpu_s
+
 from firmware import age
 
 BLOCK = 1 << 20
-
-
-def children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def best_cpu(fn: Callable[[], None], repeats: int, *, child: bool) -> float:
     """Lowest CPU seconds of ``fn`` (ours: this process; the tool's: waited-for children)."""
     best = float("inf")
     for _ in range(repeats):
-        before = children_cpu() if child else time.process_time()
+        before = children_cpu_s() if child else time.process_time()
         fn()
-        after = children_cpu() if child else time.process_time()
+        after = children_cpu_s() if child else time.process_time()
         best = min(best, after - before)
     return best
 

@@ -7,10 +7,10 @@ preallocated pre-roll ring per line). As a peer, ``arecord`` reads the same PCM,
 with its default period and once with ours; its CPU time comes from
 ``getrusage(RUSAGE_CHILDREN)`` and so includes its process start-up and config parsing.
 
-The test PCM is made visible with ``ALSA_CONFIG_PATH=<system alsa.conf>:<our conf>``
-(set before the first PCM open; arecord inherits it). ``$HOME/.asoundrc`` would work
-too for a fresh process, but alsa-lib caches its configuration per process, and the
-ALSA_CONFIG_PATH route is the one the tests use.
+The PCM is the tests' (tests/alsa_pcm.py), made visible with
+``ALSA_CONFIG_PATH=<system alsa.conf>:<its conf>`` for the run (set before the first PCM
+open; arecord inherits it). ``$HOME/.asoundrc`` would work too for a fresh process, but
+alsa-lib caches its configuration per process.
 
 Run: .venv/bin/python bench/capture_rtf.py [--seconds 60] [--repeats 5]
 """
@@ -18,8 +18,6 @@ Run: .venv/bin/python bench/capture_rtf.py [--seconds 60] [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -30,59 +28,37 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from bench_common import children_cpu_s, print_table_header
+
+# The repository root, for the tests' file PCM (run as `python bench/capture_rtf.py`).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from buffers.ring import PrerollRing
-from drivers.audio.alsa import AlsaCapture
-from drivers.audio.formats import SampleFormat
 from drivers.gpio.sim import ScriptedLevel, SimPinFactory
 from firmware.config import parse_config
 from firmware.recorder import NS_PER_S, Recorder
 from firmware.sinks import WavSink
+from tests.alsa_pcm import FilePcm, make_file_pcm
 
 RATE = 8000
 PERIOD = 160  # 20 ms, the config default
-PERIODS = 4
+PERIODS = 4  # the ALSA buffer FilePcm.capture() asks for
 PREROLL_S = 10
-PCM_NAME = "tap"
 LINE_COUNTS = (1, 4)
 
 
-def _setup_pcm(workdir: Path) -> Path:
-    """Write the file-PCM config, point alsa-lib at it, return the infile path."""
-    infile = workdir / "line.raw"
-    conf = workdir / "bench-asound.conf"
-    conf.write_text(
-        f"pcm.{PCM_NAME} {{\n"
-        f"    type file\n"
-        f"    slave {{ pcm {{ type null }} }}\n"
-        f'    file "/dev/null"\n'
-        f'    infile "{infile}"\n'
-        f'    format "raw"\n'
-        f"}}\n"
-    )
-    system = Path("/usr/share/alsa/alsa.conf")
-    os.environ["ALSA_CONFIG_PATH"] = f"{system}:{conf}" if system.is_file() else str(conf)
-    return infile
-
-
-def _write_infile(infile: Path, channels: int, seconds: int) -> None:
+def _load_noise(pcm: FilePcm, channels: int, seconds: int) -> None:
     # Speech-like level noise; the content does not change the cost, but zeros might
     # flatter a future optimisation (e.g. silence detection) so avoid them.
     rng = np.random.default_rng(channels)
     frames = RATE * seconds
-    rng.normal(0, 3000, size=(frames, channels)).astype("<i2").tofile(infile)
+    pcm.load(rng.normal(0, 3000, size=(frames, channels)).astype(np.int16))
 
 
-def _run_ours(channels: int, seconds: int, with_rings: bool) -> float:
+def _run_ours(pcm: FilePcm, channels: int, seconds: int, with_rings: bool) -> float:
     """CPU seconds to capture ``seconds`` of audio (open to close, all in-process)."""
-    cap = AlsaCapture(
-        device=PCM_NAME,
-        sample_rate=RATE,
-        channels=channels,
-        sample_format=SampleFormat.S16_LE,
-        period_frames=PERIOD,
-        periods=PERIODS,
-    )
+    cap = pcm.capture(rate=RATE, channels=channels, period=PERIOD)
     rings = [PrerollRing(RATE * PREROLL_S) for _ in range(channels)] if with_rings else []
     target = RATE * seconds
     got = 0
@@ -114,7 +90,9 @@ class _PacedClock:
         return self.now
 
 
-def _run_recorder(channels: int, seconds: int, out: Path, *, line_dsp: bool = True) -> float:
+def _run_recorder(
+    pcm: FilePcm, channels: int, seconds: int, out: Path, *, line_dsp: bool = True
+) -> float:
     """CPU seconds of the whole recorder (every line off-hook, WAV sink) over ``seconds``.
 
     ``line_dsp=False`` removes each line's analyser (DTMF, caller ID, levels, masking)
@@ -124,18 +102,10 @@ def _run_recorder(channels: int, seconds: int, out: Path, *, line_dsp: bool = Tr
         for n in range(channels)
     )
     cfg = parse_config(
-        f'[audio]\ndevice = "{PCM_NAME}"\nchannels = {channels}\nperiods = {PERIODS}\n'
+        f'[audio]\ndevice = "{pcm.name}"\nchannels = {channels}\nperiods = {PERIODS}\n'
         f'[gpio]\nbackend = "sim"\n[storage]\nformat = "wav"\nout_dir = "{out}"\n{lines}'
     )
-    capture = AlsaCapture(
-        device=PCM_NAME,
-        sample_rate=RATE,
-        channels=channels,
-        sample_format=SampleFormat.S16_LE,
-        period_frames=PERIOD,
-        periods=PERIODS,
-        clock=_PacedClock(),
-    )
+    capture = pcm.capture(rate=RATE, channels=channels, period=PERIOD, clock=_PacedClock())
     # All hooks off-hook (active low) from the start: every line records all along.
     pins = SimPinFactory(script=[ScriptedLevel(0, 17 + n, False) for n in range(channels)])
     stop = threading.Event()
@@ -167,17 +137,18 @@ def _run_recorder(channels: int, seconds: int, out: Path, *, line_dsp: bool = Tr
     return time.process_time() - t0
 
 
-def _run_arecord(arecord: str, channels: int, seconds: int, period: int | None) -> float:
+def _run_arecord(
+    arecord: str, pcm: FilePcm, channels: int, seconds: int, period: int | None
+) -> float:
     """CPU seconds (user + system) of one arecord run, from the children's rusage."""
-    cmd = [arecord, "-q", "-D", PCM_NAME, "-c", str(channels), "-r", str(RATE)]
+    cmd = [arecord, "-q", "-D", pcm.name, "-c", str(channels), "-r", str(RATE)]
     cmd += ["-f", "S16_LE", "-t", "raw", "-d", str(seconds)]
     if period is not None:
         cmd += [f"--period-size={period}", f"--buffer-size={period * PERIODS}"]
     cmd.append("/dev/null")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_s()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return children_cpu_s() - before
 
 
 def _rtf(seconds: int, cpu_s: list[float]) -> float:
@@ -196,33 +167,35 @@ def main(argv: list[str] | None = None) -> int:
     arecord = shutil.which("arecord")
     rows: list[tuple[int, float, float, float, float, float | None, float | None]] = []
     wall = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="linetap-bench-") as tmp:
-        infile = _setup_pcm(Path(tmp))
+    with (
+        tempfile.TemporaryDirectory(prefix="linetap-bench-") as tmp,
+        pytest.MonkeyPatch.context() as env,  # ALSA_CONFIG_PATH for this run only
+    ):
+        pcm = make_file_pcm(Path(tmp), env)
+        out = Path(tmp) / "out"
         for channels in LINE_COUNTS:
-            _write_infile(infile, channels, seconds)
+            _load_noise(pcm, channels, seconds)
             # Warm-up run (alsa-lib config parse, imports, CPU clock ramp-up), then the
             # two variants interleaved so that drift during the bench hits both alike.
-            _run_ours(channels, seconds, True)
+            _run_ours(pcm, channels, seconds, True)
             read_only: list[float] = []
             with_rings: list[float] = []
             recorder: list[float] = []
             no_dsp: list[float] = []
             for _ in range(repeats):
-                read_only.append(_run_ours(channels, seconds, False))
-                with_rings.append(_run_ours(channels, seconds, True))
-                recorder.append(_run_recorder(channels, seconds, Path(tmp) / "out"))
-                no_dsp.append(
-                    _run_recorder(channels, seconds, Path(tmp) / "out", line_dsp=False)
-                )
+                read_only.append(_run_ours(pcm, channels, seconds, False))
+                with_rings.append(_run_ours(pcm, channels, seconds, True))
+                recorder.append(_run_recorder(pcm, channels, seconds, out))
+                no_dsp.append(_run_recorder(pcm, channels, seconds, out, line_dsp=False))
             ar_default = ar_matched = None
             if arecord:
                 ar_default = _rtf(
                     seconds,
-                    [_run_arecord(arecord, channels, seconds, None) for _ in range(repeats)],
+                    [_run_arecord(arecord, pcm, channels, seconds, None) for _ in range(repeats)],
                 )
                 ar_matched = _rtf(
                     seconds,
-                    [_run_arecord(arecord, channels, seconds, PERIOD) for _ in range(repeats)],
+                    [_run_arecord(arecord, pcm, channels, seconds, PERIOD) for _ in range(repeats)],
                 )
             rows.append(
                 (
@@ -241,13 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         f"capture real-time factor (audio s / CPU s): {RATE} Hz S16_LE, period {PERIOD} "
         f"frames, {seconds} s of audio per run, median of {repeats}"
     )
-    header = (
+    print_table_header(
         f"{'lines':>5}  {'ours read()':>12}  {'ours +rings':>12}  {'rec. no DSP':>11}  "
         f"{'recorder':>10}  "
         f"{'arecord':>10}  {'arecord p160':>12}  {'recorder / arecord p160':>24}"
     )
-    print(header)
-    print("-" * len(header))
     for channels, ours, ours_rings, bare, full, ar_def, ar_160 in rows:
         ratio = f"{full / ar_160:.3f}" if ar_160 else "n/a"
         print(

@@ -42,7 +42,7 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from firmware.dsp.cid_messages import build_mdmf, build_sdmf
+from firmware.dsp.cid_messages import CallerIdMessage, build_mdmf, build_sdmf
 from firmware.dsp.fsk import CallerIdDecoder
 from tests.cid_signals import (
     BELL202,
@@ -94,14 +94,20 @@ def clip(sent: Sent, snr: float, rng: np.random.Generator) -> np.ndarray:
     return to_int16(add_noise(x, snr, rng, tone))
 
 
+def feed(dec: CallerIdDecoder, x: np.ndarray, rate: int) -> list[CallerIdMessage]:
+    """``x`` through the decoder in 20 ms blocks, as the recorder feeds a line."""
+    block = rate // 50
+    found: list[CallerIdMessage] = []
+    for i in range(0, len(x), block):
+        found += dec.process(x[i : i + block], i)
+    return found
+
+
 def decode(x: np.ndarray, rate: int, sent: Sent) -> tuple[str, float]:
     """('ok' | 'wrong' | 'error' | 'miss', CPU seconds in process())."""
     dec = CallerIdDecoder(rate)
-    block = rate // 50
-    found = []
     t0 = time.process_time()
-    for i in range(0, len(x), block):
-        found += dec.process(x[i : i + block], i)
+    found = feed(dec, x, rate)
     spent = time.process_time() - t0
     good = [m for m in found if (m.number, m.name, m.time) == (sent.number, sent.name, sent.time)]
     if len(found) > len(good):
@@ -111,29 +117,22 @@ def decode(x: np.ndarray, rate: int, sent: Sent) -> tuple[str, float]:
     return ("error" if dec.errors else "miss"), spent
 
 
+def peer_output(argv: list[str]) -> str:
+    """What a peer decoder prints (whatever its exit status: a miss is not an error)."""
+    return subprocess.run(
+        argv, check=False, capture_output=True, text=True, errors="replace", timeout=30
+    ).stdout
+
+
 def minimodem_peer(wav: Path, modem: Modem, sent: Sent) -> bool:
     cmd = ["minimodem", "--rx", "-q", "-M", str(modem.mark), "-S", str(modem.space)]
-    out = subprocess.run(
-        [*cmd, "callerid", "-f", str(wav)],
-        check=False,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=30,
-    ).stdout
+    out = peer_output([*cmd, "callerid", "-f", str(wav)])
     phones = [re.sub(r"\D", "", m) for m in re.findall(r"Phone:\s*(\S+)", out)]
     return sent.number in phones
 
 
 def multimon_peer(wav: Path, sent: Sent) -> bool:
-    out = subprocess.run(
-        ["multimon-ng", "-q", "-c", "-a", "CLIPFSK", "-t", "wav", str(wav)],
-        check=False,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=30,
-    ).stdout
+    out = peer_output(["multimon-ng", "-q", "-c", "-a", "CLIPFSK", "-t", "wav", str(wav)])
     return sent.number in re.findall(r"CID=(\d+)", out)
 
 
@@ -141,10 +140,8 @@ def rtf_noise(rate: int, seconds: float = 60.0) -> float:
     rng = np.random.default_rng(7)
     x = to_int16(rng.normal(0, 300, round(seconds * rate)))
     dec = CallerIdDecoder(rate)
-    block = rate // 50
     t0 = time.process_time()
-    for i in range(0, len(x), block):
-        dec.process(x[i : i + block], i)
+    feed(dec, x, rate)
     return seconds / (time.process_time() - t0)
 
 

@@ -8,7 +8,8 @@ Corpus (made fresh each run, seeded by ``--seed``):
   each group's frequency off by up to +-1.5 %, and white noise at 15..30 dB SNR (power of
   both tones over full-band noise) for three strings in four, none for the rest. Each
   digit is on 40..100 ms and off 40..100 ms. Tones are made by ``sox synth`` (two sines
-  remixed to mono with a gain each) and the noise by ``sox synth whitenoise``.
+  remixed to mono with a gain each; frequencies and levels measured before use, see
+  tests/dtmf_signals.py) and the noise by ``sox synth whitenoise``.
 * ``--speech-minutes`` (10) of espeak-ng speech at 8 kHz: many voices and pitches,
   sentences full of spoken numbers, telephone band (sox ``sinc 300-3400``). No DTMF in it,
   so every digit reported is a false one (talk-off).
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -46,11 +46,12 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from bench_common import children_cpu_s
 
 # The repository root, for the shared test signals (run as `python bench/dtmf_accuracy.py`).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from firmware.dsp.dtmf import COL_HZ, KEYPAD, ROW_HZ, DtmfDetector
+from firmware.dsp.dtmf import KEYPAD, DtmfDetector
 from tests.dtmf_signals import (
     MULTIMON_RATE,
     amplitude,
@@ -58,6 +59,7 @@ from tests.dtmf_signals import (
     multimon_raw,
     raw_out,
     sox_raw,
+    sox_tone,
     to_multimon_rate,
 )
 
@@ -117,14 +119,15 @@ class Case:
 
 
 def _tone(digit: str, c: Conditions, frames: int) -> Int16s:
-    row, col = divmod(KEYPAD.index(digit), 4)
-    f_low = ROW_HZ[row] * (1 + c.low_dev)
-    f_high = COL_HZ[col] * (1 + c.high_dev)
-    remix = f"1v{amplitude(c.low_dbm0):.8f},2v{amplitude(c.high_dbm0):.8f}"
-    return sox_raw(
-        ["-c", "2", "-r", str(c.rate), "-n", *raw_out(c.rate), "synth", f"{frames}s",
-         "sine", f"{f_low:.4f}", "sine", f"{f_high:.4f}", "remix", remix]
-    )  # fmt: skip
+    return sox_tone(
+        digit,
+        c.rate,
+        frames,
+        low_dbm0=c.low_dbm0,
+        high_dbm0=c.high_dbm0,
+        low_dev=c.low_dev,
+        high_dev=c.high_dev,
+    )
 
 
 def make_case(
@@ -248,11 +251,6 @@ def align(sent: str, heard: str) -> tuple[int, int, int]:
     return missed, wrong, extra
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def rtf_ours(audio: Int16s, rate: int, repeats: int) -> float:
     runs = []
     for _ in range(repeats):
@@ -267,12 +265,12 @@ def rtf_multimon(audio: Int16s, rate: int, repeats: int, tmp: Path) -> float:
     path.write_bytes(to_multimon_rate(audio, rate))
     runs = []
     for _ in range(repeats):
-        before = _children_cpu()
+        before = children_cpu_s()
         subprocess.run(
             ["multimon-ng", "-q", "-c", "-a", "DTMF", "-t", "raw", str(path)],
             stdout=subprocess.DEVNULL, check=True, timeout=600,
         )  # fmt: skip
-        runs.append(_children_cpu() - before)
+        runs.append(children_cpu_s() - before)
     return audio.size / rate / max(statistics.median(runs), 1e-6)
 
 

@@ -19,24 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+from bench_common import proc_status_kib
 
 RATE = 8000
 LINES = 4
 BIN = Path(sys.executable).parent
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def peak_rss(pid: int, seconds: float) -> int:
     peak = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        peak = max(peak, rss_kib(pid))
+        peak = max(peak, proc_status_kib("VmRSS", pid))
         time.sleep(0.1)
     return peak
 
@@ -61,7 +55,7 @@ def main() -> None:
         conf.write_text(
             f'log_level = "warning"\n[audio]\nbackend = "file"\nfile = "{audio}"\nchannels = {LINES}\n'
             f'[gpio]\nbackend = "sim"\nscript = "{tmp / "events"}"\nstatus_led_pin = 5\n'
-            f'[storage]\nout_dir = "{tmp / "out"}"\n{lines}'
+            f'[storage]\nformat = "wav"\nout_dir = "{tmp / "out"}"\n{lines}'
         )
         proc = subprocess.Popen([str(BIN / "linetap"), "record", "--config", str(conf)])
         peer = subprocess.Popen(
@@ -72,7 +66,7 @@ def main() -> None:
             idle = peak_rss(proc.pid, 2.0)
             time.sleep(1.0)
             recording = peak_rss(proc.pid, 5.0)
-            baseline = rss_kib(peer.pid)
+            baseline = proc_status_kib("VmRSS", peer.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench_common import print_table_header, proc_status_kib
 from sealing_rtf import (
     PERIOD,
     RATE,
@@ -47,13 +48,6 @@ from firmware.sealing import Codec
 
 PROGRESS_S = 600  # report every 10 minutes of audio
 SHORT_S = 60
-
-
-def proc_status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 @dataclass(frozen=True)
@@ -169,12 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         f"sealing memory: one call per child process, {RATE} Hz mono S16 speech "
         f"(a 60 s sample tiled), {PERIOD}-frame periods, journal_sync_s=1.0"
     )
-    header = (
+    print_table_header(
         f"{'codec':<6}  {'call':>7}  {'set-up HWM':>10}  {'peak HWM':>9}  {'call adds':>9}  "
         f"{'ru_maxrss':>9}  {'CPU s':>7}  {'wall s':>7}  {'RTF':>5}  {'sealed MiB':>10}  "
         f"{'B/min':>9}"
     )
-    print(header + "\n" + "-" * len(header))
     for r in results:
         call = f"{r.audio_s / 60:.0f} min" if r.audio_s < 3600 else f"{r.audio_s / 3600:g} h"
         print(

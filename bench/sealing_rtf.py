@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import hashlib
-import io
 import os
-import pstats
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,12 +44,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import soundfile
+from bench_common import children_cpu_s, print_table_header, pstats_table
 
 from buffers.outbox import Outbox
 from firmware.age import format_recipient, generate_identity
 from firmware.keys import create_device_key
 from firmware.manifest import BLOB_AGE
-from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink
+from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink, SealingWriter
 from firmware.sinks import RecordingEnd, RecordingStart
 
 RATE = 8000
@@ -62,6 +60,7 @@ JOURNAL_SYNC_S = 1.0  # SealingSettings' (and the config's) default
 CODECS: tuple[Codec, ...] = ("flac", "opus")
 MAX_DRAIN_POLLS = 1_000_000
 CACHE_DIR = Path(tempfile.gettempdir()) / "linetap-bench"
+FIXED_UTC = "2024-01-01T00:00:00Z"  # no check compares a call's start and end times
 
 # A support call, roughly; two speakers alternate (voice, words per minute, pitch).
 SENTENCES = (
@@ -176,29 +175,44 @@ class SealRun:
     sealed_bytes: int  # recording.age in the outbox
 
 
-def recording_start(rec_id: str) -> RecordingStart:
+def recording_start(
+    rec_id: str,
+    *,
+    device_id: str = "bench",
+    started_utc: str = FIXED_UTC,
+    preroll_s: float = 0.0,
+) -> RecordingStart:
+    """An off-hook call on line 1 from frame 0 (its pre-roll before the off-hook edge)."""
     return RecordingStart(
         recording_id=rec_id,
-        device_id="bench",
+        device_id=device_id,
         line="line1",
         channel=0,
         sample_rate=RATE,
         trigger="offhook",
-        started_utc="2024-01-01T00:00:00Z",
+        started_utc=started_utc,
         start_frame=0,
-        trigger_frame=0,
-        preroll_s=0.0,
+        trigger_frame=round(preroll_s * RATE),
+        preroll_s=preroll_s,
     )
 
 
-def recording_end(frames: int) -> RecordingEnd:
+def recording_end(frames: int, *, ended_utc: str = FIXED_UTC) -> RecordingEnd:
+    """The on-hook end of a call of ``frames`` frames from frame 0."""
     return RecordingEnd(
         reason="onhook",
-        ended_utc="2024-01-01T00:00:00Z",  # not checked against the start
+        ended_utc=ended_utc,
         end_frame=frames,
         duration_s=frames / RATE,
         audio_frames=frames,
     )
+
+
+def write_periods(sink: SealingSink, writer: SealingWriter, audio: npt.NDArray[np.int16]) -> None:
+    """``audio`` into an open recording period by period, a sink poll after each."""
+    for at in range(0, int(audio.shape[0]), PERIOD):
+        writer.write(audio[at : at + PERIOD])
+        sink.poll()  # the recorder polls its sink once per capture period
 
 
 def drain(sink: SealingSink) -> int:
@@ -221,9 +235,7 @@ def seal_call(sink: SealingSink, audio: npt.NDArray[np.int16], rec_id: str) -> S
     start, end = recording_start(rec_id), recording_end(frames)
     w0, c0 = time.monotonic(), time.process_time()
     writer = sink.open(start)
-    for at in range(0, frames, PERIOD):
-        writer.write(audio[at : at + PERIOD])
-        sink.poll()  # the recorder polls its sink once per capture period
+    write_periods(sink, writer, audio)
     writer.close(end)
     drain(sink)
     cpu, wall = time.process_time() - c0, time.monotonic() - w0
@@ -239,21 +251,10 @@ def profile_call(sink: SealingSink, audio: npt.NDArray[np.int16], rec_id: str, t
     prof.enable()
     seal_call(sink, audio, rec_id)
     prof.disable()
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out)
-    stats.strip_dirs().sort_stats(pstats.SortKey.TIME).print_stats(top)
-    text = out.getvalue()
-    # Drop pstats' preamble up to the total line; keep the total and the table.
-    at = text.find("function calls")
-    return text[text.rfind("\n", 0, at) + 1 :].rstrip() if at >= 0 else text
+    return pstats_table(prof, top)
 
 
 # --------------------------------------------------------------------------- peers
-
-
-def children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def peer_cmd(codec: Codec, wav: Path) -> list[str] | None:
@@ -271,7 +272,7 @@ def run_peer(encoder: list[str], age_tool: str, recipient: str, out: Path) -> fl
     write back the MD5 sum and seek points to a pipe.
     """
     errlog = out.with_suffix(".stderr")
-    before = children_cpu()
+    before = children_cpu_s()
     with out.open("wb") as sink, errlog.open("w+b") as err:
         enc = subprocess.Popen(encoder, stdout=subprocess.PIPE, stderr=err)
         assert enc.stdout is not None
@@ -280,7 +281,7 @@ def run_peer(encoder: list[str], age_tool: str, recipient: str, out: Path) -> fl
         )
         enc.stdout.close()  # age holds the read end; the encoder sees EPIPE if age dies
         rc_age, rc_enc = age.wait(), enc.wait()
-        cpu = children_cpu() - before
+        cpu = children_cpu_s() - before
         if rc_enc or rc_age:
             err.seek(0)
             raise RuntimeError(
@@ -351,12 +352,10 @@ def report(rows: list[Row], wav: Path, audio_s: float, repeats: int, wall: float
         f"speech per call, written in {PERIOD}-frame periods, median of {repeats}"
     )
     print(f"audio: {wav}")
-    header = (
+    print_table_header(
         f"{'codec':<11}  {'ours RTF':>9}  {'peer RTF':>9}  {'ours/peer':>9}  "
         f"{'ours B/min':>11}  {'peer B/min':>11}  {'ours wall RTF':>13}  {'peer start-up':>13}"
     )
-    print(header)
-    print("-" * len(header))
     for r in rows:
         label = "flac" if r.codec == "flac" else f"opus {OPUS_BPS // 1000}k"
         peer = f"{r.peer_rtf:,.0f}" if r.peer_rtf else "n/a"

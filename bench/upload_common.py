@@ -10,7 +10,11 @@ upload_receiver_capacity): the whole chain for real, as tests/test_office_e2e.py
   as subprocesses, their output in log files;
 - synthetic sealed outbox entries: random blobs under manifests signed by the enrolled
   device key and chained (transport and store verify signatures and hashes, they do not
-  decrypt), like ``_synthetic()`` in the e2e test.
+  decrypt), like ``_synthetic()`` in the e2e test;
+- :func:`start_single_device_chain`: all of the above for one device and one receiver,
+  as the latency and throughput benches run it;
+- the options and report lines every upload bench has (:func:`parse_chain_args`,
+  :func:`print_what_if`).
 
 Every process started through :class:`Processes` is stopped (SIGTERM, then SIGKILL) when
 its ``with`` block ends, also on errors, Ctrl-C and SIGTERM (see :func:`exit_on_sigterm`).
@@ -18,6 +22,7 @@ its ``with`` block ends, also on errors, Ctrl-C and SIGTERM (see :func:`exit_on_
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import getpass
 import json
@@ -35,10 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from bench_common import pstats_table
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-# The benches share the tests' signed-manifest helper; run as scripts they need the repo
-# root on the path to import it.
+# The benches share the tests' signed-manifest and free-port helpers; run as scripts they
+# need the repo root on the path to import them.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from buffers.outbox import Outbox, OutboxState
@@ -47,6 +53,7 @@ from firmware.manifest import GENESIS_HASH, manifest_hash
 from headoffice import enroll
 from headoffice.enroll import CaLayout
 from tests.helpers import signed_manifest
+from tests.mqtt_broker import free_port
 from uploader.tlskeys import make_device_csr
 
 HOST = "127.0.0.1"
@@ -54,6 +61,8 @@ VENV_BIN = Path(sys.executable).parent
 LINETAP = VENV_BIN / "linetap"
 LINETAP_OFFICE = VENV_BIN / "linetap-office"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+DEVICE = "branch-7"  # the one device of the latency and throughput benches
+RECEIVER = "office-receiver"  # and their office's receiver
 MB = 1_000_000  # MB/s figures are decimal megabytes
 MIB = 1 << 20
 STOP_TIMEOUT_S = 20.0
@@ -71,13 +80,6 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _accepts(port: int) -> bool:
@@ -295,15 +297,22 @@ def relocated_device(device: Device, data: Path) -> Device:
     return Device(device.device_id, data, device.key, device.next_seq, device.prev_hash)
 
 
+@dataclass(frozen=True)
+class UploadSettings:
+    """What the benches vary in a device config: [upload] chunk size and window, and the
+    [sealing] codec."""
+
+    chunk_kib: int = 256
+    window: int = 16
+    codec: str = "flac"
+
+
 def write_device_toml(
     device: Device,
     office: Office,
     path: Path,
     port: int,
-    *,
-    chunk_kib: int = 256,
-    window: int = 16,
-    codec: str = "flac",
+    settings: UploadSettings = UploadSettings(),
 ) -> Path:
     """A device config with an [upload] section for ``linetap upload``."""
     path.write_text(
@@ -311,10 +320,11 @@ def write_device_toml(
         '[audio]\nbackend = "file"\nfile = "unused.wav"\nsample_rate = 8000\nchannels = 1\n'
         '[gpio]\nbackend = "sim"\n'
         f'[storage]\nformat = "sealed"\ndata_dir = "{device.data}"\n'
-        f'[sealing]\nrecipients = ["{office.recipient}"]\ncodec = "{codec}"\n'
+        f'[sealing]\nrecipients = ["{office.recipient}"]\ncodec = "{settings.codec}"\n'
         f'[upload]\nhost = "{HOST}"\nport = {port}\ntls = true\n'
         f'ca_file = "{office.ca_file}"\ncert_file = "{device.cert}"\n'
-        f'key_file = "{device.tls_key}"\nchunk_kib = {chunk_kib}\nwindow = {window}\n'
+        f'key_file = "{device.tls_key}"\nchunk_kib = {settings.chunk_kib}\n'
+        f"window = {settings.window}\n"
         '[[lines]]\nname = "line1"\nchannel = 0\nhook_pin = 17\n'
     )
     return path
@@ -373,6 +383,41 @@ def start_broker(
         if attempt == attempts - 1 or "Address already in use" not in proc.tail():
             raise BenchError(f"mosquitto did not start; its log ({proc.log}):\n{proc.tail()}")
     raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class SingleDeviceChain:
+    """One enrolled device (:data:`DEVICE`), its office and their broker, running; the
+    configs for ``linetap upload`` and for the office's receiver (:data:`RECEIVER`)."""
+
+    office: Office
+    device: Device
+    port: int
+    broker: Proc
+    device_toml: Path
+    office_toml: Path
+
+
+def start_single_device_chain(
+    procs: Processes,
+    workdir: Path,
+    settings: UploadSettings,
+    *,
+    other_clients: Sequence[str] = (),
+) -> SingleDeviceChain:
+    """A fresh office under ``workdir`` (client certificates for :data:`RECEIVER` and
+    ``other_clients``), :data:`DEVICE` enrolled, the broker started, the configs written."""
+    office = make_office(workdir / "office", [RECEIVER, *other_clients])
+    device = enroll_device(office, DEVICE, workdir / "device")
+    port, broker = start_broker(procs, office, workdir)
+    return SingleDeviceChain(
+        office=office,
+        device=device,
+        port=port,
+        broker=broker,
+        device_toml=write_device_toml(device, office, workdir / "device.toml", port, settings),
+        office_toml=office.write_office_toml(workdir / "office.toml", port, RECEIVER),
+    )
 
 
 def profile_argv(module: str, prof: Path | None) -> list[str | Path]:
@@ -452,20 +497,38 @@ def index_stored_span(office: Office) -> tuple[int, float]:
     return len(stamps), (stamps[-1] - stamps[0]) if stamps else 0.0
 
 
-def print_profile(prof: Path, title: str, top: int = 12) -> None:
-    import io
-    import pstats
+# --------------------------------------------------------------------------- options, report
 
+
+def parse_chain_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Adds the options every upload bench has (--receiver-nodelay, --keep) to ``parser``,
+    parses ``argv`` and makes SIGTERM stop the processes the bench will start."""
+    parser.add_argument(
+        "--receiver-nodelay",
+        action="store_true",
+        help="what-if: run the receiver with TCP_NODELAY on its socket (it does not set it)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    exit_on_sigterm()
+    return args
+
+
+def print_what_if(args: argparse.Namespace) -> None:
+    """Says so under a report's title when the run was a what-if (--receiver-nodelay)."""
+    if args.receiver_nodelay:
+        print(
+            "WHAT-IF run: the receiver had TCP_NODELAY set on its broker socket "
+            "(--receiver-nodelay); the shipped headoffice.service does not set it"
+        )
+
+
+def print_profile(prof: Path, title: str, top: int = 12) -> None:
     if not prof.exists():
         print(f"\n{title}: no profile written ({prof})")
         return
-    out = io.StringIO()
-    stats = pstats.Stats(str(prof), stream=out)
-    stats.strip_dirs().sort_stats(pstats.SortKey.TIME).print_stats(top)
-    text = out.getvalue()
-    at = text.find("function calls")
     print(f"\n{title} (cProfile, main thread, top {top} by own time):")
-    print(text[text.rfind("\n", 0, at) + 1 :].rstrip() if at >= 0 else text)
+    print(pstats_table(prof, top))
 
 
 @contextlib.contextmanager

@@ -40,21 +40,31 @@ from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
-from sealing_rtf import PERIOD, RATE, load_audio, speech_wav
+from bench_common import print_table_header
+from sealing_rtf import (
+    PERIOD,
+    RATE,
+    load_audio,
+    recording_end,
+    recording_start,
+    speech_wav,
+    write_periods,
+)
 from upload_common import (
+    DEVICE,
+    RECEIVER,
     BenchError,
     Processes,
+    UploadSettings,
     cores,
-    enroll_device,
-    exit_on_sigterm,
     log_has,
-    make_office,
-    start_broker,
+    parse_chain_args,
+    print_what_if,
     start_receiver,
+    start_single_device_chain,
     start_uploader,
     wait_until,
     workdir,
-    write_device_toml,
 )
 
 from buffers.outbox import OutboxState
@@ -63,11 +73,8 @@ from firmware.config import CallConfig, load_config
 from firmware.manifest import BLOB_AGE
 from firmware.recorder import StorageHealth
 from firmware.sealing import SealingSink
-from firmware.sinks import RecordingEnd, RecordingStart
 from uploader.client import IDLE_RESCAN_S
 
-DEVICE = "branch-7"
-RECEIVER = "office-receiver"
 PERIOD_S = PERIOD / RATE
 PREROLL_S = 5.0
 ACK_TIMEOUT_S = 60.0
@@ -98,38 +105,16 @@ def one_call(
     procs: Processes,
     rng: random.Random,
 ) -> Call:
-    frames = int(audio.shape[0])
-    started = time.time()
-    writer = sink.open(
-        RecordingStart(
-            recording_id=rec,
-            device_id=DEVICE,
-            line="line1",
-            channel=0,
-            sample_rate=RATE,
-            trigger="offhook",
-            started_utc=_iso(started),
-            start_frame=0,
-            trigger_frame=round(PREROLL_S * RATE),
-            preroll_s=PREROLL_S,
-        )
+    start = recording_start(
+        rec, device_id=DEVICE, started_utc=_iso(time.time()), preroll_s=PREROLL_S
     )
-    for at in range(0, frames, PERIOD):
-        writer.write(audio[at : at + PERIOD])
-        sink.poll()
+    writer = sink.open(start)
+    write_periods(sink, writer, audio)
     time.sleep(rng.uniform(0.0, jitter))
 
     hang_wall = time.time()
     m0, c0 = time.monotonic(), time.process_time()
-    writer.close(
-        RecordingEnd(
-            reason="onhook",
-            ended_utc=_iso(hang_wall),
-            end_frame=frames,
-            duration_s=frames / RATE,
-            audio_frames=frames,
-        )
-    )
+    writer.close(recording_end(int(audio.shape[0]), ended_utc=_iso(hang_wall)))
     polls = 0
     while True:
         sink.poll()  # the recorder polls its sink once per capture period
@@ -191,31 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", choices=["flac", "opus"], default="flac")
     parser.add_argument("--jitter", type=float, default=1.0, help="random pause 0..J s (1.0)")
     parser.add_argument("--fresh-audio", action="store_true", help="rebuild the speech sample")
-    parser.add_argument(
-        "--receiver-nodelay",
-        action="store_true",
-        help="what-if: run the receiver with TCP_NODELAY on its socket (it does not set it)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args(argv)
-    exit_on_sigterm()
+    args = parse_chain_args(parser, argv)
     audio, what = _audio(args.seconds, args.fresh_audio)
     rng = random.Random(1)
     calls: list[Call] = []
     wall = time.monotonic()
     with workdir(args.keep, "linetap-upload-lat-") as tmp, Processes(tmp / "logs") as procs:
-        office = make_office(tmp / "office", [RECEIVER])
-        device = enroll_device(office, DEVICE, tmp / "device")
-        port, _broker = start_broker(procs, office, tmp)
-        device_toml = write_device_toml(device, office, tmp / "device.toml", port, codec=args.codec)
-        sink = make_sealing_sink(load_config(device_toml), StorageHealth(), device.key)
-        start_receiver(
-            procs,
-            office.write_office_toml(tmp / "office.toml", port, RECEIVER),
-            RECEIVER,
-            nodelay=args.receiver_nodelay,
-        )
-        uploader = start_uploader(procs, device_toml, "uploader")
+        chain = start_single_device_chain(procs, tmp, UploadSettings(codec=args.codec))
+        sink = make_sealing_sink(load_config(chain.device_toml), StorageHealth(), chain.device.key)
+        start_receiver(procs, chain.office_toml, RECEIVER, nodelay=args.receiver_nodelay)
+        uploader = start_uploader(procs, chain.device_toml, "uploader")
         wait_until(lambda: log_has(uploader, "connected to"), 20, "the uploader", procs)
         for n in range(args.calls + 1):
             call = one_call(sink, audio, f"call-{n:03d}", jitter=args.jitter, procs=procs, rng=rng)
@@ -237,14 +207,8 @@ def report(args: argparse.Namespace, calls: list[Call], audio: str, wall: float)
         f"receiver already connected; {cores()} CPU cores"
     )
     print(f"audio: {audio}")
-    if args.receiver_nodelay:
-        print(
-            "WHAT-IF run: the receiver had TCP_NODELAY set on its broker socket "
-            "(--receiver-nodelay); the shipped headoffice.service does not set it"
-        )
-    header = f"{'part (ms)':<40}{'median':>9}{'p99':>9}{'min':>9}{'max':>9}"
-    print(header)
-    print("-" * len(header))
+    print_what_if(args)
+    print_table_header(f"{'part (ms)':<40}{'median':>9}{'p99':>9}{'min':>9}{'max':>9}")
 
     def row(label: str, values: list[float]) -> None:
         ms = [v * 1000 for v in values]

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_common import print_table_header
 from upload_common import (
     MB,
     MIB,
@@ -40,11 +41,12 @@ from upload_common import (
     add_synthetic,
     cores,
     enroll_device,
-    exit_on_sigterm,
     index_count,
     index_stored_span,
     make_office,
+    parse_chain_args,
     print_profile,
+    print_what_if,
     proc_cpu_s,
     relocated,
     relocated_device,
@@ -145,14 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-mib", type=float, default=4, help="large size, MiB (4)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (1,2)")
     parser.add_argument("--profile", action="store_true", help="cProfile the workers")
-    parser.add_argument(
-        "--receiver-nodelay",
-        action="store_true",
-        help="what-if: run the receiver with TCP_NODELAY on its socket (it does not set it)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args(argv)
-    exit_on_sigterm()
+    args = parse_chain_args(parser, argv)
     counts = [int(w) for w in args.workers.split(",")]
     sizes = device_sizes(
         args.small, round(args.small_kb * 1000), args.large, round(args.large_mib * MIB)
@@ -203,17 +198,11 @@ def report(
         f"{cores()} CPU cores, shared by the workers, the {args.devices} uploaders and "
         "the broker"
     )
-    if args.receiver_nodelay:
-        print(
-            "WHAT-IF run: the receiver had TCP_NODELAY set on its broker socket "
-            "(--receiver-nodelay); the shipped headoffice.service does not set it"
-        )
-    header = (
+    print_what_if(args)
+    print_table_header(
         f"{'workers':>7}  {'rec/s':>7}  {'MB/s':>6}  {'rec/s steady':>12}  {'MB/s steady':>11}"
         f"  {'wall s':>6}  {'stored per worker':>18}  {'fin retries':>11}"
     )
-    print(header)
-    print("-" * len(header))
     for r in results:
         print(
             f"{r.workers:>7}  {total / r.wall_s:>7.1f}  {total_bytes / MB / r.wall_s:>6.1f}  "

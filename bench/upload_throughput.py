@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -47,33 +46,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_common import children_cpu_s, print_table_header
 from upload_common import (
     HOST,
     MB,
     MIB,
     BenchError,
-    Device,
-    Office,
     Processes,
+    SingleDeviceChain,
+    UploadSettings,
     add_synthetic,
     cores,
-    enroll_device,
-    exit_on_sigterm,
-    make_office,
+    parse_chain_args,
     print_profile,
+    print_what_if,
     proc_cpu_s,
-    start_broker,
     start_receiver,
+    start_single_device_chain,
     start_uploader,
     wait_until,
     workdir,
-    write_device_toml,
 )
 
 from buffers.outbox import OutboxState
 
-DEVICE = "branch-7"
-RECEIVER = "office-receiver"
 PEER_SUB = "office-peer"
 UPLOAD_TIMEOUT_S = 120.0
 
@@ -87,26 +83,24 @@ class Run:
 
 def run_ours(
     procs: Processes,
-    device: Device,
-    device_toml: Path,
-    office_toml: Path,
+    chain: SingleDeviceChain,
     sizes: list[int],
     *,
-    broker_pid: int,
     n: int,
     profile_dir: Path | None,
     nodelay: bool,
 ) -> Run:
+    device, broker_pid = chain.device, chain.broker.pid
     add_synthetic(device, sizes, prefix=f"r{n}")
     before = device.count(OutboxState.ACKED)
     target = before + len(sizes)
     prof = (profile_dir / f"receiver-{n}.prof") if profile_dir else None
-    receiver = start_receiver(procs, office_toml, f"receiver-{n}", prof=prof, nodelay=nodelay)
+    receiver = start_receiver(procs, chain.office_toml, f"receiver-{n}", prof=prof, nodelay=nodelay)
     broker0 = proc_cpu_s(broker_pid)
     t0 = time.monotonic()
     uploader = start_uploader(
         procs,
-        device_toml,
+        chain.device_toml,
         f"uploader-{n}",
         prof=(profile_dir / f"uploader-{n}.prof") if profile_dir else None,
     )
@@ -206,17 +200,10 @@ def peer_input(tmp: Path, sizes: list[int], chunk: int) -> PeerInput:
     return PeerInput(runs, lines, total)
 
 
-def run_peer(
-    mode: str,
-    *,
-    office: Office,
-    device: Device,
-    port: int,
-    messages: PeerInput,
-    broker_pid: int,
-) -> Run:
+def run_peer(mode: str, chain: SingleDeviceChain, messages: PeerInput) -> Run:
     """``repeat``: mosquitto_pub -f CHUNK --repeat N per recording (stop-and-wait);
     ``lines``: one mosquitto_pub -l with every message a line on stdin (windowed)."""
+    office, device, port, broker_pid = chain.office, chain.device, chain.port, chain.broker.pid
     tls = ["-h", HOST, "-p", str(port), "-V", "mqttv5", "-q", "1", "--cafile", str(office.ca_file)]
     sub_cert, sub_key = office.client_files(PEER_SUB)
     total = messages.total
@@ -265,7 +252,7 @@ def run_peer(
         if not sub.ready.wait(15):
             raise BenchError("mosquitto_sub did not subscribe:\n" + "\n".join(sub.lines))
         broker0 = proc_cpu_s(broker_pid)
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children0 = children_cpu_s()
         t0 = time.monotonic()
         for argv in pubs:
             with messages.lines.open("rb") as stdin:
@@ -282,7 +269,7 @@ def run_peer(
                     + done.stderr.decode(errors="replace")
                 )
         rc = sub.proc.wait(timeout=UPLOAD_TIMEOUT_S)
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = children_cpu_s() - children0
         sub.thread.join(timeout=5)
         if rc != 0 or len(sub.arrivals) != total:
             raise BenchError(
@@ -291,7 +278,6 @@ def run_peer(
             )
         t_last = sub.arrivals[-1]
         steady = (t_last - sub.arrivals[0]) * total / max(1, total - 1)
-        children = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         cpu = {"pub+sub": children, "mosquitto": proc_cpu_s(broker_pid) - broker0}
         return Run(t_last - t0, steady, cpu)
     finally:
@@ -310,14 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=16, help="upload.window (16)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (median; 3)")
     parser.add_argument("--profile", action="store_true", help="cProfile uploader + receiver")
-    parser.add_argument(
-        "--receiver-nodelay",
-        action="store_true",
-        help="what-if: run the receiver with TCP_NODELAY on its socket (it does not set it)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    args = parser.parse_args(argv)
-    exit_on_sigterm()
+    args = parse_chain_args(parser, argv)
     for tool in ("mosquitto_pub", "mosquitto_sub", "stdbuf"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (apt install mosquitto-clients coreutils)")
@@ -326,35 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[Run]] = {"ours": [], **{m: [] for m in PEERS}}
     wall = time.monotonic()
     with workdir(args.keep, "linetap-upload-tput-") as tmp, Processes(tmp / "logs") as procs:
-        office = make_office(tmp / "office", [RECEIVER, PEER_SUB])
-        device = enroll_device(office, DEVICE, tmp / "device")
-        port, broker = start_broker(procs, office, tmp)
-        device_toml = write_device_toml(
-            device, office, tmp / "device.toml", port, chunk_kib=args.chunk_kib, window=args.window
-        )
-        office_toml = office.write_office_toml(tmp / "office.toml", port, RECEIVER)
+        settings = UploadSettings(chunk_kib=args.chunk_kib, window=args.window)
+        chain = start_single_device_chain(procs, tmp, settings, other_clients=[PEER_SUB])
         profile_dir = tmp if args.profile else None
         messages = peer_input(tmp, sizes, chunk)
         for n in range(args.repeats):
             for mode in PEERS:
-                runs[mode].append(
-                    run_peer(
-                        mode,
-                        office=office,
-                        device=device,
-                        port=port,
-                        messages=messages,
-                        broker_pid=broker.pid,
-                    )
-                )
+                runs[mode].append(run_peer(mode, chain, messages))
             runs["ours"].append(
                 run_ours(
                     procs,
-                    device,
-                    device_toml,
-                    office_toml,
+                    chain,
                     sizes,
-                    broker_pid=broker.pid,
                     n=n,
                     profile_dir=profile_dir,
                     nodelay=args.receiver_nodelay,
@@ -380,15 +342,11 @@ def report(args: argparse.Namespace, total: int, runs: dict[str, list[Run]], wal
         f"{args.chunk_kib} KiB messages, QoS 1, our window {args.window}; "
         f"{args.repeats} runs each, interleaved; {cores()} CPU cores"
     )
-    if args.receiver_nodelay:
-        print(
-            "WHAT-IF run: the receiver had TCP_NODELAY set on its broker socket "
-            "(--receiver-nodelay); the shipped headoffice.service does not set it"
-        )
+    print_what_if(args)
     names = list(runs)
-    header = "MB/s (wall | steady)".ljust(21) + "".join(f"{LABELS[k]:>20}" for k in names)
-    print(header)
-    print("-" * len(header))
+    print_table_header(
+        "MB/s (wall | steady)".ljust(21) + "".join(f"{LABELS[k]:>20}" for k in names)
+    )
     rows = [(f"run {n + 1}", [runs[k][n] for k in names]) for n in range(args.repeats)]
     for label, cells in rows:
         print(
@@ -415,9 +373,7 @@ def report(args: argparse.Namespace, total: int, runs: dict[str, list[Run]], wal
         )
     )
     print()
-    cpu_header = "CPU s (median)".ljust(21) + "".join(f"{LABELS[k]:>20}" for k in names)
-    print(cpu_header)
-    print("-" * len(cpu_header))
+    print_table_header("CPU s (median)".ljust(21) + "".join(f"{LABELS[k]:>20}" for k in names))
     parts: dict[str, tuple[str, ...]] = {"ours": ("uploader", "receiver", "mosquitto")}
     for k in PEERS:
         parts[k] = ("pub+sub", "mosquitto")
