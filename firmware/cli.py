@@ -11,12 +11,7 @@ from pathlib import Path
 
 from firmware import __version__
 from firmware.config import DEFAULT_CONFIG_PATH, LinetapConfig, load_config
-from firmware.errors import ConfigError, LinetapError
-from firmware.process import setup_logging
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+from firmware.process import EXIT_OK, run_command, setup_logging
 
 log = logging.getLogger("linetap")
 
@@ -233,19 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_CONFIG
-    except LinetapError as exc:
-        print(f"linetap {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_FAILURE
-    return code
+    return run_command("linetap", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from firmware import __version__
-from firmware.errors import ConfigError, LinetapError
-from firmware.process import setup_logging
+from firmware.process import run_command, setup_logging
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -133,17 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    except (LinetapError, OSError) as exc:
-        print(f"linetap-office {args.command}: {exc}", file=sys.stderr)
-        return 1
-    return code
+    return run_command("linetap-office", build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

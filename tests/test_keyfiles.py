@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from buffers.durable import replace_file, write_new_file
 from firmware.keys import DeviceKeyError, create_device_key, load_device_key
@@ -68,7 +69,7 @@ def test_device_key_made_owner_only_even_with_a_loose_umask(tmp_path: Path, loos
         create_device_key(path)
 
 
-def _encrypted_pem(key) -> bytes:
+def _encrypted_pem(key: PrivateKeyTypes) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -9,7 +10,8 @@ import threading
 
 import pytest
 
-from firmware.process import setup_logging, stop_on_signals
+from firmware.errors import ConfigError, LinetapError
+from firmware.process import run_command, setup_logging, stop_on_signals
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -51,3 +53,38 @@ def test_setup_logging_one_line_per_event_without_timestamp(capfd):
         root.handlers[:] = saved[1]
         root.setLevel(saved[0])
     assert err == "WARNING linetap.x: shown 1\n"
+
+
+def _failing(exc: BaseException):
+    def func(_args):
+        raise exc
+
+    return func
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "expected"),
+    [
+        (
+            PermissionError(13, "Permission denied", "/var/lib/linetap"),
+            1,
+            "linetap record: [Errno 13] Permission denied: '/var/lib/linetap'\n",
+        ),
+        (
+            ConfigError(["linetap.toml:3: audio.rate: too low", "linetap.toml:9: lines: empty"]),
+            2,
+            "linetap.toml:3: audio.rate: too low\nlinetap.toml:9: lines: empty\n",
+        ),
+        (LinetapError("outbox: disk full"), 1, "linetap record: outbox: disk full\n"),
+        (KeyboardInterrupt(), 1, ""),
+    ],
+)
+def test_run_command_turns_errors_into_one_line_and_an_exit_code(exc, code, expected, capsys):
+    args = argparse.Namespace(command="record", func=_failing(exc))
+    assert run_command("linetap", args) == code
+    captured = capsys.readouterr()
+    assert captured.err == expected and captured.out == ""
+
+
+def test_run_command_returns_the_commands_code():
+    assert run_command("linetap", argparse.Namespace(command="x", func=lambda _a: 3)) == 3

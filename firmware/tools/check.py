@@ -30,7 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from firmware.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, config_arg
+from firmware.cli import config_arg
+from firmware.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from drivers.gpio import PinFactory

@@ -48,9 +48,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from buffers.durable import fsync_dir
-from firmware.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, config_arg
+from firmware.cli import config_arg
 from firmware.config import config_path, load_config, parse_config
 from firmware.errors import ConfigError, LinetapError
+from firmware.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from cryptography import x509
