@@ -1,8 +1,12 @@
 """Consent LEDs: what each LED shows is a pure function of line state and faults.
 
 Patterns: off = idle, solid = recording, slow blink = paused / opted out, fast blink =
-fault (no audio device, storage problem). The recorder calls :meth:`LedPanel.update`
-once per capture period with the current states; nothing else writes an LED.
+fault (no audio device, storage problem). The device status LED shows a heartbeat (a
+short flash every few seconds) instead of "off" when every line is idle, so a field tech
+can tell an idle recorder from one that is not running; the line LEDs at the desks stay
+dark when idle (they tell callers whether they are recorded). The recorder calls
+:meth:`LedPanel.update` once per capture period with the current states; nothing else
+writes an LED.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from firmware.callstate import LineState
 
 SLOW_BLINK_PERIOD_NS = 1_000_000_000  # 1 Hz: calm, "paused"
 FAST_BLINK_PERIOD_NS = 250_000_000  # 4 Hz: urgent, "fault"
+# A flash short and rare enough never to be read as "recording" or a blink pattern.
+HEARTBEAT_PERIOD_NS = 3_000_000_000
+HEARTBEAT_FLASH_NS = 100_000_000
 
 
 class LedPattern(StrEnum):
@@ -22,6 +29,7 @@ class LedPattern(StrEnum):
     SOLID = "solid"
     SLOW_BLINK = "slow_blink"
     FAST_BLINK = "fast_blink"
+    HEARTBEAT = "heartbeat"
 
 
 def pattern_lit(pattern: LedPattern, t_ns: int) -> bool:
@@ -30,6 +38,8 @@ def pattern_lit(pattern: LedPattern, t_ns: int) -> bool:
         return False
     if pattern is LedPattern.SOLID:
         return True
+    if pattern is LedPattern.HEARTBEAT:
+        return (t_ns % HEARTBEAT_PERIOD_NS) < HEARTBEAT_FLASH_NS
     period = SLOW_BLINK_PERIOD_NS if pattern is LedPattern.SLOW_BLINK else FAST_BLINK_PERIOD_NS
     return (t_ns % period) < period // 2
 
@@ -45,7 +55,8 @@ def line_pattern(state: LineState, fault: bool) -> LedPattern:
 
 
 def status_pattern(states: Iterable[LineState], fault: bool) -> LedPattern:
-    """The device LED: the most important thing any line is doing."""
+    """The device LED: the most important thing any line is doing; a heartbeat when
+    nothing is (the recorder runs)."""
     if fault:
         return LedPattern.FAST_BLINK
     seen = set(states)
@@ -53,7 +64,7 @@ def status_pattern(states: Iterable[LineState], fault: bool) -> LedPattern:
         return LedPattern.SOLID
     if LineState.PAUSED in seen:
         return LedPattern.SLOW_BLINK
-    return LedPattern.OFF
+    return LedPattern.HEARTBEAT
 
 
 class LedPanel:

@@ -15,7 +15,12 @@ from drivers.audio.factory import open_capture
 from drivers.gpio.sim import SimPinFactory
 from firmware.config import load_config
 from firmware.events import events_to_pin_script, parse_events
-from firmware.leds import FAST_BLINK_PERIOD_NS, SLOW_BLINK_PERIOD_NS
+from firmware.leds import (
+    FAST_BLINK_PERIOD_NS,
+    HEARTBEAT_FLASH_NS,
+    HEARTBEAT_PERIOD_NS,
+    SLOW_BLINK_PERIOD_NS,
+)
 from firmware.recorder import NS_PER_S, Recorder
 from firmware.sinks import WavSink
 from tests.helpers import RATE, config_text, write_capture
@@ -27,9 +32,7 @@ def build(tmp_path: Path, events: str, seconds: float = 20, out: Path | None = N
     write_capture(audio, seconds, cfg_kw.get("lines", 2))
     conf = tmp_path / "linetap.toml"
     conf.write_text(
-        config_text(out, **cfg_kw).replace(
-            'file = "unused.wav"', f'file = "{audio}"\nfile_realtime = false'
-        )
+        config_text(out, audio_file=audio, extra_audio="file_realtime = false", **cfg_kw)
     )
     cfg = load_config(conf)
     pins = SimPinFactory(script=events_to_pin_script(parse_events(events), cfg))
@@ -162,3 +165,18 @@ def test_overrun_gap_is_filled_with_silence_and_marked(tmp_path: Path):
     [gap] = [e for e in meta["events"] if e["type"] == "gap"]
     assert gap["data"] == {"frames": 800, "ms": 100}
     assert gap["audio_s"] == pytest.approx(50 * 160 / RATE)
+
+
+def test_status_led_heartbeat_while_idle_line_leds_dark(tmp_path: Path):
+    rec, pins = build(tmp_path, "", seconds=10)
+    assert rec.run().value == "end_of_input"
+    status = pins.pin(5).history
+    # A 100 ms flash every 3 s: an idle recorder is told apart from a stopped one (dark).
+    flashes = [t for t, lvl in status if lvl]
+    assert len(flashes) == pytest.approx(10 * NS_PER_S / HEARTBEAT_PERIOD_NS, abs=1)
+    for start in (3, 6, 9):
+        t = start * NS_PER_S
+        assert lit_at(status, t + HEARTBEAT_FLASH_NS // 2), start
+        assert not lit_at(status, t + 3 * HEARTBEAT_FLASH_NS), start
+    assert [lvl for _, lvl in pins.pin(22).history] == [False]  # the desks' LEDs stay dark
+    assert [lvl for _, lvl in pins.pin(23).history] == [False]
