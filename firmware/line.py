@@ -311,7 +311,7 @@ class LineRunner:
                 # In the pre-roll: not dialled on this call (DTMF CLIP, or the end of the
                 # previous call), but in the audio, so masked all the same.
                 if t.mask_dtmf:
-                    rec.masked.append((event.start_frame, event.end_frame))
+                    self._mask(rec, event.start_frame, event.end_frame)
                 continue
             if rec.paused or rec.discarded:
                 continue  # consent withdrawn: nothing about this span is kept
@@ -322,10 +322,33 @@ class LineRunner:
             ):
                 rec.call.direction = "outbound"
             if t.mask_dtmf and len(rec.digits) >= t.mask_after_n:
-                rec.digits.append(MASK_CHAR)
-                rec.masked.append((event.start_frame, event.end_frame))
+                self._dial(rec, MASK_CHAR, event.start_frame)
+                self._mask(rec, event.start_frame, event.end_frame)
             else:
-                rec.digits.append(event.digit)
+                self._dial(rec, event.digit, event.start_frame)
+
+    def _dial(self, rec: _Recording, digit: str, frame: int) -> None:
+        """List a key press; journalled at once so a crash keeps it (see PROGRESS_EVENTS)."""
+        rec.digits.append(digit)
+        self._event(rec, "digit", frame, digit=digit, direction=rec.call.direction)
+
+    def _mask(self, rec: _Recording, start: int, end: int) -> None:
+        """Mask stream frames ``[start, end)`` (plus the guard) when they are written;
+        journalled at once with the span as the manifest will list it."""
+        rec.masked.append((start, end))
+        self._event(rec, "mask", max(start, rec.first_frame), **self._span_ms(rec, start, end))
+
+    def _span_ms(
+        self, rec: _Recording, start: int, end: int, end_frame: int | None = None
+    ) -> dict[str, int]:
+        """A masked span with its guard, in whole ms since the recording's first frame,
+        rounded outwards, cut to the recording (``end_frame``: where it ended, if known)."""
+        guard = self.telephony.guard_frames if self.telephony else 0
+        last = end + guard if end_frame is None else min(end + guard, end_frame)
+        return {
+            "start_ms": (max(start - guard, rec.first_frame) - rec.first_frame) * 1000 // self.rate,
+            "end_ms": -((rec.first_frame - last) * 1000 // self.rate),
+        }
 
     def _digit_at_end(self, rec: _Recording) -> None:
         """A key still held when the call ends is reported only after it: list it now (its
@@ -338,7 +361,7 @@ class LineRunner:
             return
         t = self.telephony
         masked = t.mask_dtmf and len(rec.digits) >= t.mask_after_n
-        rec.digits.append(MASK_CHAR if masked else digit)
+        self._dial(rec, MASK_CHAR if masked else digit, settled)
 
     def _end(self, rec: _Recording, action: End) -> None:
         end_frame = max(action.frame, rec.cursor)
@@ -358,14 +381,7 @@ class LineRunner:
                 caller_id=rec.call.caller_id,
                 dialled_digits="".join(rec.digits),
                 masked_spans=[
-                    {
-                        "start_ms": (max(s - guard, rec.first_frame) - rec.first_frame)
-                        * 1000
-                        // self.rate,
-                        "end_ms": -(
-                            (rec.first_frame - min(e + guard, end_frame)) * 1000 // self.rate
-                        ),
-                    }
+                    self._span_ms(rec, s, e, end_frame)
                     for s, e in rec.masked
                     if min(e + guard, end_frame) > max(s - guard, rec.first_frame)
                 ],
@@ -435,7 +451,7 @@ class LineRunner:
             return max(rec.cursor, safe)
         if self.analyser.tone_pending and len(rec.digits) >= t.mask_after_n:
             # A key press under way that would be masked: mask from its start to here.
-            rec.masked.append((settled, upto))
+            self._mask(rec, settled, upto)
         return upto
 
     def _event(self, rec: _Recording, kind: str, frame: int, **data: object) -> None:

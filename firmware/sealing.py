@@ -54,7 +54,13 @@ from firmware.manifest import (
     manifest_hash,
     sign_manifest,
 )
-from firmware.sinks import RecordingEnd, RecordingEvent, RecordingStart, write_json_atomic
+from firmware.sinks import (
+    PROGRESS_EVENTS,
+    RecordingEnd,
+    RecordingEvent,
+    RecordingStart,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +338,8 @@ class SealingWriter:
             "audio_ms": round(event.audio_s * 1000),
             **{k: v for k, v in event.data.items()},
         }
-        self._events.append(record)
+        if event.type not in PROGRESS_EVENTS:
+            self._events.append(record)
         try:
             with open(self._dir / EVENTS_FILE, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record, sort_keys=True) + "\n")
@@ -709,13 +716,13 @@ class SealingSink:
             "trigger": start["trigger"],
             "end_reason": end["reason"] if end else "recovered",
             "continues": start.get("continues"),
-            # Known at the end of a call; a recovered recording (crash) has no end record.
-            "direction": (end or start).get("direction", "unknown"),
-            "caller_id": (end or start).get("caller_id"),
-            "dialled_digits": end.get("dialled_digits", "") if end else "",
-            "masked_spans": end.get("masked_spans", []) if end else [],
+            # Known at the end of a call; a recovered recording (crash) has no end record
+            # and rebuilds them from what was journalled as the call went.
+            **(_call_facts(end) if end else _recovered_call_facts(start, events)),
             "consent_events": [e for e in events if e["type"] in consent_types],
-            "events": [e for e in events if e["type"] not in consent_types],
+            "events": [
+                e for e in events if e["type"] not in consent_types | PROGRESS_EVENTS
+            ],
             "preroll_ms": round(float(start["preroll_s"]) * 1000),
             "codec": blob.codec,
             "container": blob.container,
@@ -757,6 +764,34 @@ def _recipient_ids(recipients: Sequence[X25519PublicKey]) -> list[str]:
     from firmware.age import format_recipient
 
     return [format_recipient(r) for r in recipients]
+
+
+def _call_facts(end: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "direction": end.get("direction", "unknown"),
+        "caller_id": end.get("caller_id"),
+        "dialled_digits": end.get("dialled_digits", ""),
+        "masked_spans": end.get("masked_spans", []),
+    }
+
+
+def _recovered_call_facts(start: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The call facts of a recording without an end record: caller ID and direction from
+    its start record, digits and masked spans from its journalled progress events."""
+    digits = [e for e in events if e["type"] == "digit"]
+    direction = start.get("direction", "unknown")
+    if direction == "unknown" and any(e.get("direction") == "outbound" for e in digits):
+        direction = "outbound"
+    return {
+        "direction": direction,
+        "caller_id": start.get("caller_id"),
+        "dialled_digits": "".join(str(e["digit"]) for e in digits),
+        "masked_spans": [
+            {"start_ms": int(e["start_ms"]), "end_ms": int(e["end_ms"])}
+            for e in events
+            if e["type"] == "mask"
+        ],
+    }
 
 
 def _read_events(path: Path) -> list[dict[str, Any]]:

@@ -55,9 +55,16 @@ class RecordingEnd:
     masked_spans: list[dict[str, int]] = field(default_factory=list)
 
 
+# Progress kept only so a recording cut short by a crash (no end record) still carries
+# what its end record would have: "digit" (a key press as listed in dialled_digits, with
+# the call's direction), "mask" (a masked span as listed in masked_spans). They are not
+# reported as events: the end record's dialled_digits and masked_spans say it all.
+PROGRESS_EVENTS = frozenset({"digit", "mask"})
+
+
 @dataclass(slots=True)
 class RecordingEvent:
-    type: str  # pause / resume / discard / flash / gap
+    type: str  # pause / resume / discard / flash / gap; digit / mask (PROGRESS_EVENTS)
     at_s: float  # stream seconds since the recording's first frame
     audio_s: float  # position in the recorded audio
     data: dict[str, Any] = field(default_factory=dict)
@@ -140,7 +147,8 @@ class WavWriter:
             raise StorageError(f"storage.out_dir {self._dir}: write failed ({exc})") from exc
 
     def event(self, event: RecordingEvent) -> None:
-        self._events.append(event)
+        if event.type not in PROGRESS_EVENTS:  # plain files are written whole at the end
+            self._events.append(event)
 
     def discard(self) -> None:
         self._discarded = True

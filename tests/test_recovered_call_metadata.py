@@ -1,0 +1,161 @@
+"""A call cut short by a crash keeps its dialled digits and masked spans.
+
+The real `linetap record` daemon plays the bundled sample call in real time (FSK caller
+ID, speech, a 16-digit card number plus '#' keyed as DTMF) and is SIGKILLed once it has
+journalled all 17 key presses, before the hang-up. The next start seals the recording as
+recovered; its manifest must carry the same caller ID, direction, masked digits and
+masked spans as the same call replayed to its end, and the audio the real `age` decrypts
+must hold no detectable digit.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+from buffers.journal import iter_segments
+from firmware.analyze import analyze_file
+from firmware.samples import __file__ as samples_init
+from firmware.verify import decode_audio
+from tests.conftest import VENV_BIN as BIN
+from tests.helpers import reaped, replay_argv, start_recorder
+
+SAMPLES = Path(samples_init).parent
+CARD_KEYS = 17  # 4111111111111111#
+
+
+def _config(tmp_path: Path, recipient: str) -> Path:
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(f"""
+device_id = "crashy"
+[audio]
+backend = "file"
+file = "{SAMPLES / "sample_call.flac"}"
+file_realtime = true
+sample_rate = 8000
+channels = 1
+[gpio]
+backend = "sim"
+script = "{SAMPLES / "sample_call.events"}"
+[call]
+preroll_s = 5.0
+[storage]
+data_dir = "{tmp_path / "data"}"
+runtime_dir = "{tmp_path / "run"}"
+[sealing]
+recipients = ["{recipient}"]
+[[lines]]
+name = "line1"
+channel = 0
+hook_pin = 17
+""")
+    return conf
+
+
+def _wait_ready(sock: socket.socket, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if b"READY=1" in sock.recv(4096):
+                return
+        except TimeoutError:
+            if proc.poll() is not None:
+                raise AssertionError(f"recorder exited: {proc.communicate()[1]}") from None
+            assert time.monotonic() < deadline, "no READY within 30 s"
+
+
+def _journalled_digits(data: Path) -> int:
+    return sum(
+        1
+        for path in (data / "journal").glob("*/events.jsonl")
+        for line in path.read_text().splitlines()
+        if line.endswith("}") and json.loads(line)["type"] == "digit"
+    )
+
+
+def _run(conf: Path, tmp_path: Path, *, kill_at_digits: int | None) -> str:
+    sock_path = tmp_path / "notify.sock"
+    sock_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.2)
+        env = {"NOTIFY_SOCKET": str(sock_path)}
+        with reaped(start_recorder(BIN / "linetap", conf, env, stdout=subprocess.DEVNULL)) as proc:
+            _wait_ready(sock, proc)
+            if kill_at_digits is None:
+                proc.send_signal(signal.SIGTERM)  # recovery ran before READY
+            else:
+                deadline = time.monotonic() + 30
+                while _journalled_digits(tmp_path / "data") < kill_at_digits:
+                    assert proc.poll() is None, proc.communicate()[1]
+                    assert time.monotonic() < deadline, "the digits were never journalled"
+                    time.sleep(0.05)
+                proc.send_signal(signal.SIGKILL)  # the call (on-hook at 15.5 s) is live
+            _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
+def _manifests(data: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(p.read_text())
+        for p in sorted((data / "outbox" / "sealed").glob("*/manifest.json"))
+    ]
+
+
+def test_crash_after_the_card_number_keeps_digits_and_masked_spans(tmp_path: Path, office):
+    key, recipient = office
+    conf = _config(tmp_path, recipient)
+    subprocess.run(
+        [BIN / "linetap", "keys", "init", "--config", conf], check=True, capture_output=True
+    )
+
+    # The same call replayed to its end: what the manifest says when nothing crashes.
+    whole = tmp_path / "whole"
+    subprocess.run(
+        [
+            BIN / "linetap",
+            *replay_argv(conf, SAMPLES / "sample_call.flac", SAMPLES / "sample_call.events", whole),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    [reference] = _manifests(whole)
+    assert reference["end_reason"] != "recovered"
+    assert reference["dialled_digits"] == "*" * CARD_KEYS and reference["masked_spans"]
+
+    _run(conf, tmp_path, kill_at_digits=CARD_KEYS)
+    assert _manifests(tmp_path / "data") == []  # nothing sealed: the call was cut short
+    log = _run(conf, tmp_path, kill_at_digits=None)
+    [recovered] = _manifests(tmp_path / "data")
+    assert recovered["end_reason"] == "recovered", log
+    for key_name in ("direction", "caller_id", "dialled_digits", "masked_spans"):
+        assert recovered[key_name] == reference[key_name], key_name
+    assert recovered["caller_id"]["number"] == "02079460123"
+    assert recovered["events"] == [] and recovered["consent_events"] == []
+
+    # The recovered audio, each segment decrypted by the real age: it reaches past the
+    # first key press (9.5 s), and no digit can be detected in it.
+    entry = next((tmp_path / "data" / "outbox" / "sealed").iterdir())
+    parts = []
+    with open(entry / "recording.segments", "rb") as fh:
+        for i, (segment, _) in enumerate(iter_segments(fh)):
+            sealed = tmp_path / f"seg{i}.age"
+            sealed.write_bytes(segment.payload)
+            flac = subprocess.run(
+                ["age", "-d", "-i", str(key), str(sealed)], check=True, capture_output=True
+            ).stdout
+            parts.append(decode_audio(flac))
+    audio = np.concatenate(parts)
+    assert len(audio) / 8000 > 10.0, len(audio) / 8000
+    wav = tmp_path / "recovered.wav"
+    soundfile.write(wav, audio, 8000, subtype="PCM_16")
+    assert analyze_file(wav)["dtmf"] == []
