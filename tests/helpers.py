@@ -7,10 +7,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, AnyStr
 
 import numpy as np
 import numpy.typing as npt
@@ -18,9 +20,12 @@ import pytest
 import soundfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from buffers.outbox import Outbox
+from drivers.serial.cid_text import SerialCallerId
 from firmware.manifest import sign_manifest
 
 RATE = 8000
+START_UTC = "2026-11-25T10:00:00+00:00"  # the wall clock replays start at
 
 
 def line_signal(frames: int, channel: int) -> npt.NDArray[np.int16]:
@@ -54,12 +59,20 @@ def config_text(
     recipients: tuple[str, ...] = (),
     codec: str = "flac",
     data_dir: Path | None = None,
+    audio_file: Path | None = None,
+    alsa_device: str | None = None,
 ) -> str:
+    """A device config for the tests: ``lines`` lines on the sim GPIO backend, captured from
+    ``audio_file`` (a placeholder when the test passes the audio another way, as replay
+    does) or from the ALSA PCM ``alsa_device``."""
+    if alsa_device is not None:
+        source = f'backend = "alsa"\ndevice = "{alsa_device}"'
+    else:
+        source = f'backend = "file"\nfile = "{audio_file or "unused.wav"}"'
     text = f"""
 device_id = "test-device"
 [audio]
-backend = "file"
-file = "unused.wav"
+{source}
 sample_rate = {rate}
 channels = {channels or lines}
 {extra_audio}
@@ -82,13 +95,20 @@ runtime_dir = "{out_dir.parent / "run"}"
 recipients = {json.dumps(list(recipients))}
 codec = "{codec}"
 """
-    for n in range(lines):
+    return text + lines_toml(lines)
+
+
+def lines_toml(count: int, *, leds: bool = True) -> str:
+    """``count`` [[lines]] tables: line<n> on channel n-1, hook on GPIO 17+, its LED on
+    GPIO 22+ (``leds``) and its opt-out button on GPIO 27+."""
+    text = ""
+    for n in range(count):
         text += f"""
 [[lines]]
 name = "line{n + 1}"
 channel = {n}
 hook_pin = {17 + n}
-led_pin = {22 + n}
+{f"led_pin = {22 + n}" if leds else ""}
 opt_out_pin = {27 + n}
 """
     return text
@@ -138,14 +158,16 @@ def signed_manifest(
 
 
 @contextlib.contextmanager
-def mounted_tmpfs(mount: Path, size: int | str) -> Iterator[Path]:
-    """A real tmpfs of ``size`` (bytes, or mount syntax such as "256k") at ``mount``,
-    unmounted afterwards; the test is skipped where mounting is not possible."""
+def mounted_tmpfs(mount: Path, size: int | str, *, mode: str | None = None) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (bytes, or mount syntax such as "256k") at ``mount``, its
+    root directory of ``mode`` (octal, "0700") if given, unmounted afterwards; the test is
+    skipped where mounting is not possible."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mount.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (f",mode={mode}" if mode else "")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,
@@ -156,3 +178,134 @@ def mounted_tmpfs(mount: Path, size: int | str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def add_opaque_entry(
+    outbox: Outbox,
+    seq: int,
+    rec: str,
+    blob: bytes,
+    *,
+    device_id: str,
+    sealed_at: float | None = None,
+) -> None:
+    """A sealed outbox entry holding ``blob`` with a minimal, unsigned manifest: what the
+    uploader reads (it neither decrypts nor verifies)."""
+    manifest = {
+        "version": 1,
+        "recording_id": rec,
+        "device_id": device_id,
+        "seq": seq,
+        "container": "age",
+        "codec": "flac",
+        "blob_bytes": len(blob),
+        "blob_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    files = {"manifest.json": json.dumps(manifest).encode(), "recording.age": blob}
+    outbox.add(seq, rec, files, sealed_at=sealed_at)
+
+
+CidFields = tuple[str | None, str | None, str | None, str | None, str | None]
+
+
+def cid_fields(record: SerialCallerId) -> CidFields:
+    """What a serial caller-ID record says: (number, name, time, absence_number, absence_name)."""
+    return (
+        record.number,
+        record.name,
+        record.time,
+        record.absence_number,
+        record.absence_name,
+    )
+
+
+# -- running the command-line programs -----------------------------------------------
+
+
+def run_cli(
+    program: str | Path, *args: str | Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """One run of a command-line program (linetap, linetap-office, mosquitto_pub, ...),
+    its output kept as text; the exit status is for the test to check."""
+    return subprocess.run(
+        [str(program), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def replay_argv(conf: Path, audio: Path, events: Path, out: Path, *options: str) -> list[str]:
+    """The arguments of `linetap replay` (without the program) over ``audio`` and the
+    events script ``events``, writing to ``out``."""
+    return [
+        "replay",
+        "--config",
+        str(conf),
+        "--audio",
+        str(audio),
+        "--events",
+        str(events),
+        "--out",
+        str(out),
+        *options,
+    ]
+
+
+@dataclass(frozen=True)
+class ReplayInputs:
+    """A line capture whose samples identify their own frame, and an events script."""
+
+    audio: Path
+    events: Path
+    capture: npt.NDArray[np.int16]
+
+    def argv(self, conf: Path, out: Path, *options: str) -> list[str]:
+        return replay_argv(conf, self.audio, self.events, out, *options)
+
+
+def replay_inputs(folder: Path, events: str, *, seconds: float, channels: int) -> ReplayInputs:
+    """Writes ``folder``/line.wav (see :func:`write_capture`) and ``folder``/events.txt."""
+    audio = folder / "line.wav"
+    capture = write_capture(audio, seconds, channels)
+    events_file = folder / "events.txt"
+    events_file.write_text(events)
+    return ReplayInputs(audio, events_file, capture)
+
+
+def start_recorder(
+    linetap_bin: Path,
+    conf: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    stdout: int | IO[Any] = subprocess.PIPE,
+) -> subprocess.Popen[str]:
+    """`linetap record` (the daemon) on ``conf``, with ``env`` added to this environment;
+    its stderr piped. Run it inside :func:`reaped`."""
+    return subprocess.Popen(
+        [str(linetap_bin), "record", "--config", str(conf)],
+        env={**os.environ, **(env or {})},
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_with_sigterm(proc: subprocess.Popen[str], timeout: float = 15) -> str:
+    """Stops ``proc`` as systemd does (SIGTERM) and waits for it; what it wrote to stderr."""
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=timeout)
+    return stderr
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[AnyStr]) -> Iterator[subprocess.Popen[AnyStr]]:
+    """``proc`` for the length of the block; killed and reaped on the way out if it is
+    still running (a failed assertion must not leave it behind)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)

@@ -18,6 +18,7 @@ time). So a config without a ``user`` line gets ``user <the test's own user>``.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import pwd
 import queue
@@ -37,6 +38,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from headoffice import enroll
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 START_TIMEOUT_S = 10.0
@@ -191,6 +194,23 @@ def run_mosquitto(
         yield broker
     finally:
         broker.stop()
+
+
+def office_broker_conf(office_root: Path, persistence: Path) -> Callable[[int], str]:
+    """``conf_text`` for :func:`run_mosquitto`: the config the head office deploys for its
+    broker (headoffice.enroll: TLS, client certificates, the per-device ACL), bound to
+    127.0.0.1 and run as the test's own user (maybe root), persisting in ``persistence``."""
+
+    def render(port: int) -> str:
+        return enroll.write_broker_config(
+            office_root,
+            port,
+            persistence_location=persistence,
+            bind_address="127.0.0.1",
+            run_as_user=getpass.getuser(),
+        ).read_text()
+
+    return render
 
 
 def _tail(path: Path) -> str:

@@ -15,6 +15,7 @@ from firmware.dsp.cid_messages import build_mdmf
 from firmware.dsp.levels import levels
 from tests.cid_signals import BELL202, at_level, make_burst, missing_tools, to_int16
 from tests.dtmf_signals import dial
+from tests.helpers import run_cli
 
 RATE = 8000
 
@@ -33,13 +34,7 @@ def call_audio() -> np.ndarray:
 
 
 def run_analyze(linetap_bin: Path, path: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [str(linetap_bin), "analyze", str(path), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_cli(linetap_bin, "analyze", path, "--json", timeout=120)
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return report
@@ -100,9 +95,7 @@ def test_levels_see_clipping_silence_and_hum():
 def test_unreadable_file_is_one_line(tmp_path: Path, linetap_bin: Path):
     bad = tmp_path / "x.wav"
     bad.write_bytes(b"not audio at all")
-    done = subprocess.run(
-        [str(linetap_bin), "analyze", str(bad)], capture_output=True, text=True, check=False
-    )
+    done = run_cli(linetap_bin, "analyze", bad)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and str(bad) in done.stderr
 

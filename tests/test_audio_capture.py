@@ -140,6 +140,18 @@ def scripted_opener(
     return opener, opened
 
 
+def missing_alsa_capture(channels: int) -> AlsaCapture:
+    """A capture of a PCM name alsa-lib does not know."""
+    return AlsaCapture(
+        device="linetap_no_such_pcm",
+        sample_rate=8000,
+        channels=channels,
+        sample_format=SampleFormat.S16_LE,
+        period_frames=160,
+        periods=4,
+    )
+
+
 class TestAlsaCapture:
     @pytest.mark.parametrize("rate", [8000, 16000])
     @pytest.mark.parametrize("channels", [1, 2, 4])
@@ -180,14 +192,7 @@ class TestAlsaCapture:
         np.testing.assert_array_equal(got[:frames], top)
 
     def test_missing_pcm_is_one_line_naming_the_device(self, file_pcm: FilePcm) -> None:
-        cap = AlsaCapture(
-            device="linetap_no_such_pcm",
-            sample_rate=8000,
-            channels=2,
-            sample_format=SampleFormat.S16_LE,
-            period_frames=160,
-            periods=4,
-        )
+        cap = missing_alsa_capture(channels=2)
         with pytest.raises(AudioDeviceError) as err:
             cap.open()
         msg = str(err.value)
@@ -328,14 +333,7 @@ class TestAlsaCapture:
             file_pcm.capture(rate=8000, channels=1).read()
         # After a failed open, read() must not return None: that would look like the
         # end of the stream to the recorder.
-        missing = AlsaCapture(
-            device="linetap_no_such_pcm",
-            sample_rate=8000,
-            channels=1,
-            sample_format=SampleFormat.S16_LE,
-            period_frames=160,
-            periods=4,
-        )
+        missing = missing_alsa_capture(channels=1)
         with pytest.raises(AudioDeviceError):
             missing.open()
         with pytest.raises(RuntimeError, match="open"):
@@ -353,6 +351,26 @@ def write_audio(path: Path, data: npt.NDArray[np.int16], rate: int) -> Path:
     return path
 
 
+def file_capture(
+    path: Path,
+    channels: int,
+    *,
+    rate: int = 8000,
+    period: int = 160,
+    realtime: bool = False,
+    **options: Any,
+) -> FileCapture:
+    """A FileCapture of ``path``, unpaced unless ``realtime``."""
+    return FileCapture(
+        path=path,
+        sample_rate=rate,
+        channels=channels,
+        period_frames=period,
+        realtime=realtime,
+        **options,
+    )
+
+
 class TestFileCapture:
     @pytest.mark.parametrize("suffix", [".wav", ".flac", ".raw"])
     @pytest.mark.parametrize("channels", [1, 2, 4])
@@ -362,9 +380,7 @@ class TestFileCapture:
         rate, period, frames = 8000, 160, 1000  # 6 full periods and 40 frames
         data = pattern(frames, channels)
         path = write_audio(tmp_path / f"line{suffix}", data, rate)
-        cap = FileCapture(
-            path=path, sample_rate=rate, channels=channels, period_frames=period, realtime=False
-        )
+        cap = file_capture(path, channels, rate=rate, period=period)
         cap.open()
         got, blocks = read_frames(cap, 10**9)
         assert cap.read() is None  # stays at the end
@@ -380,14 +396,7 @@ class TestFileCapture:
         top = pattern(500, 2)
         path = tmp_path / "line.bin"  # not a raw suffix: raw_format decides
         path.write_bytes(((top.astype("<i4") << 16) | 0x1234).astype("<i4").tobytes())
-        cap = FileCapture(
-            path=path,
-            sample_rate=8000,
-            channels=2,
-            period_frames=160,
-            realtime=False,
-            raw_format=SampleFormat.S32_LE,
-        )
+        cap = file_capture(path, 2, raw_format=SampleFormat.S32_LE)
         cap.open()
         got, _ = read_frames(cap, 10**9)
         cap.close()
@@ -396,9 +405,7 @@ class TestFileCapture:
     def test_realtime_takes_as_long_as_the_audio(self, tmp_path: Path) -> None:
         rate, period = 8000, 160
         path = write_audio(tmp_path / "line.wav", pattern(rate // 2, 1), rate)  # 0.5 s
-        cap = FileCapture(
-            path=path, sample_rate=rate, channels=1, period_frames=period, realtime=True
-        )
+        cap = file_capture(path, 1, rate=rate, period=period, realtime=True)
         t_open = time.monotonic_ns()
         cap.open()
         blocks: list[AudioBlock] = []
@@ -419,14 +426,7 @@ class TestFileCapture:
         path = write_audio(tmp_path / "line.wav", pattern(10 * rate, 1), rate)
         stop = threading.Event()
         # One-second periods: the first read waits ~1 s unless the stop cuts it short.
-        cap = FileCapture(
-            path=path,
-            sample_rate=rate,
-            channels=1,
-            period_frames=rate,
-            realtime=True,
-            stop_event=stop,
-        )
+        cap = file_capture(path, 1, rate=rate, period=rate, realtime=True, stop_event=stop)
         cap.open()
         timer = threading.Timer(0.1, stop.set)
         timer.start()
@@ -444,9 +444,7 @@ class TestFileCapture:
         self, tmp_path: Path, file_rate: int, file_channels: int
     ) -> None:
         path = write_audio(tmp_path / "x.wav", pattern(100, file_channels), file_rate)
-        cap = FileCapture(
-            path=path, sample_rate=8000, channels=2, period_frames=160, realtime=False
-        )
+        cap = file_capture(path, 2)
         with pytest.raises(AudioFileError) as err:
             cap.open()
         assert str(err.value) == (
@@ -457,9 +455,7 @@ class TestFileCapture:
     def test_corrupt_file(self, tmp_path: Path) -> None:
         path = tmp_path / "junk.wav"
         path.write_bytes(np.random.default_rng(7).bytes(4096))
-        cap = FileCapture(
-            path=path, sample_rate=8000, channels=1, period_frames=160, realtime=False
-        )
+        cap = file_capture(path, 1)
         with pytest.raises(AudioFileError) as err:
             cap.open()
         msg = str(err.value)
@@ -467,9 +463,7 @@ class TestFileCapture:
 
     def test_missing_file(self, tmp_path: Path) -> None:
         path = tmp_path / "nope.flac"
-        cap = FileCapture(
-            path=path, sample_rate=8000, channels=1, period_frames=160, realtime=False
-        )
+        cap = file_capture(path, 1)
         with pytest.raises(AudioFileError, match=r"nope\.flac: no such file"):
             cap.open()
         with pytest.raises(RuntimeError, match="open"):
@@ -478,14 +472,7 @@ class TestFileCapture:
     def test_stop_event_also_ends_a_fast_replay(self, tmp_path: Path) -> None:
         path = write_audio(tmp_path / "line.wav", pattern(1600, 1), 8000)
         stop = threading.Event()
-        cap = FileCapture(
-            path=path,
-            sample_rate=8000,
-            channels=1,
-            period_frames=160,
-            realtime=False,
-            stop_event=stop,
-        )
+        cap = file_capture(path, 1, stop_event=stop)
         cap.open()
         assert cap.read() is not None
         stop.set()
@@ -495,9 +482,7 @@ class TestFileCapture:
     def test_reopen_replays_from_the_start(self, tmp_path: Path) -> None:
         data = pattern(400, 2)
         path = write_audio(tmp_path / "line.flac", data, 8000)
-        cap = FileCapture(
-            path=path, sample_rate=8000, channels=2, period_frames=160, realtime=False
-        )
+        cap = file_capture(path, 2)
         cap.open()
         first, _ = read_frames(cap, 10**9)
         cap.close()
@@ -564,13 +549,7 @@ def backend(
 
         def make_file(data: npt.NDArray[np.int16], rate: int, period: int) -> CaptureSource:
             path = write_audio(tmp_path / "line.wav", data, rate)
-            return FileCapture(
-                path=path,
-                sample_rate=rate,
-                channels=int(data.shape[1]),
-                period_frames=period,
-                realtime=False,
-            )
+            return file_capture(path, int(data.shape[1]), rate=rate, period=period)
 
         yield Backend("file", True, make_file)
 

@@ -23,7 +23,7 @@ from firmware.dsp.cid_messages import build_mdmf
 from firmware.dsp.dtmf import detect
 from tests.cid_signals import BELL202, make_burst, missing_tools
 from tests.dtmf_signals import MULTIMON, dial, multimon
-from tests.helpers import config_text, espeak_word
+from tests.helpers import START_UTC, config_text, espeak_word, replay_argv
 
 RATE = 8000
 Int16s = npt.NDArray[np.int16]
@@ -69,10 +69,8 @@ def replay(
     audio = tmp_path / "line.wav"
     soundfile.write(audio, line, RATE, subtype="PCM_16")
     (tmp_path / "events.txt").write_text(events)
-    args = ["replay", "--config", str(conf), "--audio", str(audio)]
-    args += ["--events", str(tmp_path / "events.txt"), "--out", str(out)]
-    args += ["--format", storage_format, "--start-utc", "2026-11-25T10:00:00+00:00"]
-    assert main(args) == 0
+    options = ("--format", storage_format, "--start-utc", START_UTC)
+    assert main(replay_argv(conf, audio, tmp_path / "events.txt", out, *options)) == 0
     if storage_format == "wav":
         metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
         return sorted(metas, key=lambda m: int(m["start_frame"]))

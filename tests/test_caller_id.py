@@ -14,6 +14,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,12 +41,12 @@ from tests.cid_signals import (
     Modem,
     add_noise,
     at_level,
+    make_burst,
     measure_baud,
     minimodem_tx,
     missing_tools,
     to_int16,
 )
-from tests.cid_signals import make_burst as _make_burst
 from tests.helpers import espeak_word
 
 RATES = (8000, 16000)
@@ -58,19 +59,11 @@ if missing_tools():
 
 
 @functools.cache
-def burst(
-    message: bytes,
-    modem: Modem,
-    rate: int,
-    *,
-    seizure_bits: int = 300,
-    mark_bits: int = 180,
-    speed: float = 1.0,
-) -> Burst:
-    """A measured burst; refused unless its baud rate and tones are within 1 % of nominal."""
-    b = _make_burst(
-        message, modem, rate, seizure_bits=seizure_bits, mark_bits=mark_bits, speed=speed
-    )
+def burst(message: bytes, modem: Modem, rate: int, **shape: Any) -> Burst:
+    """:func:`make_burst` (``shape``: its seizure_bits, mark_bits, speed), cached and
+    measured: refused unless its baud rate and tones are within 1 % of nominal."""
+    b = make_burst(message, modem, rate, **shape)
+    speed = shape.get("speed", 1.0)
     assert abs(b.baud / (BAUD * speed) - 1) < 0.01, b.baud
     assert abs(b.mark_hz / (modem.mark * speed) - 1) < 0.01, b.mark_hz
     assert abs(b.space_hz / (modem.space * speed) - 1) < 0.01, b.space_hz

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from firmware.config import load_config, parse_config
 from firmware.errors import ConfigError
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "firmware" / "linetap.example.toml"
@@ -143,9 +143,7 @@ def test_cli_prints_one_line_per_problem_and_exits_2(tmp_path: Path, linetap_bin
         '[audio]\nsample_rate = 11025\n[[lines]]\nname = "line1"\nchannel = 0\nhook_pin = 64\n'
     )
     for argv in (["validate-config", "--config", str(bad)], ["record", "--config", str(bad)]):
-        run = subprocess.run(
-            [str(linetap_bin), *argv], check=False, capture_output=True, text=True, timeout=60
-        )
+        run = run_cli(linetap_bin, *argv)
         assert run.returncode == 2, run.stderr
         lines = run.stderr.strip().splitlines()
         assert lines == [
@@ -169,13 +167,7 @@ def test_sealed_storage_needs_a_valid_recipient():
 
 
 def test_cli_missing_config_file(tmp_path: Path, linetap_bin: Path):
-    run = subprocess.run(
-        [str(linetap_bin), "validate-config", "--config", str(tmp_path / "nope.toml")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_cli(linetap_bin, "validate-config", "--config", tmp_path / "nope.toml")
     assert run.returncode == 2
     assert (
         run.stderr.strip()
@@ -184,12 +176,6 @@ def test_cli_missing_config_file(tmp_path: Path, linetap_bin: Path):
 
 
 def test_cli_validate_ok(linetap_bin: Path):
-    run = subprocess.run(
-        [str(linetap_bin), "validate-config", "--config", str(EXAMPLE)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_cli(linetap_bin, "validate-config", "--config", EXAMPLE)
     assert run.returncode == 0, run.stderr
     assert "OK: 2 line(s)" in run.stdout

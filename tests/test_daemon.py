@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import RATE, config_text, write_capture
-
-
-def start_daemon(linetap_bin: Path, conf: Path, env_extra: dict[str, str]) -> subprocess.Popen[str]:
-    env = {**os.environ, **env_extra}
-    return subprocess.Popen(
-        [str(linetap_bin), "record", "--config", str(conf)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from tests.helpers import (
+    RATE,
+    config_text,
+    reaped,
+    start_recorder,
+    stop_with_sigterm,
+    write_capture,
+)
 
 
 def collect(sock: socket.socket, until: str, timeout: float) -> list[str]:
@@ -61,12 +54,13 @@ def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path
             out,
             lines=1,
             preroll_s=0.2,
-            extra_audio=f'file_realtime = true\nfile = "{audio}"',
+            audio_file=audio,
+            extra_audio="file_realtime = true",
             extra_gpio=f'script = "{tmp_path / "events"}"',
-        ).replace('file = "unused.wav"\n', "")
+        )
     )
-    proc = start_daemon(linetap_bin, conf, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"})
-    try:
+    env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
+    with reaped(start_recorder(linetap_bin, conf, env)) as proc:
         messages = collect(sock, "READY=1", 20)
         assert "READY=1" in messages, proc.communicate()[1] if proc.poll() is not None else messages
         t_ready = time.monotonic()
@@ -78,13 +72,8 @@ def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path
         # The last second of the line, measured on the live stream (telemetry, tools).
         assert levels["seconds"] == 1.0 and -30 < levels["rms_dbfs"] < levels["peak_dbfs"] < 0
         assert status["faults"] == {"audio": None, "storage": None}
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=15)
+        stderr = stop_with_sigterm(proc)
         elapsed = time.monotonic() - t_ready
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, stderr
     messages += collect(sock, "STOPPING=1", 1)
     assert "STOPPING=1" in messages
@@ -109,24 +98,20 @@ def test_missing_alsa_device_blinks_fault_and_retries(
     path, sock = notify_socket
     conf = tmp_path / "linetap.toml"
     conf.write_text(
-        config_text(tmp_path / "out", lines=1)
-        .replace(
-            'backend = "file"', 'backend = "alsa"\ndevice = "hw:CARD=nosuchcard"\nreopen_s = 0.2'
+        config_text(
+            tmp_path / "out",
+            lines=1,
+            alsa_device="hw:CARD=nosuchcard",
+            extra_audio="reopen_s = 0.2",
         )
-        .replace('file = "unused.wav"\n', "")
     )
-    proc = start_daemon(linetap_bin, conf, {"NOTIFY_SOCKET": str(path), "HOME": str(tmp_path)})
-    try:
+    env = {"NOTIFY_SOCKET": str(path), "HOME": str(tmp_path)}
+    with reaped(start_recorder(linetap_bin, conf, env)) as proc:
         messages = collect(sock, "READY=1", 20)
         assert "READY=1" in messages  # up and showing its fault, not crash-looping
         time.sleep(1.0)
         assert proc.poll() is None, "daemon must keep retrying, not exit"
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stderr = stop_with_sigterm(proc)
     assert proc.returncode == 0
     errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
     # Reported once (not once per retry), on one line, naming the device and the fix.

@@ -63,8 +63,9 @@ def build(
         recipients=(office[1],),
         data_dir=disk,
         preroll_s=0.0,
+        audio_file=audio,
+        extra_audio="file_realtime = false",
     )
-    text = text.replace('file = "unused.wav"', f'file = "{audio}"\nfile_realtime = false')
     text = text.replace("[sealing]", f'[sealing]\ndevice_key = "{key}"')
     text = text.replace("[storage]", "[storage]\nram_buffer_mb = 8\nmin_free_mb = 0")
     conf.write_text(text)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import getpass
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ import re
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +46,14 @@ from headoffice.enroll import (
     EnrollError,
     SigningKeyConflict,
 )
+from tests.helpers import reaped, run_cli
 from tests.mqtt_broker import (
     Broker,
     BrokerError,
     ConnectFailed,
     MqttProbe,
     Received,
+    office_broker_conf,
     run_mosquitto,
 )
 from uploader import protocol
@@ -378,23 +379,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(root, CaLayout(root).broker_ca, creds, enroll.office_share_filter(root))
 
 
-def _conf(pki: Pki, data: Path) -> Callable[[int], str]:
-    def render(port: int) -> str:
-        return enroll.write_broker_config(
-            pki.root,
-            port,
-            persistence_location=data,
-            bind_address="127.0.0.1",
-            run_as_user=getpass.getuser(),  # the test runs mosquitto as itself (maybe root)
-        ).read_text()
-
-    return render
-
-
 @pytest.fixture(scope="module")
 def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     tmp = tmp_path_factory.mktemp("broker")
-    with run_mosquitto(tmp, _conf(pki, tmp / "data")) as b:
+    with run_mosquitto(tmp, office_broker_conf(pki.root, tmp / "data")) as b:
         yield b
 
 
@@ -612,55 +600,28 @@ def _cli_tls(pki: Pki, who: str) -> list[str]:
 def test_mosquitto_cli_with_a_device_certificate(broker: Broker, pki: Pki) -> None:
     """The documented diagnostics: mosquitto_pub / mosquitto_sub with a device's files."""
     addr = ["-h", broker.host, "-p", str(broker.port), "-V", "mqttv5", "-q", "1"]
+
+    def publish_as_b(topic: str, message: str) -> subprocess.CompletedProcess[str]:
+        tls = _cli_tls(pki, "B")
+        return run_cli("mosquitto_pub", *addr, *tls, "-t", topic, "-m", message, timeout=15)
+
     with _probe(broker, pki, "office").connect() as office:
         office.subscribe(pki.share)
-        ok = subprocess.run(
-            [
-                "mosquitto_pub",
-                *addr,
-                *_cli_tls(pki, "B"),
-                "-t",
-                "linetap/B/up/cli/init",
-                "-m",
-                "hi",
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=15,
-        )
+        ok = publish_as_b("linetap/B/up/cli/init", "hi")
         assert ok.returncode == 0, ok.stderr
         msg = office.get()
         assert (msg.topic, msg.payload) == ("linetap/B/up/cli/init", b"hi")
 
-        denied = subprocess.run(
-            ["mosquitto_pub", *addr, *_cli_tls(pki, "B"), "-t", "linetap/A/up/cli/init", "-m", "x"],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=15,
-        )
+        denied = publish_as_b("linetap/A/up/cli/init", "x")
         # mosquitto_pub 2.0.11 only warns (exit status 0) on a PUBACK 0x87.
         assert "Not authorized" in denied.stderr
 
-        sub = subprocess.Popen(
-            [
-                "mosquitto_sub",
-                *addr,
-                *_cli_tls(pki, "B"),
-                "-t",
-                "linetap/B/ack/+",
-                "-C",
-                "1",
-                "-W",
-                "10",
-                "-v",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        sub_argv = ["mosquitto_sub", *addr, *_cli_tls(pki, "B"), "-t", "linetap/B/ack/+"]
+        sub_argv += ["-C", "1", "-W", "10", "-v"]
+        popen = subprocess.Popen(
+            sub_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        try:
+        with reaped(popen) as sub:
             # Its output is block-buffered: learn that it has subscribed from the PUBACK
             # instead (v5: 0x10 "no matching subscribers" until it has).
             deadline = time.monotonic() + 10
@@ -671,10 +632,6 @@ def test_mosquitto_cli_with_a_device_certificate(broker: Broker, pki: Pki) -> No
                     break
                 time.sleep(0.05)
             out, err = sub.communicate(timeout=15)
-        finally:
-            if sub.poll() is None:
-                sub.kill()
-                sub.wait(timeout=5)
         assert rc.value == 0, f"mosquitto_sub never subscribed: {err}"
         assert sub.returncode == 0, err
         assert out == 'linetap/B/ack/cli {"status":"stored"}\n'
@@ -685,7 +642,7 @@ def test_mosquitto_cli_with_a_device_certificate(broker: Broker, pki: Pki) -> No
 
 
 def test_restart_keeps_port_and_queued_messages(pki: Pki, tmp_path: Path) -> None:
-    with run_mosquitto(tmp_path, _conf(pki, tmp_path / "data")) as broker:
+    with run_mosquitto(tmp_path, office_broker_conf(pki.root, tmp_path / "data")) as broker:
         port = broker.port
         session = {"client_id": "office-receiver", "clean_start": False, "session_expiry_s": 600}
         with _probe(broker, pki, "office", **session).connect() as office:

@@ -9,7 +9,6 @@ only after the store has it.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import signal
@@ -29,8 +28,8 @@ from headoffice import enroll
 from headoffice.enroll import CaLayout
 from headoffice.index import open_index
 from tests.conftest import VENV_BIN
-from tests.helpers import RATE, config_text, signed_manifest, write_capture
-from tests.mqtt_broker import run_mosquitto
+from tests.helpers import RATE, config_text, replay_inputs, signed_manifest
+from tests.mqtt_broker import office_broker_conf, run_mosquitto
 
 DEVICE = "branch-7"
 
@@ -71,6 +70,7 @@ class Setup:
         self.client_cert, self.client_key = enroll.issue_office_client(self.root)
         self.data = tmp_path / "device"
         self.logs = [tmp_path / "receiver.log", tmp_path / "uploader.log"]
+        self.broker_conf = office_broker_conf(self.root, tmp_path / "broker-data")
 
     def device_config(self, port: int) -> Path:
         text = config_text(
@@ -120,15 +120,6 @@ class Setup:
         )
         return path
 
-    def broker_conf(self, port: int) -> str:
-        return enroll.write_broker_config(
-            self.root,
-            port,
-            persistence_location=self.tmp / "broker-data",
-            bind_address="127.0.0.1",
-            run_as_user=getpass.getuser(),
-        ).read_text()
-
     def receiver(self, office_conf: Path):
         return process(
             [str(VENV_BIN / "linetap-office"), "serve", "--config", str(office_conf)], self.logs[0]
@@ -146,25 +137,11 @@ def test_sealed_calls_reach_the_office_over_mtls(tmp_path: Path):
     with run_mosquitto(tmp_path, s.broker_conf) as broker:
         conf = s.device_config(broker.port)
         s.enroll_device(conf)
-        audio = tmp_path / "line.wav"
-        data = write_capture(audio, 20, 1)
-        ev = tmp_path / "ev"
-        ev.write_text("1 line1 offhook\n6 line1 onhook\n9 line1 offhook\n15 line1 onhook\n")
+        events = "1 line1 offhook\n6 line1 onhook\n9 line1 offhook\n15 line1 onhook\n"
+        inputs = replay_inputs(tmp_path, events, seconds=20, channels=1)
+        data = inputs.capture
         subprocess.run(
-            [
-                str(VENV_BIN / "linetap"),
-                "replay",
-                "--config",
-                str(conf),
-                "--audio",
-                str(audio),
-                "--events",
-                str(ev),
-                "--out",
-                str(s.data),
-            ],
-            check=True,
-            capture_output=True,
+            [str(VENV_BIN / "linetap"), *inputs.argv(conf, s.data)], check=True, capture_output=True
         )
         assert len(Outbox(s.data / "outbox").entries(OutboxState.SEALED)) == 2
         with s.receiver(s.office_config(broker.port)), s.uploader(conf):

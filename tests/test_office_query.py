@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from headoffice.cli_query import (
 )
 from headoffice.index import Index, open_index
 from headoffice.store import BlobStore
-from tests.helpers import RATE, config_text, line_signal, write_capture
+from tests.helpers import RATE, START_UTC, config_text, line_signal, replay_inputs
 
 DEVICE = "test-device"
 CHUNK = 16 * 1024
@@ -84,12 +85,9 @@ def sealed(tmp_path_factory: pytest.TempPathFactory, office: tuple[Path, str]) -
     out = tmp / "data"
     conf = tmp / "linetap.toml"
     conf.write_text(config_text(out, lines=2, storage_format="sealed", recipients=(office[1],)))
-    audio = tmp / "line.wav"
-    write_capture(audio, 16, 2)
-    events = tmp / "events.txt"
-    events.write_text("2 line1 offhook\n9 line1 onhook\n4 line2 offhook\n12 line2 onhook\n")
-    args = ["replay", "--config", str(conf), "--audio", str(audio), "--events", str(events)]
-    assert linetap_main([*args, "--out", str(out), "--start-utc", "2026-11-25T10:00:00Z"]) == 0
+    events = "2 line1 offhook\n9 line1 onhook\n4 line2 offhook\n12 line2 onhook\n"
+    inputs = replay_inputs(tmp, events, seconds=16, channels=2)
+    assert linetap_main(inputs.argv(conf, out, "--start-utc", START_UTC)) == 0
     segments_input = _recover_a_crashed_call(out, office, tmp)
     entries = sorted((out / "outbox" / "sealed").iterdir(), key=lambda e: manifest_of(e)["seq"])
     assert [manifest_of(e)["seq"] for e in entries] == [1, 2, 3]
@@ -131,6 +129,12 @@ class Office:
     paths: list[Path]
     manifests: list[dict[str, Any]]
     url: str
+
+    def edit_index(self, sql: str) -> None:
+        """Changes the index behind the office's back, as anyone with the database could."""
+        with sqlite3.connect(self.url.removeprefix("sqlite:///")) as db:
+            db.execute(sql)
+        db.close()
 
 
 def make_office(tmp_path: Path, sealed: Sealed, seqs: tuple[int, ...] = (1, 2, 3)) -> Office:
@@ -356,12 +360,8 @@ def test_verify_reports_an_edited_manifest(office_store: Office):
 
 
 def test_verify_reports_an_edited_index_row(office_store: Office):
-    import sqlite3
-
     o = office_store
-    with sqlite3.connect(o.url.removeprefix("sqlite:///")) as db:
-        db.execute("UPDATE recordings SET caller_number = '555' WHERE seq = 3")
-    db.close()
+    o.edit_index("UPDATE recordings SET caller_number = '555' WHERE seq = 3")
     code, doc = run_json(cmd_verify, o.index, o.store, o.keys)
     assert code == 1
     [bad] = [r for r in doc["recordings"] if r["problems"]]
@@ -385,12 +385,8 @@ def test_verify_reports_a_gap(tmp_path: Path, sealed: Sealed):
 
 
 def test_verify_reports_a_deleted_latest_recording(office_store: Office):
-    import sqlite3
-
     o = office_store
-    with sqlite3.connect(o.url.removeprefix("sqlite:///")) as db:
-        db.execute("DELETE FROM recordings WHERE seq = 3")
-    db.close()
+    o.edit_index("DELETE FROM recordings WHERE seq = 3")
     code, doc = run_json(cmd_verify, o.index, o.store, o.keys)
     assert code == 1 and doc["checked"] == 2
     assert "seq 3 missing at the end" in doc["chain"][0]["message"]

@@ -33,6 +33,7 @@ from buffers.outbox import (
     parse_entry_name,
 )
 from firmware.errors import StorageError
+from tests.helpers import mounted_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIRS = ("sealed", "uploading", "acked")
@@ -573,24 +574,8 @@ def test_recorder_and_uploader_processes_at_once(tmp_path):
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs), so ENOSPC comes from the kernel, not a mock."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a 1 MiB tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "1m", mode="0700") as mnt:
         yield mnt
-    finally:
-        res = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_keeps_the_outbox_consistent_and_recovers(tiny_tmpfs):

@@ -45,11 +45,7 @@ def test_two_lines_through_alsa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     pcm.load(data)
     out = tmp_path / "out"
     conf = tmp_path / "linetap.toml"
-    conf.write_text(
-        config_text(out, lines=2, rate=rate, preroll_s=1.0)
-        .replace('backend = "file"', f'backend = "alsa"\ndevice = "{pcm.name}"')
-        .replace('file = "unused.wav"\n', "")
-    )
+    conf.write_text(config_text(out, lines=2, rate=rate, preroll_s=1.0, alsa_device=pcm.name))
     cfg = load_config(conf)
     period = cfg.audio.period_frames
     capture = AlsaCapture(

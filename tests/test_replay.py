@@ -17,7 +17,16 @@ import pytest
 import soundfile
 
 from firmware.cli import main
-from tests.helpers import RATE, config_text, espeak_word, write_capture
+from tests.helpers import (
+    RATE,
+    START_UTC,
+    config_text,
+    espeak_word,
+    replay_argv,
+    replay_inputs,
+    run_cli,
+    write_capture,
+)
 
 
 def replay(
@@ -26,31 +35,13 @@ def replay(
     out = tmp_path / "out"
     conf = tmp_path / "linetap.toml"
     conf.write_text(config_text(out, **cfg))
-    audio = tmp_path / "line.wav"
-    data = write_capture(audio, seconds, cfg.get("channels") or cfg.get("lines", 2))
-    ev = tmp_path / "events.txt"
-    ev.write_text(events)
-    code = main(
-        [
-            "replay",
-            "--format",
-            "wav",
-            "--config",
-            str(conf),
-            "--audio",
-            str(audio),
-            "--events",
-            str(ev),
-            "--out",
-            str(out),
-            "--start-utc",
-            "2026-11-25T10:00:00+00:00",
-        ]
-    )
+    channels = cfg.get("channels") or cfg.get("lines", 2)
+    inputs = replay_inputs(tmp_path, events, seconds=seconds, channels=channels)
+    code = main(inputs.argv(conf, out, "--format", "wav", "--start-utc", START_UTC))
     assert code == 0
     metas = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     metas.sort(key=lambda m: (m["start_frame"], m["line"]))
-    return metas, data
+    return metas, inputs.capture
 
 
 def audio_of(tmp_path: Path, meta: dict[str, Any]) -> np.ndarray:
@@ -193,24 +184,7 @@ def test_preroll_keeps_a_word_spoken_300ms_before_offhook(tmp_path: Path):
     audio = tmp_path / "call.wav"
     soundfile.write(audio, line, RATE, subtype="PCM_16")
     (tmp_path / "ev").write_text("5.0 line1 offhook\n8 line1 onhook\n")
-    assert (
-        main(
-            [
-                "replay",
-                "--format",
-                "wav",
-                "--config",
-                str(conf),
-                "--audio",
-                str(audio),
-                "--events",
-                str(tmp_path / "ev"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(replay_argv(conf, audio, tmp_path / "ev", out, "--format", "wav")) == 0
     [meta] = [json.loads(p.read_text()) for p in out.glob("*.json")]
     rec = audio_of(tmp_path, meta)
     offset = word_at - meta["start_frame"]
@@ -227,26 +201,10 @@ def test_replay_cli_reports_bad_inputs_in_one_line(tmp_path: Path, linetap_bin: 
     ev = tmp_path / "ev"
     ev.write_text("1 line1 offhook\n")
 
-    def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                str(linetap_bin),
-                "replay",
-                "--format",
-                "wav",
-                "--config",
-                str(conf),
-                "--out",
-                str(out),
-                *argv,
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    def run(audio: Path, events: Path) -> subprocess.CompletedProcess[str]:
+        return run_cli(linetap_bin, *replay_argv(conf, audio, events, out, "--format", "wav"))
 
-    r = run("--audio", str(audio), "--events", str(ev))
+    r = run(audio, ev)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "16000 Hz" in r.stderr and "audio.sample_rate = 8000" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -254,12 +212,12 @@ def test_replay_cli_reports_bad_inputs_in_one_line(tmp_path: Path, linetap_bin: 
     good = tmp_path / "line.wav"
     write_capture(good, 3, 2)
     ev.write_text("1 line1 offhook\nsoon line3 ringing\n2 line9 onhook\n")
-    r = run("--audio", str(good), "--events", str(ev))
+    r = run(good, ev)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert f"{ev}:2: time 'soon' is not a number of seconds" in r.stderr
 
     ev.write_text("1 line9 offhook\n")
-    r = run("--audio", str(good), "--events", str(ev))
+    r = run(good, ev)
     assert r.returncode == 1
     assert f"{ev}:1: line 'line9' is not in the config (lines: line1, line2)" in r.stderr
 
@@ -268,31 +226,8 @@ def test_replay_cli_summary(tmp_path: Path, linetap_bin: Path):
     out = tmp_path / "out"
     conf = tmp_path / "linetap.toml"
     conf.write_text(config_text(out, lines=2))
-    audio = tmp_path / "line.wav"
-    write_capture(audio, 12, 2)
-    ev = tmp_path / "ev"
-    ev.write_text("2 line1 offhook\n6 line1 onhook\n")
-    r = subprocess.run(
-        [
-            str(linetap_bin),
-            "replay",
-            "--format",
-            "wav",
-            "--config",
-            str(conf),
-            "--audio",
-            str(audio),
-            "--events",
-            str(ev),
-            "--out",
-            str(out),
-            "--json",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    inputs = replay_inputs(tmp_path, "2 line1 offhook\n6 line1 onhook\n", seconds=12, channels=2)
+    r = run_cli(linetap_bin, *inputs.argv(conf, out, "--format", "wav", "--json"))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["frames"] == 12 * RATE

@@ -9,18 +9,24 @@ import hashlib
 import io
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware.age import load_identities
+from firmware.app import make_sealing_sink
 from firmware.cli import main
-from firmware.keys import load_device_key
-from firmware.manifest import verify_chain
+from firmware.config import load_config
+from firmware.keys import create_device_key, load_device_key
+from firmware.manifest import sign_manifest, verify_chain
+from firmware.recorder import StorageHealth
+from firmware.sinks import RecordingEnd, RecordingStart
 from firmware.verify import decrypt_recording, verify_entries
-from tests.helpers import RATE, config_text, write_capture
+from tests.helpers import RATE, START_UTC, config_text, replay_inputs
 
 
 def sealed_replay(
@@ -31,35 +37,25 @@ def sealed_replay(
     seconds: float = 30,
     lines: int = 2,
     codec: str = "flac",
+    opt_out_mode: str = "pause",
     out: Path | None = None,
 ) -> tuple[list[Path], np.ndarray, Path]:
     out = out or tmp_path / "data"
     conf = tmp_path / "linetap.toml"
     conf.write_text(
-        config_text(out, lines=lines, storage_format="sealed", recipients=(office[1],), codec=codec)
+        config_text(
+            out,
+            lines=lines,
+            storage_format="sealed",
+            recipients=(office[1],),
+            codec=codec,
+            opt_out_mode=opt_out_mode,
+        )
     )
-    audio = tmp_path / "line.wav"
-    data = write_capture(audio, seconds, lines)
-    ev = tmp_path / "events.txt"
-    ev.write_text(events)
-    code = main(
-        [
-            "replay",
-            "--config",
-            str(conf),
-            "--audio",
-            str(audio),
-            "--events",
-            str(ev),
-            "--out",
-            str(out),
-            "--start-utc",
-            "2026-11-25T10:00:00+00:00",
-        ]
-    )
-    assert code == 0
+    inputs = replay_inputs(tmp_path, events, seconds=seconds, channels=lines)
+    assert main(inputs.argv(conf, out, "--start-utc", START_UTC)) == 0
     entries = sorted((out / "outbox" / "sealed").iterdir())
-    return entries, data, out
+    return entries, inputs.capture, out
 
 
 def age_decrypt(office_key: Path, path: Path) -> bytes:
@@ -146,34 +142,14 @@ def test_manifest_fields(tmp_path: Path, office):
 
 
 def test_discarded_call_keeps_only_a_signed_manifest(tmp_path: Path, office):
-    out = tmp_path / "data"
-    conf = tmp_path / "linetap.toml"
-    conf.write_text(
-        config_text(
-            out, lines=1, storage_format="sealed", recipients=(office[1],), opt_out_mode="discard"
-        )
+    [entry], _, out = sealed_replay(
+        tmp_path,
+        office,
+        "2 line1 offhook\n5 line1 optout-on\n5.5 line1 optout-off\n9 line1 onhook\n",
+        seconds=15,
+        lines=1,
+        opt_out_mode="discard",
     )
-    audio = tmp_path / "line.wav"
-    write_capture(audio, 15, 1)
-    ev = tmp_path / "ev"
-    ev.write_text("2 line1 offhook\n5 line1 optout-on\n5.5 line1 optout-off\n9 line1 onhook\n")
-    assert (
-        main(
-            [
-                "replay",
-                "--config",
-                str(conf),
-                "--audio",
-                str(audio),
-                "--events",
-                str(ev),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    [entry] = sorted((out / "outbox" / "sealed").iterdir())
     assert sorted(p.name for p in entry.iterdir() if not p.name.startswith(".")) == [
         "manifest.json"
     ]
@@ -251,10 +227,6 @@ def test_tampering_is_detected_with_clear_messages(tmp_path: Path, office):
     assert any("signature does not verify" in p for p in reports[0].problems)
 
     # 3. A manifest re-signed by another key.
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from firmware.manifest import sign_manifest
-
     m = manifest_of(entries[2])
     body = {k: v for k, v in m.items() if k != "signature"}
     (entries[2] / "manifest.json").write_text(
@@ -300,12 +272,6 @@ def test_decrypt_recording_helper_matches_real_age(tmp_path: Path, office):
 
 
 def _sink_and_writer(tmp_path: Path, office, seconds: int):
-    from firmware.app import make_sealing_sink
-    from firmware.config import load_config
-    from firmware.keys import create_device_key
-    from firmware.recorder import StorageHealth
-    from firmware.sinks import RecordingEnd, RecordingStart
-
     conf = tmp_path / "linetap.toml"
     conf.write_text(
         config_text(
@@ -348,9 +314,6 @@ def test_sealing_is_sliced_so_capture_never_stalls(tmp_path: Path, office):
 
 
 def test_crash_halfway_through_sealing_is_finished_at_the_next_start(tmp_path: Path, office):
-    from firmware.app import make_sealing_sink
-    from firmware.recorder import StorageHealth
-
     cfg, sink, writer, end, data = _sink_and_writer(tmp_path, office, seconds=20)
     writer.close(end)
     sink.poll(budget=1)  # end record written, blob settled, hashing just begun... then a crash
@@ -369,9 +332,6 @@ def test_crash_halfway_through_sealing_is_finished_at_the_next_start(tmp_path: P
 def test_crash_after_journal_files_dropped_before_the_move_loses_nothing(tmp_path: Path, office):
     """The narrowest window of sealing: manifest written, chain advanced, start.json and
     the other journal-only files already unlinked, the directory not yet in the outbox."""
-    from firmware.app import make_sealing_sink
-    from firmware.recorder import StorageHealth
-
     cfg, sink, writer, end, data = _sink_and_writer(tmp_path, office, seconds=5)
     writer.close(end)
     while sink.pending:
@@ -394,12 +354,6 @@ def test_crash_after_journal_files_dropped_before_the_move_loses_nothing(tmp_pat
 
 
 def test_a_call_cut_by_a_crash_keeps_the_caller_id_known_at_its_start(tmp_path: Path, office):
-    from dataclasses import replace
-
-    from firmware.app import make_sealing_sink
-    from firmware.recorder import StorageHealth
-    from firmware.sinks import RecordingStart
-
     cfg, sink, _, _, _ = _sink_and_writer(tmp_path, office, seconds=3)
     caller = {"number": "5551234", "name": "JOHN DOE", "source": "serial", "format": "text"}
     # A second call whose start record carries its caller ID, then the power goes.

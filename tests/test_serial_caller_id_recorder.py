@@ -9,36 +9,45 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
-import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from firmware.cli import main
 from firmware.config import parse_config
 from firmware.errors import ConfigError
-from tests.helpers import config_text, write_capture
+from tests.helpers import (
+    config_text,
+    reaped,
+    replay_inputs,
+    start_recorder,
+    stop_with_sigterm,
+    write_capture,
+)
 
 UNIT_OUTPUT = "DATE = 1125\\r\\nTIME = 1405\\r\\nNMBR = 5551234\\r\\nNAME = JOHN DOE\\r\\n"
 
 
-def _config(tmp_path: Path, unit: str, **kw: object) -> Path:
+def _replay_with_sim_unit(
+    tmp_path: Path, unit_script: str, events: str, *, seconds: float, **cfg: Any
+) -> int:
+    """`linetap replay` of one line whose scripted (sim) unit prints ``unit_script``;
+    the exit code."""
+    script = tmp_path / "unit.txt"
+    script.write_text(unit_script)
+    unit = f'\n[lines.caller_id_serial]\nbackend = "sim"\nscript = "{script}"\n'
     conf = tmp_path / "linetap.toml"
-    conf.write_text(config_text(tmp_path / "out", lines=1, **kw) + unit)  # type: ignore[arg-type]
-    return conf
+    conf.write_text(config_text(tmp_path / "out", lines=1, **cfg) + unit)
+    inputs = replay_inputs(tmp_path, events, seconds=seconds, channels=1)
+    return main(inputs.argv(conf, tmp_path / "out", "--format", "wav"))
 
 
 def test_replayed_unit_gives_the_call_its_caller_id(tmp_path: Path):
-    script = tmp_path / "unit.txt"
-    script.write_text(f"# TIME OUTPUT\n1.0 RING\\r\\n\n2.0 {UNIT_OUTPUT}\n7.0 RING\\r\\n\n")
-    unit = f'\n[lines.caller_id_serial]\nbackend = "sim"\nscript = "{script}"\n'
-    conf = _config(tmp_path, unit, preroll_s=1.0)
-    write_capture(tmp_path / "line.wav", 20, 1)
-    (tmp_path / "events").write_text("8 line1 offhook\n12 line1 onhook\n15 line1 offhook\n")
-    args = ["replay", "--format", "wav", "-c", str(conf), "--audio", str(tmp_path / "line.wav")]
-    assert main([*args, "--events", str(tmp_path / "events"), "--out", str(tmp_path / "out")]) == 0
+    unit_script = f"# TIME OUTPUT\n1.0 RING\\r\\n\n2.0 {UNIT_OUTPUT}\n7.0 RING\\r\\n\n"
+    events = "8 line1 offhook\n12 line1 onhook\n15 line1 offhook\n"
+    assert _replay_with_sim_unit(tmp_path, unit_script, events, seconds=20, preroll_s=1.0) == 0
     metas = sorted(
         (json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")),
         key=lambda m: int(m["start_frame"]),
@@ -60,16 +69,10 @@ def test_replayed_unit_gives_the_call_its_caller_id(tmp_path: Path):
 
 
 def test_bad_unit_script_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    script = tmp_path / "unit.txt"
-    script.write_text("soon RING\\r\\n\n")
-    unit = f'\n[lines.caller_id_serial]\nbackend = "sim"\nscript = "{script}"\n'
-    conf = _config(tmp_path, unit)
-    write_capture(tmp_path / "line.wav", 2, 1)
-    (tmp_path / "events").write_text("")
-    args = ["replay", "--format", "wav", "-c", str(conf), "--audio", str(tmp_path / "line.wav")]
-    assert main([*args, "--events", str(tmp_path / "events"), "--out", str(tmp_path / "o")]) == 1
+    assert _replay_with_sim_unit(tmp_path, "soon RING\\r\\n\n", "", seconds=2) == 1
     err = capsys.readouterr().err
-    assert f"{script}:1: expected 'SECONDS OUTPUT'" in err and "Traceback" not in err
+    assert f"{tmp_path / 'unit.txt'}:1: expected 'SECONDS OUTPUT'" in err
+    assert "Traceback" not in err
 
 
 def test_config_rejects_a_script_for_a_real_port_and_a_shared_device(tmp_path: Path):
@@ -112,21 +115,19 @@ def test_daemon_reads_a_modem_on_a_real_pty(tmp_path: Path, linetap_bin: Path):
         write_capture(audio, 30, 1)
         (tmp_path / "events").write_text("3 line1 offhook\n5 line1 onhook\n")
         unit = f'\n[lines.caller_id_serial]\ndevice = "{device}"\ninit = "AT#CID=1\\r"\n'
-        conf = _config(
-            tmp_path,
-            unit,
-            preroll_s=0.5,
-            extra_audio=f'file_realtime = true\nfile = "{audio}"',
-            extra_gpio=f'script = "{tmp_path / "events"}"',
+        conf = tmp_path / "linetap.toml"
+        conf.write_text(
+            config_text(
+                tmp_path / "out",
+                lines=1,
+                preroll_s=0.5,
+                audio_file=audio,
+                extra_audio="file_realtime = true",
+                extra_gpio=f'script = "{tmp_path / "events"}"',
+            )
+            + unit
         )
-        conf.write_text(conf.read_text().replace('file = "unused.wav"\n', ""))
-        proc = subprocess.Popen(
-            [str(linetap_bin), "record", "--config", str(conf)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        with reaped(start_recorder(linetap_bin, conf)) as proc:
             # The daemon opens the port and sends the modem its init string...
             assert b"AT#CID=1\r" in _read_until(master, b"AT#CID=1\r", 15)
             # ... then the modem reports a call, before the handset is lifted at 3 s.
@@ -135,12 +136,7 @@ def test_daemon_reads_a_modem_on_a_real_pty(tmp_path: Path, linetap_bin: Path):
             deadline = time.monotonic() + 20
             while not list((tmp_path / "out").glob("*.json")) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            stderr = stop_with_sigterm(proc)
     finally:
         # Held open until here: a pty master reads EIO while no slave fd is open.
         os.close(slave)
@@ -157,14 +153,11 @@ def test_daemon_reads_a_modem_on_a_real_pty(tmp_path: Path, linetap_bin: Path):
 
 def test_a_unit_reporting_just_after_the_answer_still_counts(tmp_path: Path):
     """A quick answer: the unit has not finished decoding when the handset is lifted."""
-    script = tmp_path / "unit.txt"
-    script.write_text(f"5.8 {UNIT_OUTPUT}\n")
-    unit = f'\n[lines.caller_id_serial]\nbackend = "sim"\nscript = "{script}"\n'
-    conf = _config(tmp_path, unit, preroll_s=1.0)
-    write_capture(tmp_path / "line.wav", 12, 1)
-    (tmp_path / "events").write_text("4 line1 offhook\n8 line1 onhook\n")
-    args = ["replay", "--format", "wav", "-c", str(conf), "--audio", str(tmp_path / "line.wav")]
-    assert main([*args, "--events", str(tmp_path / "events"), "--out", str(tmp_path / "out")]) == 0
+    events = "4 line1 offhook\n8 line1 onhook\n"
+    code = _replay_with_sim_unit(
+        tmp_path, f"5.8 {UNIT_OUTPUT}\n", events, seconds=12, preroll_s=1.0
+    )
+    assert code == 0
     [meta] = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
     assert meta["caller_id"]["number"] == "5551234"  # 1.8 s after off-hook: within 3 s
     assert meta["direction"] == "inbound"

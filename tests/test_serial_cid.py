@@ -23,24 +23,12 @@ from drivers.serial.pyserial_port import PySerialPort
 from drivers.serial.reader import SerialCallerIdReader
 from drivers.serial.sim import ScriptedBytes, SimSerialPort
 from firmware.errors import LinetapError
+from tests.helpers import CidFields, cid_fields
 
 MS = 1_000_000
 S = 1_000_000_000
 T0 = 7 * S
 PORT = "/dev/ttyCID0"
-
-Fields = tuple[str | None, str | None, str | None, str | None, str | None]
-
-
-def fields(record: SerialCallerId) -> Fields:
-    """(number, name, time, absence_number, absence_name)"""
-    return (
-        record.number,
-        record.name,
-        record.time,
-        record.absence_number,
-        record.absence_name,
-    )
 
 
 def parse(data: bytes, t_ns: int = T0) -> list[SerialCallerId]:
@@ -54,7 +42,7 @@ def parse(data: bytes, t_ns: int = T0) -> list[SerialCallerId]:
 # --------------------------------------------------------------------------------------
 def test_a_full_block() -> None:
     (record,) = parse(b"DATE = 0612\r\nTIME = 1423\r\nNMBR = 5551234\r\nNAME = JOHN DOE\r\n")
-    assert fields(record) == ("5551234", "JOHN DOE", "06121423", None, None)
+    assert cid_fields(record) == ("5551234", "JOHN DOE", "06121423", None, None)
     assert record.port == PORT
     assert record.raw == b"DATE = 0612\nTIME = 1423\nNMBR = 5551234\nNAME = JOHN DOE"
 
@@ -84,7 +72,7 @@ def test_blanks_tabs_case_and_junk_before_keys_are_tolerated() -> None:
         b"   date=0612  \r\n\x00\x00TIME\t=\t1423\r\n\xff\xfe  nmbr   =   5551234 \r\n"
         b"NAME =  ANN  LEE   \r\n"
     )
-    assert fields(record) == ("5551234", "ANN  LEE", "06121423", None, None)
+    assert cid_fields(record) == ("5551234", "ANN  LEE", "06121423", None, None)
 
 
 def test_names_are_latin1_and_never_stop_the_parser() -> None:
@@ -115,9 +103,9 @@ def test_ddn_nmbr_is_the_number_when_there_is_no_nmbr() -> None:
         (b"TIME = 1200\r\nNMBR = 555\r\n", ("555", None, None, None, None)),  # no DATE
     ],
 )
-def test_malformed_values_are_left_out(lines: bytes, expected: Fields) -> None:
+def test_malformed_values_are_left_out(lines: bytes, expected: CidFields) -> None:
     (record,) = parse(lines)
-    assert fields(record) == expected
+    assert cid_fields(record) == expected
     assert record.raw == lines.rstrip(b"\r\n").replace(b"\r\n", b"\n")  # kept as received
 
 
@@ -126,7 +114,7 @@ def test_unknown_keys_stay_in_raw_and_change_nothing() -> None:
         b"DATE = 0612\r\nMESG = 0A0B0C\r\nTIME = 1423\r\nXYZ = 1\r\nNMBR = 5551234\r\nNAME = A\r\n"
     )
     (record,) = parse(lines)
-    assert fields(record) == ("5551234", "A", "06121423", None, None)
+    assert cid_fields(record) == ("5551234", "A", "06121423", None, None)
     assert b"MESG = 0A0B0C" in record.raw and b"XYZ = 1" in record.raw
 
 
@@ -164,7 +152,7 @@ def test_ring_after_fields_ends_a_record() -> None:
     parser = CidTextParser(PORT)
     assert parser.feed(b"RING\r\nDATE = 0612\r\nTIME = 1423\r\nNMBR = 5551234\r\n", T0) == []
     (record,) = parser.feed(b"RING\r\n", T0 + 2 * S)  # the gap ends it too: same record
-    assert fields(record) == ("5551234", None, "06121423", None, None)
+    assert cid_fields(record) == ("5551234", None, "06121423", None, None)
     assert record.received_ns == T0
     (again,) = CidTextParser(PORT).feed(b"NMBR = 5551234\r\nRING\r\n", T0)
     assert again.number == "5551234" and again.received_ns == T0
@@ -177,8 +165,8 @@ def test_a_new_date_ends_the_record_before_it() -> None:
         b"DATE = 0612\r\nTIME = 1424\r\nNMBR = 5559999\r\nNAME = B\r\n",
         T0,
     )
-    assert fields(first) == ("5551234", None, "06121423", None, None)
-    assert fields(second) == ("5559999", "B", "06121424", None, None)
+    assert cid_fields(first) == ("5551234", None, "06121423", None, None)
+    assert cid_fields(second) == ("5559999", "B", "06121424", None, None)
     assert first.raw == b"DATE = 0612\nTIME = 1423\nNMBR = 5551234"
 
 
@@ -193,7 +181,7 @@ def test_a_repeated_field_ends_the_record_before_it() -> None:
 def test_name_first_units_get_two_records() -> None:
     # Documented limit: the NAME line ends a record, so a unit printing it first splits.
     records = parse(b"DATE = 0612\r\nTIME = 1423\r\nNAME = A\r\nNMBR = 555\r\n")
-    assert [fields(r) for r in records] == [
+    assert [cid_fields(r) for r in records] == [
         (None, "A", "06121423", None, None),
         ("555", None, None, None, None),
     ]
@@ -226,7 +214,7 @@ def test_a_gap_inside_feed_ends_the_record_before_the_new_bytes() -> None:
     assert parser.feed(b"NMBR = 5551234\r\nNAME = JO", T0) == []
     # Polled late (a fast replay, a busy loop): the gap still splits what came before.
     (first,) = parser.feed(b"HN\r\nNMBR = 5559999\r\nNA", T0 + 600 * MS)
-    assert fields(first) == ("5551234", "JO", None, None, None)
+    assert cid_fields(first) == ("5551234", "JO", None, None, None)
     assert first.received_ns == T0
     (second,) = parser.feed(b"ME = B\r\n", T0 + 700 * MS)
     assert (second.number, second.name, second.received_ns) == ("5559999", "B", T0 + 700 * MS)
@@ -236,7 +224,7 @@ def test_end_of_stream_keeps_complete_lines_and_drops_a_cut_one() -> None:
     parser = CidTextParser(PORT)
     assert parser.feed(b"DATE = 0612\r\nTIME = 1423\r\nNMBR = 5551234\r\nNAME = JO", T0) == []
     (record,) = parser.end_of_stream()
-    assert fields(record) == ("5551234", None, "06121423", None, None)
+    assert cid_fields(record) == ("5551234", None, "06121423", None, None)
     assert not parser.pending
     assert parser.feed(b"HN\r\n", T0 + S) == []  # the cut line's tail is not a record
     assert parser.end_of_stream() == []
@@ -271,7 +259,7 @@ NOISE = st.lists(st.sampled_from([b"RING", b"", b"OK", b"\x00\xff\xfe", b"+++", 
 
 
 @st.composite
-def blocks(draw: st.DrawFn) -> tuple[bytes, Fields]:
+def blocks(draw: st.DrawFn) -> tuple[bytes, CidFields]:
     """One call's lines as some unit prints them, and the record it must make."""
     month, day = draw(st.integers(1, 12)), draw(st.integers(1, 31))
     hour, minute = draw(st.integers(0, 23)), draw(st.integers(0, 59))
@@ -302,7 +290,7 @@ def blocks(draw: st.DrawFn) -> tuple[bytes, Fields]:
     for noise in draw(NOISE):
         text += noise + draw(ENDS)
     absent = ("O", "P")
-    expected: Fields = (
+    expected: CidFields = (
         number if number not in absent else None,
         name if name not in absent else None,
         f"{month:02}{day:02}{hour:02}{minute:02}" if with_time else None,
@@ -313,7 +301,7 @@ def blocks(draw: st.DrawFn) -> tuple[bytes, Fields]:
 
 
 @st.composite
-def transcripts(draw: st.DrawFn) -> tuple[bytes, list[Fields], list[int]]:
+def transcripts(draw: st.DrawFn) -> tuple[bytes, list[CidFields], list[int]]:
     drawn = draw(st.lists(blocks(), min_size=1, max_size=5))
     data = b"".join(text for text, _ in drawn)
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=30)))
@@ -322,10 +310,12 @@ def transcripts(draw: st.DrawFn) -> tuple[bytes, list[Fields], list[int]]:
 
 @settings(max_examples=300, deadline=None)
 @given(transcripts())
-def test_any_chunking_gives_the_same_records(case: tuple[bytes, list[Fields], list[int]]) -> None:
+def test_any_chunking_gives_the_same_records(
+    case: tuple[bytes, list[CidFields], list[int]],
+) -> None:
     data, expected, cuts = case
     whole = parse(data)
-    assert [fields(r) for r in whole] == expected
+    assert [cid_fields(r) for r in whole] == expected
 
     parser = CidTextParser(PORT)
     records: list[SerialCallerId] = []
@@ -338,7 +328,7 @@ def test_any_chunking_gives_the_same_records(case: tuple[bytes, list[Fields], li
 @settings(max_examples=200, deadline=None)
 @given(transcripts(), st.lists(st.integers(0, 400), min_size=31, max_size=31))
 def test_chunks_spread_inside_the_gap_give_the_same_records(
-    case: tuple[bytes, list[Fields], list[int]], steps_ms: list[int]
+    case: tuple[bytes, list[CidFields], list[int]], steps_ms: list[int]
 ) -> None:
     data, expected, cuts = case
     parser = CidTextParser(PORT, idle_gap_s=0.5)
@@ -350,7 +340,7 @@ def test_chunks_spread_inside_the_gap_give_the_same_records(
         now += steps_ms[i] * MS  # < the gap: only the text ends records
         records += parser.feed(data[start:stop], now)
     records += parser.idle(now + S)
-    assert [fields(r) for r in records] == expected
+    assert [cid_fields(r) for r in records] == expected
     assert [r.raw for r in records] == [r.raw for r in parse(data)]
     assert all(T0 <= r.received_ns <= now for r in records)
 
@@ -536,7 +526,7 @@ def test_pyserial_reads_a_unit_on_a_pty_slave_path(pty: tuple[int, str]) -> None
             records += reader.poll(T0 + S)
             time.sleep(0.002)
         (record,) = records
-        assert fields(record) == ("5551234", "JOHN DOE", "06121423", None, None)
+        assert cid_fields(record) == ("5551234", "JOHN DOE", "06121423", None, None)
         assert record.port == path
     finally:
         reader.close()

@@ -31,6 +31,7 @@ from drivers.serial.cid_text import SerialCallerId
 from drivers.serial.pyserial_port import PySerialPort
 from drivers.serial.reader import SerialCallerIdReader
 from drivers.serial.sim import SimSerialPort
+from tests.helpers import cid_fields
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -191,16 +192,6 @@ def collect(
     return records
 
 
-def summary(record: SerialCallerId) -> tuple[str | None, ...]:
-    return (
-        record.number,
-        record.name,
-        record.time,
-        record.absence_number,
-        record.absence_name,
-    )
-
-
 SENTINEL = b"DATE = 1231\r\nTIME = 2359\r\nNMBR = 999\r\nNAME = END\r\n"
 SENTINEL_SUMMARY = ("999", "END", "12312359", None, None)
 
@@ -241,7 +232,7 @@ def test_records_from_a_transcript_split_mid_line(rig: Rig, chunk_size: int) -> 
         records += reader.poll(now)
     rig.unit.send(SENTINEL)
     records += collect(reader, len(EXPECTED) + 1 - len(records), now)
-    assert [summary(r) for r in records] == [*EXPECTED, SENTINEL_SUMMARY]
+    assert [cid_fields(r) for r in records] == [*EXPECTED, SENTINEL_SUMMARY]
     assert all(r.port == rig.device for r in records)
     assert all(T0 < r.received_ns <= now for r in records)
     assert [r.received_ns for r in records] == sorted(r.received_ns for r in records)
@@ -255,7 +246,7 @@ def test_bare_rings_and_noise_make_no_record(rig: Rig) -> None:
     reader.poll(T0)
     rig.unit.send(b"RING\r\nRING\r\n\xfe\xfd\r\nOK\r\nMESG = 0102\r\nRING\r\n" + SENTINEL)
     records = collect(reader, 1, T0)
-    assert [summary(r) for r in records] == [SENTINEL_SUMMARY]
+    assert [cid_fields(r) for r in records] == [SENTINEL_SUMMARY]
     rig.unit.settle()
     assert reader.poll(T0 + 10 * S) == []  # nothing was left waiting
     reader.close()
@@ -269,7 +260,7 @@ def test_record_stamped_with_the_poll_that_completed_it(rig: Rig) -> None:
     assert reader.poll(T0 + 10 * MS) == []  # NAME not finished
     rig.unit.send(b"E = JANE\r\n")
     (record,) = collect(reader, 1, T0 + 20 * MS)
-    assert summary(record) == ("5551234", "JANE", "06121423", None, None)
+    assert cid_fields(record) == ("5551234", "JANE", "06121423", None, None)
     assert record.received_ns == T0 + 20 * MS
     reader.close()
 
@@ -283,7 +274,7 @@ def test_a_record_without_name_ends_after_the_idle_gap(rig: Rig) -> None:
     assert collect(reader, 1, read_at, timeout_s=0.2) == []  # all read, none finished
     assert reader.poll(read_at + 499 * MS) == []
     (record,) = reader.poll(read_at + 500 * MS)
-    assert summary(record) == ("5551234", None, "06121423", None, None)
+    assert cid_fields(record) == ("5551234", None, "06121423", None, None)
     assert record.received_ns == read_at  # when its last line came, not when the gap ended
     reader.close()
 
@@ -325,7 +316,7 @@ def test_unplugged_unit_warns_once_backs_off_and_comes_back(
     reader.poll(T0)
     assert rig.unit.received(len(INIT)) == INIT
     rig.unit.send(SENTINEL)
-    assert [summary(r) for r in collect(reader, 1, T0)] == [SENTINEL_SUMMARY]
+    assert [cid_fields(r) for r in collect(reader, 1, T0)] == [SENTINEL_SUMMARY]
 
     # The unit vanishes in the middle of a call's block: its complete lines are kept.
     rig.unit.send(b"DATE = 0701\r\nTIME = 0800\r\nNMBR = 5550000\r\nNA")
@@ -338,7 +329,7 @@ def test_unplugged_unit_warns_once_backs_off_and_comes_back(
     while reader.connected and time.monotonic() < deadline:
         records += reader.poll(t_fail)  # no exception: the recorder keeps running
     assert not reader.connected
-    assert [summary(r) for r in records] == [("5550000", None, "07010800", None, None)]
+    assert [cid_fields(r) for r in records] == [("5550000", None, "07010800", None, None)]
 
     # Retries follow the backoff on the clock it is given: 1 s, then 2 s, then 4 s.
     assert reader.poll(t_fail + 999 * MS) == []
@@ -352,7 +343,7 @@ def test_unplugged_unit_warns_once_backs_off_and_comes_back(
     assert rig.unit.received(len(INIT)) == INIT  # a replugged modem is told again
 
     rig.unit.send(SENTINEL)
-    assert [summary(r) for r in collect(reader, 1, t_fail + 3100 * MS)] == [SENTINEL_SUMMARY]
+    assert [cid_fields(r) for r in collect(reader, 1, t_fail + 3100 * MS)] == [SENTINEL_SUMMARY]
 
     ours = [r for r in caplog.records if r.name.startswith("drivers.serial")]
     warnings = [r for r in ours if r.levelno >= logging.WARNING]
@@ -377,7 +368,7 @@ def test_missing_unit_at_start_warns_once_and_is_picked_up_later(
     assert reader.poll(T0 + 5 * S) == []
     assert reader.connected
     rig.unit.send(SENTINEL)
-    assert [summary(r) for r in collect(reader, 1, T0 + 5 * S)] == [SENTINEL_SUMMARY]
+    assert [cid_fields(r) for r in collect(reader, 1, T0 + 5 * S)] == [SENTINEL_SUMMARY]
     reader.close()
 
 
@@ -393,6 +384,6 @@ def test_close_releases_the_port(rig: Rig) -> None:
         again.poll(T0)
         assert again.connected
         rig.unit.send(SENTINEL)
-        assert [summary(r) for r in collect(again, 1, T0)] == [SENTINEL_SUMMARY]
+        assert [cid_fields(r) for r in collect(again, 1, T0)] == [SENTINEL_SUMMARY]
     finally:
         again.close()

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from firmware.callstate import CallTiming
 from firmware.config import CallConfig
 from firmware.tools.hooktest import LineWatch, Transition
-from tests.helpers import RATE, config_text, write_capture
+from tests.helpers import RATE, ReplayInputs, config_text, replay_inputs, run_cli
 from tests.tmux_pane import TmuxPane, assert_clean_exit
 
 FLASH_MAX_MS = 400
@@ -66,15 +64,6 @@ STATUS_ROW = re.compile(
 )
 
 
-@pytest.fixture
-def terminal(tmp_path: Path) -> Iterator[TmuxPane]:
-    pane = TmuxPane(tmp_path)
-    try:
-        yield pane
-    finally:
-        pane.close()
-
-
 def log_rows(screen: str) -> list[dict[str, str]]:
     return [m.groupdict() for line in screen.splitlines() if (m := LOG_ROW.match(line))]
 
@@ -85,36 +74,34 @@ def status_rows(screen: str) -> dict[str, dict[str, str]]:
     }
 
 
-def setup(tmp_path: Path, *, seconds: float, realtime: bool) -> tuple[Path, Path, Path]:
-    wav = tmp_path / "lines.wav"
-    write_capture(wav, seconds, channels=2)
-    events = tmp_path / "hook.events"
-    events.write_text(EVENTS)
+def setup(tmp_path: Path, *, seconds: float, realtime: bool) -> tuple[Path, ReplayInputs]:
+    """A config whose file capture and sim GPIO play the same audio and EVENTS that
+    `linetap replay` can be given."""
+    inputs = replay_inputs(tmp_path, EVENTS, seconds=seconds, channels=2)
     conf = tmp_path / "linetap.toml"
     conf.write_text(
         config_text(
             tmp_path / "out",
             lines=2,
             preroll_s=1.0,
+            audio_file=inputs.audio,
             extra_audio=f"file_realtime = {'true' if realtime else 'false'}",
-            extra_gpio=f'script = "{events}"',
-        )
-        .replace('file = "unused.wav"', f'file = "{wav}"')
-        .replace("flash_max_ms = 1000", f"flash_max_ms = {FLASH_MAX_MS}")
+            extra_gpio=f'script = "{inputs.events}"',
+        ).replace("flash_max_ms = 1000", f"flash_max_ms = {FLASH_MAX_MS}")
     )
-    return conf, wav, events
+    return conf, inputs
 
 
-def test_transitions_live_in_a_terminal(tmp_path: Path, terminal: TmuxPane, linetap_bin: Path):
-    conf, _, _ = setup(tmp_path, seconds=30, realtime=True)
-    terminal.run(f"{linetap_bin} hooktest -c {conf}; echo EXIT=$?")
+def test_transitions_live_in_a_terminal(tmp_path: Path, pane: TmuxPane, linetap_bin: Path):
+    conf, _ = setup(tmp_path, seconds=30, realtime=True)
+    pane.run(f"{linetap_bin} hooktest -c {conf}; echo EXIT=$?")
 
     # While line1 is on-hook in its call and flash_max_ms has not passed, the recorder
     # cannot tell a flash from a hang-up yet: the row says so.
     def undecided(screen: str) -> bool:
         return any(r["t"] == "0.800" and r["verdict"] == "..." for r in log_rows(screen))
 
-    screen = terminal.wait_for(undecided, what="the on-hook at 0.8 s waiting for its verdict")
+    screen = pane.wait_for(undecided, what="the on-hook at 0.8 s waiting for its verdict")
     assert "flash or hang-up?" in screen
     assert status_rows(screen)["line1"]["call"] == "recording"
 
@@ -122,7 +109,7 @@ def test_transitions_live_in_a_terminal(tmp_path: Path, terminal: TmuxPane, line
         rows = log_rows(screen)
         return len(rows) == len(EXPECTED) and rows[-1]["verdict"] == "optout-off"
 
-    screen = terminal.wait_for(all_decided, what="every transition with its verdict")
+    screen = pane.wait_for(all_decided, what="every transition with its verdict")
     rows = log_rows(screen)
     assert [(r["t"], r["line"], r["what"], r["verdict"]) for r in rows] == EXPECTED
     by_time = {r["t"]: r for r in rows}
@@ -141,48 +128,25 @@ def test_transitions_live_in_a_terminal(tmp_path: Path, terminal: TmuxPane, line
     assert (status["line2"]["hook"], status["line2"]["call"]) == ("OFF-HOOK", "recording")
     assert status["line2"]["optout"] == "released"
 
-    terminal.key("C-c")
-    assert_clean_exit(terminal)
+    pane.key("C-c")
+    assert_clean_exit(pane)
 
 
 def test_plain_output_matches_what_the_recorder_records(tmp_path: Path, linetap_bin: Path):
     """Not a terminal: one row per transition once decided. The verdicts agree with the
     recordings the real pipeline makes from the same audio and events (`linetap replay`)."""
-    conf, wav, events = setup(tmp_path, seconds=4, realtime=False)
-    proc = subprocess.run(
-        [str(linetap_bin), "hooktest", "-c", str(conf), "--seconds", "3.5"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    conf, inputs = setup(tmp_path, seconds=4, realtime=False)
+    proc = run_cli(linetap_bin, "hooktest", "-c", conf, "--seconds", "3.5", timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "\x1b" not in proc.stdout
     rows = log_rows(proc.stdout)
     assert [(r["t"], r["line"], r["what"], r["verdict"]) for r in rows] == EXPECTED
     assert len(proc.stdout.splitlines()) == len(EXPECTED)
 
-    replay = subprocess.run(
-        [
-            str(linetap_bin),
-            "replay",
-            "-c",
-            str(conf),
-            "--audio",
-            str(wav),
-            "--events",
-            str(events),
-            "--out",
-            str(tmp_path / "replay"),
-            "--format",
-            "wav",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    replay = run_cli(
+        linetap_bin, *inputs.argv(conf, tmp_path / "replay", "--format", "wav", "--json")
     )
+    assert replay.returncode == 0, replay.stderr
     recordings = {r["line"]: r for r in json.loads(replay.stdout)["recordings"]}
     assert sorted(recordings) == ["line1", "line2"]  # line1's bounce at 2.2 s started nothing
     line1, line2 = recordings["line1"], recordings["line2"]
@@ -202,12 +166,12 @@ def test_plain_output_matches_what_the_recorder_records(tmp_path: Path, linetap_
     assert [e["type"] for e in line2["events"]] == ["pause", "resume"]
 
 
-def test_sigterm_exits_cleanly(tmp_path: Path, terminal: TmuxPane, linetap_bin: Path):
-    conf, _, _ = setup(tmp_path, seconds=30, realtime=True)
-    terminal.run(f"{linetap_bin} hooktest -c {conf}; echo EXIT=$?")
-    terminal.wait_for(lambda s: len(status_rows(s)) == 2, what="the hooktest screen")
-    os.kill(terminal.command_pid(), signal.SIGTERM)
-    assert_clean_exit(terminal)
+def test_sigterm_exits_cleanly(tmp_path: Path, pane: TmuxPane, linetap_bin: Path):
+    conf, _ = setup(tmp_path, seconds=30, realtime=True)
+    pane.run(f"{linetap_bin} hooktest -c {conf}; echo EXIT=$?")
+    pane.wait_for(lambda s: len(status_rows(s)) == 2, what="the hooktest screen")
+    os.kill(pane.command_pid(), signal.SIGTERM)
+    assert_clean_exit(pane)
 
 
 # ---- the verdicts, directly on LineWatch (no I/O) ------------------------------------

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import termios
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import soundfile
 
 from firmware.tools.levels import PEAK_HOLD_S, LineMeter
 from tests.alsa_pcm import make_file_pcm
-from tests.helpers import RATE, config_text, espeak_word
+from tests.helpers import RATE, config_text, espeak_word, run_cli
 from tests.tmux_pane import TmuxPane, assert_clean_exit
 
 LIFT_S = 1.5  # line4's handset is lifted here (and its speech starts)
@@ -74,9 +73,10 @@ def write_setup(
         config_text(
             tmp_path / "out",
             lines=4,
+            audio_file=wav,
             extra_audio=f"file_realtime = {'true' if realtime else 'false'}",
             extra_gpio=f'script = "{events}"',
-        ).replace('file = "unused.wav"', f'file = "{wav}"')
+        )
     )
     return conf, data
 
@@ -188,13 +188,7 @@ def test_sigterm_exits_cleanly_in_a_terminal(tmp_path: Path, pane: TmuxPane, lin
 
 def test_once_prints_one_measurement_per_line(tmp_path: Path, linetap_bin: Path):
     conf, data = write_setup(tmp_path, seconds=4, realtime=False)
-    proc = subprocess.run(
-        [str(linetap_bin), "levels", "-c", str(conf), "--once", "--seconds", "2"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli(linetap_bin, "levels", "-c", conf, "--once", "--seconds", "2", timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "\x1b" not in proc.stdout  # no terminal codes for scripts
     got = {m["line"]: m for m in plain(proc.stdout)}
@@ -218,13 +212,7 @@ def test_once_prints_one_measurement_per_line(tmp_path: Path, linetap_bin: Path)
 
 def test_plain_updates_when_stdout_is_not_a_terminal(tmp_path: Path, linetap_bin: Path):
     conf, _ = write_setup(tmp_path, seconds=5, realtime=False)
-    proc = subprocess.run(
-        [str(linetap_bin), "levels", "-c", str(conf), "--seconds", "3"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli(linetap_bin, "levels", "-c", conf, "--seconds", "3", timeout=30)
     assert proc.returncode == 0, proc.stderr
     lines = plain(proc.stdout)
     # One line per line per second of audio.
@@ -237,13 +225,7 @@ def test_plain_updates_when_stdout_is_not_a_terminal(tmp_path: Path, linetap_bin
 
 def test_the_file_source_ending_ends_the_meter(tmp_path: Path, linetap_bin: Path):
     conf, _ = write_setup(tmp_path, seconds=1.2, realtime=False)
-    proc = subprocess.run(
-        [str(linetap_bin), "levels", "-c", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli(linetap_bin, "levels", "-c", conf, timeout=30)
     assert proc.returncode == 0
     assert len(plain(proc.stdout)) == 4  # the update at 1 s
     assert proc.stderr.strip() == "linetap levels: the audio file ended after 1.2 s"
@@ -282,13 +264,7 @@ def test_peak_hold_lasts_about_two_seconds():
 def test_bad_config_is_exit_2_one_line_per_problem(tmp_path: Path, linetap_bin: Path, tool: str):
     conf, _ = write_setup(tmp_path, seconds=1)
     conf.write_text(conf.read_text().replace("channel = 3", "channel = 7"))
-    proc = subprocess.run(
-        [str(linetap_bin), tool, "-c", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli(linetap_bin, tool, "-c", conf, timeout=30)
     assert proc.returncode == 2
     assert proc.stdout == ""
     problems = proc.stderr.strip().splitlines()
@@ -298,11 +274,7 @@ def test_bad_config_is_exit_2_one_line_per_problem(tmp_path: Path, linetap_bin: 
 
 def alsa_config(tmp_path: Path, device: str) -> Path:
     conf = tmp_path / "alsa.toml"
-    conf.write_text(
-        config_text(tmp_path / "out", lines=4)
-        .replace('backend = "file"', f'backend = "alsa"\ndevice = "{device}"')
-        .replace('file = "unused.wav"\n', "")
-    )
+    conf.write_text(config_text(tmp_path / "out", lines=4, alsa_device=device))
     return conf
 
 
@@ -310,13 +282,7 @@ def test_once_through_real_alsa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     pcm = make_file_pcm(tmp_path, monkeypatch)
     pcm.load(four_lines(3.0))  # more than measured: the file PCM repeats itself at its end
     conf = alsa_config(tmp_path, pcm.name)
-    proc = subprocess.run(
-        [str(linetap_bin), "levels", "-c", str(conf), "--once"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli(linetap_bin, "levels", "-c", conf, "--once", timeout=30)
     assert proc.returncode == 0, proc.stderr
     got = {m["line"]: m for m in plain(proc.stdout)}
     assert got["line1"]["notes"] == "silent"
@@ -331,13 +297,7 @@ def test_missing_alsa_device_is_one_line(
 ):
     make_file_pcm(tmp_path, monkeypatch)
     conf = alsa_config(tmp_path, "linetap_no_such_pcm")
-    proc = subprocess.run(
-        [str(linetap_bin), "levels", "-c", str(conf), "--once"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_cli(linetap_bin, "levels", "-c", conf, "--once", timeout=30)
     assert proc.returncode == 1
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -364,21 +324,16 @@ def test_busy_device_names_the_recorder_daemon(
         run_dir = tmp_path / "run"
         run_dir.mkdir()
         (run_dir / "recorder.json").write_text(json.dumps({"pid": os.getpid()}))
-        proc = subprocess.run(
-            [
-                setpriv,
-                "--inh-caps=-sys_admin",
-                "--bounding-set=-sys_admin",
-                str(linetap_bin),
-                "levels",
-                "-c",
-                str(conf),
-                "--once",
-            ],
-            capture_output=True,
-            text=True,
+        proc = run_cli(
+            setpriv,
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            linetap_bin,
+            "levels",
+            "-c",
+            conf,
+            "--once",
             timeout=30,
-            check=False,
         )
     finally:
         os.close(replica)

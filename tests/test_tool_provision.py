@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import getpass
 import hashlib
 import json
 import os
@@ -38,7 +37,7 @@ from headoffice import enroll
 from headoffice.enroll import CaLayout, OfficeSetup
 from tests.conftest import VENV_BIN
 from tests.helpers import mounted_tmpfs
-from tests.mqtt_broker import MqttProbe, run_mosquitto
+from tests.mqtt_broker import MqttProbe, office_broker_conf, run_mosquitto
 from uploader import protocol
 from uploader.tlskeys import load_or_create_tls_key
 
@@ -371,18 +370,10 @@ def refuse_a_strangers_certificate(
 def connect_as_device(tmp_path: Path, office: OfficeSetup, paths: DevicePaths) -> None:
     """An MQTT v5 connection over mTLS to the office's broker (its ACL) with what
     provisioning installed, and a publish on the device's own status topic."""
-
-    def conf(port: int) -> str:
-        return enroll.write_broker_config(
-            office.root,
-            port,
-            persistence_location=tmp_path / "broker-data",
-            bind_address="127.0.0.1",
-            run_as_user=getpass.getuser(),
-        ).read_text()
-
     with (
-        run_mosquitto(tmp_path, conf) as broker,
+        run_mosquitto(
+            tmp_path, office_broker_conf(office.root, tmp_path / "broker-data")
+        ) as broker,
         MqttProbe(
             broker, ca=paths.ca, cert=paths.cert, key=paths.tls_key, client_id=DEVICE
         ) as probe,

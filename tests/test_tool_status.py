@@ -4,7 +4,6 @@ files that are stale or missing; recorder faults; the outbox read from disk."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 from buffers.outbox import Outbox
 from tests.conftest import VENV_BIN
-from tests.helpers import config_text, write_capture
+from tests.helpers import add_opaque_entry, config_text, reaped, run_cli, write_capture
 from tests.mqtt_broker import run_mosquitto
 from uploader.telemetry import LocalStatus, ProblemLog
 
@@ -29,37 +28,26 @@ DEVICE = "test-device"  # config_text's device_id
 
 
 def linetap(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*LINETAP, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return run_cli(VENV_BIN / "linetap", *args, timeout=timeout)
 
 
 def add_entry(outbox: Outbox, seq: int, size: int, sealed_at: float) -> str:
     """A sealed outbox entry with an opaque blob (nobody here decrypts it)."""
     rec = str(uuid.uuid4())
-    blob = os.urandom(size)
-    manifest = {
-        "version": 1,
-        "recording_id": rec,
-        "device_id": DEVICE,
-        "seq": seq,
-        "container": "age",
-        "codec": "flac",
-        "blob_bytes": size,
-        "blob_sha256": hashlib.sha256(blob).hexdigest(),
-    }
-    files = {"manifest.json": json.dumps(manifest).encode(), "recording.age": blob}
-    outbox.add(seq, rec, files, sealed_at=sealed_at)
+    add_opaque_entry(outbox, seq, rec, os.urandom(size), device_id=DEVICE, sealed_at=sealed_at)
     return rec
 
 
 def device_conf(tmp_path: Path, *, upload: dict[str, Any], audio: Path | None = None) -> Path:
-    text = config_text(tmp_path / "wav", lines=2, data_dir=tmp_path / "data")
-    if audio is not None:
+    live: dict[str, Any] = {}
+    if audio is not None:  # played in real time, line1 lifted at 0.5 s
         (tmp_path / "events").write_text("0.5 line1 offhook\n")
-        text = text.replace(
-            'file = "unused.wav"\n', f'file = "{audio}"\nfile_realtime = true\n'
-        ).replace('backend = "sim"\n', f'backend = "sim"\nscript = "{tmp_path / "events"}"\n')
+        live = {
+            "audio_file": audio,
+            "extra_audio": "file_realtime = true",
+            "extra_gpio": f'script = "{tmp_path / "events"}"',
+        }
+    text = config_text(tmp_path / "wav", lines=2, data_dir=tmp_path / "data", **live)
     text += "\n[upload]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in upload.items())
     conf = tmp_path / "linetap.toml"
     conf.write_text(text)
@@ -78,12 +66,8 @@ def daemon(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
         proc = subprocess.Popen(
             [*LINETAP, *args], stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
         )
-    try:
+    with reaped(proc):
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=20)
 
 
 def wait_for(cond: Callable[[], bool], what: str, logs: list[Path], timeout: float = 30) -> None:

@@ -9,7 +9,6 @@ most `journal_sync_s` (plus scheduling slack), and no plain audio is on disk.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
@@ -27,7 +26,7 @@ from firmware.age import decrypt_bytes, load_identities
 from firmware.keys import load_device_key
 from firmware.verify import decode_audio, decrypt_recording, verify_entries
 from tests.conftest import VENV_BIN as BIN
-from tests.helpers import RATE, write_capture
+from tests.helpers import RATE, reaped, start_recorder, write_capture
 
 SYNC_S = 0.5
 SLACK_S = 0.35  # process scheduling between the kill and the last period read
@@ -84,41 +83,30 @@ hook_pin = 17
 def run_once(linetap_bin: Path, conf: Path, tmp_path: Path, kill_after: float | None) -> Run:
     sock_path = tmp_path / "notify.sock"
     sock_path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(0.2)
-    proc = subprocess.Popen(
-        [str(linetap_bin), "record", "--config", str(conf)],
-        env={**os.environ, "NOTIFY_SOCKET": str(sock_path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if b"READY=1" in sock.recv(4096):
-                    break
-            except TimeoutError:
-                if proc.poll() is not None:
-                    raise AssertionError(f"recorder exited: {proc.communicate()[1]}") from None
-                assert time.monotonic() < deadline, "no READY within 30 s"
-        t_ready = time.monotonic()
-        run = Run(t_ready, None)
-        if kill_after is None:
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)
-        else:
-            time.sleep(kill_after)
-            run.t_kill = time.monotonic()
-            proc.send_signal(signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-        sock.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.2)
+        env = {"NOTIFY_SOCKET": str(sock_path)}
+        with reaped(start_recorder(linetap_bin, conf, env, stdout=subprocess.DEVNULL)) as proc:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if b"READY=1" in sock.recv(4096):
+                        break
+                except TimeoutError:
+                    if proc.poll() is not None:
+                        raise AssertionError(f"recorder exited: {proc.communicate()[1]}") from None
+                    assert time.monotonic() < deadline, "no READY within 30 s"
+            t_ready = time.monotonic()
+            run = Run(t_ready, None)
+            if kill_after is None:
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+            else:
+                time.sleep(kill_after)
+                run.t_kill = time.monotonic()
+                proc.send_signal(signal.SIGKILL)
+            _, stderr = proc.communicate(timeout=30)
     assert "Traceback" not in stderr, stderr
     run.started = [m.group(2) for m in STARTED.finditer(stderr)]
     return run

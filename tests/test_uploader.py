@@ -33,8 +33,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from buffers.outbox import Outbox, OutboxEntry, OutboxState
 from firmware.config import UploadConfig
 from tests.conftest import REPO, VENV_BIN
-from tests.helpers import config_text
-from tests.mqtt_broker import Broker, run_mosquitto
+from tests.helpers import add_opaque_entry, config_text, reaped
+from tests.mqtt_broker import Broker, office_broker_conf, run_mosquitto
 from uploader import protocol
 from uploader.client import Uploader
 from uploader.daemon import main as upload_main
@@ -270,17 +270,7 @@ def add_entry(outbox: Outbox, seq: int, size: int, *, device: str = DEVICE) -> t
     """A synthetic sealed entry: random bytes as the blob (the uploader never decrypts)."""
     rec = str(uuid.UUID(int=random.Random(seq).getrandbits(128)))
     blob = os.urandom(size)
-    manifest = {
-        "version": 1,
-        "recording_id": rec,
-        "device_id": device,
-        "seq": seq,
-        "container": "age",
-        "codec": "flac",
-        "blob_bytes": size,
-        "blob_sha256": hashlib.sha256(blob).hexdigest(),
-    }
-    outbox.add(seq, rec, {"manifest.json": json.dumps(manifest).encode(), "recording.age": blob})
+    add_opaque_entry(outbox, seq, rec, blob, device_id=device)
     return rec, blob
 
 
@@ -420,11 +410,8 @@ def test_stop_mid_upload_finishes_the_chunks_in_flight_and_says_offline(
             run.thread.join(10)
             assert not run.thread.is_alive()
         assert time.monotonic() - stopped_at[0] < 2
-        watcher = StatusWatcher(broker)
-        try:
+        with StatusWatcher(broker) as watcher:
             last = watcher.wait(lambda _p, r: r, "the retained status")
-        finally:
-            watcher.close()
     assert last == protocol.OFFLINE_PAYLOAD
     sent = len(store.received)
     assert sent < protocol.chunk_count(len(blob), 16 * 1024)
@@ -583,8 +570,6 @@ def test_over_tls_with_the_enrolled_certificate_and_the_production_acl(
 ):
     """The deployment path: client certificate from enroll, the ACL write_broker_config
     renders (a device may only use its own topics), client id forced to the CN."""
-    import getpass
-
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     from firmware.keys import public_key_b64
@@ -599,18 +584,9 @@ def test_over_tls_with_the_enrolled_certificate_and_the_production_acl(
     cert = enroll.enroll_device(root, make_device_csr(key, DEVICE), signing)
     office_cert, office_key = enroll.issue_office_client(root)
 
-    def conf(port: int) -> str:
-        return enroll.write_broker_config(
-            root,
-            port,
-            persistence_location=tmp_path / "broker-data",
-            bind_address="127.0.0.1",
-            run_as_user=getpass.getuser(),
-        ).read_text()
-
     outbox = SpyOutbox(tmp_path / "outbox")
     recs = {add_entry(outbox, seq, 300_000)[0] for seq in (1, 2)}
-    with run_mosquitto(tmp_path, conf) as broker:
+    with run_mosquitto(tmp_path, office_broker_conf(root, tmp_path / "broker-data")) as broker:
         cfg = settings(
             broker, tls=True, ca_file=setup.ca_cert, cert_file=cert, key_file=key, telemetry_s=1.0
         )
@@ -726,16 +702,6 @@ def _start_daemon(
         )
 
 
-@contextlib.contextmanager
-def _reaped(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 def test_uploader_killed_mid_upload_resumes_without_resending_what_the_store_has(
     tmp_path: Path, broker: Broker
 ):
@@ -753,14 +719,14 @@ def test_uploader_killed_mid_upload_resumes_without_resending_what_the_store_has
             killed.set()
 
     with Responder(broker, on_chunk=kill_uploader) as store:
-        with _reaped(_start_daemon(conf, log)) as first:
+        with reaped(_start_daemon(conf, log)) as first:
             victim.append(first)
             assert killed.wait(WAIT_S), log.read_text()
             first.wait(10)
         assert first.returncode == -signal.SIGKILL
         assert states(outbox) == {big: OutboxState.UPLOADING}
         older, _ = add_entry(outbox, 1, 5000)  # sealed, lower seq, but the crash's comes first
-        with _reaped(_start_daemon(conf, log)) as second:
+        with reaped(_start_daemon(conf, log)) as second:
             store.wait_stored({big, older})
             wait_until(lambda: set(states(outbox).values()) == {OutboxState.ACKED}, "both acked")
             second.send_signal(signal.SIGTERM)
@@ -815,6 +781,12 @@ class StatusWatcher:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def __enter__(self) -> StatusWatcher:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 def _online(payload: bytes, _retained: bool) -> bool:
     return bool(json.loads(payload).get("state") == "online")
@@ -831,20 +803,14 @@ def test_telemetry_is_retained_and_the_last_will_says_offline_after_a_sigkill(
     recorder = {"lines": [{"name": "line1", "state": "idle", "led": "off"}], "faults": {}}
     status_file.write_text(json.dumps(recorder))
     log = tmp_path / "uploader.log"
-    with _reaped(_start_daemon(conf, log)) as proc:
-        probe = StatusWatcher(broker)
-        try:
+    with reaped(_start_daemon(conf, log)) as proc:
+        with StatusWatcher(broker) as probe:
             probe.wait(_online, "online")
-        finally:
-            probe.close()
-        late = StatusWatcher(broker)  # subscribes after the fact: gets the retained one
-        try:
+        with StatusWatcher(broker) as late:  # subscribes after the fact: gets the retained one
             payload = late.wait(lambda p, r: r and _online(p, r), "retained online")
             proc.kill()
             proc.wait(10)
             late.wait(lambda p, _r: p == protocol.OFFLINE_PAYLOAD, "offline (the will)")
-        finally:
-            late.close()
     doc = json.loads(payload)
     assert doc["device_id"] == DEVICE
     assert doc["time_utc"].endswith("+00:00")
@@ -864,11 +830,8 @@ def test_telemetry_is_retained_and_the_last_will_says_offline_after_a_sigkill(
     assert set(doc["clock_sync"]) == {"synchronized", "max_error_us", "est_error_us", "source"}
     assert doc["recorder"] == recorder
     assert set(doc["versions"]) == {"linetap", "python", "paho"}
-    after = StatusWatcher(broker)
-    try:
+    with StatusWatcher(broker) as after:
         gone = after.wait(lambda p, r: r, "retained after the kill")
-    finally:
-        after.close()
     assert gone == protocol.OFFLINE_PAYLOAD
 
 
@@ -894,11 +857,10 @@ def test_sigterm_sends_ready_then_a_retained_offline_status_and_exits_0(
     log = tmp_path / "uploader.log"
     try:
         env = {"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
-        with _reaped(_start_daemon(conf, log, env)) as proc:
+        with reaped(_start_daemon(conf, log, env)) as proc:
             first = sock.recv(4096).decode().splitlines()
             assert "READY=1" in first, log.read_text()
-            watcher = StatusWatcher(broker)
-            try:
+            with StatusWatcher(broker) as watcher:
                 watcher.wait(_online, "online")
                 sock.settimeout(0.2)
                 got = _datagrams(sock, 2.0)
@@ -906,8 +868,6 @@ def test_sigterm_sends_ready_then_a_retained_offline_status_and_exits_0(
                 proc.send_signal(signal.SIGTERM)
                 assert proc.wait(15) == 0, log.read_text()
                 watcher.wait(lambda p, _r: p == protocol.OFFLINE_PAYLOAD, "offline")
-            finally:
-                watcher.close()
         assert "STOPPING=1" in _datagrams(sock, 0.5)
     finally:
         sock.close()
