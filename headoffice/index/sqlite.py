@@ -1,0 +1,91 @@
+"""The SQLite backend of the index."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from headoffice.index.base import DEFAULT_LOCK_TIMEOUT_S, Index
+from headoffice.index.records import IndexStoreError, Query, Row
+from headoffice.index.schema import _schema
+
+
+class SqliteIndex(Index):
+    """SQLite backend: one file, WAL, ``synchronous=FULL``."""
+
+    def __init__(self, path: Path, url: str) -> None:
+        super().__init__(url)
+        self.path = path
+        if not path.parent.is_dir():
+            raise IndexStoreError(
+                f"index {url}: directory {path.parent} does not exist; create it first"
+            )
+        try:
+            self._conn = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            raise IndexStoreError(f"index {url}: cannot open ({exc})") from exc
+        try:
+            with self._transaction(True) as q:
+                for statement in _schema(pg=False):
+                    q(statement, ())
+                self._check_version(q)
+        except IndexStoreError:
+            self._conn.close()
+            raise
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Query]:
+        def q(sql: str, params: Sequence[Any]) -> list[Row]:
+            cur = self._conn.execute(sql, tuple(params))
+            return cur.fetchall() if cur.description else []
+
+        with self._mutex:
+            try:
+                if write:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield q
+                except BaseException:
+                    if write and self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+                if write:
+                    self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise IndexStoreError(f"index {self.display}: {exc}") from exc
+
+    @contextmanager
+    def _no_lock(self) -> Iterator[None]:
+        yield
+
+    def finish_lock(
+        self, device: str, rec: str, timeout: float = DEFAULT_LOCK_TIMEOUT_S
+    ) -> AbstractContextManager[None]:
+        """A no-op: one SQLite file means one machine, where the store's file lock rules."""
+        return self._no_lock()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+
+
+def _sqlite_path(url: str) -> Path:
+    rest = url[len("sqlite:") :]
+    if rest.startswith("//"):
+        rest = rest[2:]
+        if not rest.startswith("/"):
+            raise IndexStoreError(
+                f"index URL {url!r}: use sqlite:///absolute/path.sqlite3 or sqlite:relative/path"
+            )
+        rest = "/" + rest.lstrip("/")
+    rest = rest.split("?", 1)[0]
+    if not rest:
+        raise IndexStoreError(f"index URL {url!r}: no file path")
+    return Path(rest)
