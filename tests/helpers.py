@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +292,20 @@ def start_recorder(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def wait_for_ready(notify: socket.socket, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Waits for the daemon's sd_notify READY=1 on ``notify`` (a bound datagram socket with
+    a short timeout); fails with its stderr if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if b"READY=1" in notify.recv(4096):
+                return
+        except TimeoutError:
+            if proc.poll() is not None:
+                raise AssertionError(f"recorder exited: {proc.communicate()[1]}") from None
+            assert time.monotonic() < deadline, f"no READY within {timeout:g} s"
 
 
 def stop_with_sigterm(proc: subprocess.Popen[str], timeout: float = 15) -> str:

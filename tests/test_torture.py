@@ -26,7 +26,7 @@ from firmware.age import decrypt_bytes, load_identities
 from firmware.keys import load_device_key
 from firmware.verify import decode_audio, decrypt_recording, verify_entries
 from tests.conftest import VENV_BIN as BIN
-from tests.helpers import RATE, reaped, start_recorder, write_capture
+from tests.helpers import RATE, reaped, start_recorder, wait_for_ready, write_capture
 
 SYNC_S = 0.5
 SLACK_S = 0.35  # process scheduling between the kill and the last period read
@@ -88,15 +88,7 @@ def run_once(linetap_bin: Path, conf: Path, tmp_path: Path, kill_after: float | 
         sock.settimeout(0.2)
         env = {"NOTIFY_SOCKET": str(sock_path)}
         with reaped(start_recorder(linetap_bin, conf, env, stdout=subprocess.DEVNULL)) as proc:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if b"READY=1" in sock.recv(4096):
-                        break
-                except TimeoutError:
-                    if proc.poll() is not None:
-                        raise AssertionError(f"recorder exited: {proc.communicate()[1]}") from None
-                    assert time.monotonic() < deadline, "no READY within 30 s"
+            wait_for_ready(sock, proc)
             t_ready = time.monotonic()
             run = Run(t_ready, None)
             if kill_after is None:
