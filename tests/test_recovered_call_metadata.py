@@ -26,7 +26,7 @@ from firmware.analyze import analyze_file
 from firmware.samples import __file__ as samples_init
 from firmware.verify import decode_audio
 from tests.conftest import VENV_BIN as BIN
-from tests.helpers import reaped, replay_argv, start_recorder
+from tests.helpers import reaped, replay_argv, start_recorder, wait_for_ready
 
 SAMPLES = Path(samples_init).parent
 CARD_KEYS = 17  # 4111111111111111#
@@ -60,18 +60,6 @@ hook_pin = 17
     return conf
 
 
-def _wait_ready(sock: socket.socket, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if b"READY=1" in sock.recv(4096):
-                return
-        except TimeoutError:
-            if proc.poll() is not None:
-                raise AssertionError(f"recorder exited: {proc.communicate()[1]}") from None
-            assert time.monotonic() < deadline, "no READY within 30 s"
-
-
 def _journalled_digits(data: Path) -> int:
     return sum(
         1
@@ -89,7 +77,7 @@ def _run(conf: Path, tmp_path: Path, *, kill_at_digits: int | None) -> str:
         sock.settimeout(0.2)
         env = {"NOTIFY_SOCKET": str(sock_path)}
         with reaped(start_recorder(BIN / "linetap", conf, env, stdout=subprocess.DEVNULL)) as proc:
-            _wait_ready(sock, proc)
+            wait_for_ready(sock, proc)
             if kill_at_digits is None:
                 proc.send_signal(signal.SIGTERM)  # recovery ran before READY
             else:
