@@ -40,6 +40,8 @@ PACKAGES=(
     python3-serial python3-libgpiod
     # field tools: sound card and GPIO listing, growing the data partition
     alsa-utils gpiod cloud-guest-utils fdisk e2fsprogs
+    # installer access: SSH with a key from the boot partition, the tools run with sudo
+    openssh-server sudo
 )
 
 START=$(date +%s)

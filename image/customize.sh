@@ -42,6 +42,12 @@ for dist, minimum in need.items():
 import firmware.cli, firmware.app, uploader.daemon  # noqa
 EOF
 in_root "$VENV/bin/linetap" --version
+# Every subcommand's module imports (a wheel holds only the packages pyproject finds).
+for tool in check levels hooktest status provision analyze; do
+    in_root "$VENV/bin/linetap" "$tool" --help >/dev/null
+done
+in_root "$VENV/bin/linetap-office" --help >/dev/null
+ln -sfn "$VENV/bin/linetap" "$ROOT/usr/local/bin/linetap"
 
 say "systemd units from systemd/"
 units=()
@@ -65,7 +71,28 @@ done
 shopt -u nullglob
 # Users and groups go into /etc/passwd now: at run time /etc is read-only.
 in_root systemd-sysusers
-units+=(linetap-grow-data.service systemd-networkd.service systemd-resolved.service
+
+say "installer access: user 'installer', SSH only with a key from the boot partition"
+# No password ('*': not locked, so sshd's key login works; no password login exists).
+in_root useradd --create-home --shell /bin/bash --groups audio,gpio,systemd-journal installer
+in_root usermod --password '*' installer
+chmod 0440 "$ROOT/etc/sudoers.d/linetap-installer"
+in_root visudo -c -q -f /etc/sudoers.d/linetap-installer
+# Each unit makes its own host key at first boot (linetap-installer-access), on its data
+# partition: keys made here would be the same on every unit flashed from this image.
+rm -f "$ROOT"/etc/ssh/ssh_host_*
+# Prove the sshd config (with a throwaway host key): keys only, the installer only.
+in_root ssh-keygen -q -t ed25519 -N '' -f /tmp/check_host_key
+mkdir -p "$ROOT/run/sshd"
+effective=$(in_root sshd -T -o HostKey=/tmp/check_host_key \
+    -C user=installer,host=laptop,addr=192.0.2.1)
+rm -f "$ROOT"/tmp/check_host_key*
+for want in 'passwordauthentication no' 'permitrootlogin no' 'allowusers installer' \
+    'authorizedkeysfile /run/linetap-installer/authorized_keys'; do
+    grep -qx "$want" <<<"$effective" || { echo "customize: sshd config lacks '$want'" >&2; exit 1; }
+done
+units+=(linetap-grow-data.service linetap-installer-access.service ssh.service
+    systemd-networkd.service systemd-resolved.service
     systemd-timesyncd.service)
 say "enabling ${units[*]}"
 in_root systemctl enable "${units[@]}"

@@ -66,6 +66,42 @@ unit=linetap-recorder.service
 if wait_for sealed has_sealed; then
     say "OK sealed $(sealed_manifest) uptime=$(uptime_s)"
 fi
+# Installer access: the test put a key pair on the boot partition; log in as the
+# installer over SSH (to this guest) and run the tools as the installer guide says.
+if [ -e /boot/firmware/smoke-installer.key ]; then
+    unit=ssh.service
+    if wait_for ssh reached_active "$unit"; then
+        ssh_installer() {
+            ssh -i /boot/firmware/smoke-installer.key -o BatchMode=yes \
+                -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/run/smoke-known-hosts \
+                installer@127.0.0.1 "$@"
+        }
+        if ssh_installer sudo linetap status --json >/run/smoke-status.json \
+            && python3 -c 'import json, sys; json.load(open(sys.argv[1]))' /run/smoke-status.json; then
+            say "OK installer status"
+        else
+            say "FAIL installer: sudo linetap status --json over SSH"
+            failures=$((failures + 1))
+        fi
+        ssh_installer sudo linetap check --json --skip broker >/run/smoke-check.json
+        rc=$?
+        worst=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(len(d["checks"]), d["status"])' /run/smoke-check.json 2>&1)
+        if [ "$rc" -le 1 ] && [ -n "$worst" ] && ! echo "$worst" | grep -q Error; then
+            say "OK installer check rc=$rc checks=$worst"
+        else
+            say "FAIL installer: sudo linetap check over SSH: rc=$rc $worst"
+            failures=$((failures + 1))
+        fi
+        if ssh -i /boot/firmware/smoke-installer.key -o BatchMode=yes \
+            -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/run/smoke-known-hosts \
+            root@127.0.0.1 true 2>/dev/null; then
+            say "FAIL installer: root logged in over SSH"
+            failures=$((failures + 1))
+        else
+            say "OK root refused"
+        fi
+    fi
+fi
 for unit in linetap-recorder.service linetap-uploader.service; do
     say "STATE $unit $(systemctl show -P ActiveState "$unit") $(systemctl show -P SubState "$unit") NRestarts=$(systemctl show -P NRestarts "$unit")"
 done

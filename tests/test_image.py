@@ -273,6 +273,11 @@ def check_console(text: str) -> dict[str, float]:
     m = re.search(r"SMOKE OK sealed \S+ uptime=([\d.]+)", text)
     assert m, f"no sealed recording\n{end}"
     times["sealed"] = float(m.group(1))
+    # The installer logged in over SSH with the boot partition's key and ran the tools;
+    # root could not log in.
+    assert "SMOKE OK installer status" in text, end
+    assert re.search(r"SMOKE OK installer check rc=[01] checks=\d+ \w+", text), end
+    assert "SMOKE OK root refused" in text, end
     root = re.search(r"SMOKE ROOT (\S+)", text)
     assert root and root.group(1).split(",")[0] == "ro", f"root not read-only: {root}"
     return times
@@ -302,6 +307,8 @@ def check_data_partition(disk: Path, grown_to: int, work: Path, identity: Path) 
     dump.mkdir()
     debugfs(data_fs, f"rdump / {dump}")
     provisioned = json.loads(next(dump.rglob("provisioned.json")).read_text())
+    # The unit's own SSH host key, made at first boot (not one baked into the image).
+    assert (dump / "ssh" / "ssh_host_ed25519_key.pub").read_text().startswith("ssh-ed25519 ")
     assert provisioned["device_id"] == DEVICE_ID
     # The recorder plays the sample call once per run; systemd restarts it when the file
     # ends (Restart=always), so a slow guest may have sealed the call more than once.
@@ -358,6 +365,25 @@ def prepare(image: Path, work: Path, recipient: str) -> tuple[Path, list[Partiti
     config.write_text(smoke_config(samples, recipient))
     fat_write(disk, boot_part, config, "linetap.toml")
     fat_write(disk, boot_part, IMAGE_DIR / "smoke-check.sh", "smoke-check.sh")
+    # Installer access as a field tech sets it up: their public key on the boot partition.
+    # The private half goes there too, for this test only: the smoke check logs in with it.
+    installer_key = work / "installer"
+    run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "tech@laptop",
+            "-f",
+            str(installer_key),
+        ]
+    )
+    fat_write(disk, boot_part, installer_key.with_suffix(".pub"), "installer_authorized_keys")
+    fat_write(disk, boot_part, installer_key, "smoke-installer.key")
     with disk.open("r+b") as fh:  # a bigger "card": first boot must grow the data partition
         fh.truncate(disk.stat().st_size + GROW_BY)
     return disk, parts
