@@ -62,25 +62,14 @@ from tests.dtmf_signals import (
     sox_tone,
     to_multimon_rate,
 )
+from tests.dtmf_signals import (
+    TALK_OFF_SENTENCES as SENTENCES,
+)
 
 Int16s = npt.NDArray[np.int16]
 BLOCK_S = 0.020  # the recorder's default period
 RATES = (8000, 16000)
 
-SENTENCES = (
-    "Thank you for calling. Please enter your sixteen digit card number, then the hash key.",
-    "My number is oh two oh, seven nine four six, eight eight one three. Call me after five.",
-    "The total is one hundred and forty seven pounds and ninety nine pence, including tax.",
-    "Press one for sales, two for support, three for billing, or hold for an operator.",
-    "Your reference is four, seven, seven, nine, two, one, zero, zero, six, three, five, eight.",
-    "Nine thousand nine hundred and ninety nine, eight hundred and eighty eight, seven seventy.",
-    "Good afternoon, you are through to accounts. How can I help you today? Hello? Hello?",
-    "The security code is three five one and the card expires in September twenty eight.",
-    "Flight four one two to Glasgow departs from gate nineteen at twenty past six.",
-    "Sorry, I did not catch that. Was it double seven or seven one? Let me read it back.",
-    "We open at half past eight, Monday to Friday, and at ten on Saturdays. Sunday closed.",
-    "Account number three three, four four, five five, six six. Sort code twelve, thirty four.",
-)
 VOICES = (
     "en-gb", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-029", "en+f1",
     "en+f2", "en+f3", "en+f4", "en+m1", "en+m3", "en+m7", "en-us+f5", "en+klatt",

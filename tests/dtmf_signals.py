@@ -165,3 +165,21 @@ def multimon_raw(raw22k: bytes) -> str:
 def multimon(x: Int16s, rate: int) -> str:
     """Digits multimon-ng hears in ``x`` (resampled by sox to its 22 050 Hz)."""
     return multimon_raw(to_multimon_rate(x, rate))
+
+
+# Speech for talk-off (spoken by espeak-ng): numbers, menus and card prompts, the speech
+# most likely to imitate DTMF. The tests use the first eight, the bench all of them.
+TALK_OFF_SENTENCES = (
+    "Thank you for calling. Please enter your sixteen digit card number, then the hash key.",
+    "My number is oh two oh, seven nine four six, eight eight one three. Call me after five.",
+    "The total is one hundred and forty seven pounds and ninety nine pence, including tax.",
+    "Press one for sales, two for support, three for billing, or hold for an operator.",
+    "Your reference is four, seven, seven, nine, two, one, zero, zero, six, three, five, eight.",
+    "Nine thousand nine hundred and ninety nine, eight hundred and eighty eight, seven seventy.",
+    "Good afternoon, you are through to accounts. How can I help you today? Hello? Hello?",
+    "The security code is three five one and the card expires in September twenty eight.",
+    "Flight four one two to Glasgow departs from gate nineteen at twenty past six.",
+    "Sorry, I did not catch that. Was it double seven or seven one? Let me read it back.",
+    "We open at half past eight, Monday to Friday, and at ten on Saturdays. Sunday closed.",
+    "Account number three three, four four, five five, six six. Sort code twelve, thirty four.",
+)

@@ -39,6 +39,7 @@ from firmware.dsp.dtmf import (
 from tests.dtmf_signals import (
     MULTIMON,
     SOX,
+    TALK_OFF_SENTENCES,
     amplitude,
     dial,
     measure_tones,
@@ -85,16 +86,7 @@ def digits_of(events: Sequence[DtmfEvent]) -> str:
 needs_multimon = pytest.mark.skipif(MULTIMON is None, reason="multimon-ng is missing")
 needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is missing")
 
-SENTENCES = (
-    "Thank you for calling. Please enter your sixteen digit card number, then the hash key.",
-    "My number is oh two oh, seven nine four six, eight eight one three. Call me after five.",
-    "The total is one hundred and forty seven pounds and ninety nine pence, including tax.",
-    "Press one for sales, two for support, three for billing, or hold for an operator.",
-    "Your reference is four, seven, seven, nine, two, one, zero, zero, six, three, five, eight.",
-    "Nine thousand nine hundred and ninety nine, eight hundred and eighty eight, seven seventy.",
-    "Good afternoon, you are through to accounts. How can I help you today? Hello? Hello?",
-    "The security code is three five one and the card expires in September twenty eight.",
-)
+SENTENCES = TALK_OFF_SENTENCES[:8]
 VOICES = (
     "en-gb", "en-us", "en-gb-x-rp", "en-gb-scotland", "en+f2", "en+f4", "en-us+m3",
     "en+klatt", "en+klatt4", "en-us+f5", "en+croak", "en+Tweaky", "de", "fr", "es", "it",
