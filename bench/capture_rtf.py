@@ -39,7 +39,7 @@ from drivers.gpio.sim import ScriptedLevel, SimPinFactory
 from firmware.config import parse_config
 from firmware.recorder import NS_PER_S, Recorder
 from firmware.sinks import WavSink
-from tests.alsa_pcm import FilePcm, make_file_pcm
+from tests.alsa_pcm import FilePcm, PacedClock, make_file_pcm
 
 RATE = 8000
 PERIOD = 160  # 20 ms, the config default
@@ -79,17 +79,6 @@ def _run_ours(pcm: FilePcm, channels: int, seconds: int, with_rings: bool) -> fl
     return time.process_time() - t0
 
 
-class _PacedClock:
-    """One period per call: the unpaced file PCM then stamps blocks like a real card."""
-
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        self.now += PERIOD * NS_PER_S // RATE
-        return self.now
-
-
 def _run_recorder(
     pcm: FilePcm, channels: int, seconds: int, out: Path, *, line_dsp: bool = True
 ) -> float:
@@ -105,7 +94,9 @@ def _run_recorder(
         f'[audio]\ndevice = "{pcm.name}"\nchannels = {channels}\nperiods = {PERIODS}\n'
         f'[gpio]\nbackend = "sim"\n[storage]\nformat = "wav"\nout_dir = "{out}"\n{lines}'
     )
-    capture = pcm.capture(rate=RATE, channels=channels, period=PERIOD, clock=_PacedClock())
+    capture = pcm.capture(
+        rate=RATE, channels=channels, period=PERIOD, clock=PacedClock(PERIOD * NS_PER_S // RATE)
+    )
     # All hooks off-hook (active low) from the start: every line records all along.
     pins = SimPinFactory(script=[ScriptedLevel(0, 17 + n, False) for n in range(channels)])
     stop = threading.Event()

@@ -79,3 +79,17 @@ def make_file_pcm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FilePcm:
     system = _system_alsa_conf()
     monkeypatch.setenv("ALSA_CONFIG_PATH", f"{system}:{conf}" if system else str(conf))
     return FilePcm(TAP, infile)
+
+
+class PacedClock:
+    """A monotonic clock that advances one capture period per call. The file PCM plays as
+    fast as it is read; with this clock AlsaCapture (which reads the clock once per open
+    and per block) stamps its blocks as a real card's would be."""
+
+    def __init__(self, period_ns: int, start_ns: int = 0) -> None:
+        self.now = start_ns
+        self.period_ns = period_ns
+
+    def __call__(self) -> int:
+        self.now += self.period_ns
+        return self.now

@@ -21,20 +21,8 @@ from drivers.gpio.sim import SimPinFactory
 from firmware.config import load_config
 from firmware.recorder import NS_PER_S, Recorder
 from firmware.sinks import WavSink
-from tests.alsa_pcm import make_file_pcm
+from tests.alsa_pcm import PacedClock, make_file_pcm
 from tests.helpers import config_text, line_signal
-
-
-class PacedClock:
-    """Advances one capture period per call (AlsaCapture calls it once per open and block)."""
-
-    def __init__(self, period_ns: int) -> None:
-        self.now = 10 * NS_PER_S
-        self.period_ns = period_ns
-
-    def __call__(self) -> int:
-        self.now += self.period_ns
-        return self.now
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
@@ -55,7 +43,7 @@ def test_two_lines_through_alsa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         sample_format=cfg.audio.sample_format,
         period_frames=period,
         periods=4,
-        clock=PacedClock(period * NS_PER_S // rate),
+        clock=PacedClock(period * NS_PER_S // rate, start_ns=10 * NS_PER_S),
     )
     pins = SimPinFactory()
     stop = threading.Event()
