@@ -1,8 +1,9 @@
 """A call cut short by a crash keeps its dialled digits and masked spans.
 
 The real `linetap record` daemon plays the bundled sample call in real time (FSK caller
-ID, speech, a 16-digit card number plus '#' keyed as DTMF) and is SIGKILLed once it has
-journalled all 17 key presses, before the hang-up. The next start seals the recording as
+ID, speech, a 16-digit card number plus '#' keyed as DTMF), held off-hook for 40 s more
+so that no scheduling delay lets the call end first, and is SIGKILLed once it has
+journalled all 17 key presses. The next start seals the recording as
 recovered; its manifest must carry the same caller ID, direction, masked digits and
 masked spans as the same call replayed to its end, and the audio the real `age` decrypts
 must hold no detectable digit.
@@ -32,19 +33,29 @@ SAMPLES = Path(samples_init).parent
 CARD_KEYS = 17  # 4111111111111111#
 
 
-def _config(tmp_path: Path, recipient: str) -> Path:
+def _long_call(tmp_path: Path) -> tuple[Path, Path]:
+    """The sample call with 40 s of line silence after it, and its off-hook kept until 50 s."""
+    audio, rate = soundfile.read(SAMPLES / "sample_call.flac", dtype="int16")
+    longer = tmp_path / "call.flac"
+    soundfile.write(longer, np.concatenate([audio, np.zeros(40 * rate, np.int16)]), rate)
+    events = tmp_path / "call.events"
+    events.write_text("2.5 line1 offhook\n50 line1 onhook\n")
+    return longer, events
+
+
+def _config(tmp_path: Path, recipient: str, audio: Path, events: Path) -> Path:
     conf = tmp_path / "linetap.toml"
     conf.write_text(f"""
 device_id = "crashy"
 [audio]
 backend = "file"
-file = "{SAMPLES / "sample_call.flac"}"
+file = "{audio}"
 file_realtime = true
 sample_rate = 8000
 channels = 1
 [gpio]
 backend = "sim"
-script = "{SAMPLES / "sample_call.events"}"
+script = "{events}"
 [call]
 preroll_s = 5.0
 [storage]
@@ -101,7 +112,8 @@ def _manifests(data: Path) -> list[dict[str, Any]]:
 
 def test_crash_after_the_card_number_keeps_digits_and_masked_spans(tmp_path: Path, office):
     key, recipient = office
-    conf = _config(tmp_path, recipient)
+    audio, events = _long_call(tmp_path)
+    conf = _config(tmp_path, recipient, audio, events)
     subprocess.run(
         [BIN / "linetap", "keys", "init", "--config", conf], check=True, capture_output=True
     )
@@ -111,7 +123,7 @@ def test_crash_after_the_card_number_keeps_digits_and_masked_spans(tmp_path: Pat
     subprocess.run(
         [
             BIN / "linetap",
-            *replay_argv(conf, SAMPLES / "sample_call.flac", SAMPLES / "sample_call.events", whole),
+            *replay_argv(conf, audio, events, whole),
         ],
         check=True,
         capture_output=True,
@@ -142,8 +154,8 @@ def test_crash_after_the_card_number_keeps_digits_and_masked_spans(tmp_path: Pat
                 ["age", "-d", "-i", str(key), str(sealed)], check=True, capture_output=True
             ).stdout
             parts.append(decode_audio(flac))
-    audio = np.concatenate(parts)
-    assert len(audio) / 8000 > 10.0, len(audio) / 8000
+    recovered_pcm = np.concatenate(parts)
+    assert len(recovered_pcm) / 8000 > 10.0, len(recovered_pcm) / 8000
     wav = tmp_path / "recovered.wav"
-    soundfile.write(wav, audio, 8000, subtype="PCM_16")
+    soundfile.write(wav, recovered_pcm, 8000, subtype="PCM_16")
     assert analyze_file(wav)["dtmf"] == []
