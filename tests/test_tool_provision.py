@@ -320,6 +320,7 @@ def test_install_cert_checks_everything_before_it_replaces_anything(
     res = install(good)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"installed: certificate for {DEVICE} (serial ")
+    assert "then: systemctl restart linetap-uploader.service" in res.stdout
     assert (keys / "device.crt").read_bytes() == good
     assert (keys / "ca.crt").read_bytes() == ca.read_bytes()
     assert mode(keys / "device.crt") == mode(keys / "ca.crt") == 0o644
@@ -330,6 +331,7 @@ def test_install_cert_checks_everything_before_it_replaces_anything(
     assert (keys / "device.crt").read_bytes() == good
     res = cli("provision", "install-cert", tmp_path / "good.crt", "-c", conf)
     assert res.returncode == 0 and res.stdout.startswith("already installed: ")
+    assert "restart" not in res.stdout  # nothing changed: nothing to restart
 
 
 def test_usage_errors_are_exit_2(cli: Run, tmp_path: Path):

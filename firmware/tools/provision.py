@@ -508,6 +508,9 @@ def cmd_install_cert(args: argparse.Namespace) -> int:
     )
     for line in _unset_tls_keys(cfg, paths):
         _say(f"note: the uploader reads only configured paths: add under [upload]: {line}")
+    if changed:
+        # Without a certificate the uploader exits (status 2) and systemd leaves it stopped.
+        _say("then: systemctl restart linetap-uploader.service (it connects with the new one)")
     return EXIT_OK
 
 
