@@ -319,7 +319,7 @@ class Finisher:
 
     def __init__(self, index_url: str, store: BlobStore, manifest: dict[str, Any], n: int):
         self.index_url, self.store, self.m, self.n = index_url, store, manifest, n
-        self.barrier = threading.Barrier(2)
+        self.barrier = threading.Barrier(2, timeout=30)  # a failed opener frees the other
         self.mutex = threading.Lock()
         self.inside = 0
         self.overlap: list[bool] = []
@@ -448,3 +448,31 @@ def test_postgres_reconnects_after_the_server_dropped_it(pg_dsn: str):
     with PostgresIndex(pg_dsn, ping_after_s=0) as idle:
         kill(idle)
         assert idle.get("x") is None  # checked before use: reconnects quietly
+
+
+def test_workers_opening_a_new_sqlite_index_together_all_get_in(tmp_path: Path):
+    """Switching a new file to WAL needs it to itself, and SQLite reports "locked" at once
+    rather than waiting: workers started together must still all open it. (Without the
+    retry, about 1 round in 13 failed here: 40 rounds make a miss unlikely.)"""
+    openers, rounds = 4, 40
+    errors: list[BaseException] = []
+
+    def open_together(url: str, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait()
+            with open_index(url) as idx:
+                idx.search()
+        except (IndexStoreError, threading.BrokenBarrierError) as exc:
+            errors.append(exc)
+
+    for n in range(rounds):
+        url = f"sqlite:///{tmp_path / f'index-{n}.sqlite3'}"
+        barrier = threading.Barrier(openers, timeout=30)
+        threads = [
+            threading.Thread(target=open_together, args=(url, barrier)) for _ in range(openers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert errors == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 from headoffice.index.base import DEFAULT_LOCK_TIMEOUT_S, Index
 from headoffice.index.records import IndexStoreError, Query, Row
 from headoffice.index.schema import _schema
+
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another (SQLite's busy timeout)
+WAL_RETRY_S = 0.02
 
 
 class SqliteIndex(Index):
@@ -25,9 +29,9 @@ class SqliteIndex(Index):
             )
         try:
             self._conn = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
+                path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(self._conn, time.monotonic() + BUSY_TIMEOUT_S)
             self._conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise IndexStoreError(f"index {url}: cannot open ({exc})") from exc
@@ -74,6 +78,22 @@ class SqliteIndex(Index):
     def close(self) -> None:
         with self._mutex:
             self._conn.close()
+
+
+def _enable_wal(conn: sqlite3.Connection, deadline: float) -> None:
+    """Switch the file to WAL. Switching needs the file to itself, and SQLite answers
+    "database is locked" at once instead of waiting out the busy timeout while another
+    process opens the same new file (two workers started together): try again until
+    ``deadline``."""
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        # No stop event to wait on in a constructor; the wait is bounded by ``deadline``.
+        time.sleep(WAL_RETRY_S)
 
 
 def _sqlite_path(url: str) -> Path:
