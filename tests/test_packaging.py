@@ -39,9 +39,24 @@ def test_wheel_holds_every_module_and_data_file(tmp_path: Path) -> None:
             shutil.copytree(source, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, src / name)
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    pip_wheel = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+    ]
     subprocess.run(
-        [*pip_wheel, "--quiet", "--wheel-dir", str(tmp_path), str(src)],
+        [
+            *pip_wheel,
+            "--quiet",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(tmp_path),
+            str(src),
+        ],
         check=True,
         capture_output=True,
     )
