@@ -223,7 +223,7 @@ def boot_command(image: Path, boot: Partition, work: Path, console: Path) -> lis
         "-initrd", str(work / "initrd.img"),
         "-append", " ".join(args),
         "-drive", f"file={image},if=virtio,format=raw",
-        "-nic", "user,model=virtio-net-pci",
+        "-nic", "user,model=virtio-net-pci,restrict=on",  # nothing leaves this machine
         "-display", "none",
         "-monitor", "none",
         "-serial", f"file:{console}",
