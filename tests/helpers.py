@@ -308,6 +308,22 @@ def wait_for_ready(notify: socket.socket, proc: subprocess.Popen[str], timeout: 
             assert time.monotonic() < deadline, f"no READY within {timeout:g} s"
 
 
+@contextlib.contextmanager
+def ready_recorder(linetap_bin: Path, conf: Path, folder: Path) -> Iterator[subprocess.Popen[str]]:
+    """`linetap record` on ``conf`` (stdout dropped, stderr piped), yielded once it has
+    told its notify socket (in ``folder``) READY=1, as systemd would wait for it; reaped
+    on the way out."""
+    sock_path = folder / "notify.sock"
+    sock_path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(0.2)
+        env = {"NOTIFY_SOCKET": str(sock_path)}
+        with reaped(start_recorder(linetap_bin, conf, env, stdout=subprocess.DEVNULL)) as proc:
+            wait_for_ready(sock, proc)
+            yield proc
+
+
 def stop_with_sigterm(proc: subprocess.Popen[str], timeout: float = 15) -> str:
     """Stops ``proc`` as systemd does (SIGTERM) and waits for it; what it wrote to stderr."""
     proc.send_signal(signal.SIGTERM)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from firmware.analyze import analyze_file
 from firmware.samples import __file__ as samples_init
 from firmware.verify import decode_audio
 from tests.conftest import VENV_BIN as BIN
-from tests.helpers import reaped, replay_argv, start_recorder, wait_for_ready
+from tests.helpers import ready_recorder, replay_argv
 
 SAMPLES = Path(samples_init).parent
 CARD_KEYS = 17  # 4111111111111111#
@@ -81,24 +80,17 @@ def _journalled_digits(data: Path) -> int:
 
 
 def _run(conf: Path, tmp_path: Path, *, kill_at_digits: int | None) -> str:
-    sock_path = tmp_path / "notify.sock"
-    sock_path.unlink(missing_ok=True)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(sock_path))
-        sock.settimeout(0.2)
-        env = {"NOTIFY_SOCKET": str(sock_path)}
-        with reaped(start_recorder(BIN / "linetap", conf, env, stdout=subprocess.DEVNULL)) as proc:
-            wait_for_ready(sock, proc)
-            if kill_at_digits is None:
-                proc.send_signal(signal.SIGTERM)  # recovery ran before READY
-            else:
-                deadline = time.monotonic() + 30
-                while _journalled_digits(tmp_path / "data") < kill_at_digits:
-                    assert proc.poll() is None, proc.communicate()[1]
-                    assert time.monotonic() < deadline, "the digits were never journalled"
-                    time.sleep(0.05)
-                proc.send_signal(signal.SIGKILL)  # the call (on-hook at 15.5 s) is live
-            _, stderr = proc.communicate(timeout=60)
+    with ready_recorder(BIN / "linetap", conf, tmp_path) as proc:
+        if kill_at_digits is None:
+            proc.send_signal(signal.SIGTERM)  # recovery ran before READY
+        else:
+            deadline = time.monotonic() + 30
+            while _journalled_digits(tmp_path / "data") < kill_at_digits:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the digits were never journalled"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)  # the call (on-hook at 50 s) is live
+        _, stderr = proc.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr
     return stderr
 

@@ -12,7 +12,6 @@ import json
 import random
 import re
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from firmware.age import decrypt_bytes, load_identities
 from firmware.keys import load_device_key
 from firmware.verify import decode_audio, decrypt_recording, verify_entries
 from tests.conftest import VENV_BIN as BIN
-from tests.helpers import RATE, reaped, start_recorder, wait_for_ready, write_capture
+from tests.helpers import RATE, ready_recorder, write_capture
 
 SYNC_S = 0.5
 SLACK_S = 0.35  # process scheduling between the kill and the last period read
@@ -81,24 +80,16 @@ hook_pin = 17
 
 
 def run_once(linetap_bin: Path, conf: Path, tmp_path: Path, kill_after: float | None) -> Run:
-    sock_path = tmp_path / "notify.sock"
-    sock_path.unlink(missing_ok=True)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(str(sock_path))
-        sock.settimeout(0.2)
-        env = {"NOTIFY_SOCKET": str(sock_path)}
-        with reaped(start_recorder(linetap_bin, conf, env, stdout=subprocess.DEVNULL)) as proc:
-            wait_for_ready(sock, proc)
-            t_ready = time.monotonic()
-            run = Run(t_ready, None)
-            if kill_after is None:
-                time.sleep(0.3)
-                proc.send_signal(signal.SIGTERM)
-            else:
-                time.sleep(kill_after)
-                run.t_kill = time.monotonic()
-                proc.send_signal(signal.SIGKILL)
-            _, stderr = proc.communicate(timeout=30)
+    with ready_recorder(linetap_bin, conf, tmp_path) as proc:
+        run = Run(time.monotonic(), None)
+        if kill_after is None:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+        else:
+            time.sleep(kill_after)
+            run.t_kill = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=30)
     assert "Traceback" not in stderr, stderr
     run.started = [m.group(2) for m in STARTED.finditer(stderr)]
     return run
