@@ -237,40 +237,33 @@ def screen_rows(live: LiveLines, readings: list[Reading], t_s: float) -> list[st
 
 
 def live_readings(live: LiveLines, meters: list[LineMeter], t_s: float) -> list[Reading]:
-    out: list[Reading] = []
-    for inputs, meter in zip(live.lines, meters, strict=True):
-        summary, hold = meter.live_summary(t_s)
-        out.append(
-            _reading(
-                inputs.config.name,
-                inputs.config.channel,
-                inputs.off_hook,
-                inputs.opted_out,
-                summary,
-                hold_dbfs=hold,
-                clipped_total=meter.total.clipped,
-            )
-        )
-    return out
+    """Each line now: the last second's levels and the peak held over the last seconds."""
+    return _readings(live, meters, [meter.live_summary(t_s) for meter in meters])
 
 
 def once_readings(live: LiveLines, meters: list[LineMeter]) -> list[Reading]:
-    out: list[Reading] = []
-    for inputs, meter in zip(live.lines, meters, strict=True):
+    """Each line over the whole run (``--once``): its peak is the held peak."""
+    for meter in meters:
         meter.finish()
-        summary = meter.total.summary()
-        out.append(
-            _reading(
-                inputs.config.name,
-                inputs.config.channel,
-                inputs.off_hook,
-                inputs.opted_out,
-                summary,
-                hold_dbfs=float(summary["peak_dbfs"]),
-                clipped_total=meter.total.clipped,
-            )
+    totals = [meter.total.summary() for meter in meters]
+    return _readings(live, meters, [(t, float(t["peak_dbfs"])) for t in totals])
+
+
+def _readings(
+    live: LiveLines, meters: list[LineMeter], summaries: list[tuple[dict[str, Any], float]]
+) -> list[Reading]:
+    return [
+        _reading(
+            inputs.config.name,
+            inputs.config.channel,
+            inputs.off_hook,
+            inputs.opted_out,
+            summary,
+            hold_dbfs=hold,
+            clipped_total=meter.total.clipped,
         )
-    return out
+        for inputs, meter, (summary, hold) in zip(live.lines, meters, summaries, strict=True)
+    ]
 
 
 def run_levels(
