@@ -71,13 +71,15 @@ fi
 if [ -e /boot/firmware/smoke-installer.key ]; then
     unit=ssh.service
     if wait_for ssh reached_active "$unit"; then
-        ssh_installer() {
+        ssh_as() {  # ssh_as USER COMMAND...: with the installer's key, to this guest
+            user=$1
+            shift
             ssh -i /boot/firmware/smoke-installer.key -o BatchMode=yes \
                 -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/run/smoke-known-hosts \
-                installer@127.0.0.1 "$@"
+                "$user@127.0.0.1" "$@"
         }
         # Exit 1 is an answer too: "not all well" (here: no broker in the guest).
-        ssh_installer sudo linetap status --json >/run/smoke-status.json 2>/run/smoke-status.err
+        ssh_as installer sudo linetap status --json >/run/smoke-status.json 2>/run/smoke-status.err
         rc=$?
         if [ "$rc" -le 1 ] \
             && python3 -c 'import json, sys; json.load(open(sys.argv[1]))' /run/smoke-status.json; then
@@ -86,7 +88,7 @@ if [ -e /boot/firmware/smoke-installer.key ]; then
             say "FAIL installer: sudo linetap status --json over SSH: rc=$rc $(head -c 300 /run/smoke-status.err)"
             failures=$((failures + 1))
         fi
-        ssh_installer sudo linetap check --json --skip broker >/run/smoke-check.json
+        ssh_as installer sudo linetap check --json --skip broker >/run/smoke-check.json
         rc=$?
         worst=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(len(d["checks"]), d["status"])' /run/smoke-check.json 2>&1)
         if [ "$rc" -le 1 ] && [ -n "$worst" ] && ! echo "$worst" | grep -q Error; then
@@ -100,9 +102,7 @@ for c in json.load(open(sys.argv[1]))["checks"]:
             say "FAIL installer: sudo linetap check over SSH: rc=$rc $worst"
             failures=$((failures + 1))
         fi
-        if ssh -i /boot/firmware/smoke-installer.key -o BatchMode=yes \
-            -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/run/smoke-known-hosts \
-            root@127.0.0.1 true 2>/dev/null; then
+        if ssh_as root true 2>/dev/null; then
             say "FAIL installer: root logged in over SSH"
             failures=$((failures + 1))
         else
