@@ -4,12 +4,29 @@
 service in :mod:`headoffice.service` feeds it every message of ``linetap/+/up/#``
 (plain or through a ``$share/…`` subscription) and publishes what it returns.
 
-Nothing is kept in memory between messages: inits and chunks are parked in the shared
-store, so with a shared subscription any worker can take any message, and whichever
-worker sees the set complete finishes the recording under the store's file lock and
-the index's finish lock. A recording is acknowledged ``stored`` only after its blob and
-manifest are fsynced and the index transaction committed; a resend of anything already
-stored gets the same ack and changes nothing.
+Nothing is kept in memory between messages that another worker would need: inits and
+chunks are parked in the shared store, so with a shared subscription any worker can take
+any message, and whichever worker sees the set complete finishes the recording under the
+store's file lock and the index's finish lock. A recording is acknowledged ``stored``
+only after its blob and manifest are fsynced and the index transaction committed; a
+resend of anything already stored gets the same ack and changes nothing.
+
+Every device is hostile until its bytes are verified (an enrolled device's keys are on
+an SD card anyone can pull), so:
+
+- the signed manifest is checked completely (signature, then the one typed model:
+  types, ranges, dates, lengths) before anything is written for it;
+- chunks are parked only for an upload whose checked init is parked; an upload is
+  bounded in bytes and chunks, and a device in open uploads and parked bytes
+  (``[limits]``); past a bound the device is told ``busy`` or ``rejected`` with a reason,
+  and an alarm is raised (at most once per ``alarm_interval_s`` per device and kind);
+- a full disk is ``busy`` too: nothing is half-written, serving goes on, and the device's
+  next ask succeeds once space is back;
+- a fin that finds chunks missing does not hold the message thread: it is parked in
+  :attr:`Receiver.waiting` (once per upload, however many fins come) and answered by
+  :meth:`Receiver.poll_waiting`, which the service calls from its own thread;
+- rejections carry a reason for the device and never an office path; details go to
+  the log.
 """
 
 from __future__ import annotations
@@ -20,16 +37,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from buffers.durable import replace_file
 from firmware.errors import LinetapError
 from firmware.manifest import ManifestError, verify_signature
-from headoffice.index import IndexConflictError
+from firmware.manifest_model import Manifest, validate_manifest
+from headoffice.config import LimitsConfig
+from headoffice.index import Index, IndexConflictError
 from headoffice.store import BlobStore, StoreError, utc_now_iso
 from uploader.protocol import (
+    MAX_MISSING_LISTED,
     SHA256_PROPERTY,
     Ack,
     AckStatus,
@@ -46,10 +64,13 @@ from uploader.protocol import (
 
 log = logging.getLogger(__name__)
 
-INIT_FILE = "init.json"
-# How long a fin waits for chunks another worker may still be parking, and how often it looks.
+# How long a fin waits for chunks another worker may still be parking, and how often the
+# service looks at the fins waiting.
 FIN_GRACE_S = 0.5
 FIN_POLL_S = 0.01
+# A parking folder without an init older than this was not made by an init being parked
+# right now (the folder and its init.json are written one after the other).
+ORPHAN_AGE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,48 +79,138 @@ class Reply:
     payload: bytes
 
 
+@dataclass(slots=True)
+class Counts:
+    stored: int = 0
+    rejected: int = 0
+    busy: int = 0
+    malformed: int = 0
+    errors: int = 0
+    expired: int = 0
+
+
+class _Refusal(Exception):
+    """Raised inside a handler to answer the device ``rejected`` / ``busy``."""
+
+    def __init__(self, status: AckStatus, reason: str, alarm: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.alarm = alarm
+
+
+class AlarmThrottle:
+    """Raise an alarm in the index and the log, at most once per ``interval_s`` per device
+    and kind (a flood must not become a flood of alarm rows); counts what it held back."""
+
+    def __init__(self, index: Index, interval_s: float, clock: Callable[[], float]) -> None:
+        self._index = index
+        self._interval = interval_s
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+        self._mutex = threading.Lock()
+
+    def raise_alarm(
+        self, device: str, kind: str, message: str, *, recording_id: str | None = None
+    ) -> bool:
+        """True when raised now, False when held back as a repeat."""
+        key = (device, kind)
+        now = self._clock()
+        with self._mutex:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        if held:
+            message += f" ({held} more since the last alarm of this kind)"
+        log.warning("ALARM device=%s kind=%s: %s", device, kind, message)
+        try:
+            self._index.raise_alarm(device, kind, message[:2000], recording_id=recording_id)
+        except LinetapError as exc:  # the index may be on the full disk the alarm is about
+            log.error("could not record alarm %s for device %s: %s", kind, device, exc)
+        return True
+
+
 class Receiver:
     def __init__(
         self,
         store: BlobStore,
-        index: Any,  # headoffice.index.Index (SQLite or PostgreSQL)
+        index: Index,
         device_key: Callable[[str], Ed25519PublicKey],
+        limits: LimitsConfig | None = None,
+        recipients: frozenset[str] | None = None,
+        *,
+        fin_grace_s: float = FIN_GRACE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.index = index
         self.device_key = device_key
-        self.stored = 0
-        self.rejected = 0
-        self.malformed = 0
-        # Set at shutdown: ends the short wait for chunks a fin overtook.
+        self.limits = limits or LimitsConfig()
+        # The age recipients every manifest must name (None: not checked).
+        self.recipients = recipients
+        self.fin_grace_s = fin_grace_s
+        self.clock = clock
+        self.counts = Counts()
+        self.alarms = AlarmThrottle(index, self.limits.alarm_interval_s, clock)
+        # Fins that found chunks missing: (device, rec) -> (init, deadline).
+        self.waiting: dict[tuple[str, str], tuple[Init, float]] = {}
+        self._mutex = threading.Lock()
+        # Set at shutdown: ends the wait for chunks a fin overtook.
         self.stop = threading.Event()
+
+    # The figures the service logs at stop (and tests read).
+    @property
+    def stored(self) -> int:
+        return self.counts.stored
+
+    @property
+    def rejected(self) -> int:
+        return self.counts.rejected
+
+    @property
+    def malformed(self) -> int:
+        return self.counts.malformed
+
+    def count(self, what: str) -> None:
+        with self._mutex:
+            setattr(self.counts, what, getattr(self.counts, what) + 1)
 
     # -- entry point --------------------------------------------------------------------
     def handle(
         self, topic: str, payload: bytes, properties: Sequence[tuple[str, str]] | None = None
     ) -> list[Reply]:
-        """Process one message; return the acks to publish. Never raises on bad input."""
+        """Process one message; return the acks to publish. Bad input never raises:
+        it is logged (and answered when the device can be told why). Storage or index
+        trouble raises :class:`LinetapError`: no ack, the device asks again later."""
         try:
             parsed = parse_topic(topic)
-            if parsed.kind is Kind.INIT:
-                return self._init(parsed.device, Init.decode(payload, parsed))
-            if parsed.kind is Kind.CHUNK:
-                assert parsed.recording is not None and parsed.index is not None
-                self._chunk(
-                    parsed.device,
-                    parsed.recording,
-                    parsed.index,
-                    payload,
-                    user_property(properties, SHA256_PROPERTY),
-                )
-                return []
-            if parsed.kind is Kind.FIN:
-                return self._fin(parsed.device, Fin.decode(payload, parsed))
-            return []  # acks and status are not ours to handle
         except ProtocolError as exc:
-            self.malformed += 1
+            self.count("malformed")
             log.warning("malformed message on %s: %s", topic[:120], exc)
             return []
+        device, rec = parsed.device, parsed.recording
+        try:
+            if parsed.kind is Kind.INIT:
+                return self._init(device, Init.decode(payload, parsed))
+            if parsed.kind is Kind.CHUNK:
+                assert rec is not None and parsed.index is not None
+                sha = user_property(properties, SHA256_PROPERTY)
+                self._chunk(device, rec, parsed.index, payload, sha)
+                return []
+            if parsed.kind is Kind.FIN:
+                return self._fin(device, Fin.decode(payload, parsed))
+            return []  # acks and status are not ours to handle
+        except ProtocolError as exc:
+            self.count("malformed")
+            log.warning("malformed message device=%s on %s: %s", device, topic[:120], exc)
+            return []
+        except _Refusal as refusal:
+            assert rec is not None
+            return [self._refuse(device, rec, refusal)]
 
     # -- messages -----------------------------------------------------------------------
     def _stored_ack(self, device: str, rec: str, sha: str | None) -> list[Reply] | None:
@@ -109,11 +220,9 @@ class Receiver:
         if done is None:
             return None
         if done.device_id != device or done.blob_sha256 != sha:
-            return [
-                self._reject(
-                    device, rec, "recording id already stored with other content or device"
-                )
-            ]
+            raise _Refusal(
+                AckStatus.REJECTED, "recording id already stored with other content or device"
+            )
         return [self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=sha))]
 
     def _init(self, device: str, init: Init) -> list[Reply]:
@@ -121,50 +230,76 @@ class Receiver:
         stored = self._stored_ack(device, rec, init.blob_sha256)
         if stored is not None:
             return stored
-        problem = self._check_manifest(device, init)
-        if problem:
-            return [self._reject(device, rec, problem)]
-        self._save_init(device, init)
+        self._check_size(init)
+        self._check_manifest(device, init)
+        self._check_quota(device, init)
+        try:
+            self.store.park_init(device, rec, init.encode())
+        except StoreError as exc:
+            raise self._store_refusal(device, rec, exc) from None
         parked = len(self.store.parked(device, rec))
         self.index.note_upload(device, rec, json.loads(init.encode()), init.chunk_count, parked)
         return self._progress(device, init)
 
     def _chunk(self, device: str, rec: str, index: int, data: bytes, sha: str | None) -> None:
-        init = self._load_init(device, rec)
+        init = self._parked_init(device, rec)
+        if init is None:
+            # Parking is the licence of a checked init: without one, nothing is kept.
+            raise ProtocolError(f"chunk {index} of {rec}: no init known for it (not parked)")
         check_chunk(data, sha, init, index)
         if self.index.get(rec) is not None:
             return  # already stored: a late duplicate
-        self.store.park_chunk(device, rec, index, data)
+        try:
+            self.store.park_chunk(device, rec, index, data)
+        except StoreError as exc:
+            # No answer to a chunk; the fin will find it missing, or the disk full.
+            self._store_refusal(device, rec, exc)
 
     def _fin(self, device: str, fin: Fin) -> list[Reply]:
         rec = fin.recording_id
         stored = self._stored_ack(device, rec, fin.blob_sha256)
         if stored is not None:
             return stored
-        init = self._load_init(device, rec)
+        init = self._parked_init(device, rec)
         if init is None:
-            return [self._reject(device, rec, "unknown upload: send init first")]
+            raise _Refusal(AckStatus.REJECTED, "unknown upload: send init first")
         if fin.blob_sha256 != init.blob_sha256 or fin.chunk_count != init.chunk_count:
-            return [self._reject(device, rec, "fin does not match init (sha256 or chunk count)")]
-        self._await_parked(device, init)
+            raise _Refusal(AckStatus.REJECTED, "fin does not match init (sha256 or chunk count)")
+        if self.fin_grace_s > 0 and not self._complete(device, init):
+            # On a shared subscription the fin can overtake the last chunks, which another
+            # worker is still parking: answer once they are in, or after the grace (a
+            # "missing" costs the device a resend round). Many fins: one wait.
+            with self._mutex:
+                self.waiting.setdefault((device, rec), (init, self.clock() + self.fin_grace_s))
+            return []
         return self._progress(device, init)
 
-    def _await_parked(self, device: str, init: Init) -> None:
-        """On a shared subscription the fin can overtake the last chunks, which another
-        worker is still parking: give them a moment before answering "missing" (which
-        costs the device a back-off and a resend round)."""
-        deadline = time.monotonic() + FIN_GRACE_S
-        needed = set(range(init.chunk_count))
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            if needed <= self.store.parked(device, init.recording_id):
-                return
-            self.stop.wait(FIN_POLL_S)
+    def poll_waiting(self) -> list[Reply]:
+        """Answer the fins whose chunks have all arrived or whose grace is over."""
+        with self._mutex:
+            pending = list(self.waiting.items())
+        replies: list[Reply] = []
+        now = self.clock()
+        for (device, rec), (init, deadline) in pending:
+            if not (self.stop.is_set() or now >= deadline or self._complete(device, init)):
+                continue
+            with self._mutex:
+                self.waiting.pop((device, rec), None)
+            try:
+                replies.extend(self._progress(device, init))
+            except _Refusal as refusal:
+                replies.append(self._refuse(device, rec, refusal))
+        return replies
+
+    def _complete(self, device: str, init: Init) -> bool:
+        return len(self.store.parked(device, init.recording_id)) >= init.chunk_count
 
     def _progress(self, device: str, init: Init) -> list[Reply]:
         rec = init.recording_id
         missing = sorted(set(range(init.chunk_count)) - self.store.parked(device, rec))
         if missing:
-            return [self._ack(device, Ack(rec, AckStatus.MISSING, missing=tuple(missing)))]
+            listed = tuple(missing[:MAX_MISSING_LISTED])
+            return [self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))]
         return [self._finish(device, init)]
 
     def _finish(self, device: str, init: Init) -> Reply:
@@ -174,6 +309,11 @@ class Receiver:
             stored = self._stored_ack(device, rec, init.blob_sha256)
             if stored is not None:  # another worker finished it meanwhile
                 return stored[0]
+            try:  # checked at init; the parked copy again (it may predate these checks)
+                model = validate_manifest(manifest)
+            except ManifestError as exc:
+                self.store.drop_parking(device, rec)
+                raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="manifest") from None
             blob_tmp = None
             try:
                 if init.chunk_count:
@@ -181,78 +321,203 @@ class Receiver:
                         device, rec, init.chunk_count, init.blob_bytes, init.blob_sha256
                     )
                 path = self.store.commit(
-                    device,
-                    rec,
-                    str(manifest["started_utc"]),
-                    manifest.get("container"),
-                    blob_tmp,
-                    manifest,
+                    device, rec, model.started_utc, model.container, blob_tmp, manifest
                 )
             except StoreError as exc:
                 if blob_tmp is not None:
                     blob_tmp.unlink(missing_ok=True)
                 if exc.reason == "missing":
-                    return self._ack(device, Ack(rec, AckStatus.MISSING, missing=exc.missing))
+                    listed = exc.missing[:MAX_MISSING_LISTED]
+                    return self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))
                 if exc.reason in ("sha256", "size"):
                     # A corrupt chunk slipped through: start over rather than store it.
                     self.store.drop_parking(device, rec)
-                    return self._ack(
-                        device, Ack(rec, AckStatus.MISSING, missing=tuple(range(init.chunk_count)))
+                    self.store.park_init(device, rec, init.encode())
+                    listed = tuple(range(min(init.chunk_count, MAX_MISSING_LISTED)))
+                    return self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))
+                if exc.reason == "conflict":
+                    log.error("recording %s of %s not stored: %s", rec, device, exc)
+                    return self._refuse(
+                        device,
+                        rec,
+                        _Refusal(AckStatus.REJECTED, "recording id already stored differently"),
                     )
-                raise
+                return self._refuse(device, rec, self._store_refusal(device, rec, exc))
             try:
                 result = self.index.add(manifest, str(path), utc_now_iso())
-            except (IndexConflictError, ManifestError) as exc:
-                return self._reject(device, rec, f"not indexed: {exc}")
+            except IndexConflictError as exc:
+                log.error("recording %s of %s not indexed: %s", rec, device, exc)
+                return self._refuse(
+                    device,
+                    rec,
+                    _Refusal(
+                        AckStatus.REJECTED, "recording id already stored with another manifest"
+                    ),
+                )
             for alarm in result.alarms:
-                log.warning("ALARM device=%s %s: %s", device, alarm.kind, alarm.message)
+                log.warning("ALARM device=%s kind=%s: %s", device, alarm.kind, alarm.message)
+            self._check_recipients(device, rec, model)
             self.store.drop_parking(device, rec)
             self.index.drop_upload(device, rec)
-        self.stored += 1
+        self.count("stored")
         log.info(
-            "stored recording device=%s id=%s seq=%s bytes=%d",
+            "stored recording device=%s id=%s seq=%d bytes=%d",
             device,
             rec,
-            manifest.get("seq"),
+            model.seq,
             init.blob_bytes,
         )
         return self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=init.blob_sha256))
 
-    # -- helpers ------------------------------------------------------------------------
-    def _check_manifest(self, device: str, init: Init) -> str | None:
+    # -- checks -------------------------------------------------------------------------
+    def _check_size(self, init: Init) -> None:
+        lim = self.limits
+        if init.blob_bytes > lim.max_blob_bytes or init.chunk_count > lim.max_chunks:
+            raise _Refusal(
+                AckStatus.REJECTED,
+                f"too large: {init.blob_bytes} bytes in {init.chunk_count} chunks (this office "
+                f"takes at most {lim.max_blob_bytes} bytes in {lim.max_chunks} chunks)",
+                alarm="oversize",
+            )
+
+    def _check_manifest(self, device: str, init: Init) -> Manifest:
         manifest = init.manifest
         try:
             key = self.device_key(device)
         except LinetapError as exc:
-            return f"device {device} is not enrolled ({exc})"
+            log.error("device %s: no signing key at the office: %s", device, exc)
+            raise _Refusal(
+                AckStatus.REJECTED, f"device {device} is not enrolled", alarm="enrollment"
+            ) from None
         try:
             verify_signature(manifest, key)
+            model = validate_manifest(manifest)
         except ManifestError as exc:
-            return str(exc)
-        if (
-            manifest.get("blob_sha256") != init.blob_sha256
-            or (manifest.get("blob_bytes") or 0) != init.blob_bytes
-        ):
-            return "init's blob size/sha256 differ from the signed manifest"
-        return None
+            raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="manifest") from None
+        if model.blob_sha256 != init.blob_sha256 or model.blob_bytes != init.blob_bytes:
+            raise _Refusal(
+                AckStatus.REJECTED,
+                "init's blob size/sha256 differ from the signed manifest",
+                alarm="manifest",
+            )
+        return model
 
-    def _reject(self, device: str, rec: str, reason: str) -> Reply:
-        self.rejected += 1
-        log.error("rejected recording device=%s id=%s: %s", device, rec, reason)
-        return self._ack(device, Ack(rec, AckStatus.REJECTED, reason=reason))
+    def _check_quota(self, device: str, init: Init) -> None:
+        others = [u for u in self.index.uploads(device) if u.recording_id != init.recording_id]
+        lim = self.limits
+        parked = sum(_init_bytes(u.init) for u in others)
+        reason = None
+        if len(others) >= lim.max_open_uploads:
+            reason = f"quota: {len(others)} unfinished uploads (at most {lim.max_open_uploads})"
+        elif parked + init.blob_bytes > lim.max_parked_bytes:
+            reason = (
+                f"quota: {parked} bytes in unfinished uploads, {init.blob_bytes} more would "
+                f"pass {lim.max_parked_bytes}"
+            )
+        if reason is not None:
+            raise _Refusal(AckStatus.BUSY, reason, alarm="quota")
+
+    def _check_recipients(self, device: str, rec: str, model: Manifest) -> None:
+        """Stored either way: the call happened and must be kept, and the device (whose
+        card may now hold a copy readable by someone else) should not keep it. So a
+        recipient set other than the office's is a security alarm, not a rejection."""
+        if self.recipients is None:
+            return
+        named = frozenset(model.recipients or ())
+        if named == self.recipients:
+            return
+        extra = sorted(named - self.recipients)
+        lacking = sorted(self.recipients - named)
+        self.alarms.raise_alarm(
+            device,
+            "recipients",
+            f"recording {rec} is encrypted to recipients other than the office's: "
+            f"extra {extra or 'none'}, lacking {lacking or 'none'} (someone changed the "
+            "device's sealing.recipients: treat its recordings as exposed)",
+            recording_id=rec,
+        )
+
+    # -- helpers ------------------------------------------------------------------------
+    def _store_refusal(self, device: str, rec: str, exc: StoreError) -> _Refusal:
+        """A store failure as a refusal the device can act on: ``busy`` (the device asks
+        again later); the details, with their paths, only in the log."""
+        log.error("store problem for device=%s id=%s: %s", device, rec, exc)
+        if exc.reason == "full":
+            refusal = _Refusal(AckStatus.BUSY, "office storage is full", alarm="disk_full")
+        else:
+            refusal = _Refusal(AckStatus.BUSY, "office storage error", alarm="store")
+        self.alarms.raise_alarm(device, str(refusal.alarm), refusal.reason, recording_id=rec)
+        refusal.alarm = None  # raised here already
+        return refusal
+
+    def _refuse(self, device: str, rec: str, refusal: _Refusal) -> Reply:
+        if refusal.status is AckStatus.BUSY:
+            self.count("busy")
+            log.warning("told device=%s id=%s to wait: %s", device, rec, refusal.reason)
+        else:
+            self.count("rejected")
+            log.error("rejected recording device=%s id=%s: %s", device, rec, refusal.reason)
+        if refusal.alarm is not None:
+            self.alarms.raise_alarm(
+                device, refusal.alarm, f"recording {rec}: {refusal.reason}", recording_id=rec
+            )
+        retry = self.limits.busy_retry_s if refusal.status is AckStatus.BUSY else 0
+        ack = Ack(rec, refusal.status, reason=refusal.reason, retry_after_s=retry)
+        return self._ack(device, ack)
 
     def _ack(self, device: str, ack: Ack) -> Reply:
         return Reply(ack_topic(device, ack.recording_id), ack.encode())
 
-    def _save_init(self, device: str, init: Init) -> None:
-        directory = self.store.parking_dir(device, init.recording_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        replace_file(directory / INIT_FILE, init.encode(), 0o600)
-
-    def _load_init(self, device: str, rec: str) -> Init | None:
-        path = self.store.parking_dir(device, rec) / INIT_FILE
+    def _parked_init(self, device: str, rec: str) -> Init | None:
         try:
-            payload = path.read_bytes()
-        except FileNotFoundError:
+            payload = self.store.parked_init(device, rec)
+        except StoreError as exc:
+            if exc.reason == "id":
+                raise ProtocolError(str(exc)) from None
+            raise
+        if payload is None:
             return None
         return Init.decode(payload, Topic(Kind.INIT, device, rec))
+
+    # -- housekeeping -------------------------------------------------------------------
+    def expire(self, now_wall: float | None = None) -> int:
+        """Drop uploads untouched for ``limits.parked_expiry_s`` (parked files and index
+        row; the device still holds each and starts over with init), and parked chunks
+        without an init (left by older versions). Returns how many uploads went."""
+        now = time.time() if now_wall is None else now_wall
+        cutoff = now - self.limits.parked_expiry_s
+        dropped = 0
+        for device, rec, newest in self.store.list_parking():
+            orphan = newest < now - ORPHAN_AGE_S and self.store.parked_init(device, rec) is None
+            if newest >= cutoff and not orphan:
+                continue
+            with self.store.lock(device, rec), self.index.finish_lock(device, rec):
+                self.store.drop_parking(device, rec)
+                self.index.drop_upload(device, rec)
+            dropped += 1
+            age = int(now - newest)
+            log.info(
+                "dropped upload device=%s id=%s: untouched for %d s%s",
+                device,
+                rec,
+                age,
+                " and no init" if orphan else "",
+            )
+        for upload in self.index.uploads():
+            if self.store.parked_init(upload.device_id, upload.recording_id) is None:
+                self.index.drop_upload(upload.device_id, upload.recording_id)
+        if dropped:
+            with self._mutex:
+                self.counts.expired += dropped
+            log.info(
+                "expired %d unfinished upload(s) (untouched for %d s, or without an init)",
+                dropped,
+                self.limits.parked_expiry_s,
+            )
+        return dropped
+
+
+def _init_bytes(init: object) -> int:
+    """The blob size an upload row's init names (0 when unreadable)."""
+    value = init.get("blob_bytes") if isinstance(init, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,9 +1,14 @@
 """`linetap-office serve`: the receiver on MQTT.
 
-One paho client, one thread: messages are handled in the client's callback, so a
-chunk is parked (fsynced) before its PUBACK goes out, and an ack is published only after
-the store and the index are durable. Several workers share the load through an MQTT 5
-shared subscription (``$share/{group}/linetap/+/up/#``); none keeps state in memory.
+One paho client; messages are handled in the client's callback, so a chunk is parked
+(fsynced) before its PUBACK goes out, and an ack is published only after the store and
+the index are durable. Several workers share the load through an MQTT 5 shared
+subscription (``$share/{group}/linetap/+/up/#``); none keeps state in memory.
+
+Each message is isolated: whatever goes wrong handling it is logged with its device and
+topic, raised as an alarm, and the next message is handled. Nothing a device sends stops
+serve. A second thread, the housekeeper, answers fins that wait for chunks (so a fin
+never holds the message thread), and drops uploads past their expiry.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -20,9 +27,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from firmware.errors import ConfigError, LinetapError
 from firmware.process import stop_on_signals
 from headoffice.config import OfficeConfig
-from headoffice.enroll import office_share_filter
-from headoffice.receiver import Receiver
-from uploader.protocol import QOS, up_filter
+from headoffice.enroll import CaLayout, device_signing_key, office_share_filter
+from headoffice.index import Index
+from headoffice.receiver import FIN_POLL_S, Receiver, Reply
+from headoffice.store import BlobStore
+from uploader.protocol import QOS, ProtocolError, parse_topic, up_filter
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +86,7 @@ def attach(client: mqtt.Client, cfg: OfficeConfig, receiver: Receiver) -> None:
 
     def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg.properties, "UserProperty", None) if msg.properties else None
-        try:
-            replies = receiver.handle(msg.topic, bytes(msg.payload), props)
-        except LinetapError as exc:
-            # Storage trouble: no ack, the device asks again after its timeout.
-            log.error("could not process %s: %s", msg.topic[:120], exc)
-            return
+        replies = handle_isolated(receiver, msg.topic, bytes(msg.payload), props)
         for reply in replies:
             c.publish(reply.topic, reply.payload, qos=QOS)
 
@@ -91,17 +95,132 @@ def attach(client: mqtt.Client, cfg: OfficeConfig, receiver: Receiver) -> None:
     client.on_message = on_message
 
 
+def handle_isolated(
+    receiver: Receiver, topic: str, payload: bytes, props: list[tuple[str, str]] | None
+) -> list[Reply]:
+    """One message through the receiver; no failure of it reaches the caller."""
+    try:
+        return receiver.handle(topic, payload, props)
+    except LinetapError as exc:
+        # Storage or index trouble: no ack, the device asks again after its timeout.
+        log.error("could not process %s: %s", topic[:120], exc)
+    except Exception as exc:  # noqa: BLE001 - one message must never stop serve
+        receiver.count("errors")
+        device = _device_of(topic)
+        log.error(
+            "error handling device=%s topic=%s: %s: %s",
+            device,
+            topic[:120],
+            type(exc).__name__,
+            str(exc)[:300],
+        )
+        receiver.alarms.raise_alarm(
+            device, "receiver_error", f"a message on {topic[:120]} failed: {type(exc).__name__}"
+        )
+    return []
+
+
+def _device_of(topic: str) -> str:
+    try:
+        return parse_topic(topic).device
+    except ProtocolError:
+        return "?"
+
+
+class Housekeeper(threading.Thread):
+    """Answers waiting fins every ``FIN_POLL_S`` and expires uploads every
+    ``limits.housekeeping_s``; publishes through ``publish`` (paho's is thread-safe)."""
+
+    def __init__(self, receiver: Receiver, publish: Callable[[Reply], None]) -> None:
+        super().__init__(name="housekeeper", daemon=True)
+        self.receiver = receiver
+        self.publish = publish
+
+    def run(self) -> None:
+        r = self.receiver
+        next_expiry = r.clock()
+        while not r.stop.wait(FIN_POLL_S):
+            self._guarded(lambda: [self.publish(reply) for reply in r.poll_waiting()])
+            if r.clock() >= next_expiry:
+                next_expiry = r.clock() + r.limits.housekeeping_s
+                self._guarded(r.expire)
+        self._guarded(lambda: [self.publish(reply) for reply in r.poll_waiting()])
+
+    def _guarded(self, work: Callable[[], object]) -> None:
+        try:
+            work()
+        except LinetapError as exc:
+            log.error("housekeeping: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - housekeeping must outlive a bad upload
+            log.error("housekeeping failed: %s: %s", type(exc).__name__, str(exc)[:300])
+
+
+def office_recipients(cfg: OfficeConfig) -> frozenset[str] | None:
+    """The recipients every manifest must name: the config's, else the office identity's
+    public key (``keys/office.pub``, from ``linetap-office init``); None (not checked, a
+    warning) when neither is there."""
+    if cfg.recipients is not None:
+        return frozenset(cfg.recipients)
+    try:
+        text = CaLayout(cfg.root).office_pub.read_text(encoding="utf-8")
+    except OSError as exc:
+        log.warning(
+            "recipients not checked: no 'recipients' in the config and %s (%s)",
+            CaLayout(cfg.root).office_pub,
+            exc.strerror,
+        )
+        return None
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
+
+
+def build_receiver(cfg: OfficeConfig, index: Index) -> Receiver:
+    """The receiver ``serve`` runs: the config's store, limits and recipients."""
+    return Receiver(
+        BlobStore(cfg.root),
+        index,
+        lambda device: device_signing_key(cfg.root, device),
+        cfg.limits,
+        office_recipients(cfg),
+    )
+
+
+def prepare_store(receiver: Receiver) -> None:
+    """At start: remove what killed workers left (temp files, unheld locks) and expired
+    or init-less uploads; says how much in one line."""
+    tmp = receiver.store.cleanup_tmp()
+    locks = receiver.store.cleanup_locks()
+    expired = receiver.expire()
+    log.info(
+        "store cleaned at start: %d stale temp file(s), %d lock file(s), %d expired upload(s)",
+        tmp,
+        locks,
+        expired,
+    )
+
+
 def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
     client = make_client(cfg)
     attach(client, cfg, receiver)
+    prepare_store(receiver)
 
+    def publish(reply: Reply) -> None:
+        client.publish(reply.topic, reply.payload, qos=QOS)
+
+    housekeeper = Housekeeper(receiver, publish)
     with stop_on_signals(receiver.stop, log=log, on_stop=client.disconnect):
+        housekeeper.start()
         client.connect_async(cfg.broker.host, cfg.broker.port, keepalive=cfg.broker.keepalive_s)
         client.loop_forever(retry_first_connection=True)
+    receiver.stop.set()
+    housekeeper.join(timeout=10)
+    c = receiver.counts
     log.info(
-        "receiver stopped: %d stored, %d rejected, %d malformed",
-        receiver.stored,
-        receiver.rejected,
-        receiver.malformed,
+        "receiver stopped: %d stored, %d rejected, %d busy, %d malformed, %d errors, %d expired",
+        c.stored,
+        c.rejected,
+        c.busy,
+        c.malformed,
+        c.errors,
+        c.expired,
     )
     return 0

@@ -3,6 +3,7 @@
 
 Layout under ``root``::
 
+    parking/{device}/{rec}/init.json          the upload's init (signed manifest): parked first
     parking/{device}/{rec}/{index:07d}.part   chunks received so far (any worker parks them)
     blobs/{device}/{yyyy}/{mm}/{dd}/{rec}.age            the sealed recording, byte for byte
     blobs/{device}/{yyyy}/{mm}/{dd}/{rec}.segments       (container "segments")
@@ -14,6 +15,10 @@ The date is the recording's ``started_utc``. Every file is written to ``tmp/``, 
 and renamed into place, and every directory that gains an entry is fsynced, so a crash
 leaves either the old state or the new one, never half a file. Every operation is
 idempotent: a resent chunk or a second ``commit`` of the same blob changes nothing.
+
+Everything under the root is the office's alone: directories 0700, files 0600 (the
+manifests carry caller numbers and names). A write that fails for want of space is a
+:class:`StoreError` with reason ``full``, so the receiver can refuse and keep serving.
 
 A chunk is parked whole or not at all, so the parked files are the truth about an
 upload's progress; :meth:`BlobStore.assemble` joins them and checks size and SHA-256
@@ -45,6 +50,9 @@ BLOBS = "blobs"
 LOCKS = "locks"
 TMP = "tmp"
 CHUNK_SUFFIX = ".part"
+INIT_FILE = "init.json"
+DIR_MODE = 0o700
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 MANIFEST_SUFFIX = ".manifest.json"
 BLOB_SUFFIXES = {"age": ".age", "segments": ".segments"}
 DEFAULT_LOCK_TIMEOUT_S = 30.0
@@ -59,12 +67,21 @@ class StoreError(LinetapError, OSError):
     """The blob store cannot do what was asked; ``reason`` names what went wrong:
     ``missing`` (chunks not parked), ``size`` / ``sha256`` (the assembled or committed
     blob differs from what it should be), ``conflict`` (a different recording is
-    already stored under this id), ``lock`` (lock timeout), ``id``, ``date`` or ``io``."""
+    already stored under this id), ``lock`` (lock timeout), ``full`` (no space or quota
+    left on the filesystem), ``id``, ``date`` or ``io``."""
 
     def __init__(self, message: str, *, reason: str = "io", missing: tuple[int, ...] = ()) -> None:
         super().__init__(message)
         self.reason = reason
         self.missing = missing
+
+
+def _io_error(exc: OSError, message: str) -> StoreError:
+    """``exc`` as a StoreError; a full filesystem gets reason ``full``."""
+    if isinstance(exc, StoreError):
+        return exc
+    full = exc.errno in _FULL
+    return StoreError(f"{message} ({exc.strerror or exc})", reason="full" if full else "io")
 
 
 def _makedirs_durable(path: Path) -> None:
@@ -76,7 +93,7 @@ def _makedirs_durable(path: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir(mode=0o750)
+            d.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue  # another worker made it; it fsyncs the parent
         fsync_dir(d.parent)
@@ -124,9 +141,17 @@ class BlobStore:
         try:
             for sub in (PARKING, BLOBS, LOCKS, TMP):
                 _makedirs_durable(self.root / sub)
+            for directory in (
+                self.root,
+                *(self.root / sub for sub in (PARKING, BLOBS, LOCKS, TMP)),
+            ):
+                if directory.stat().st_mode & 0o077:
+                    # Older stores were 0750: recordings' metadata is for the office user.
+                    directory.chmod(DIR_MODE)
         except OSError as exc:
             raise StoreError(
-                f"blob store {self.root}: cannot create its directories ({exc.strerror or exc})"
+                f"blob store {self.root}: cannot create its directories ({exc.strerror or exc})",
+                reason="full" if exc.errno in _FULL else "io",
             ) from exc
 
     # -- paths ---------------------------------------------------------------------------
@@ -192,12 +217,28 @@ class BlobStore:
                 pass
             self._write_durable(target, data, f"chunk-{index:07d}-")
         except OSError as exc:
-            if isinstance(exc, StoreError):
-                raise
-            raise StoreError(
-                f"recording {rec}: cannot park chunk {index} ({exc.strerror or exc})"
-            ) from exc
+            raise _io_error(exc, f"recording {rec}: cannot park chunk {index}") from exc
         return target
+
+    def park_init(self, device: str, rec: str, data: bytes) -> None:
+        """Park an upload's init message (its signed manifest): the first thing parked,
+        and the only licence to park chunks for it."""
+        directory = self.parking_dir(device, rec)
+        try:
+            _makedirs_durable(directory)
+            self._write_durable(directory / INIT_FILE, data, "init-")
+        except OSError as exc:
+            raise _io_error(exc, f"recording {rec}: cannot park its init") from exc
+
+    def parked_init(self, device: str, rec: str) -> bytes | None:
+        """The parked init message of an upload, or None when there is none."""
+        path = self.parking_dir(device, rec) / INIT_FILE
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _io_error(exc, f"recording {rec}: cannot read its parked init") from exc
 
     def parked(self, device: str, rec: str) -> set[int]:
         directory = self.parking_dir(device, rec)
@@ -265,7 +306,7 @@ class BlobStore:
             raise
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise StoreError(f"recording {rec}: cannot assemble ({exc.strerror or exc})") from exc
+            raise _io_error(exc, f"recording {rec}: cannot assemble") from exc
         return tmp
 
     def list_parking(self) -> list[tuple[str, str, float]]:
@@ -333,10 +374,8 @@ class BlobStore:
             if container is not None:
                 self._place_blob(rec, target, blob_tmp, want_sha, want_bytes)
             self._place_manifest(rec, manifest_file, manifest)
-        except StoreError:
-            raise
         except OSError as exc:
-            raise StoreError(f"recording {rec}: cannot store ({exc.strerror or exc})") from exc
+            raise _io_error(exc, f"recording {rec}: cannot store") from exc
         return target
 
     def _place_blob(
@@ -450,7 +489,7 @@ class BlobStore:
         fd = -1
         while fd < 0:
             directory.mkdir(parents=True, exist_ok=True)
-            candidate = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            candidate = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -480,6 +519,28 @@ class BlobStore:
                 os.close(fd)
 
     # -- housekeeping --------------------------------------------------------------------
+    def cleanup_locks(self) -> int:
+        """Remove lock files nobody holds (left by killed workers); returns how many.
+        A file is removed only while this call holds its lock, so a live holder's lock
+        is never taken away."""
+        removed = 0
+        for device_dir in (self.root / LOCKS).iterdir():
+            for path in device_dir.glob("*.lock"):
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # held: a worker is finishing that recording
+                else:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                finally:
+                    os.close(fd)
+        return removed
+
     def cleanup_tmp(self, older_than_s: float = 3600.0) -> int:
         """Remove temp files left by crashed workers; returns how many."""
         removed = 0

@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, AnyStr
@@ -145,9 +145,11 @@ def signed_manifest(
     prev: str,
     blob: bytes,
     duration_ms: int = 300_000,
+    recipients: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """A signed manifest for an opaque blob: what transport and storage check (signature,
-    chain, size, sha256) without anything having to decrypt it."""
+    chain, size, sha256) without anything having to decrypt it; ``recipients`` as the
+    device's sealing.recipients would name them (the office checks them)."""
     body = {
         "version": 1, "recording_id": rec, "device_id": device_id, "line": "line1", "seq": seq,
         "prev_manifest_sha256": prev, "started_utc": "2026-11-25T10:00:00.000+00:00",
@@ -156,6 +158,8 @@ def signed_manifest(
         "blob_bytes": len(blob), "recovered": False, "discarded": False, "caller_id": None,
         "dialled_digits": "", "direction": "unknown",
     }  # fmt: skip
+    if recipients is not None:
+        body["recipients"] = sorted(recipients)
     return sign_manifest(body, key)
 
 

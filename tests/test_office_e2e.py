@@ -201,7 +201,15 @@ def _synthetic(
     for seq, size in enumerate(sizes, start=first_seq):
         blob = os.urandom(size)
         rec = f"syn-{seq:04d}"
-        manifest = signed_manifest(key, device_id=DEVICE, rec=rec, seq=seq, prev=prev, blob=blob)
+        manifest = signed_manifest(
+            key,
+            device_id=DEVICE,
+            rec=rec,
+            seq=seq,
+            prev=prev,
+            blob=blob,
+            recipients=[s.office.recipient],
+        )
         prev = manifest_hash(manifest)
         entries.append(
             (rec, {"manifest.json": json.dumps(manifest).encode(), "recording.age": blob})

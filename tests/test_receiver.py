@@ -97,7 +97,8 @@ def office(tmp_path: Path):
 
     index = open_index(f"sqlite:///{tmp_path / 'index.sqlite3'}")
     store = BlobStore(tmp_path / "store")
-    yield device, Receiver(store, index, device_key), store, index, tmp_path, device_key
+    receiver = Receiver(store, index, device_key, fin_grace_s=0)
+    yield device, receiver, store, index, tmp_path, device_key
     index.close()
 
 

@@ -11,13 +11,19 @@ Topics (``{device}`` and ``{rec}`` are validated ids, see :func:`parse_topic`)::
 Every message is idempotent by recording id and sha256. The device (re)sends ``init``
 to learn where the store stands: the store answers every ``init`` and ``fin`` with an
 ack — ``stored`` (durable: blob fsynced, index committed), ``missing`` (the chunk
-indices it still lacks; all of them for a new recording) or ``rejected`` (a reason; the
-device keeps the recording and raises an alarm, it never deletes on a rejection).
-All MQTT v5 at QoS 1.
+indices it still lacks; all of them for a new recording), ``busy`` (the store cannot take
+it now — full disk, a quota — with a reason and ``retry_after_s``; the device asks again
+with init after that) or ``rejected`` (a reason; the device keeps the recording and raises
+an alarm, it never deletes on a rejection). All MQTT v5 at QoS 1.
+
+Everything received is hostile until checked: JSON is parsed with a size, nesting-depth
+and number-length limit (no payload can make the parser recurse or build huge integers),
+and no float is accepted (a manifest's canonical form has none).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -34,7 +40,14 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 1024
 MAX_JSON_BYTES = 256 * 1024  # init carries the manifest: a few KiB in practice
+MAX_JSON_DEPTH = 16  # a manifest nests 3 deep; the C parser recurses per level
+MAX_INT_DIGITS = 20  # any 64-bit integer; int("9" * 5000) costs and raises
 MAX_CHUNKS = 1_000_000
+# The most chunk indices one ``missing`` ack lists: 16384 × at most 8 bytes = 128 KiB, far
+# below any broker's packet limit. An office never accepts an upload of more chunks (its
+# ``limits.max_chunks``), so an honest device always gets its whole list in one answer.
+MAX_MISSING_LISTED = 16_384
+MAX_RETRY_AFTER_S = 3600
 SHA256_PROPERTY = "sha256"
 OFFLINE_PAYLOAD = b'{"state":"offline"}'
 
@@ -125,13 +138,55 @@ def chunk_count(blob_bytes: int, chunk_size: int) -> int:
     return -(-blob_bytes // chunk_size)
 
 
-def _load_json(payload: bytes, what: str) -> dict[str, Any]:
-    if len(payload) > MAX_JSON_BYTES:
-        raise ProtocolError(f"{what}: {len(payload)} bytes, over the {MAX_JSON_BYTES}-byte limit")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(payload: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` in a JSON text (strings skipped), without
+    parsing it: checked before ``json.loads``, whose C scanner recurses per level."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b'""', payload)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ProtocolError(f"a number of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _no_float(text: str) -> float:
+    raise ProtocolError(f"number {text[:24]!r} is not an integer (protocol JSON has no floats)")
+
+
+def parse_json(payload: bytes, what: str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """``payload`` as JSON within the protocol's limits, or :class:`ProtocolError`."""
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"{what}: {len(payload)} bytes, over the {max_bytes}-byte limit")
+    depth = json_depth(payload)
+    if depth > MAX_JSON_DEPTH:
+        raise ProtocolError(f"{what}: nested {depth} deep (at most {MAX_JSON_DEPTH})")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{what}: not JSON ({exc})") from None
+        return json.loads(
+            payload,
+            parse_int=_bounded_int,
+            parse_float=_no_float,
+            parse_constant=_no_float,
+        )
+    except ProtocolError as exc:
+        raise ProtocolError(f"{what}: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"{what}: not JSON ({str(exc)[:120]})") from None
+
+
+def _load_json(payload: bytes, what: str) -> dict[str, Any]:
+    data = parse_json(payload, what)
     if not isinstance(data, dict):
         raise ProtocolError(f"{what}: not a JSON object")
     if data.get("v") != PROTOCOL_VERSION:
@@ -242,6 +297,7 @@ class Fin:
 class AckStatus(StrEnum):
     STORED = "stored"
     MISSING = "missing"
+    BUSY = "busy"  # cannot take it now (disk full, quota): ask again after retry_after_s
     REJECTED = "rejected"
 
 
@@ -252,15 +308,23 @@ class Ack:
     missing: tuple[int, ...] = ()
     reason: str = ""
     blob_sha256: str | None = None
+    retry_after_s: int = 0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"recording_id": self.recording_id, "status": self.status.value}
         if self.status is AckStatus.MISSING:
+            if len(self.missing) > MAX_MISSING_LISTED:
+                raise ProtocolError(
+                    f"ack: {len(self.missing)} missing chunks listed (at most "
+                    f"{MAX_MISSING_LISTED}: the answer must fit a broker packet)"
+                )
             body["missing"] = list(self.missing)
         if self.reason:
             body["reason"] = self.reason
         if self.blob_sha256 is not None:
             body["blob_sha256"] = self.blob_sha256
+        if self.status is AckStatus.BUSY:
+            body["retry_after_s"] = max(1, min(self.retry_after_s, MAX_RETRY_AFTER_S))
         return _dump(body)
 
     @classmethod
@@ -277,19 +341,21 @@ class Ack:
             isinstance(i, int) and 0 <= i < MAX_CHUNKS for i in missing
         ):
             raise ProtocolError("ack: missing must be a list of chunk indices")
+        retry = data.get("retry_after_s", 0)
+        if not isinstance(retry, int) or isinstance(retry, bool):
+            raise ProtocolError("ack: retry_after_s must be an integer")
         return cls(
             str(data["recording_id"]),
             status,
             tuple(missing),
             str(data.get("reason", ""))[:500],
             _sha(data.get("blob_sha256"), "ack: blob_sha256"),
+            max(0, min(retry, MAX_RETRY_AFTER_S)),
         )
 
 
 def check_chunk(data: bytes, sha256_hex: str | None, init: Init | None, index: int) -> None:
     """A chunk's size and hash against its user property and the init (when known)."""
-    import hashlib
-
     if len(data) > MAX_CHUNK_SIZE:
         raise ProtocolError(
             f"chunk {index}: {len(data)} bytes, over the {MAX_CHUNK_SIZE}-byte limit"

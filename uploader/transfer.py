@@ -178,6 +178,19 @@ class Transfer:
                 return None
             if ack.status is AckStatus.REJECTED:
                 return ack.reason or "no reason given"
+            if ack.status is AckStatus.BUSY:
+                # The store cannot take it now (full disk, a quota): ask again later,
+                # keeping the recording; a store's figure is capped by the protocol.
+                delay = max(float(ack.retry_after_s), self._backoff.next())
+                log.warning(
+                    "head office busy with %s (%s); asking again in %.0f s",
+                    job.rec,
+                    ack.reason or "no reason given",
+                    delay,
+                )
+                self._wait(delay)
+                ack = None
+                continue
             wanted = [i for i in ack.missing if i < job.init.chunk_count]
             if len(wanted) != len(ack.missing):
                 log.warning(

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from firmware.errors import LinetapError
 from firmware.manifest import ManifestError
+from firmware.manifest_model import validate_manifest
 
 Row = tuple[Any, ...]
 Query = Callable[[str, Sequence[Any]], list[Row]]
@@ -153,59 +154,29 @@ def _like(text: str) -> str:
     return "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _opt_str(manifest: Mapping[str, Any], key: str) -> str | None:
-    value = manifest.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ManifestError(f"manifest field {key}: expected a string, got {value!r}")
-    return value
-
-
-def _int(manifest: Mapping[str, Any], key: str, *, lo: int = 0, optional: bool = False) -> int:
-    value = manifest.get(key)
-    if value is None and optional:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ManifestError(f"manifest field {key}: expected an integer >= {lo}, got {value!r}")
-    return value
-
-
 def row_from_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The searchable columns a signed manifest yields (raises ManifestError)."""
-    rec = manifest.get("recording_id")
-    device = manifest.get("device_id")
-    line = manifest.get("line")
-    started = manifest.get("started_utc")
-    for key, value in (
-        ("recording_id", rec),
-        ("device_id", device),
-        ("line", line),
-        ("started_utc", started),
-    ):
-        if not isinstance(value, str) or not value:
-            raise ManifestError(f"manifest field {key}: expected a non-empty string")
-    caller = manifest.get("caller_id")
-    if caller is not None and not isinstance(caller, Mapping):
-        raise ManifestError("manifest field caller_id: expected null or an object")
-    caller = caller or {}
-    ended = _opt_str(manifest, "ended_utc")
+    """The searchable columns a signed manifest yields (raises ManifestError): through
+    the one typed model, so the index never takes a value the receiver did not check."""
+    m = validate_manifest(manifest)
+    caller = m.caller_id
     return {
-        "recording_id": rec,
-        "device_id": device,
-        "line": line,
-        "seq": _int(manifest, "seq", lo=1),
-        "started_utc": utc_iso(str(started), "manifest field started_utc"),
-        "ended_utc": utc_iso(ended, "manifest field ended_utc") if ended else None,
-        "duration_ms": _int(manifest, "duration_ms"),
-        "caller_number": _opt_str(caller, "number"),
-        "caller_name": _opt_str(caller, "name"),
-        "dialled_digits": _opt_str(manifest, "dialled_digits") or "",
-        "direction": _opt_str(manifest, "direction"),
-        "recovered": bool(manifest.get("recovered")),
-        "discarded": bool(manifest.get("discarded")),
-        "codec": _opt_str(manifest, "codec"),
-        "container": _opt_str(manifest, "container"),
-        "blob_sha256": _opt_str(manifest, "blob_sha256"),
-        "blob_bytes": _int(manifest, "blob_bytes", optional=True),
+        "recording_id": m.recording_id,
+        "device_id": m.device_id,
+        "line": m.line,
+        "seq": m.seq,
+        "started_utc": utc_iso(m.started, "manifest field started_utc"),
+        "ended_utc": utc_iso(m.ended, "manifest field ended_utc") if m.ended else None,
+        "duration_ms": m.duration_ms,
+        "caller_number": caller.number if caller else None,
+        "caller_name": caller.name if caller else None,
+        "dialled_digits": m.dialled_digits,
+        "direction": m.direction,
+        "recovered": m.recovered,
+        "discarded": m.discarded,
+        "codec": m.codec,
+        "container": m.container,
+        "blob_sha256": m.blob_sha256,
+        "blob_bytes": m.blob_bytes,
     }
 
 
