@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,14 +38,19 @@ from firmware.age import AgeError, AgeReader, decrypt_bytes, load_identities
 from firmware.errors import LinetapError
 from firmware.manifest import ManifestError, manifest_hash, verify_chain, verify_signature
 from firmware.verify import decode_audio
+from headoffice.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    INDEX_ENV,
+    STORE_ENV,
+    OfficeLocation,
+    resolve_office,
+)
 from headoffice.index import Index, PendingUpload, StoredRecord, open_index, row_from_manifest
 from headoffice.store import BlobStore, StoreError
 
 DeviceKeys = Callable[[str], Ed25519PublicKey] | Mapping[str, Ed25519PublicKey]
 
-DEFAULT_STORE = Path("/var/lib/linetap-office")
-STORE_ENV = "LINETAP_OFFICE_STORE"
-INDEX_ENV = "LINETAP_OFFICE_INDEX"
 # Plaintext suffixes that take a codec's stream as it is (no re-encoding).
 NATIVE_SUFFIXES = {"flac": (".flac",), "opus": (".opus", ".ogg")}
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -56,10 +62,41 @@ class QueryError(LinetapError, ValueError):
 
 # --------------------------------------------------------------------------- output
 
+# Unicode categories never printed as they are: control characters (C0, DEL, C1), format
+# characters (bidi embeddings/overrides/isolates U+202A-202E and U+2066-2069, LRM/RLM,
+# zero-width characters, tag characters), lone surrogates (not encodable), line and
+# paragraph separators.
+_UNPRINTED = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape_char(c: str) -> str:
+    if unicodedata.category(c) not in _UNPRINTED:
+        return c
+    code = ord(c)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
+
+
+def terminal_safe(text: object) -> str:
+    """``text`` for a terminal: every control, format (bidi) and separator character as
+    an escape (ESC as ``\\x1b``, U+202E as ``\\u202e``). Manifests are written by the
+    devices: a caller name must not move the cursor, clear the screen or reverse a line.
+    Every human-readable line of ls/search, show and verify goes through this."""
+    s = str(text)
+    if s.isprintable():  # the usual case; isprintable() is False for all of _UNPRINTED
+        return s
+    return "".join(_escape_char(c) for c in s)
+
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned."""
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    """Columns padded to their widest cell; numbers right-aligned; every cell escaped
+    with :func:`terminal_safe`."""
+    cells = [[("" if v is None else terminal_safe(v)) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, cell in enumerate(row):
@@ -100,7 +137,10 @@ def _flags(record: StoredRecord) -> str:
 
 
 def _json(out: TextIO, payload: Any) -> None:
-    out.write(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    # ensure_ascii: every non-ASCII character as \\uXXXX, so no raw control, bidi or lone
+    # surrogate character from a manifest reaches a terminal or breaks the encoding; any
+    # JSON parser reads back the exact strings.
+    out.write(json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=True) + "\n")
 
 
 def _fail(err: TextIO, exc: BaseException | str) -> int:
@@ -108,7 +148,7 @@ def _fail(err: TextIO, exc: BaseException | str) -> int:
         text = f"{exc.filename}: {exc.strerror or exc}"
     else:
         text = " ".join(str(exc).split()) or type(exc).__name__
-    err.write(f"linetap-office: error: {text}\n")
+    err.write(f"linetap-office: error: {terminal_safe(text)}\n")
     return 1
 
 
@@ -308,7 +348,7 @@ def cmd_show(
         ("stored", record.stored_at),
     ]
     width = max(len(k) for k, _ in fields)
-    out.writelines(f"{k.ljust(width)}  {v or '-'}\n" for k, v in fields)
+    out.writelines(f"{k.ljust(width)}  {terminal_safe(v) or '-'}\n" for k, v in fields)
     return 0
 
 
@@ -701,43 +741,59 @@ def device_keys_from_dir(directory: Path) -> Callable[[str], Ed25519PublicKey]:
 # --------------------------------------------------------------------------- argparse
 
 
-def office_options() -> argparse.ArgumentParser:
-    """``--store`` and ``--index``, as a parent parser (``add_help=False``)."""
+def office_options(*, index: bool = True) -> argparse.ArgumentParser:
+    """``--config`` (the primary form), ``--root`` (alias ``--store``) and, with ``index``,
+    ``--index``, as a parent parser (``add_help=False``) for every linetap-office command.
+    :func:`office_location` turns them into the store root and index URL."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
-        "--store",
+        "--config",
         type=Path,
-        default=Path(os.environ.get(STORE_ENV, DEFAULT_STORE)),
-        help=f"blob store directory (default ${STORE_ENV} or {DEFAULT_STORE})",
+        metavar="OFFICE_TOML",
+        help=f"the office config: store root and index from it (default ${CONFIG_ENV}, "
+        f"else {DEFAULT_CONFIG})",
     )
     parent.add_argument(
-        "--index",
-        default=os.environ.get(INDEX_ENV),
-        help=f"index URL: sqlite:///path or postgresql://… (default ${INDEX_ENV}, "
-        "else sqlite:///STORE/index.sqlite3)",
+        "--root",
+        "--store",
+        dest="store",
+        type=Path,
+        metavar="DIR",
+        help=f"the office root (blob store, CA, keys) without a config (or ${STORE_ENV}); "
+        "overrides the config's root",
     )
+    if index:
+        parent.add_argument(
+            "--index",
+            help=f"index URL: sqlite:///path or postgresql://… (default: the config's, or "
+            f"${INDEX_ENV} with --root, else sqlite:///ROOT/index.sqlite3)",
+        )
     return parent
 
 
-def _index_url(args: argparse.Namespace) -> str:
-    url: str | None = getattr(args, "index", None)
-    return url or f"sqlite:///{Path(args.store).resolve()}/index.sqlite3"
+def office_location(args: argparse.Namespace) -> OfficeLocation:
+    """The root and index URL named by ``--config`` / ``--root`` / ``--index`` (see
+    :func:`headoffice.config.resolve_office`); a missing or bad config raises
+    :class:`~firmware.errors.ConfigError` (exit status 2)."""
+    return resolve_office(
+        getattr(args, "config", None), getattr(args, "store", None), getattr(args, "index", None)
+    )
 
 
-def _open_store(args: argparse.Namespace) -> BlobStore:
-    root = Path(args.store)
+def _open_store(root: Path) -> BlobStore:
     if not root.is_dir():
-        raise QueryError(f"no blob store at {root}; give --store")
+        raise QueryError(f"no blob store at {root}; give --config office.toml or --root DIR")
     return BlobStore(root)
 
 
-def _run(args: argparse.Namespace, body: Callable[[Index], int]) -> int:
+def _run(args: argparse.Namespace, body: Callable[[OfficeLocation, Index], int]) -> int:
+    where = office_location(args)  # ConfigError: run_command prints it, exit status 2
     try:
-        index = open_index(_index_url(args))
+        index = open_index(where.index_url)
     except (LinetapError, OSError) as exc:
         return _fail(sys.stderr, exc)
     try:
-        return body(index)
+        return body(where, index)
     except (LinetapError, OSError) as exc:
         return _fail(sys.stderr, exc)
     finally:
@@ -749,8 +805,8 @@ def _seconds_ms(value: float | None) -> int | None:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    def body(index: Index) -> int:
-        store = BlobStore(Path(args.store)) if args.pending and Path(args.store).is_dir() else None
+    def body(where: OfficeLocation, index: Index) -> int:
+        store = BlobStore(where.root) if args.pending and where.root.is_dir() else None
         return cmd_ls(
             index,
             store=store,
@@ -772,14 +828,18 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    return _run(args, lambda index: cmd_show(index, args.recording, as_json=args.json))
+    return _run(args, lambda _where, index: cmd_show(index, args.recording, as_json=args.json))
 
 
 def run_export(args: argparse.Namespace) -> int:
     return _run(
         args,
-        lambda index: cmd_export(
-            index, _open_store(args), args.recording, identity=args.identity, output=args.output
+        lambda where, index: cmd_export(
+            index,
+            _open_store(where.root),
+            args.recording,
+            identity=args.identity,
+            output=args.output,
         ),
     )
 
@@ -792,17 +852,17 @@ def enrolled_device_keys(root: Path) -> Callable[[str], Ed25519PublicKey]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    keys = (
-        device_keys_from_dir(args.device_keys)
-        if args.device_keys is not None
-        else enrolled_device_keys(Path(args.store))
-    )
+    def keys(where: OfficeLocation) -> DeviceKeys:
+        if args.device_keys is not None:
+            return device_keys_from_dir(args.device_keys)
+        return enrolled_device_keys(where.root)
+
     return _run(
         args,
-        lambda index: cmd_verify(
+        lambda where, index: cmd_verify(
             index,
-            _open_store(args),
-            keys,
+            _open_store(where.root),
+            keys(where),
             device=args.device,
             identity=args.identity,
             as_json=args.json,
@@ -816,8 +876,8 @@ def add_query_commands(
     parents: Sequence[argparse.ArgumentParser] | None = None,
 ) -> None:
     """Register ``ls`` (alias ``search``), ``show``, ``export`` and ``verify``; each sets
-    ``func(args) -> int``. ``parents`` must provide ``--store`` / ``--index`` (default:
-    :func:`office_options`)."""
+    ``func(args) -> int``. ``parents`` must provide what :func:`office_location` reads
+    (default: :func:`office_options`)."""
     common = list(parents) if parents is not None else [office_options()]
 
     p = subparsers.add_parser(

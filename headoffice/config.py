@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +34,51 @@ class BrokerConfig(_Model):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
 
 
+class LimitsConfig(_Model):
+    """What any one device can make the office hold. An enrolled device's keys sit on an
+    SD card anyone can pull, so each bound assumes a hostile device with valid keys."""
+
+    max_blob_bytes: int = Field(
+        2 * 1024**3,
+        ge=1024,
+        le=2**40,
+        description="largest recording accepted (a 16 kHz FLAC hour is ~60 MB)",
+    )
+    max_chunks: int = Field(
+        16_384,
+        ge=1,
+        le=16_384,
+        description="most chunks per recording (a 'missing' answer lists them all)",
+    )
+    max_open_uploads: int = Field(
+        8, ge=1, le=10_000, description="unfinished uploads one device may have parked"
+    )
+    max_parked_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024,
+        le=2**44,
+        description="bytes of unfinished uploads one device may have parked (by their inits)",
+    )
+    parked_expiry_s: int = Field(
+        7 * 86400,
+        ge=60,
+        le=365 * 86400,
+        description="an upload untouched this long is dropped (the device still has it)",
+    )
+    housekeeping_s: int = Field(
+        600, ge=1, le=86400, description="how often expired uploads are looked for"
+    )
+    alarm_interval_s: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="the same alarm for the same device is raised at most this often",
+    )
+    busy_retry_s: int = Field(
+        60, ge=1, le=3600, description="what a refused device is told to wait (full disk, quota)"
+    )
+
+
 class OfficeConfig(_Model):
     root: Path = Field(
         Path("/var/lib/linetap-office"),
@@ -40,6 +88,14 @@ class OfficeConfig(_Model):
         None, description="index URL: sqlite:///path or postgresql://… (default: sqlite in root)"
     )
     broker: BrokerConfig = Field(default_factory=BrokerConfig, description="broker connection")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="bounds on what a device can make us hold"
+    )
+    recipients: tuple[str, ...] | None = Field(
+        None,
+        description="the age recipients every manifest must name exactly (default: the "
+        "office identity's, keys/office.key); add escrow recipients here",
+    )
 
     @property
     def index_url(self) -> str:
@@ -74,3 +130,73 @@ def load_office_config(path: Path) -> OfficeConfig:
             ),
         }
     )
+
+
+# --------------------------------------------------------------------------- where the office is
+# Every linetap-office command finds the store root and the index the same way:
+# resolve_office() below (the CLI passes its --config / --root|--store / --index values).
+
+CONFIG_ENV = "LINETAP_OFFICE_CONFIG"
+DEFAULT_CONFIG = Path("/etc/linetap-office/office.toml")
+# Older ways to name the store without a config file (kept working).
+STORE_ENV = "LINETAP_OFFICE_STORE"
+INDEX_ENV = "LINETAP_OFFICE_INDEX"
+
+
+def sqlite_index_url(root: Path) -> str:
+    """The default index: ``index.sqlite3`` in the store root."""
+    return f"sqlite:///{Path(root).resolve() / 'index.sqlite3'}"
+
+
+def office_config_path(config: Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    """``config``, else ``$LINETAP_OFFICE_CONFIG``, else /etc/linetap-office/office.toml;
+    a default that does not exist is a one-line :class:`ConfigError` saying what to pass."""
+    if config is not None:
+        return config
+    env = os.environ if environ is None else environ
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    if not DEFAULT_CONFIG.exists():
+        raise ConfigError(
+            [
+                f"no office config: {DEFAULT_CONFIG} does not exist and ${CONFIG_ENV} is not"
+                " set; pass --config office.toml (or --root DIR for a store without one)"
+            ]
+        )
+    return DEFAULT_CONFIG
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeLocation:
+    """Where a command finds the office: store root, index URL, and the config they came
+    from (``None`` when the root was given directly)."""
+
+    root: Path
+    index_url: str
+    config: OfficeConfig | None
+
+
+def resolve_office(
+    config: Path | None = None,
+    root: Path | None = None,
+    index: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> OfficeLocation:
+    """The one place that turns ``--config`` / ``--root`` (``--store``) / ``--index`` into
+    an :class:`OfficeLocation`.
+
+    ``--config`` loads office.toml (``--root`` and ``--index`` given as well override its
+    values). ``--root`` alone uses that directory, with ``--index`` or
+    ``$LINETAP_OFFICE_INDEX`` or ``ROOT/index.sqlite3``. Neither: ``$LINETAP_OFFICE_CONFIG``,
+    then ``$LINETAP_OFFICE_STORE`` (a root), then /etc/linetap-office/office.toml.
+    Raises :class:`ConfigError` (one line per problem, exit status 2)."""
+    env = os.environ if environ is None else environ
+    if config is None and root is None and not env.get(CONFIG_ENV) and env.get(STORE_ENV):
+        root = Path(env[STORE_ENV])
+    if config is None and root is not None:
+        return OfficeLocation(root, index or env.get(INDEX_ENV) or sqlite_index_url(root), None)
+    cfg = load_office_config(office_config_path(config, env))
+    final_root = root if root is not None else cfg.root
+    url = index or cfg.index or sqlite_index_url(final_root)
+    return OfficeLocation(final_root, url, cfg)

@@ -27,6 +27,7 @@ from firmware.age import load_identities
 from firmware.cli import main as linetap_main
 from firmware.keys import load_device_key, public_key_b64
 from firmware.verify import decrypt_recording
+from headoffice.cli import main as office_main
 from headoffice.cli_query import (
     add_query_commands,
     cmd_export,
@@ -34,7 +35,9 @@ from headoffice.cli_query import (
     cmd_show,
     cmd_verify,
     format_table,
+    terminal_safe,
 )
+from headoffice.config import OfficeConfig, resolve_office
 from headoffice.index import Index, open_index
 from headoffice.store import BlobStore
 from tests.helpers import RATE, START_UTC, config_text, line_signal, replay_inputs
@@ -463,3 +466,219 @@ def test_blob_sha_is_what_the_device_signed(office_store: Office):
     o = office_store
     for path, m in zip(o.paths, o.manifests, strict=True):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == m["blob_sha256"]
+
+
+# --------------------------------------------------------------------------- hostile text
+
+# What a device can sign into a manifest: clear the screen, ring the bell, return to the
+# line's start and reverse what follows (U+202E), here in caller name, number and line.
+HOSTILE_NAME = "\x1b[2JEvil\x07 Corp\r\u202eraboof"
+HOSTILE_NUMBER = "0207\x1b[31m946\u2066"
+HOSTILE_LINE = "line1\x9b2J"  # C1 CSI
+RAW = ("\x1b", "\x07", "\r", "\u202e", "\u2066", "\x9b")
+
+
+def hostile_entry(sealed: Sealed, tmp_path: Path) -> Path:
+    """A copy of the first outbox entry whose manifest carries control characters, signed
+    by the real device key (so it verifies: only the text is hostile)."""
+    from firmware.manifest import SIGNATURE_FIELD, sign_manifest
+
+    source = sealed.entries[0]
+    entry = tmp_path / "hostile" / source.name
+    entry.mkdir(parents=True)
+    for f in source.iterdir():
+        (entry / f.name).write_bytes(f.read_bytes())
+    body = {k: v for k, v in manifest_of(source).items() if k != SIGNATURE_FIELD}
+    body["caller_id"] = {"number": HOSTILE_NUMBER, "name": HOSTILE_NAME, "source": "fsk"}
+    body["line"] = HOSTILE_LINE
+    key = load_device_key(source.parents[2] / "keys" / "device.key")
+    (entry / "manifest.json").write_text(json.dumps(sign_manifest(body, key)))
+    return entry
+
+
+def test_ls_and_show_escape_control_characters(tmp_path: Path, sealed: Sealed):
+    store = BlobStore(tmp_path / "store")
+    index = open_index(f"sqlite:///{tmp_path}/store/index.sqlite3")
+    try:
+        entry = hostile_entry(sealed, tmp_path)
+        rec = manifest_of(entry)["recording_id"]
+        ingest(store, index, entry)
+        record = index.get(rec)
+        assert record is not None and record.caller_name == HOSTILE_NAME  # stored exactly
+
+        for text in (run_text(cmd_ls, index)[1], run_text(cmd_show, index, rec)[1]):
+            assert not [c for c in RAW if c in text], repr(text)
+            assert "\\x1b[2JEvil\\x07 Corp\\x0d\\u202eraboof" in text
+            assert "0207\\x1b[31m946\\u2066" in text and "line1\\x9b2J" in text
+        code, _, err = run_text(cmd_show, index, "\x1b[2Jnone\u202e")
+        assert code == 1 and "\\x1b[2Jnone\\u202e" in err and "\x1b" not in err
+
+        for fn, args in ((cmd_ls, ()), (cmd_show, (rec,))):
+            out = io.StringIO()
+            assert fn(index, *args, as_json=True, out=out, err=io.StringIO()) == 0
+            raw = out.getvalue()
+            assert raw.isascii() and not [c for c in RAW if c in raw], raw
+            doc = json.loads(raw)  # exact strings back
+            row = doc["recordings"][0] if fn is cmd_ls else doc["record"]
+            assert (row["caller_name"], row["caller_number"], row["line"]) == (
+                HOSTILE_NAME, HOSTILE_NUMBER, HOSTILE_LINE,
+            )  # fmt: skip
+        code, text, _ = run_text(cmd_verify, index, store, {DEVICE: sealed.device_key})
+        assert code == 0 and "all good" in text
+    finally:
+        index.close()
+
+
+def test_terminal_safe():
+    assert terminal_safe("Jane Doe, 0207 946 0000 — café") == "Jane Doe, 0207 946 0000 — café"
+    assert terminal_safe("a\tb\nc\x7fd\x85e") == "a\\x09b\\x0ac\\x7fd\\x85e"
+    assert terminal_safe("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069") == (
+        "\\u202a\\u202b\\u202c\\u202d\\u202e\\u2066\\u2067\\u2068\\u2069"
+    )
+    assert terminal_safe("x\ud800y\u2028\U000e0041") == "x\\ud800y\\u2028\\U000e0041"
+    assert format_table(["A"], [["\x1b[2J"]]) == "A\n\\x1b[2J"
+
+
+# --------------------------------------------------------------------------- --config
+
+
+def test_every_query_command_takes_the_config(
+    office_store: Office, office, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    o = office_store
+    conf = tmp_path / "office.toml"
+    conf.write_text('root = "store"\n')  # relative to the config's directory
+    monkeypatch.delenv("LINETAP_OFFICE_CONFIG", raising=False)
+    monkeypatch.delenv("LINETAP_OFFICE_STORE", raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = office_main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    with_config = ["--config", str(conf)]
+    code, out, _ = run("ls", *with_config, "--json")
+    assert code == 0 and json.loads(out)["count"] == 3
+    code, out, _ = run("show", *with_config, o.manifests[1]["recording_id"])
+    assert code == 0 and "line2" in out
+    wav = tmp_path / "c.wav"
+    rec = o.manifests[0]["recording_id"]
+    code, _, err = run("export", *with_config, rec, "-i", str(office[0]), "-o", str(wav))
+    assert code == 0 and soundfile.info(wav).frames == o.manifests[0]["audio_frames"], err
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / f"{DEVICE}.pub").write_text(public_key_b64(o.keys[DEVICE]) + "\n")
+    code, out, _ = run("verify", *with_config, "--device-keys", str(keys))
+    assert code == 0 and "all good" in out
+    # The config's index = ...: a URL it names is used.
+    conf.write_text(f'root = "store"\nindex = "sqlite:///{tmp_path}/other/i.sqlite3"\n')
+    code, _, err = run("ls", *with_config)
+    assert code == 1 and "other" in err and err.count("\n") == 1
+    # $LINETAP_OFFICE_CONFIG when no option is given.
+    conf.write_text('root = "store"\n')
+    monkeypatch.setenv("LINETAP_OFFICE_CONFIG", str(conf))
+    code, out, _ = run("ls", "--json")
+    assert code == 0 and json.loads(out)["count"] == 3
+    # --store/--root still work, and win over the config's root.
+    code, out, _ = run("ls", "--root", str(o.store.root), "--json")
+    assert code == 0 and json.loads(out)["count"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "no such file; pass --config"),
+        ("root = [", "cannot read"),
+        ("root = 5\n", "root: Input is not a valid path"),
+        ("rooot = '/x'\n", "rooot: Extra inputs are not permitted"),
+    ],
+    ids=["missing", "not-toml", "bad-value", "typo"],
+)
+@pytest.mark.parametrize("command", ["ls", "show", "export", "verify", "init", "serve"])
+def test_bad_config_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, expected: str,
+    command: str,
+):  # fmt: skip
+    conf = tmp_path / "office.toml"
+    if content is not None:
+        conf.write_text(content)
+    extra = {
+        "show": ["abcd"], "export": ["abcd", "-i", "k", "-o", "x.wav"], "init": ["--name", "X"],
+    }.get(command, [])  # fmt: skip
+    code = office_main([command, "--config", str(conf), *extra])
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert captured.err.count("\n") == 1 and expected in captured.err, captured.err
+    assert str(conf) in captured.err and "Traceback" not in captured.err
+
+
+def test_no_config_anywhere_says_what_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    import headoffice.config
+
+    monkeypatch.delenv("LINETAP_OFFICE_CONFIG", raising=False)
+    monkeypatch.delenv("LINETAP_OFFICE_STORE", raising=False)
+    monkeypatch.setattr(headoffice.config, "DEFAULT_CONFIG", tmp_path / "etc" / "office.toml")
+    for argv in (["ls"], ["serve"], ["office-client"], ["verify", "--json"]):
+        assert office_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert "no office config" in err and "pass --config office.toml" in err, err
+        assert str(tmp_path / "etc" / "office.toml") in err
+
+
+def test_resolve_office_precedence(tmp_path: Path):
+    conf = tmp_path / "office.toml"
+    conf.write_text('root = "r"\nindex = "postgresql://db/office"\n')
+    env = {"LINETAP_OFFICE_CONFIG": str(conf)}
+    where = resolve_office(environ=env)
+    assert (where.root, where.index_url) == (tmp_path / "r", "postgresql://db/office")
+    assert where.config is not None and where.config.broker.client_id == "office-receiver"
+    where = resolve_office(root=tmp_path / "s", environ=env)  # --root alone: no config
+    assert where.root == tmp_path / "s" and where.config is None
+    assert where.index_url == f"sqlite:///{tmp_path}/s/index.sqlite3"
+    where = resolve_office(conf, tmp_path / "s", "sqlite:///x.db", environ={})
+    assert (where.root, where.index_url) == (tmp_path / "s", "sqlite:///x.db")
+    store_env = {"LINETAP_OFFICE_STORE": str(tmp_path / "old"), "LINETAP_OFFICE_INDEX": "i"}
+    where = resolve_office(environ=store_env)
+    assert (where.root, where.index_url, where.config) == (tmp_path / "old", "i", None)
+
+
+def test_office_commands_with_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    """init, office-client, broker-config and serve --client find the root in the config."""
+    import headoffice.service
+
+    conf = tmp_path / "etc" / "office.toml"
+    conf.parent.mkdir()
+    root = tmp_path / "office"
+    conf.write_text(f'root = "{root}"\n[broker]\ncert_file = "a.crt"\nkey_file = "a.key"\n')
+    c = ["--config", str(conf)]
+    assert office_main(["init", *c, "--name", "ACME"]) == 0
+    assert (root / "ca" / "ca.crt").is_file() and (root / "keys" / "office.key").is_file()
+    assert office_main(["office-client", *c, "--name", "office-receiver-2"]) == 0
+    assert (root / "office" / "office-receiver-2.crt").is_file()
+    assert office_main(["broker-config", *c]) == 0
+    assert "user office-receiver-2" in (root / "broker" / "acl").read_text()
+    assert office_main(["init", "--root", str(tmp_path / "r2"), "--name", "B"]) == 0  # as before
+    capsys.readouterr()
+
+    seen: list[OfficeConfig] = []
+
+    def fake_serve(cfg: OfficeConfig, _receiver: object) -> int:
+        seen.append(cfg)
+        return 0
+
+    monkeypatch.setattr(headoffice.service, "serve", fake_serve)
+    assert office_main(["serve", *c, "--client", "office-receiver-2"]) == 0
+    assert office_main(["serve", *c]) == 0
+    worker, plain = seen
+    assert worker.broker.client_id == "office-receiver-2"
+    assert worker.broker.cert_file == root / "office" / "office-receiver-2.crt"
+    assert worker.broker.key_file == root / "office" / "office-receiver-2.key"
+    assert (plain.broker.client_id, plain.broker.cert_file) == (
+        "office-receiver", conf.parent / "a.crt",
+    )  # fmt: skip

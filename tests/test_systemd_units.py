@@ -1,4 +1,5 @@
-"""The systemd units in systemd/ (recorder, uploader, first boot), checked with systemd's tools.
+"""The systemd units in systemd/ (recorder, uploader, first boot) and systemd/office/ (the
+head office receiver, plain and as a template), checked with systemd's tools.
 
 * ``systemd-analyze verify`` runs on the units inside a throwaway root (--root): the
   host's own system units copied in (sysinit.target, network-online.target, ...) and a
@@ -10,7 +11,12 @@
   settings it marked.
 * The units name only what the project has: the ``linetap`` subcommands and options
   (parsed by the real argument parser), the config's default data and runtime
-  directories, the provisioning marker and boot files of ``linetap provision``.
+  directories, the provisioning marker and boot files of ``linetap provision``; the
+  office units the ``linetap-office serve`` options, the default office config path and
+  store root.
+* The office units: systemd marks only the settings left off on purpose (network, no
+  chroot), so removing any hardening line systemd rates fails the test; each line is
+  removed in turn to show that.
 * The system call filter, evaluated the way systemd merges the lines with systemd's own
   group definitions, lets the daemons read the kernel clock state (firmware/clock.py).
 * ``systemd-sysusers`` creates the user and groups in a throwaway root, Debian-like (no
@@ -35,6 +41,8 @@ import pytest
 from firmware.cli import build_parser
 from firmware.config import StorageConfig
 from firmware.tools import provision
+from headoffice.cli import build_parser as build_office_parser
+from headoffice.config import DEFAULT_CONFIG, OfficeConfig
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS_DIR = REPO / "systemd"
@@ -46,6 +54,34 @@ RPIGPIO_DROPIN = UNITS_DIR / "linetap-recorder-rpigpio.conf"
 SYSUSERS = UNITS_DIR / "sysusers.d" / "linetap.conf"
 UDEV_RULES = UNITS_DIR / "udev" / "60-linetap-gpio.rules"
 VENV_LINETAP = "/opt/linetap/venv/bin/linetap"
+OFFICE_DIR = UNITS_DIR / "office"
+OFFICE_SERVE = "linetap-office-serve.service"
+OFFICE_TEMPLATE = "linetap-office-serve@.service"
+OFFICE_INSTANCE = "linetap-office-serve@office-receiver-2.service"
+OFFICE_UNITS = (OFFICE_SERVE, OFFICE_TEMPLATE)
+OFFICE_SYSUSERS = OFFICE_DIR / "sysusers.d" / "linetap-office.conf"
+VENV_OFFICE = "/opt/linetap-office/venv/bin/linetap-office"
+# What systemd-analyze security may mark on the office units: the receiver needs the
+# network (MQTT to a broker anywhere, PostgreSQL, DNS) and runs in the host's root.
+# char-rtc:r is what ProtectClock=yes itself allows (PrivateDevices=yes hides it anyway).
+OFFICE_ACCEPTED_MARKS = {
+    "RootDirectory=/RootImage=",
+    "RestrictAddressFamilies=~AF_UNIX",
+    "RestrictAddressFamilies=~AF_(INET|INET6)",
+    "PrivateNetwork=",
+    "IPAddressDeny=",
+    "DeviceAllow=",
+}
+# Sandbox lines of the office units that removing cannot change systemd-analyze's marks:
+# not rated (each still narrows what the process can do), or systemd's default for a
+# system service anyway (written out, as in the device units).
+OFFICE_UNRATED = {
+    "PrivateMounts",
+    "SystemCallErrorNumber",
+    "DevicePolicy",
+    "AmbientCapabilities",
+    "KeyringMode",
+}
 MAX_EXPOSURE = 2.0
 # Host directories holding systemd's own units (Debian 12: /lib is a link to /usr/lib).
 SYSTEM_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
@@ -110,7 +146,7 @@ def one(settings: list[Setting], key: str) -> str:
 
 
 def unit(name: str) -> list[Setting]:
-    return parse_unit(UNITS_DIR / name)
+    return parse_unit((OFFICE_DIR if name in OFFICE_UNITS else UNITS_DIR) / name)
 
 
 def commands(settings: Iterable[Setting]) -> list[list[str]]:
@@ -135,8 +171,8 @@ def make_root(tmp_path: Path, *, rpigpio: bool = False) -> Path:
     (root / "lib").symlink_to("usr/lib")
     etc = root / "etc/systemd/system"
     etc.mkdir(parents=True)
-    for name in UNITS:
-        shutil.copy(UNITS_DIR / name, etc / name)
+    for name in (*UNITS, *OFFICE_UNITS):
+        shutil.copy((OFFICE_DIR if name in OFFICE_UNITS else UNITS_DIR) / name, etc / name)
         for argv in commands(unit(name)):
             stub = root / argv[0].lstrip("/")
             stub.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +202,7 @@ def verify(root: Path, names: Iterable[str]) -> subprocess.CompletedProcess[str]
 @needs_analyze
 def test_units_verify_clean(tmp_path: Path) -> None:
     root = make_root(tmp_path, rpigpio=True)
-    done = verify(root, UNITS)
+    done = verify(root, [*UNITS, OFFICE_SERVE, OFFICE_INSTANCE])
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 0 and not output, f"systemd-analyze verify:\n{output}"
 
@@ -206,8 +242,15 @@ def exposure(root: Path, name: str) -> tuple[float, list[str]]:
 @needs_analyze
 @pytest.mark.parametrize(
     ("name", "rpigpio"),
-    [(RECORDER, False), (UPLOADER, False), (FIRSTBOOT, False), (RECORDER, True)],
-    ids=["recorder", "uploader", "firstboot", "recorder+rpigpio"],
+    [
+        (RECORDER, False),
+        (UPLOADER, False),
+        (FIRSTBOOT, False),
+        (RECORDER, True),
+        (OFFICE_SERVE, False),
+        (OFFICE_INSTANCE, False),
+    ],
+    ids=["recorder", "uploader", "firstboot", "recorder+rpigpio", "office", "office@"],
 )
 def test_exposure_at_most_2(tmp_path: Path, name: str, rpigpio: bool) -> None:
     level, marked = exposure(make_root(tmp_path, rpigpio=rpigpio), name)
@@ -232,7 +275,83 @@ def test_exposure_figure_responds_to_the_unit(tmp_path: Path) -> None:
     assert level > MAX_EXPOSURE + 2
 
 
+def marked_settings(marked: list[str]) -> set[str]:
+    """The setting names of systemd-analyze's ✗ lines (``✗ PrivateNetwork=   Service …``)."""
+    return {line.split()[1] for line in marked}
+
+
+def sandbox_lines(text: str) -> list[str]:
+    """The assignment lines of the office unit's sandbox block (after its marker comment)."""
+    block = text.split("# --- Sandbox.", 1)[1].split("[Install]", 1)[0]
+    return [line for line in block.splitlines()[1:] if line and not line.startswith("#")]
+
+
+@needs_analyze
+@pytest.mark.parametrize("name", [OFFICE_SERVE, OFFICE_INSTANCE])
+def test_office_marks_only_what_it_needs(tmp_path: Path, name: str) -> None:
+    """Below 2.0 is not enough: the office units leave off only what the receiver needs."""
+    _, marked = exposure(make_root(tmp_path), name)
+    extra = marked_settings(marked) - OFFICE_ACCEPTED_MARKS
+    assert not extra, f"{name}: weaker than intended:\n" + "\n".join(marked)
+
+
+@needs_analyze
+def test_office_every_hardening_line_counts(tmp_path: Path) -> None:
+    """Removing any one rated sandbox line of the office unit makes systemd mark a setting
+    the test above does not accept: the check sees every line, not just the total."""
+    root = make_root(tmp_path)
+    path = root / "etc/systemd/system" / OFFICE_SERVE
+    original = path.read_text()
+    lines = sandbox_lines(original)
+    assert len(lines) > 20, lines
+    unnoticed = []
+    for line in lines:
+        if line.partition("=")[0] in OFFICE_UNRATED:
+            continue
+        assert original.count(f"\n{line}\n") == 1, line
+        path.write_text(original.replace(f"\n{line}\n", "\n"))
+        _, marked = exposure(root, OFFICE_SERVE)
+        if not marked_settings(marked) - OFFICE_ACCEPTED_MARKS:
+            unnoticed.append(line)
+    path.write_text(original)
+    assert not unnoticed, f"removing these goes unnoticed: {unnoticed}"
+
+
+def test_office_template_matches_the_unit() -> None:
+    """linetap-office-serve@.service is the plain unit plus --client %i: nothing drifts."""
+    plain, template = unit(OFFICE_SERVE), unit(OFFICE_TEMPLATE)
+    differ = {"Description", "ExecStart"}
+
+    def rest(settings: list[Setting]) -> list[tuple[str, str, str]]:
+        return [(s.section, s.key, s.value) for s in settings if s.key not in differ]
+
+    assert rest(plain) == rest(template)
+    assert one(template, "ExecStart") == one(plain, "ExecStart") + " --client %i"
+    assert one(template, "Description") == one(plain, "Description") + " %i"
+
+
 # -- what the units name exists ----------------------------------------------------------
+
+
+def test_office_command_config_and_directories() -> None:
+    """ExecStart is `linetap-office serve` with the default office config; the state
+    directory is the config's default root, 0700; config errors (exit 2) end restarts."""
+    parser = build_office_parser()
+    for name in OFFICE_UNITS:
+        settings = unit(name)
+        [argv] = commands(settings)
+        assert argv[0] == VENV_OFFICE, argv
+        args = parser.parse_args([a.replace("%i", "office-receiver-2") for a in argv[1:]])
+        assert args.command == "serve" and args.config == DEFAULT_CONFIG, argv
+        assert (args.client is not None) == (name == OFFICE_TEMPLATE), argv
+        assert Path("/var/lib") / one(settings, "StateDirectory") == OfficeConfig().root
+        assert one(settings, "StateDirectoryMode") == "0700"
+        assert Path("/etc") / one(settings, "ConfigurationDirectory") == DEFAULT_CONFIG.parent
+        assert one(settings, "Restart") == "always"
+        assert one(settings, "StartLimitIntervalSec") == "0"
+        assert one(settings, "RestartPreventExitStatus") == "2"
+        assert one(settings, "User") == one(settings, "Group") == "linetap-office"
+        assert one(settings, "CapabilityBoundingSet") == ""
 
 
 def test_commands_are_the_projects() -> None:
@@ -354,7 +473,9 @@ def test_clock_state_query_allowed(name: str) -> None:
 # -- users and groups --------------------------------------------------------------------
 
 
-def run_sysusers(tmp_path: Path, group_file: str) -> tuple[dict[str, list[str]], list[str]]:
+def run_sysusers(
+    tmp_path: Path, group_file: str, conf: Path = SYSUSERS, user: str = "linetap"
+) -> tuple[dict[str, list[str]], list[str]]:
     """systemd-sysusers with our file in a throwaway root; (groups: members, passwd line)."""
     assert SYSUSERS_BIN is not None
     root = tmp_path / "root"
@@ -362,7 +483,7 @@ def run_sysusers(tmp_path: Path, group_file: str) -> tuple[dict[str, list[str]],
     (root / "usr/lib/sysusers.d").mkdir(parents=True)
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text(group_file)
-    shutil.copy(SYSUSERS, root / "usr/lib/sysusers.d/linetap.conf")
+    shutil.copy(conf, root / "usr/lib/sysusers.d" / conf.name)
     done = subprocess.run(
         [SYSUSERS_BIN, f"--root={root}"], capture_output=True, text=True, timeout=60, check=False
     )
@@ -372,7 +493,7 @@ def run_sysusers(tmp_path: Path, group_file: str) -> tuple[dict[str, list[str]],
         name, _, gid, members = line.split(":")
         assert name not in groups, f"group {name} twice in /etc/group"
         groups[name] = [gid, *filter(None, members.split(","))]
-    users = [u for u in (root / "etc/passwd").read_text().splitlines() if u.startswith("linetap:")]
+    users = [u for u in (root / "etc/passwd").read_text().splitlines() if u.startswith(f"{user}:")]
     assert len(users) == 1, users
     return groups, users[0].split(":")
 
@@ -398,6 +519,17 @@ def test_sysusers_user_and_groups(
     if gpio_gid is not None:
         assert groups["gpio"][0] == gpio_gid, "an existing gpio group is kept"
         assert "pi" in groups["gpio"][1:]
+
+
+@needs_sysusers
+def test_sysusers_office_user(tmp_path: Path) -> None:
+    groups, user = run_sysusers(
+        tmp_path, "root:x:0:\n", conf=OFFICE_SYSUSERS, user="linetap-office"
+    )
+    assert user[5] == str(OfficeConfig().root) and user[6] == "/usr/sbin/nologin", user
+    assert groups["linetap-office"][0] == user[3], "its own primary group"
+    assert int(user[2]) < 1000, "a system user"
+    assert one(unit(OFFICE_SERVE), "User") == user[0]
 
 
 def test_udev_rule_gives_gpio_devices_to_the_recorders_group() -> None:

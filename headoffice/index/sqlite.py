@@ -1,8 +1,17 @@
-"""The SQLite backend of the index."""
+"""The SQLite backend of the index.
+
+The file holds caller numbers and names: it is created mode 0600 (SQLite gives its -wal
+and -shm files the database file's mode), an existing one readable by others is
+tightened to 0600 when opened, and so is a directory of ours that others can enter
+(0700), each with a warning in the log.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -13,6 +22,10 @@ from headoffice.index.base import DEFAULT_LOCK_TIMEOUT_S, Index
 from headoffice.index.records import IndexStoreError, Query, Row
 from headoffice.index.schema import _schema
 
+log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another (SQLite's busy timeout)
 WAL_RETRY_S = 0.02
 
@@ -27,6 +40,7 @@ class SqliteIndex(Index):
             raise IndexStoreError(
                 f"index {url}: directory {path.parent} does not exist; create it first"
             )
+        _private_files(path)
         try:
             self._conn = sqlite3.connect(
                 path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -35,6 +49,7 @@ class SqliteIndex(Index):
             self._conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise IndexStoreError(f"index {url}: cannot open ({exc})") from exc
+        _private_files(path)  # -wal and -shm exist now
         try:
             with self._transaction(True) as q:
                 for statement in _schema(pg=False):
@@ -78,6 +93,54 @@ class SqliteIndex(Index):
     def close(self) -> None:
         with self._mutex:
             self._conn.close()
+
+
+def _private_files(path: Path) -> None:
+    """Create ``path`` 0600 if it does not exist; tighten it, its -wal and -shm files
+    and its directory (0700) where others may read them, logging what was changed."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        pass  # SQLite opens it as it is; tightened below
+    except OSError as exc:
+        raise IndexStoreError(f"index {path}: cannot create ({exc.strerror or exc})") from exc
+    else:
+        os.close(fd)  # an empty file is an empty database to SQLite
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        _tighten(file, FILE_MODE)
+    _tighten(path.parent, DIR_MODE)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` if group or others have any access to it. Not a shared
+    directory (sticky, such as /tmp) or one we do not own: that is only logged."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if not st.st_mode & 0o077:
+        return
+    was = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode) and (st.st_mode & stat.S_ISVTX or st.st_uid != os.geteuid()):
+        log.warning(
+            "index directory %s is mode %04o: others may list it; keep the index in a"
+            " directory only the office user can enter (0700)",
+            path,
+            was,
+        )
+        return
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        log.warning(
+            "%s is mode %04o (caller numbers and names): cannot make it %04o (%s)",
+            path,
+            was,
+            mode,
+            exc.strerror or exc,
+        )
+        return
+    log.warning("%s was mode %04o, readable by others: now %04o", path, was, mode)
 
 
 def _enable_wal(conn: sqlite3.Connection, deadline: float) -> None:
