@@ -75,7 +75,7 @@ class LimitsConfig(_Model):
         description="the same alarm for the same device is raised at most this often",
     )
     busy_retry_s: int = Field(
-        60, ge=1, le=3600, description="what a refused device is told to wait (full disk, quota)"
+        15, ge=1, le=3600, description="what a refused device is told to wait (full disk, quota)"
     )
 
 

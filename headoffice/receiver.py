@@ -391,6 +391,11 @@ class Receiver:
             ) from None
         try:
             verify_signature(manifest, key)
+        except ManifestError as exc:
+            # Someone holds the device's identity on the broker but not its signing key,
+            # or a manifest was altered: a security event, not just a bad message.
+            raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="signature") from None
+        try:
             model = validate_manifest(manifest)
         except ManifestError as exc:
             raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="manifest") from None

@@ -499,3 +499,16 @@ def test_fuzzed_signed_uploads_never_crash_or_half_write(
         office.honest_still_served()
     finally:
         office.index.close()
+
+
+def test_a_forged_signature_is_rejected_and_alarmed(office: Office):
+    """The broker identity of a device without its signing key (or an altered manifest)."""
+    dev = office.devices[HOSTILE]
+    blob = os.urandom(5000)
+    thief = Device(HOSTILE)  # same device id, another key
+    manifest = thief.manifest("forged", blob)
+    for _ in range(3):
+        ack = ack_of(office.send(*dev.init(manifest, blob)))
+        assert ack.status is AckStatus.REJECTED and "not by the device's key" in ack.reason
+    assert [a.kind for a in office.index.alarms(device=HOSTILE)] == ["signature"]
+    assert office.files("parking") == []
