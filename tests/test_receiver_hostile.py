@@ -34,16 +34,19 @@ from tests.helpers import mounted_tmpfs, signed_manifest
 from tests.test_office_index import index_url, pg_dsn  # noqa: F401 - fixtures
 from uploader.protocol import (
     MAX_CHUNK_SIZE,
+    MAX_JSON_DEPTH,
     SHA256_PROPERTY,
     Ack,
     AckStatus,
     Fin,
     Init,
     Kind,
+    ProtocolError,
     Topic,
     chunk_topic,
     fin_topic,
     init_topic,
+    parse_json,
 )
 
 HOSTILE = "hostile"
@@ -512,3 +515,18 @@ def test_a_forged_signature_is_rejected_and_alarmed(office: Office):
         assert ack.status is AckStatus.REJECTED and "not by the device's key" in ack.reason
     assert [a.kind for a in office.index.alarms(device=HOSTILE)] == ["signature"]
     assert office.files("parking") == []
+
+
+def test_json_limits_of_the_protocol():
+    deep = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
+    with pytest.raises(ProtocolError, match="nested"):
+        parse_json(deep, "init")
+    assert parse_json(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH, "init") is not None
+    # Brackets inside strings (escaped quotes too) are text, not nesting.
+    text = b'{"a": "[[[[[[[[[[[[[[[[[[[[\\"[[[[[[[[[[[[[[[[[["}'
+    assert parse_json(text, "init") == {"a": '[[[[[[[[[[[[[[[[[[[["[[[[[[[[[[[[[[[[[['}
+    with pytest.raises(ProtocolError, match="digits"):
+        parse_json(b'{"n": ' + b"1" * 21 + b"}", "init")
+    assert parse_json(b'{"n": -9223372036854775808}', "init") == {"n": -(2**63)}
+    with pytest.raises(ProtocolError, match="not an integer"):
+        parse_json(b'{"n": 1.5}', "init")
