@@ -92,7 +92,7 @@ def _run_recorder(
     )
     cfg = parse_config(
         f'[audio]\ndevice = "{pcm.name}"\nchannels = {channels}\nperiods = {PERIODS}\n'
-        f'[gpio]\nbackend = "sim"\n[storage]\nformat = "wav"\nout_dir = "{out}"\n{lines}'
+        f'[gpio]\nbackend = "sim"\n[development]\nallow_plain_audio = true\n[storage]\nformat = "wav"\nout_dir = "{out}"\n{lines}'
     )
     capture = pcm.capture(
         rate=RATE, channels=channels, period=PERIOD, clock=PacedClock(PERIOD * NS_PER_S // RATE)

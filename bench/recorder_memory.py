@@ -55,7 +55,7 @@ def main() -> None:
         conf.write_text(
             f'log_level = "warning"\n[audio]\nbackend = "file"\nfile = "{audio}"\nchannels = {LINES}\n'
             f'[gpio]\nbackend = "sim"\nscript = "{tmp / "events"}"\nstatus_led_pin = 5\n'
-            f'[storage]\nformat = "wav"\nout_dir = "{tmp / "out"}"\n{lines}'
+            f'[development]\nallow_plain_audio = true\n[storage]\nformat = "wav"\nout_dir = "{tmp / "out"}"\n{lines}'
         )
         proc = subprocess.Popen([str(BIN / "linetap"), "record", "--config", str(conf)])
         peer = subprocess.Popen(

@@ -159,7 +159,8 @@ class TelephonyConfig(_Model):
 class StorageConfig(_Model):
     format: Literal["sealed", "wav"] = Field(
         "sealed",
-        description='"sealed" (encrypted, signed, queued in the outbox) or "wav" (plain; development only)',
+        description='"sealed" (encrypted, signed, queued in the outbox) or "wav" (plain;'
+        " development only: needs [development] allow_plain_audio = true)",
     )
     data_dir: Path = Field(
         Path("/var/lib/linetap"),
@@ -345,6 +346,18 @@ class LineConfig(_Model):
     )
 
 
+class DevelopmentConfig(_Model):
+    """Switches for development machines. An appliance never sets any of them: the image
+    ships none, and provisioning from the boot partition changes them only through a
+    settings file the head office signed (firmware/tools/_boot_settings.py)."""
+
+    allow_plain_audio: bool = Field(
+        False,
+        description='let storage.format = "wav" write plain recordings (development machines'
+        " only: plain audio must never reach an appliance's storage)",
+    )
+
+
 class _CrossFieldProblems(ValueError):
     """Raised by the root validator; carries (key path, message) pairs."""
 
@@ -375,6 +388,10 @@ class LinetapConfig(_Model):
     )
     upload: UploadConfig = Field(
         default_factory=UploadConfig, description="MQTT upload to the head office"
+    )
+    development: DevelopmentConfig = Field(
+        default_factory=DevelopmentConfig,
+        description="development-only switches ([development]); never on an appliance",
     )
     lines: list[LineConfig] = Field(
         min_length=1,
@@ -457,6 +474,16 @@ def cross_field_problems(cfg: LinetapConfig) -> list[tuple[tuple[str | int, ...]
                 ("sealing", "recipients"),
                 'storage.format = "sealed" needs at least one head-office key: '
                 "sealing.recipients = [\"age1…\"] (from 'linetap-office enroll')",
+            )
+        )
+    if cfg.storage.format == "wav" and not cfg.development.allow_plain_audio:
+        # Promise 3: plain audio never reaches persistent storage on the device.
+        out.append(
+            (
+                ("storage", "format"),
+                '"wav" writes plain recordings to storage, which an appliance must never'
+                ' do; use format = "sealed" (or, on a development machine only, set'
+                " [development] allow_plain_audio = true)",
             )
         )
     if cfg.audio.backend == "file" and cfg.audio.file is None:

@@ -1,11 +1,16 @@
 """``linetap-office``: the head-office command line.
 
-linetap-office init --root R --name "ACME Head Office" [--dns H] [--ip A]
-linetap-office enroll-device --root R --csr device.csr --signing-key B64 [--replace]
-linetap-office office-client --root R [--name office-receiver-1]
-linetap-office broker-config --root R [--port 8883]
-linetap-office serve --config office.toml
-linetap-office ls|search|show|export|verify ...   (--store R [--index URL])
+linetap-office init --config office.toml --name "ACME Head Office" [--dns H] [--ip A]
+linetap-office enroll-device --config office.toml --csr device.csr --signing-key B64 [--replace]
+linetap-office office-client --config office.toml [--name office-receiver-1]
+linetap-office broker-config --config office.toml [--port 8883]
+linetap-office serve --config office.toml [--client office-receiver-2]
+linetap-office ls|search|show|export|verify --config office.toml ...
+
+Every command takes the same ``--config office.toml`` (default ``$LINETAP_OFFICE_CONFIG``,
+else /etc/linetap-office/office.toml); ``--root DIR`` (alias ``--store``) and ``--index
+URL`` name a store without a config, as before. One resolver for all of them:
+:func:`headoffice.cli_query.office_location`.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from pathlib import Path
 
 from firmware import __version__
 from firmware.process import run_command, setup_logging
+from headoffice.cli_query import add_query_commands, office_location, office_options
+from headoffice.device_settings import add_settings_commands
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     from headoffice.enroll import init_ca
 
     setup = init_ca(
-        args.root,
+        office_location(args).root,
         args.name,
         dns_names=args.dns or ("localhost",),
         ip_addresses=args.ip or ("127.0.0.1",),
@@ -38,7 +45,10 @@ def cmd_enroll_device(args: argparse.Namespace) -> int:
     from headoffice.enroll import enroll_device
 
     cert = enroll_device(
-        args.root, Path(args.csr).read_bytes(), args.signing_key, replace=args.replace
+        office_location(args).root,
+        Path(args.csr).read_bytes(),
+        args.signing_key,
+        replace=args.replace,
     )
     print(f"device certificate: {cert}")
     return 0
@@ -47,7 +57,7 @@ def cmd_enroll_device(args: argparse.Namespace) -> int:
 def cmd_office_client(args: argparse.Namespace) -> int:
     from headoffice.enroll import issue_office_client
 
-    cert, key = issue_office_client(args.root, args.name, replace=args.replace)
+    cert, key = issue_office_client(office_location(args).root, args.name, replace=args.replace)
     print(f"office client certificate: {cert}\nkey: {key}")
     return 0
 
@@ -55,42 +65,49 @@ def cmd_office_client(args: argparse.Namespace) -> int:
 def cmd_broker_config(args: argparse.Namespace) -> int:
     from headoffice.enroll import write_broker_config
 
-    path = write_broker_config(args.root, args.port)
+    path = write_broker_config(office_location(args).root, args.port)
     print(f"mosquitto config: {path}  (run: mosquitto -c {path})")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from headoffice.config import load_office_config
-    from headoffice.enroll import device_signing_key
+    from headoffice.config import load_office_config, office_config_path
+    from headoffice.enroll import CaLayout
     from headoffice.index import open_index
-    from headoffice.receiver import Receiver
-    from headoffice.service import serve
-    from headoffice.store import BlobStore
+    from headoffice.service import build_receiver, serve
 
-    cfg = load_office_config(args.config)
+    cfg = load_office_config(office_config_path(args.config))  # the broker needs a config
+    if args.client is not None:
+        # One worker of several (linetap-office-serve@NAME.service): its own client id
+        # and the certificate `office-client --name NAME` issued.
+        layout = CaLayout(cfg.root)
+        broker = cfg.broker.model_copy(
+            update={
+                "client_id": args.client,
+                "cert_file": layout.office_client_cert(args.client),
+                "key_file": layout.office_client_key(args.client),
+            }
+        )
+        cfg = cfg.model_copy(update={"broker": broker})
     setup_logging(args.log_level)
     index = open_index(cfg.index_url)
     try:
-        receiver = Receiver(
-            BlobStore(cfg.root), index, lambda device: device_signing_key(cfg.root, device)
-        )
-        return serve(cfg, receiver)
+        return serve(cfg, build_receiver(cfg, index))
     finally:
         index.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from headoffice.cli_query import add_query_commands
-
+    where = office_options(index=False)  # --config, --root (--store)
     parser = argparse.ArgumentParser(prog="linetap-office", description="linetap head office")
     parser.add_argument("--version", action="version", version=f"linetap-office {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        "init", help="create the office CA, broker certificate and age identity (once)"
+        "init",
+        parents=[where],
+        help="create the office CA, broker certificate and age identity (once)",
     )
-    p.add_argument("--root", type=Path, required=True)
     p.add_argument("--name", required=True, help="office name in the certificates")
     p.add_argument("--dns", action="append", help="broker host name devices use (repeatable)")
     p.add_argument("--ip", action="append", help="broker IP address devices use (repeatable)")
@@ -99,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "enroll-device",
         aliases=["enroll"],
+        parents=[where],
         help="sign a device's TLS certificate request and record its signing key",
     )
-    p.add_argument("--root", type=Path, required=True)
     p.add_argument("--csr", required=True, help="the device's CSR (linetap keys csr)")
     p.add_argument(
         "--signing-key", required=True, help="the device's public signing key (linetap keys show)"
@@ -111,23 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_enroll_device)
 
-    p = sub.add_parser("office-client", help="issue a client certificate for a receiver worker")
-    p.add_argument("--root", type=Path, required=True)
+    p = sub.add_parser(
+        "office-client", parents=[where], help="issue a client certificate for a receiver worker"
+    )
     p.add_argument("--name", default="office-receiver")
     p.add_argument("--replace", action="store_true")
     p.set_defaults(func=cmd_office_client)
 
-    p = sub.add_parser("broker-config", help="write the mosquitto config (TLS, client certs, ACL)")
-    p.add_argument("--root", type=Path, required=True)
+    p = sub.add_parser(
+        "broker-config",
+        parents=[where],
+        help="write the mosquitto config (TLS, client certs, ACL)",
+    )
     p.add_argument("--port", type=int, default=8883)
     p.set_defaults(func=cmd_broker_config)
 
     p = sub.add_parser("serve", help="receive, verify, store and acknowledge recordings")
-    p.add_argument("--config", type=Path, required=True, help="office.toml")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="OFFICE_TOML",
+        help="the office config (default $LINETAP_OFFICE_CONFIG, else "
+        "/etc/linetap-office/office.toml)",
+    )
+    p.add_argument(
+        "--client",
+        metavar="NAME",
+        help="run as office client NAME (one of several workers): MQTT client id NAME and "
+        "the certificate ROOT/office/NAME.crt|.key from office-client, instead of the "
+        "config's broker.client_id / cert_file / key_file",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
     add_query_commands(sub)
+    add_settings_commands(sub)
     return parser
 
 

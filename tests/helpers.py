@@ -71,6 +71,8 @@ def config_text(
         source = f'backend = "alsa"\ndevice = "{alsa_device}"'
     else:
         source = f'backend = "file"\nfile = "{audio_file or "unused.wav"}"'
+    # Plain audio is for development machines only (firmware/config.py).
+    development = "[development]\nallow_plain_audio = true" if storage_format == "wav" else ""
     text = f"""
 device_id = "test-device"
 [audio]
@@ -96,6 +98,7 @@ runtime_dir = "{out_dir.parent / "run"}"
 [sealing]
 recipients = {json.dumps(list(recipients))}
 codec = "{codec}"
+{development}
 """
     return text + lines_toml(lines)
 

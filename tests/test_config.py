@@ -162,7 +162,12 @@ def test_sealed_storage_needs_a_valid_recipient():
     [problem] = problems(MINIMAL.replace(RECIPIENT, broken))
     assert problem.startswith("test.toml:3: sealing.recipients: ")
     assert "checksum" in problem and "linetap-office enroll" in problem
-    wav = parse_config(text.replace("[sealing]", '[storage]\nformat = "wav"\n[sealing]'))
+    wav = parse_config(
+        text.replace(
+            "[sealing]",
+            '[storage]\nformat = "wav"\n[development]\nallow_plain_audio = true\n[sealing]',
+        )
+    )
     assert wav.storage.format == "wav"
 
 

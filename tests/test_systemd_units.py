@@ -550,3 +550,15 @@ def test_udev_rule_gives_gpio_devices_to_the_recorders_group() -> None:
         assert group in recorder_groups, f"{rule}: group {group} is not the recorder's"
         kernels += [f.split('"')[1] for f in fields if f.startswith("KERNEL==")]
     assert "gpiochip[0-9]*" in kernels and "gpiomem" in kernels
+
+
+@pytest.mark.parametrize(
+    "name", ["linetap-recorder.service", "linetap-uploader.service", "linetap-firstboot.service"]
+)
+def test_device_units_name_their_config(name: str) -> None:
+    """The kernel command line is on the boot partition anyone can edit with the card in
+    hand: `systemd.setenv=LINETAP_CONFIG=…` there must not choose the device's settings,
+    so each unit passes the installed config path itself."""
+    text = (UNITS_DIR / name).read_text()
+    [start] = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    assert start.endswith(" --config /etc/linetap/linetap.toml"), start

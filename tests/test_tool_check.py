@@ -161,6 +161,7 @@ def write_config(
 ) -> Path:
     data = data or tmp_path / "data"
     data.mkdir(parents=True, exist_ok=True)
+    development = "[development]\nallow_plain_audio = true" if storage_format == "wav" else ""
     text = f"""
 device_id = "{DEVICE}"
 [audio]
@@ -177,6 +178,7 @@ min_free_mb = 1
 recipients = {json.dumps(list(recipients))}
 [upload]
 {upload}
+{development}
 """
     path = tmp_path / "linetap.toml"
     path.write_text(text + lines_toml(lines, leds=leds))
@@ -578,6 +580,7 @@ def test_a_busy_device_is_a_warning_while_the_recorder_runs(tmp_path: Path) -> N
         {
             "audio": {"device": "hw:CARD=linetap", "channels": 1},
             "storage": {"format": "wav"},
+            "development": {"allow_plain_audio": True},
             "lines": [{"name": "line1", "channel": 0, "hook_pin": 17}],
         }
     )
@@ -658,6 +661,7 @@ def test_a_pin_in_use_fails_and_leds_are_lit_then_dark() -> None:
         {
             "gpio": {"backend": "sim", "status_led_pin": 5, "status_led_active": "low"},
             "storage": {"format": "wav"},
+            "development": {"allow_plain_audio": True},
             "lines": [{"name": "line1", "channel": 0, "hook_pin": 18, "led_pin": 22}],
         }
     )

@@ -447,8 +447,9 @@ def reconfigure_in_the_field(
     cli: Run, dev: Device, paths: DevicePaths, changed: str, signing_before: bytes
 ) -> None:
     """Without a login: new settings plus an empty linetap-reconfigure file on the boot
-    partition, and the next boot (plain --first-boot) applies them."""
-    again = changed.replace("port = 9883", "port = 10883")
+    partition, and the next boot (plain --first-boot) applies them (harmless ones: the
+    security settings need the office's signature, tests/test_boot_partition_security.py)."""
+    again = changed.replace("hook_pin = 17", "hook_pin = 18")
     dev.boot_file.write_text(again)
     (dev.boot / "linetap-reconfigure").write_text("")
     res = cli("provision", "--first-boot", "--boot-dir", dev.boot, "-c", dev.link)
@@ -703,11 +704,15 @@ def test_forced_reprovisioning_killed_at_every_step_keeps_the_keys(
         dev.boot_file.write_text(new_text(dev))
 
     def after_crash(dev: Device) -> None:
-        if dev.marker.exists():  # killed before the old marker went, or after the new one
-            old = device_config(dev.root, office)
-            assert_provisioned(dev, new_text(dev) if dev.target.read_text() != old else old)
-        else:
-            assert dev.boot_file.read_text() == new_text(dev)
+        # The old marker is replaced, never removed first: the unit stays provisioned.
+        old, new = device_config(dev.root, office), new_text(dev)
+        marker = json.loads(dev.marker.read_text())
+        if marker["config_sha256"] == sha256(new):
+            assert_provisioned(dev, new)
+        else:  # killed before the new marker: the old one, the config old or committed
+            assert marker["config_sha256"] == sha256(old)
+            assert dev.target.read_text() in (old, new)
+            assert dev.boot_file.read_text() == new  # the re-run applies it again
 
     def finish(dev: Device) -> int:
         # The operator repeats the command; if the old marker was gone, the next boot's

@@ -25,6 +25,15 @@ provisioned and the next run completes the job (a crash at any step leaves only 
 files, each either old or new); with it the device is left alone (a newer certificate
 in ``linetap-cert/`` is still installed) unless ``--force``.
 
+Once provisioned, a new ``BOOT_DIR/linetap.toml`` is applied only with an empty
+``BOOT_DIR/linetap-reconfigure`` beside it, and then (the card is in anyone's hands) only
+its harmless settings unless ``linetap.toml.sig`` shows the head office signed it for
+this unit: see ``firmware/tools/_boot_settings.py`` (the security settings, the signature
+format, the office settings key pinned at first provisioning from
+``BOOT_DIR/linetap-office-settings.pub``). An installed CA is never replaced from the
+card. A reconfigure stages, validates and loads everything before it commits anything;
+the old marker is replaced, never removed first, so a failure leaves the unit as it was.
+
 Files land where the config says (``sealing.device_key``, ``upload.key_file``,
 ``upload.cert_file``, ``upload.ca_file``), else under ``storage.data_dir/keys/``. Run as
 root, new key files and directories take the owner of the directory they are made in, so
@@ -52,6 +61,7 @@ from firmware.cli import config_arg
 from firmware.config import config_path, load_config, parse_config
 from firmware.errors import ConfigError, LinetapError
 from firmware.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from firmware.tools import _boot_settings as bs
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -386,18 +396,41 @@ def check_certificate(
     return cert, warnings
 
 
+def _same_certificate(a: bytes, b: bytes) -> bool:
+    from cryptography import x509
+
+    try:
+        return x509.load_pem_x509_certificate(a) == x509.load_pem_x509_certificate(b)
+    except ValueError:
+        return False
+
+
 def install_certificate(
     paths: DevicePaths,
     tls_key: EllipticCurvePrivateKey,
     cert_file: Path,
     ca_file: Path | None,
+    *,
+    keep_installed_ca: bool = False,
 ) -> tuple[x509.Certificate, list[str], bool]:
     """Check, then install the certificate (and CA); (cert, warnings, anything changed).
 
     Nothing is written unless every check passes. ``ca_file`` None: the CA installed
-    already verifies it.
+    already verifies it. ``keep_installed_ca`` (the boot partition): an installed CA is
+    never replaced; ``ca_file`` must be that same certificate, and the device certificate
+    must chain to it.
     """
     cert_pem = _read(cert_file, "certificate")
+    installed_ca = _read_or_none(paths.ca) if keep_installed_ca else None
+    if installed_ca is not None and ca_file is not None:
+        if not _same_certificate(_read(ca_file, "CA certificate"), installed_ca):
+            raise CertificateError(
+                f"{ca_file}: not the CA installed at {paths.ca}, and an installed CA is never"
+                f" replaced from the boot partition; remove {ca_file.name} from the card (the"
+                " installed CA is used), or replace the CA from a console ('linetap provision"
+                " install-cert CERT --ca CA')"
+            )
+        ca_file = None  # the installed bytes stay as they are
     ca_source = ca_file if ca_file is not None else paths.ca
     if ca_file is None and not paths.ca.exists():
         raise CertificateError(
@@ -544,6 +577,14 @@ class FirstBoot:
     def reconfigure_file(self) -> Path:
         return self.boot_dir / RECONFIGURE_FILE
 
+    @property
+    def signature_file(self) -> Path:
+        return self.boot_dir / (BOOT_CONFIG + bs.SIGNATURE_SUFFIX)
+
+    @property
+    def settings_pub(self) -> Path:
+        return self.boot_dir / bs.SETTINGS_PUB
+
 
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
@@ -601,7 +642,11 @@ def _boot_certificate(fb: FirstBoot, paths: DevicePaths, tls_key: EllipticCurveP
     ca_file = fb.cert_dir / "ca.crt"
     try:
         cert, warnings, changed = install_certificate(
-            paths, tls_key, cert_file, ca_file if ca_file.exists() else None
+            paths,
+            tls_key,
+            cert_file,
+            ca_file if ca_file.exists() else None,
+            keep_installed_ca=True,
         )
     except CertificateError as exc:
         print(f"linetap provision: {exc}; certificate not installed", file=sys.stderr)
@@ -656,30 +701,85 @@ def _data_dirs(fb: FirstBoot, boot_data: bytes | None) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _provision(fb: FirstBoot, boot_data: bytes) -> int:
-    """Apply the boot config: stage, commit file by file, marker last."""
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a first-boot run installs: the config bytes, the pinned office settings key
+    (None: none), the last signed-settings counter, and the markers it supersedes."""
+
+    config: bytes
+    pin: bytes | None
+    counter: int
+    old_markers: tuple[Path, ...] = ()
+
+
+def _load_existing_keys(paths: DevicePaths) -> None:
+    """Load every key that exists before anything is made or committed, so a broken key
+    fails the run while the unit is still exactly as it was."""
+    from firmware.keys import load_device_key
+    from uploader.tlskeys import load_or_create_tls_key
+
+    if paths.signing_key.exists() or paths.signing_key.is_symlink():
+        load_device_key(paths.signing_key)
+    if paths.tls_key.exists() or paths.tls_key.is_symlink():
+        load_or_create_tls_key(paths.tls_key)
+
+
+def _provision(fb: FirstBoot, boot_data: bytes, settings: Settings) -> int:
+    """Install ``settings``: stage and check everything, then commit, the marker last.
+
+    Until the config is committed nothing the unit runs on has changed (new keys are only
+    made where none exist); the old marker is replaced, never removed first."""
     from firmware import __version__
 
     for d in (fb.config_file.parent, fb.request_dir):
         _remove_leftovers(d)
     # Stage the config where it will live, and read it back as the daemons will (its
     # relative paths resolve against the config's own folder).
-    staged_config = _stage(fb.config_file, boot_data, 0o644)
+    staged_config = _stage(fb.config_file, settings.config, 0o644)
     try:
         cfg = load_config(staged_config)
         paths = DevicePaths.of(cfg)
+        pin_dest = bs.pinned_path(cfg)
         for d in {
             paths.signing_key.parent,
             paths.tls_key.parent,
             paths.csr.parent,
+            pin_dest.parent,
             cfg.storage.data_dir,
         }:
             _remove_leftovers(d)
+        _load_existing_keys(paths)
         keys = ensure_keys(paths)
+        _make_dirs(fb.request_dir, 0o755, inherit_owner=False)
+        csr_copy = fb.request_dir / f"{paths.device_id}.csr"
+        key_copy = fb.request_dir / f"{paths.device_id}.signing-key"
+        steps = _office_steps(paths, keys, csr_copy.name)
+        steps.append(
+            f"then put the certificate it makes (devices/{paths.device_id}.crt) and the office"
+            f" CA (broker/ca.crt) on this card as {CERT_DIR}/device.crt and {CERT_DIR}/ca.crt"
+            " and boot the device again"
+        )
+        write_atomic(csr_copy, keys.csr_pem, None)  # on the FAT boot partition: no chmod
+        write_atomic(key_copy, (keys.signing_b64 + "\n").encode(), None)
+        write_atomic(
+            fb.request_dir / "ENROL.txt",
+            (
+                f"device {paths.device_id}, signing key id {keys.signing_id}\n"
+                + "\n".join(steps)
+                + "\n"
+            ).encode(),
+            None,
+        )
+        staged_pin = None
+        if settings.pin is not None and _read_or_none(pin_dest) != settings.pin:
+            _make_dirs(pin_dest.parent, 0o700)
+            staged_pin = _stage(pin_dest, settings.pin, 0o644)
     except BaseException:
         _discard(staged_config)
         raise
     _commit(staged_config, fb.config_file)
+    if staged_pin is not None:
+        _commit(staged_pin, pin_dest)
     via = f" (via {fb.config_link})" if fb.config_link != fb.config_file else ""
     _say(f"config: {fb.config_file}{via} from {fb.boot_file}")
     _say(
@@ -687,36 +787,21 @@ def _provision(fb: FirstBoot, boot_data: bytes) -> int:
         f" key id {keys.signing_id}"
     )
     _say(f"TLS key: {paths.tls_key} ({'created' if keys.tls_created else 'kept'})")
-
-    _make_dirs(fb.request_dir, 0o755, inherit_owner=False)
-    csr_copy = fb.request_dir / f"{paths.device_id}.csr"
-    key_copy = fb.request_dir / f"{paths.device_id}.signing-key"
-    steps = _office_steps(paths, keys, csr_copy.name)
-    steps.append(
-        f"then put the certificate it makes (devices/{paths.device_id}.crt) and the office"
-        f" CA (broker/ca.crt) on this card as {CERT_DIR}/device.crt and {CERT_DIR}/ca.crt"
-        " and boot the device again"
-    )
-    write_atomic(csr_copy, keys.csr_pem, None)  # on the FAT boot partition: no chmod
-    write_atomic(key_copy, (keys.signing_b64 + "\n").encode(), None)
-    write_atomic(
-        fb.request_dir / "ENROL.txt",
-        (
-            f"device {paths.device_id}, signing key id {keys.signing_id}\n"
-            + "\n".join(steps)
-            + "\n"
-        ).encode(),
-        None,
-    )
     _say(f"request: {csr_copy} and {key_copy.name}: take them to the head office")
+    if settings.pin is not None:
+        pinned = bs.parse_public_key(settings.pin, pin_dest)
+        state = "pinned" if staged_pin is not None else "kept"
+        _say(f"office settings key: {pin_dest} ({state}), key id {bs.key_id(pinned)}")
     cert_ok = _boot_certificate(fb, paths, keys.tls_key)
 
     marker = {
         "device_id": paths.device_id,
         "provisioned_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "config": str(fb.config_file),
-        "config_sha256": _sha256(boot_data),
+        "config_sha256": _sha256(settings.config),
         "boot_file": str(fb.boot_file),
+        "boot_file_sha256": _sha256(boot_data),
+        "settings_counter": settings.counter,
         "signing_key": keys.signing_b64,
         "signing_key_id": keys.signing_id,
         "tls_key": str(paths.tls_key),
@@ -725,11 +810,80 @@ def _provision(fb: FirstBoot, boot_data: bytes) -> int:
     }
     marker_text = json.dumps(marker, indent=2, sort_keys=True) + "\n"
     write_atomic(_marker_path(cfg), marker_text.encode(), 0o644)
+    for old in settings.old_markers:
+        if old != _marker_path(cfg):  # data_dir moved: the old one no longer counts
+            old.unlink(missing_ok=True)
+            fsync_dir(old.parent)
     applied = _retire_boot_file(fb)
     _say(f"provisioned {paths.device_id}; {fb.boot_file.name} renamed to {applied.name}")
     for line in _unset_tls_keys(cfg, paths):
         _say(f"note: the uploader reads only configured paths: add under [upload]: {line}")
     return EXIT_OK if cert_ok else EXIT_FAILURE
+
+
+def _boot_settings_key(fb: FirstBoot) -> bytes | None:
+    """``linetap-office-settings.pub`` from the card, checked; None if there is none."""
+    data = _read_or_none(fb.settings_pub)
+    if data is not None:
+        bs.parse_public_key(data, fb.settings_pub)
+    return data
+
+
+def _note_boot_settings_key(fb: FirstBoot, pinned: Path) -> None:
+    """A settings key on the card of a provisioned unit is never taken: say so."""
+    data = _read_or_none(fb.settings_pub)
+    if data is not None and data != _read_or_none(pinned):
+        _say(
+            f"{fb.settings_pub}: ignored: the office settings key is taken at first"
+            f" provisioning only (pinned: {pinned if pinned.exists() else 'none'}); to change"
+            " it re-provision from a console ('linetap provision --first-boot --force')"
+        )
+
+
+def _settings_counter(marker: dict[str, Any]) -> int:
+    """The last signed-settings counter the unit applied (0: none yet)."""
+    value = marker.get("settings_counter", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _reconfigured(fb: FirstBoot, where: Path, marker: dict[str, Any], boot_data: bytes) -> Settings:
+    """An unattended reconfigure from the card (``linetap-reconfigure``): signed by the
+    office, everything; unsigned, the harmless settings only. Raises SettingsRefused."""
+    try:
+        installed_text = fb.config_file.read_text(encoding="utf-8")
+        installed = load_config(fb.config_file)
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        raise bs.SettingsRefused(
+            f"{fb.config_file}: the installed config cannot be read ({exc}); settings from the"
+            " card are compared with it: repair it from a console ('linetap provision"
+            " --first-boot --force')"
+        ) from None
+    pin_at = bs.pinned_path(installed)
+    pin = _read_or_none(pin_at)
+    _note_boot_settings_key(fb, pin_at)
+    last = _settings_counter(marker)
+    sig_data = _read_or_none(fb.signature_file)
+    if sig_data is not None:
+        from firmware.app import device_id
+
+        counter = bs.verify_signed(
+            boot_data,
+            sig_data,
+            sig_name=fb.signature_file,
+            pinned=None if pin is None else bs.parse_public_key(pin, pin_at),
+            pinned_at=pin_at,
+            device_id=device_id(installed),
+            last_counter=last,
+        )
+        _say(f"{fb.signature_file.name}: signed by the office for this unit (counter {counter})")
+        return Settings(boot_data, pin, counter, (where,))
+    config, ignored = bs.unsigned_settings(installed_text, boot_data, source=fb.boot_file)
+    for path in ignored:
+        _say(
+            f"{fb.boot_file}: {bs.key_name(path)}: not applied, kept as installed (a security"
+            f" setting: {bs.SECURITY_KEYS[path]}); {bs.SIGN_HINT}"
+        )
+    return Settings(config, pin, last, (where,))
 
 
 def _already_provisioned(
@@ -741,15 +895,18 @@ def _already_provisioned(
         f" ({where}); settings and keys left alone"
     )
     if boot_data is not None:
-        if _sha256(boot_data) == marker.get("config_sha256"):
+        if _sha256(boot_data) in (marker.get("boot_file_sha256"), marker.get("config_sha256")):
             applied = _retire_boot_file(fb)
             _say(f"{fb.boot_file.name} was applied already: renamed to {applied.name}")
         else:
             _say(
                 f"{fb.boot_file} holds other settings: not applied; to apply them put an"
-                f" empty file {RECONFIGURE_FILE} beside it and reboot, or run"
+                f" empty file {RECONFIGURE_FILE} beside it and reboot (security settings"
+                f" need {fb.signature_file.name} from the head office), or run"
                 " 'linetap provision --first-boot --force' (keys are kept)"
             )
+    with contextlib.suppress(ConfigError):  # a broken config is for the daemons to report
+        _note_boot_settings_key(fb, bs.pinned_path(load_config(fb.config_link)))
     if not (fb.cert_dir / "device.crt").exists():
         return EXIT_OK
     paths = DevicePaths.of(load_config(fb.config_link))
@@ -759,6 +916,14 @@ def _already_provisioned(
         print(f"linetap provision: {exc}; certificate not installed", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK if _boot_certificate(fb, paths, tls_key) else EXIT_FAILURE
+
+
+def _finish_reconfigure(fb: FirstBoot) -> None:
+    """Spent: the next boot must not re-apply anything (FAT: no fsync of dirs)."""
+    if fb.reconfigure_file.exists():
+        fb.reconfigure_file.replace(fb.boot_dir / f"{RECONFIGURE_FILE}.applied")
+    if fb.signature_file.exists():
+        fb.signature_file.replace(_applied_name(fb.signature_file))
 
 
 def first_boot(fb: FirstBoot, *, force: bool) -> int:
@@ -775,14 +940,26 @@ def first_boot(fb: FirstBoot, *, force: bool) -> int:
             if found and not (force or reconfigure):
                 return _already_provisioned(fb, *found[0], boot_data)
             boot_data = _validated_boot_config(fb, boot_data)
-            for path, _doc in found:
-                # --force: not provisioned from here on, until the new marker is written.
-                path.unlink()
-                fsync_dir(path.parent)
-            code = _provision(fb, boot_data)
-            if reconfigure and code == EXIT_OK:
-                # Spent: the next boot must not re-apply anything (FAT: no fsync of dirs).
-                fb.reconfigure_file.replace(fb.boot_dir / f"{RECONFIGURE_FILE}.applied")
+            if found and not force:
+                where, doc = found[0]
+                if _sha256(boot_data) == doc.get("boot_file_sha256"):
+                    # Applied already; a crash came before the files were retired.
+                    applied = _retire_boot_file(fb)
+                    _finish_reconfigure(fb)
+                    _say(f"{fb.boot_file.name} was applied already: renamed to {applied.name}")
+                    return EXIT_OK
+                settings = _reconfigured(fb, where, doc, boot_data)
+            else:
+                # First provisioning (or --force from a console): the card is trusted.
+                pin = _boot_settings_key(fb)
+                if pin is None:
+                    for m, _doc in found:
+                        pin = pin or _read_or_none(m.parent / "keys" / bs.PINNED_PUB)
+                counter = max((_settings_counter(d) for _m, d in found), default=0)
+                settings = Settings(boot_data, pin, counter, tuple(m for m, _doc in found))
+            code = _provision(fb, boot_data, settings)
+            _finish_reconfigure(fb)
+            if reconfigure and found:
                 _say(f"{RECONFIGURE_FILE}: settings re-applied, keys kept")
             return code
     except LinetapError:
@@ -840,6 +1017,10 @@ _DESCRIPTION = """\
                             BOOT_DIR/linetap-cert/device.crt (+ ca.crt) if there, rename
                             the file to linetap.toml.applied; a provisioned device is left
                             alone unless --force (a new certificate is still installed)
+                            or BOOT_DIR/linetap-reconfigure: then its harmless settings are
+                            applied, security settings only with linetap.toml.sig signed by
+                            the office ('linetap-office sign-settings'); an installed CA is
+                            never replaced from BOOT_DIR
 """
 
 
