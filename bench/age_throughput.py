@@ -1,4 +1,4 @@
-"""age encryption throughput: firmware.age.AgeWriter against the real ``age -r``.
+"""age encryption throughput: sealedrec.age.AgeWriter against the real ``age -r``.
 
 Encrypts the same 50 MB random file (file to file, 1 MiB reads) with our AgeWriter and
 with ``age -r``, then decrypts each result with the other side's decrypter as a
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench_common import children_cpu_s
 
-from firmware import age
+from sealedrec import age
 
 BLOCK = 1 << 20
 

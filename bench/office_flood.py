@@ -72,7 +72,7 @@ from upload_common import (
 )
 
 from buffers.outbox import OutboxState
-from firmware.manifest import GENESIS_HASH, manifest_hash
+from sealedrec.manifest import GENESIS_HASH, manifest_hash
 from tests.mqtt_broker import Broker
 from tests.office_harness import (
     DeviceKeys,

@@ -43,8 +43,8 @@ from sealing_rtf import (
     speech_wav,
 )
 
-from firmware.manifest import BLOB_AGE
 from firmware.sealing import Codec
+from sealedrec.manifest import BLOB_AGE
 
 PROGRESS_S = 600  # report every 10 minutes of audio
 SHORT_S = 60

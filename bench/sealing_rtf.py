@@ -47,11 +47,11 @@ import soundfile
 from bench_common import children_cpu_s, print_table_header, pstats_table
 
 from buffers.outbox import Outbox
-from firmware.age import format_recipient, generate_identity
-from firmware.keys import create_device_key
-from firmware.manifest import BLOB_AGE
 from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink, SealingWriter
 from firmware.sinks import RecordingEnd, RecordingStart
+from sealedrec.age import format_recipient, generate_identity
+from sealedrec.keys import create_device_key
+from sealedrec.manifest import BLOB_AGE
 
 RATE = 8000
 PERIOD = 160  # 20 ms, the recorder's default period

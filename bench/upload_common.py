@@ -48,10 +48,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from buffers.outbox import Outbox, OutboxState
-from firmware.keys import create_device_key, public_key_b64
-from firmware.manifest import GENESIS_HASH, manifest_hash
 from headoffice import enroll
 from headoffice.enroll import CaLayout
+from sealedrec.keys import create_device_key, public_key_b64
+from sealedrec.manifest import GENESIS_HASH, manifest_hash
 from tests.helpers import signed_manifest
 from tests.mqtt_broker import free_port
 from uploader.tlskeys import make_device_csr

@@ -70,9 +70,9 @@ from upload_common import (
 from buffers.outbox import OutboxState
 from firmware.app import make_sealing_sink
 from firmware.config import CallConfig, load_config
-from firmware.manifest import BLOB_AGE
 from firmware.recorder import StorageHealth
 from firmware.sealing import SealingSink
+from sealedrec.manifest import BLOB_AGE
 from uploader.client import IDLE_RESCAN_S
 
 PERIOD_S = PERIOD / RATE

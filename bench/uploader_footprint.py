@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 
-from firmware.age import format_recipient  # noqa: E402 - after the path
+from sealedrec.age import format_recipient  # noqa: E402 - after the path
 from tests.helpers import config_text  # noqa: E402
 
 PROBE = r"""

@@ -6,47 +6,17 @@ journal never sees plain audio and needs no key: after a power cut the valid rec
 are exactly what was synced, and the file (cut at its last valid record) becomes the
 recording the head office receives, flagged ``recovered``.
 
-Format (all integers big-endian)::
-
-    b"LTJOURNAL1\\n"
-    record*: b"SEG1" | frames:u32 | length:u32 | payload[length] | crc32:u32
-
-``crc32`` covers the record from its magic to the end of the payload, so a record torn
-by a power cut (or blocks the filesystem left zeroed) is recognised and cut off.
+The format (a segment container) and its readers are :mod:`sealedrec.segments`, which
+the head office reads too; this module is the device's writer.
 """
 
 from __future__ import annotations
 
 import os
-import struct
-import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from buffers.durable import fsync_dir
-
-FILE_MAGIC = b"LTJOURNAL1\n"
-RECORD_MAGIC = b"SEG1"
-_HEAD = struct.Struct(">4sII")
-_CRC = struct.Struct(">I")
-MAX_RECORD_BYTES = 64 * 1024 * 1024  # far above one second of audio; guards bad lengths
-
-
-class JournalFormatError(ValueError):
-    """Not a journal at all (wrong magic)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    frames: int
-    payload: bytes
-
-
-def encode_record(payload: bytes, frames: int) -> bytes:
-    head = _HEAD.pack(RECORD_MAGIC, frames, len(payload))
-    return head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
+from sealedrec.durable import fsync_dir
+from sealedrec.segments import FILE_MAGIC, encode_record
 
 
 class JournalWriter:
@@ -92,50 +62,3 @@ class JournalWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def iter_segments(fh: BinaryIO) -> Iterator[tuple[Segment, int]]:
-    """Valid segments of a journal with the file offset just after each; stops at the
-    first torn or corrupt record."""
-    if fh.read(len(FILE_MAGIC)) != FILE_MAGIC:
-        raise JournalFormatError("not a linetap journal (bad magic)")
-    offset = len(FILE_MAGIC)
-    while True:
-        head = fh.read(_HEAD.size)
-        if len(head) < _HEAD.size:
-            return
-        magic, frames, length = _HEAD.unpack(head)
-        if magic != RECORD_MAGIC or length > MAX_RECORD_BYTES:
-            return
-        payload = fh.read(length)
-        crc = fh.read(_CRC.size)
-        if len(payload) < length or len(crc) < _CRC.size:
-            return
-        if _CRC.unpack(crc)[0] != zlib.crc32(payload, zlib.crc32(head)):
-            return
-        offset += _HEAD.size + length + _CRC.size
-        yield Segment(frames, payload), offset
-
-
-@dataclass(frozen=True, slots=True)
-class JournalScan:
-    records: int
-    frames: int
-    valid_bytes: int  # length of the file up to the end of its last valid record
-    file_bytes: int
-
-
-def scan_journal(path: Path) -> JournalScan:
-    records = frames = 0
-    valid = len(FILE_MAGIC)
-    with open(path, "rb") as fh:
-        for segment, end in iter_segments(fh):
-            records += 1
-            frames += segment.frames
-            valid = end
-    return JournalScan(records, frames, valid, path.stat().st_size)
-
-
-def read_segments(path: Path) -> list[Segment]:
-    with open(path, "rb") as fh:
-        return [segment for segment, _ in iter_segments(fh)]

@@ -53,9 +53,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from buffers.durable import fsync_dir, fsync_file
+from buffers.errors import StorageError
 from buffers.retention import RetentionItem, deletion_order, disk_pressure, is_expired
-from firmware.errors import StorageError
+from sealedrec.durable import fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,5 @@
 """linetap appliance firmware: config, call state, DSP, sealing, daemons and CLI."""
 
-__version__ = "0.1.0"
+from runtime import __version__
+
+__all__ = ["__version__"]

@@ -27,10 +27,10 @@ from firmware.callstate import EndReason
 from firmware.config import LinetapConfig
 from firmware.errors import StorageError
 from firmware.events import events_to_pin_script, load_events
-from firmware.process import stop_on_signals
 from firmware.recorder import NS_PER_S, Recorder, StorageHealth
 from firmware.sdnotify import Notifier
 from firmware.sinks import RecordingSink, WavSink
+from runtime.process import stop_on_signals
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -76,9 +76,9 @@ def make_sealing_sink(
     cfg: LinetapConfig, health: StorageHealth, device_key: Ed25519PrivateKey | None = None
 ) -> SealingSink:
     from buffers.outbox import Outbox
-    from firmware.age import parse_recipient
-    from firmware.keys import load_device_key
     from firmware.sealing import ChainState, SealingSettings, SealingSink
+    from sealedrec.age import parse_recipient
+    from sealedrec.keys import load_device_key
 
     settings = SealingSettings(
         recipients=tuple(parse_recipient(r) for r in cfg.sealing.recipients),
@@ -280,7 +280,7 @@ def run_replay(
     )
     health = StorageHealth()
     if fmt == "sealed" and not device_key_path(replay_cfg).exists():
-        from firmware.keys import create_device_key
+        from sealedrec.keys import create_device_key
 
         create_device_key(device_key_path(replay_cfg))
     sink = make_sink(replay_cfg, health)

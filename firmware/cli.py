@@ -11,7 +11,7 @@ from pathlib import Path
 
 from firmware import __version__
 from firmware.config import DEFAULT_CONFIG_PATH, LinetapConfig, load_config
-from firmware.process import EXIT_OK, run_command, setup_logging
+from runtime.process import EXIT_OK, run_command, setup_logging
 
 log = logging.getLogger("linetap")
 
@@ -135,7 +135,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from firmware.app import device_key_path
-    from firmware.keys import create_device_key, key_id, load_device_key, public_key_b64
+    from sealedrec.keys import create_device_key, key_id, load_device_key, public_key_b64
 
     if args.action == "csr":
         from firmware.app import device_id

@@ -245,7 +245,7 @@ class SealingConfig(_Model):
     def _recipients_parse(cls, value: list[str]) -> list[str]:
         if not value:
             return value
-        from firmware.age import AgeError, parse_recipient
+        from sealedrec.age import AgeError, parse_recipient
 
         for item in value:
             try:

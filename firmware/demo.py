@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from buffers.outbox import Outbox, OutboxState
-from firmware.keys import load_device_key, public_key_b64
+from sealedrec.keys import load_device_key, public_key_b64
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 BIN = Path(sys.executable).parent

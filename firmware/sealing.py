@@ -37,14 +37,21 @@ import soundfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from buffers.durable import fsync_dir, fsync_file
-from buffers.journal import JournalWriter, scan_journal
+from buffers.journal import JournalWriter
 from buffers.outbox import Outbox
-from firmware.age import AgeWriter, encrypt_bytes
 from firmware.clock import ClockSync, boot_id, read_clock_sync
 from firmware.errors import StorageError
-from firmware.keys import key_id
-from firmware.manifest import (
+from firmware.sinks import (
+    PROGRESS_EVENTS,
+    RecordingEnd,
+    RecordingEvent,
+    RecordingStart,
+    write_json_atomic,
+)
+from sealedrec.age import AgeWriter, encrypt_bytes
+from sealedrec.durable import fsync_dir, fsync_file
+from sealedrec.keys import key_id
+from sealedrec.manifest import (
     BLOB_AGE,
     BLOB_FILES,
     BLOB_SEGMENTS,
@@ -54,13 +61,7 @@ from firmware.manifest import (
     manifest_hash,
     sign_manifest,
 )
-from firmware.sinks import (
-    PROGRESS_EVENTS,
-    RecordingEnd,
-    RecordingEvent,
-    RecordingStart,
-    write_json_atomic,
-)
+from sealedrec.segments import scan_journal
 
 log = logging.getLogger(__name__)
 
@@ -720,9 +721,7 @@ class SealingSink:
             # and rebuilds them from what was journalled as the call went.
             **(_call_facts(end) if end else _recovered_call_facts(start, events)),
             "consent_events": [e for e in events if e["type"] in consent_types],
-            "events": [
-                e for e in events if e["type"] not in consent_types | PROGRESS_EVENTS
-            ],
+            "events": [e for e in events if e["type"] not in consent_types | PROGRESS_EVENTS],
             "preroll_ms": round(float(start["preroll_s"]) * 1000),
             "codec": blob.codec,
             "container": blob.container,
@@ -761,7 +760,7 @@ class _SealJob:
 
 
 def _recipient_ids(recipients: Sequence[X25519PublicKey]) -> list[str]:
-    from firmware.age import format_recipient
+    from sealedrec.age import format_recipient
 
     return [format_recipient(r) for r in recipients]
 

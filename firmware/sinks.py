@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import soundfile
 
-from buffers.durable import fsync_dir
 from firmware.errors import StorageError
+from sealedrec.durable import fsync_dir
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from firmware import __version__
-from firmware.process import run_command, setup_logging
 from headoffice.cli_query import add_query_commands, office_location, office_options
 from headoffice.device_settings import add_settings_commands
+from runtime import __version__
+from runtime.process import run_command, setup_logging
 
 
 def cmd_init(args: argparse.Namespace) -> int:

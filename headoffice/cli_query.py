@@ -33,11 +33,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from buffers.journal import JournalFormatError, iter_segments
-from firmware.age import AgeError, AgeReader, decrypt_bytes, load_identities
-from firmware.errors import LinetapError
-from firmware.manifest import ManifestError, manifest_hash, verify_chain, verify_signature
-from firmware.verify import decode_audio
 from headoffice.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
@@ -48,6 +43,11 @@ from headoffice.config import (
 )
 from headoffice.index import Index, PendingUpload, StoredRecord, open_index, row_from_manifest
 from headoffice.store import BlobStore, StoreError
+from sealedrec.age import AgeError, AgeReader, decrypt_bytes, load_identities
+from sealedrec.errors import LinetapError
+from sealedrec.manifest import ManifestError, manifest_hash, verify_chain, verify_signature
+from sealedrec.segments import JournalFormatError, iter_segments
+from sealedrec.verify import decode_audio
 
 DeviceKeys = Callable[[str], Ed25519PublicKey] | Mapping[str, Ed25519PublicKey]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from firmware.errors import ConfigError
+from runtime.errors import ConfigError
 
 
 class _Model(BaseModel):

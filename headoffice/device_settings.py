@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from buffers.durable import replace_file, write_new_file
-from firmware.errors import LinetapError
-from firmware.process import EXIT_OK
 from firmware.tools import _boot_settings as bs
+from runtime.process import EXIT_OK
+from sealedrec.durable import replace_file, write_new_file
+from sealedrec.errors import LinetapError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -48,7 +48,7 @@ def ensure_settings_key(root: Path) -> tuple[Ed25519PrivateKey, bool]:
     """The office's settings-signing key, made (0600, with its .pub) if missing."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from firmware.keyfiles import private_key_pem, read_private_key
+    from sealedrec.keyfiles import private_key_pem, read_private_key
 
     key_path, pub_path = root / KEY, root / PUB
     if not key_path.exists():

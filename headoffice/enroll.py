@@ -41,11 +41,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from buffers.durable import replace_file, write_new_file
-from firmware import age
-from firmware.errors import LinetapError
-from firmware.keyfiles import private_key_pem
-from firmware.keys import DeviceKeyError, key_id, public_key_b64, public_key_from_b64
+from sealedrec import age
+from sealedrec.durable import replace_file, write_new_file
+from sealedrec.errors import LinetapError
+from sealedrec.keyfiles import private_key_pem
+from sealedrec.keys import DeviceKeyError, key_id, public_key_b64, public_key_from_b64
 from uploader.protocol import MAX_CHUNK_SIZE, up_filter
 from uploader.tlskeys import DEVICE_ID_PATTERN, make_device_csr
 

@@ -40,12 +40,12 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware.errors import LinetapError
-from firmware.manifest import ManifestError, verify_signature
-from firmware.manifest_model import Manifest, validate_manifest
 from headoffice.config import LimitsConfig
 from headoffice.index import Index, IndexConflictError
 from headoffice.store import BlobStore, StoreError, utc_now_iso
+from sealedrec.errors import LinetapError
+from sealedrec.manifest import ManifestError, verify_signature
+from sealedrec.model import Manifest, validate_manifest
 from uploader.protocol import (
     MAX_MISSING_LISTED,
     SHA256_PROPERTY,

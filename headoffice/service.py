@@ -24,13 +24,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from firmware.errors import ConfigError, LinetapError
-from firmware.process import stop_on_signals
 from headoffice.config import OfficeConfig
 from headoffice.enroll import CaLayout, device_signing_key, office_share_filter
 from headoffice.index import Index
 from headoffice.receiver import FIN_POLL_S, Receiver, Reply
 from headoffice.store import BlobStore
+from runtime.errors import ConfigError
+from runtime.process import stop_on_signals
+from sealedrec.errors import LinetapError
 from uploader.protocol import QOS, ProtocolError, parse_topic, up_filter
 
 log = logging.getLogger(__name__)

@@ -42,8 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from buffers.durable import fsync_dir
-from firmware.errors import LinetapError
+from sealedrec.durable import fsync_dir
+from sealedrec.errors import LinetapError
 
 PARKING = "parking"
 BLOBS = "blobs"

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from buffers.outbox import Outbox
 from drivers.serial.cid_text import SerialCallerId
-from firmware.manifest import sign_manifest
+from sealedrec.manifest import sign_manifest
 
 RATE = 8000
 START_UTC = "2026-11-25T10:00:00+00:00"  # the wall clock replays start at

@@ -29,9 +29,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware.keys import create_device_key, public_key_b64
-from firmware.manifest import GENESIS_HASH, SIGNATURE_FIELD, sign_manifest
 from headoffice import enroll
+from sealedrec.keys import create_device_key, public_key_b64
+from sealedrec.manifest import GENESIS_HASH, SIGNATURE_FIELD, sign_manifest
 from tests.helpers import signed_manifest
 from tests.mqtt_broker import Broker, MqttProbe, Received
 from uploader.tlskeys import make_device_csr

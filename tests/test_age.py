@@ -1,4 +1,4 @@
-"""firmware.age: C2SP/CCTV vectors, interop with the real age tools, patch(), tampering, memory."""
+"""sealedrec.age: C2SP/CCTV vectors, interop with the real age tools, patch(), tampering, memory."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from firmware import age
-from firmware.age import (
+from firmware.errors import LinetapError
+from sealedrec import age
+from sealedrec.age import (
     CHUNK_SIZE,
     ENC_CHUNK_SIZE,
     AgeArmorError,
@@ -33,7 +34,6 @@ from firmware.age import (
     AgeWriter,
     NoIdentityMatch,
 )
-from firmware.errors import LinetapError
 
 VECTOR_DIR = Path(__file__).parent / "data" / "age-cctv"
 AGE = shutil.which("age")

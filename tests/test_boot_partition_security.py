@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from firmware.config import AudioConfig, LinetapConfig, load_config
-from firmware.keyfiles import write_private_key
 from firmware.tools import _boot_settings as bs
 from firmware.tools.provision import DevicePaths
 from headoffice import device_settings, enroll
 from headoffice.enroll import OfficeSetup
+from sealedrec.keyfiles import write_private_key
 from tests.test_tool_provision import DEVICE, Device, device_config, enrol
 
 REPO = Path(__file__).resolve().parent.parent

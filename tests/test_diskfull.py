@@ -19,13 +19,13 @@ import soundfile
 
 from drivers.audio.factory import open_capture
 from drivers.gpio.sim import SimPinFactory
-from firmware.age import load_identities
 from firmware.app import make_sealing_sink
 from firmware.config import load_config
 from firmware.events import events_to_pin_script, parse_events
-from firmware.keys import create_device_key
 from firmware.recorder import NS_PER_S, Recorder, StorageHealth
-from firmware.verify import decrypt_recording, verify_entries
+from sealedrec.age import load_identities
+from sealedrec.keys import create_device_key
+from sealedrec.verify import decrypt_recording, verify_entries
 from tests.helpers import RATE, config_text, mounted_tmpfs
 
 SIZE = 2 * 1024 * 1024
@@ -137,7 +137,7 @@ def test_full_disk_mid_call_holds_audio_in_ram_and_catches_up(
     ids = load_identities(office[0])
     samples, _, _ = decrypt_recording(entries[1], ids)
     np.testing.assert_array_equal(samples, data[1 * RATE : 51 * RATE])
-    from firmware.keys import load_device_key
+    from sealedrec.keys import load_device_key
 
     device = load_device_key(tmp_path / "device.key").public_key()
     reports, chain = verify_entries(entries, device, ids)

@@ -35,8 +35,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from firmware import age
-from firmware.keys import public_key_b64
 from headoffice import enroll
 from headoffice.enroll import (
     CaExists,
@@ -46,6 +44,8 @@ from headoffice.enroll import (
     EnrollError,
     SigningKeyConflict,
 )
+from sealedrec import age
+from sealedrec.keys import public_key_b64
 from tests.helpers import reaped, run_cli
 from tests.mqtt_broker import (
     Broker,

@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from firmware.keys import public_key_from_b64
-from firmware.verify import read_manifest, verify_entry
+from sealedrec.keys import public_key_from_b64
+from sealedrec.verify import read_manifest, verify_entry
 
 pytestmark = pytest.mark.slow
 

@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from buffers.journal import (
-    FILE_MAGIC,
-    JournalFormatError,
-    JournalWriter,
-    read_segments,
-    scan_journal,
-)
+from buffers.journal import JournalWriter
+from sealedrec.segments import FILE_MAGIC, JournalFormatError, read_segments, scan_journal
 
 
 def make(path: Path, n: int) -> list[bytes]:

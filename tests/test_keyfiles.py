@@ -1,4 +1,4 @@
-"""Key files and durable writes (buffers.durable, firmware.keyfiles) through their users:
+"""Key files and durable writes (sealedrec.durable, sealedrec.keyfiles) through their users:
 the device signing key and the TLS client key, each with every way a key file goes wrong."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from buffers.durable import replace_file, write_new_file
-from firmware.keys import DeviceKeyError, create_device_key, load_device_key
+from sealedrec.durable import replace_file, write_new_file
+from sealedrec.keys import DeviceKeyError, create_device_key, load_device_key
 from uploader.tlskeys import TlsKeyError, load_or_create_tls_key
 
 

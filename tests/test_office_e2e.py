@@ -22,11 +22,11 @@ import numpy as np
 import soundfile
 
 from buffers.outbox import Outbox, OutboxState
-from firmware.keys import load_device_key
-from firmware.manifest import manifest_hash
 from headoffice import enroll
 from headoffice.enroll import CaLayout
 from headoffice.index import open_index
+from sealedrec.keys import load_device_key
+from sealedrec.manifest import manifest_hash
 from tests.conftest import VENV_BIN
 from tests.helpers import RATE, config_text, replay_inputs, signed_manifest
 from tests.mqtt_broker import office_broker_conf, run_mosquitto
@@ -106,7 +106,7 @@ class Setup:
             capture_output=True,
         )
         pub = load_device_key(self.data / "keys" / "device.key").public_key()
-        from firmware.keys import public_key_b64
+        from sealedrec.keys import public_key_b64
 
         cert = enroll.enroll_device(self.root, csr.read_bytes(), public_key_b64(pub))
         (self.data / "keys" / "device.crt").write_bytes(cert.read_bytes())

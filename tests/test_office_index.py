@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware.manifest import GENESIS_HASH, ManifestError, manifest_hash, sign_manifest
 from headoffice.index import (
     Gap,
     Index,
@@ -24,6 +23,7 @@ from headoffice.index import (
     redact_dsn,
 )
 from headoffice.store import BlobStore
+from sealedrec.manifest import GENESIS_HASH, ManifestError, manifest_hash, sign_manifest
 
 SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")
 TABLES = ("recordings", "devices", "alarms", "uploads", "schema_version")

@@ -23,10 +23,7 @@ import pytest
 import soundfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from firmware.age import load_identities
 from firmware.cli import main as linetap_main
-from firmware.keys import load_device_key, public_key_b64
-from firmware.verify import decrypt_recording
 from headoffice.cli import main as office_main
 from headoffice.cli_query import (
     add_query_commands,
@@ -40,6 +37,9 @@ from headoffice.cli_query import (
 from headoffice.config import OfficeConfig, resolve_office
 from headoffice.index import Index, open_index
 from headoffice.store import BlobStore
+from sealedrec.age import load_identities
+from sealedrec.keys import load_device_key, public_key_b64
+from sealedrec.verify import decrypt_recording
 from tests.helpers import RATE, START_UTC, config_text, line_signal, replay_inputs
 
 DEVICE = "test-device"
@@ -481,7 +481,7 @@ RAW = ("\x1b", "\x07", "\r", "\u202e", "\u2066", "\x9b")
 def hostile_entry(sealed: Sealed, tmp_path: Path) -> Path:
     """A copy of the first outbox entry whose manifest carries control characters, signed
     by the real device key (so it verifies: only the text is hostile)."""
-    from firmware.manifest import SIGNATURE_FIELD, sign_manifest
+    from sealedrec.manifest import SIGNATURE_FIELD, sign_manifest
 
     source = sealed.entries[0]
     entry = tmp_path / "hostile" / source.name

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import headoffice.store as store_mod
-from buffers import durable
 from headoffice.store import BlobStore, StoreError
+from sealedrec import durable
 
 DEV = "dev-a"
 REC = "4f1c2a9e-0b7d-4c47-9a51-0d2f3b6a7c88"

@@ -1,4 +1,4 @@
-"""firmware.process: the stop event every daemon and tool waits on, set by real signals."""
+"""runtime.process: the stop event every daemon and tool waits on, set by real signals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from firmware.errors import ConfigError, LinetapError
-from firmware.process import run_command, setup_logging, stop_on_signals
+from runtime.process import run_command, setup_logging, stop_on_signals
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

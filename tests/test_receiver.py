@@ -12,10 +12,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware.errors import LinetapError
-from firmware.manifest import GENESIS_HASH, manifest_hash, sign_manifest
 from headoffice.index import open_index
 from headoffice.receiver import Receiver
 from headoffice.store import BlobStore
+from sealedrec.manifest import GENESIS_HASH, manifest_hash, sign_manifest
 from tests.helpers import signed_manifest
 from uploader.protocol import (
     SHA256_PROPERTY,

@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware.errors import LinetapError
-from firmware.manifest import sign_manifest
 from headoffice.config import LimitsConfig
 from headoffice.index import open_index
 from headoffice.receiver import Receiver, Reply
 from headoffice.store import BlobStore
+from sealedrec.manifest import sign_manifest
 from tests.helpers import mounted_tmpfs, signed_manifest
 from tests.test_office_index import index_url, pg_dsn  # noqa: F401 - fixtures
 from uploader.protocol import (

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import soundfile
 
-from buffers.journal import iter_segments
 from firmware.analyze import analyze_file
 from firmware.samples import __file__ as samples_init
-from firmware.verify import decode_audio
+from sealedrec.segments import iter_segments
+from sealedrec.verify import decode_audio
 from tests.conftest import VENV_BIN as BIN
 from tests.helpers import ready_recorder, replay_argv
 

@@ -17,15 +17,15 @@ import numpy as np
 import soundfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware.age import load_identities
 from firmware.app import make_sealing_sink
 from firmware.cli import main
 from firmware.config import load_config
-from firmware.keys import create_device_key, load_device_key
-from firmware.manifest import sign_manifest, verify_chain
 from firmware.recorder import StorageHealth
 from firmware.sinks import RecordingEnd, RecordingStart
-from firmware.verify import decrypt_recording, verify_entries
+from sealedrec.age import load_identities
+from sealedrec.keys import create_device_key, load_device_key
+from sealedrec.manifest import sign_manifest, verify_chain
+from sealedrec.verify import decrypt_recording, verify_entries
 from tests.helpers import RATE, START_UTC, config_text, replay_inputs
 
 

@@ -31,10 +31,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from firmware.config import load_config
-from firmware.keys import load_device_key, public_key_b64
 from firmware.tools.provision import DevicePaths, FirstBoot, first_boot
 from headoffice import enroll
 from headoffice.enroll import CaLayout, OfficeSetup
+from sealedrec.keys import load_device_key, public_key_b64
 from tests.conftest import VENV_BIN
 from tests.helpers import mounted_tmpfs
 from tests.mqtt_broker import MqttProbe, office_broker_conf, run_mosquitto

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from buffers.journal import iter_segments
-from firmware.age import decrypt_bytes, load_identities
-from firmware.keys import load_device_key
-from firmware.verify import decode_audio, decrypt_recording, verify_entries
+from sealedrec.age import decrypt_bytes, load_identities
+from sealedrec.keys import load_device_key
+from sealedrec.segments import iter_segments
+from sealedrec.verify import decode_audio, decrypt_recording, verify_entries
 from tests.conftest import VENV_BIN as BIN
 from tests.helpers import RATE, ready_recorder, write_capture
 

@@ -572,8 +572,8 @@ def test_over_tls_with_the_enrolled_certificate_and_the_production_acl(
     renders (a device may only use its own topics), client id forced to the CN."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from firmware.keys import public_key_b64
     from headoffice import enroll
+    from sealedrec.keys import public_key_b64
     from uploader.tlskeys import make_device_csr
 
     caplog.set_level(logging.INFO, logger="uploader")

@@ -23,7 +23,7 @@ from typing import Any
 
 from firmware.config import LinetapConfig, UploadConfig, load_config
 from firmware.errors import ConfigError, LinetapError
-from firmware.process import setup_logging, stop_on_signals
+from runtime.process import setup_logging, stop_on_signals
 
 log = logging.getLogger(__name__)
 

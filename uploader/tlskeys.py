@@ -6,7 +6,7 @@ device. The certificate request carries the device id as its only subject attrib
 uses that CN as the MQTT username, which its ACL confines to ``linetap/{id}/…``.
 
 This key only authenticates the TLS connection. The Ed25519 key that signs manifests
-(``firmware.keys``) is a separate key and is registered next to the certificate.
+(``sealedrec.keys``) is a separate key and is registered next to the certificate.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firmware.errors import LinetapError
-from firmware.keyfiles import read_private_key, write_private_key
+from sealedrec.keyfiles import read_private_key, write_private_key
 
 # The same id grammar as the topic segment ``{device}`` in uploader.protocol.
 DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"

@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 
 from buffers.outbox import OutboxEntry
 from firmware.config import UploadConfig
-from firmware.manifest import BLOB_FILES, MANIFEST_FILE
+from sealedrec.manifest import BLOB_FILES, MANIFEST_FILE
 from uploader import protocol
 from uploader.connection import POLL_S, Backoff, Link, Lost, Sent, Stopping
 from uploader.protocol import Ack, AckStatus, Fin, Init, Kind, ProtocolError

@@ -22,7 +22,7 @@ import alsaaudio
 
 from drivers.audio import AudioBlock, CaptureStats, Int16Frames
 from drivers.audio.formats import SampleFormat, frames_from_bytes
-from firmware.errors import AudioDeviceBusyError, AudioDeviceError
+from drivers.errors import AudioDeviceBusyError, AudioDeviceError
 
 _NS_PER_S = 1_000_000_000
 

@@ -24,7 +24,7 @@ import soundfile as sf
 
 from drivers.audio import AudioBlock, CaptureStats, Int16Frames
 from drivers.audio.formats import SampleFormat, frames_from_bytes
-from firmware.errors import AudioFileError
+from drivers.errors import AudioFileError
 
 _NS_PER_S = 1_000_000_000
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from drivers.errors import GpioError
 from drivers.gpio import PinFactory
 from drivers.gpio.sim import ScriptedLevel, SimPinFactory
-from firmware.errors import GpioError
 
 BACKENDS = ("gpiod", "rpigpio", "sim")
 

@@ -22,8 +22,8 @@ import gpiod
 from gpiod.line import Bias, Clock, Direction, Value
 from gpiod.line import Edge as LineEdge
 
+from drivers.errors import GpioError
 from drivers.gpio import Edge, Pull
-from firmware.errors import GpioError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import time
 from collections import deque
 from typing import Any
 
+from drivers.errors import GpioError
 from drivers.gpio import Edge, Pull
-from firmware.errors import GpioError
 
 _NOT_A_PI_3_4 = (
     "RPi.GPIO works only on a Raspberry Pi 3/4; "

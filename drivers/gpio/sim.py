@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from drivers.errors import GpioError
 from drivers.gpio import Edge, Pull
-from firmware.errors import GpioError
 
 NS_PER_S = 1_000_000_000
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from firmware.errors import SerialPortError
+from drivers.errors import SerialPortError
 
 __all__ = ["Received", "SerialPort", "SerialPortError"]
 

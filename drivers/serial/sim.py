@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivers.errors import EventsFileError
 from drivers.serial import Received, SerialPortError
-from firmware.errors import EventsFileError
 
 NS_PER_S = 1_000_000_000
 

@@ -95,13 +95,13 @@ def key_name(path: tuple[str, ...]) -> str:
 
 
 def key_id(key: Ed25519PublicKey) -> str:
-    from firmware.keys import key_id as _key_id
+    from sealedrec.keys import key_id as _key_id
 
     return _key_id(key)
 
 
 def public_key_line(key: Ed25519PublicKey) -> str:
-    from firmware.keys import public_key_b64
+    from sealedrec.keys import public_key_b64
 
     return public_key_b64(key) + "\n"
 

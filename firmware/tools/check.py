@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from firmware.cli import config_arg
-from firmware.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from runtime.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
     from drivers.gpio import PinFactory

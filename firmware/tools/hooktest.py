@@ -47,7 +47,6 @@ from firmware.callstate import (
     Trigger,
 )
 from firmware.config import CallConfig, LinetapConfig, load_config
-from firmware.process import stop_on_signals
 from firmware.tools._terminal import (
     LiveLines,
     LiveScreen,
@@ -56,6 +55,7 @@ from firmware.tools._terminal import (
     open_live_lines,
     positive_seconds,
 )
+from runtime.process import stop_on_signals
 
 REFRESH_S = 0.1  # terminal redraw period
 Stage = Literal["debounce", "flash", "final"]

@@ -28,7 +28,6 @@ import numpy.typing as npt
 
 from firmware.config import LinetapConfig, load_config
 from firmware.dsp.levels import HUM_HZ, LevelStats, hum_is_noticeable, line_is_silent
-from firmware.process import stop_on_signals
 from firmware.tools._terminal import (
     LiveLines,
     LiveScreen,
@@ -37,6 +36,7 @@ from firmware.tools._terminal import (
     open_live_lines,
     positive_seconds,
 )
+from runtime.process import stop_on_signals
 
 WINDOW_S = 0.4  # live analysis window: RMS/peak/silence/hum of the last 0.4 s (hum needs 0.2)
 REFRESH_S = 0.15  # terminal redraw period: about 7 frames a second

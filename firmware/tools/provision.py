@@ -56,12 +56,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from buffers.durable import fsync_dir
 from firmware.cli import config_arg
 from firmware.config import config_path, load_config, parse_config
 from firmware.errors import ConfigError, LinetapError
-from firmware.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from firmware.tools import _boot_settings as bs
+from runtime.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from sealedrec.durable import fsync_dir
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -224,7 +224,7 @@ def _ensure_key(path: Path, load: Callable[[Path], K], make: Callable[[Path], K]
 
 def ensure_signing_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
     """The device's Ed25519 signing key, made if missing; (key, created)."""
-    from firmware.keys import create_device_key, load_device_key
+    from sealedrec.keys import create_device_key, load_device_key
 
     return _ensure_key(path, load_device_key, create_device_key)
 
@@ -288,7 +288,7 @@ class Keys:
 
 
 def ensure_keys(paths: DevicePaths) -> Keys:
-    from firmware.keys import key_id, public_key_b64
+    from sealedrec.keys import key_id, public_key_b64
 
     signing, signing_created = ensure_signing_key(paths.signing_key)
     tls_key, tls_created = ensure_tls_key(paths.tls_key)
@@ -715,7 +715,7 @@ class Settings:
 def _load_existing_keys(paths: DevicePaths) -> None:
     """Load every key that exists before anything is made or committed, so a broken key
     fails the run while the unit is still exactly as it was."""
-    from firmware.keys import load_device_key
+    from sealedrec.keys import load_device_key
     from uploader.tlskeys import load_or_create_tls_key
 
     if paths.signing_key.exists() or paths.signing_key.is_symlink():

@@ -30,7 +30,7 @@ from typing import Any
 
 from firmware.cli import config_arg
 from firmware.config import LinetapConfig, config_path, load_config
-from firmware.process import EXIT_FAILURE, EXIT_OK
+from runtime.process import EXIT_FAILURE, EXIT_OK
 
 # The recorder rewrites recorder.json every second.
 RECORDER_MAX_AGE_S = 10.0

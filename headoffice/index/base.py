@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
-from firmware.manifest import GENESIS_HASH, canonical_json, manifest_hash
 from headoffice.index.records import (
     _ALARM_COLUMNS,
     _SELECT_RECORD,
@@ -34,6 +33,7 @@ from headoffice.index.records import (
     utc_iso,
 )
 from headoffice.index.schema import SCHEMA_VERSION
+from sealedrec.manifest import GENESIS_HASH, canonical_json, manifest_hash
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 

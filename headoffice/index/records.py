@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from firmware.errors import LinetapError
-from firmware.manifest import ManifestError
-from firmware.manifest_model import validate_manifest
+from sealedrec.errors import LinetapError
+from sealedrec.manifest import ManifestError
+from sealedrec.model import validate_manifest
 
 Row = tuple[Any, ...]
 Query = Callable[[str, Sequence[Any]], list[Row]]

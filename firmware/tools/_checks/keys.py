@@ -74,7 +74,7 @@ def _mode_owner(path: Path) -> str:
 
 def check_device_key(path: Path) -> Check:
     """The Ed25519 manifest-signing key: present, 0600, loads."""
-    from firmware.keys import DeviceKeyError, key_id, load_device_key
+    from sealedrec.keys import DeviceKeyError, key_id, load_device_key
 
     problem, _ = _private_key_file("keys.device", "sealing.device_key", path)
     if problem is not None:
@@ -103,7 +103,7 @@ def check_device_key(path: Path) -> Check:
 
 def check_recipients(sealing: SealingConfig, storage_format: str) -> Check:
     """The head office's age keys the recordings are sealed to."""
-    from firmware.age import AgeError, parse_recipient
+    from sealedrec.age import AgeError, parse_recipient
 
     if not sealing.recipients:
         if storage_format == "sealed":

@@ -11,10 +11,10 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from firmware.age._format import INTRO
-from firmware.age.armor import ARMOR_BEGIN
-from firmware.age.bech32 import bech32_decode, bech32_encode
-from firmware.age.errors import AgeKeyError
+from sealedrec.age._format import INTRO
+from sealedrec.age.armor import ARMOR_BEGIN
+from sealedrec.age.bech32 import bech32_decode, bech32_encode
+from sealedrec.age.errors import AgeKeyError
 
 RECIPIENT_HRP: Final = "age"
 IDENTITY_HRP: Final = "AGE-SECRET-KEY-"

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from firmware.errors import ConfigError, LinetapError
+from runtime.errors import ConfigError
+from sealedrec.errors import LinetapError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from firmware.errors import LinetapError
+from sealedrec.errors import LinetapError
 
 
 class AgeError(LinetapError, ValueError):

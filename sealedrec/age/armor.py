@@ -6,8 +6,8 @@ import base64
 import binascii
 from typing import Final
 
-from firmware.age._format import _COLUMNS
-from firmware.age.errors import AgeArmorError
+from sealedrec.age._format import _COLUMNS
+from sealedrec.age.errors import AgeArmorError
 
 ARMOR_BEGIN: Final = b"-----BEGIN AGE ENCRYPTED FILE-----"
 ARMOR_END: Final = b"-----END AGE ENCRYPTED FILE-----"

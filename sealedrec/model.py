@@ -9,7 +9,7 @@ bounds: nesting depth, string length, no NUL, integers within 64 bits. A manifes
 passes can be stored, indexed (SQLite and PostgreSQL take every integer it holds) and
 printed without surprises; one that fails names the first field at fault.
 
-The signature is not checked here (:func:`firmware.manifest.verify_signature` does that);
+The signature is not checked here (:func:`sealedrec.manifest.verify_signature` does that);
 the model is checked on the same dict the signature covers, and never rewrites it.
 """
 
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from firmware.manifest import ManifestError
+from sealedrec.manifest import ManifestError
 
 INT64_MAX = 2**63 - 1
 MAX_DEPTH = 8

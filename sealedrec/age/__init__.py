@@ -31,15 +31,15 @@ The package, by layer (each module imports only those above it):
 - ``writer``: :class:`AgeWriter` and :func:`encrypt_bytes`;
 - ``reader``: :class:`AgeReader` and :func:`decrypt_bytes`.
 
-Import the public names from ``firmware.age`` itself; the modules are its internals.
+Import the public names from ``sealedrec.age`` itself; the modules are its internals.
 """
 
 from __future__ import annotations
 
-from firmware.age._format import CHUNK_SIZE, ENC_CHUNK_SIZE, INTRO
-from firmware.age.armor import ARMOR_BEGIN, ARMOR_END, dearmor
-from firmware.age.bech32 import bech32_decode, bech32_encode
-from firmware.age.errors import (
+from sealedrec.age._format import CHUNK_SIZE, ENC_CHUNK_SIZE, INTRO
+from sealedrec.age.armor import ARMOR_BEGIN, ARMOR_END, dearmor
+from sealedrec.age.bech32 import bech32_decode, bech32_encode
+from sealedrec.age.errors import (
     AgeArmorError,
     AgeError,
     AgeHeaderError,
@@ -48,7 +48,7 @@ from firmware.age.errors import (
     AgePayloadError,
     NoIdentityMatch,
 )
-from firmware.age.keys import (
+from sealedrec.age.keys import (
     IDENTITY_HRP,
     RECIPIENT_HRP,
     format_identity,
@@ -59,8 +59,8 @@ from firmware.age.keys import (
     parse_identity,
     parse_recipient,
 )
-from firmware.age.reader import AgeReader, decrypt_bytes
-from firmware.age.writer import AgeWriter, encrypt_bytes
+from sealedrec.age.reader import AgeReader, decrypt_bytes
+from sealedrec.age.writer import AgeWriter, encrypt_bytes
 
 __all__ = [
     "ARMOR_BEGIN",

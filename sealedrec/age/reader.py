@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from firmware.age._format import (
+from sealedrec.age._format import (
     _COLUMNS,
     _FILE_KEY_SIZE,
     _MAC_MARK,
@@ -31,8 +31,8 @@ from firmware.age._format import (
     _hkdf,
     _x25519_wrap_key,
 )
-from firmware.age.armor import _looks_armored, dearmor
-from firmware.age.errors import (
+from sealedrec.age.armor import _looks_armored, dearmor
+from sealedrec.age.errors import (
     AgeError,
     AgeHeaderError,
     AgeMacError,

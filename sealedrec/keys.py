@@ -13,8 +13,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from firmware.errors import LinetapError
-from firmware.keyfiles import read_private_key, write_private_key
+from sealedrec.errors import LinetapError
+from sealedrec.keyfiles import read_private_key, write_private_key
 
 
 class DeviceKeyError(LinetapError, OSError):

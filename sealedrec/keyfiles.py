@@ -1,6 +1,6 @@
 """Private key files on the device: made once, owner-only, read back with the same checks.
 
-The device signing key (``firmware.keys``) and the TLS client key (``uploader.tlskeys``)
+The device signing key (``sealedrec.keys``) and the TLS client key (``uploader.tlskeys``)
 are different kinds of key with the same rules on disk; the rules live here once.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from buffers.durable import write_new_file
-from firmware.errors import LinetapError
+from sealedrec.durable import write_new_file
+from sealedrec.errors import LinetapError
 
 
 def private_key_pem(key: PrivateKeyTypes) -> bytes:

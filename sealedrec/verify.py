@@ -18,15 +18,15 @@ import soundfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from buffers.journal import JournalFormatError, iter_segments
-from firmware.age import AgeError, AgeReader, decrypt_bytes
-from firmware.manifest import (
+from sealedrec.age import AgeError, AgeReader, decrypt_bytes
+from sealedrec.manifest import (
     BLOB_FILES,
     MANIFEST_FILE,
     ManifestError,
     verify_chain,
     verify_signature,
 )
+from sealedrec.segments import JournalFormatError, iter_segments
 
 
 @dataclass

@@ -19,8 +19,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from firmware.errors import LinetapError
-from firmware.keys import key_id
+from sealedrec.errors import LinetapError
+from sealedrec.keys import key_id
 
 MANIFEST_VERSION = 1
 # A sealed recording's directory (outbox entry, store upload): the manifest, and the blob

@@ -11,7 +11,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from firmware.age._format import (
+from sealedrec.age._format import (
     _COLUMNS,
     _FILE_KEY_SIZE,
     _MAC_MARK,
@@ -28,8 +28,8 @@ from firmware.age._format import (
     _hkdf,
     _x25519_wrap_key,
 )
-from firmware.age.errors import AgeError, AgeKeyError
-from firmware.age.keys import format_recipient
+from sealedrec.age.errors import AgeError, AgeKeyError
+from sealedrec.age.keys import format_recipient
 
 
 def _stanza_bytes(args: Sequence[bytes], body: bytes) -> bytes:
