@@ -15,11 +15,12 @@ DEB_PACKAGES := python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfil
 
 demo: $(BIN)/.installed
 	@rm -rf demo-out
-	$(BIN)/python -m firmware.demo --out demo-out
+	$(BIN)/python -m demo --out demo-out
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 test-slow: $(BIN)/.installed
@@ -29,6 +30,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/capture_rtf.py

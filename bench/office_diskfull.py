@@ -23,11 +23,15 @@ doubles with every busy answer (jittered between half and all of it, at most
 ``upload.backoff_max_s``) until a recording is stored. So the resume time is what is left
 of the wait announced with the last busy answer before the free (the "predicted" column,
 from the uploader's log, polled every 10 ms) plus one upload; about ``busy_retry_s`` at
-most for an outage shorter than the backoff's climb to it. Every wait has a timeout;
-every process is stopped and the tmpfs unmounted at exit, also on errors.
+most for an outage shorter than the backoff's climb to it. The free falls at the same
+phase of that wait every round unless ``--jitter-s`` adds a random 0..J s to the full
+window. (The synthetic manifests name no age recipients, so the office also raises a
+``recipients`` alarm and stores them anyway; that is not part of the measurement.)
+Every wait has a timeout; every process is stopped and the tmpfs unmounted at exit, also
+on errors, Ctrl-C and SIGTERM.
 
 Run (as root): .venv/bin/python bench/office_diskfull.py [--busy-retry-s 15] [--rounds 3]
-[--recordings 5] [--quick]
+[--recordings 5] [--full-s 5] [--jitter-s 0] [--quick]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import random
 import re
 import statistics
 import sys
@@ -152,7 +157,7 @@ def disk_full_alarms(index_url: str) -> int:
         index.close()
 
 
-def one_round(n: int, base: Path, args: argparse.Namespace) -> Round:
+def one_round(n: int, base: Path, args: argparse.Namespace, rng: random.Random) -> Round:
     here = base / f"round-{n}"
     here.mkdir()
     try:
@@ -160,12 +165,14 @@ def one_round(n: int, base: Path, args: argparse.Namespace) -> Round:
             mounted_tmpfs(here / "tmpfs", args.tmpfs_mib * MIB) as disk,
             Processes(here / "logs") as procs,
         ):
-            return _round(disk, here, procs, args)
+            return _round(disk, here, procs, args, rng)
     except pytest.skip.Exception as exc:  # mounted_tmpfs skips where it cannot mount
         raise BenchError(f"no tmpfs: {exc}") from None
 
 
-def _round(disk: Path, here: Path, procs: Processes, args: argparse.Namespace) -> Round:
+def _round(
+    disk: Path, here: Path, procs: Processes, args: argparse.Namespace, rng: random.Random
+) -> Round:
     office = make_office(disk / "office", [RECEIVER])
     device = enroll_device(office, DEVICE, here / "device")
     port, _broker = start_broker(procs, office, here)
@@ -185,7 +192,8 @@ def _round(disk: Path, here: Path, procs: Processes, args: argparse.Namespace) -
     first_busy = wait_until(
         lambda: watch.poll() > 0, FIRST_BUSY_TIMEOUT_S, "the first 'head office busy'", procs
     )
-    while time.monotonic() < first_busy + args.full_s:
+    full_for = args.full_s + rng.uniform(0.0, args.jitter_s)
+    while time.monotonic() < first_busy + full_for:
         watch.poll()
         if device.count(OutboxState.ACKED):
             raise BenchError(f"a recording was acked while the disk was full\n{procs.tails()}")
@@ -236,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--full-s", type=float, default=5.0, help="disk kept full after the first busy (5 s)"
     )
+    parser.add_argument(
+        "--jitter-s",
+        type=float,
+        default=0.0,
+        help="keep the disk full a random 0..J s longer per round, so the free falls at a "
+        "random phase of the uploader's wait (0: off)",
+    )
     parser.add_argument("--tmpfs-mib", type=int, default=64, help="office tmpfs size (64 MiB)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 recordings")
     args = parse_chain_args(parser, argv)
@@ -247,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print("office_diskfull: mounting a tmpfs needs root", file=sys.stderr)
         return 2
     rounds: list[Round] = []
+    rng = random.Random(1)
     wall = time.monotonic()
     with workdir(args.keep, "linetap-office-diskfull-") as tmp:
         header(args)
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'free after fill':>17}"
         )
         for n in range(1, args.rounds + 1):
-            r = one_round(n, tmp, args)
+            r = one_round(n, tmp, args, rng)
             rounds.append(r)
             print(
                 f"{n:>5}{r.busy_answers:>14}{r.last_wait_s:>13}{r.predicted_s:>13.2f}"
@@ -272,7 +288,8 @@ def header(args: argparse.Namespace) -> None:
     print(
         f"office resume after a full disk is freed: {args.rounds} round(s), "
         f"{args.recordings} recordings of ~{args.kib} KiB each (one "
-        f"{UploadSettings().chunk_kib} KiB chunk), disk kept full {args.full_s:g} s after "
+        f"{UploadSettings().chunk_kib} KiB chunk), disk kept full {args.full_s:g} s"
+        f"{f' + random 0..{args.jitter_s:g} s' if args.jitter_s else ''} after "
         f"the first busy answer; loopback ({HOST}) mTLS broker; {cores()} CPU cores"
     )
     print(

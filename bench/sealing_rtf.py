@@ -1,6 +1,6 @@
 """Sealing real-time factor: audio seconds sealed per CPU second, FLAC and Ogg Opus.
 
-Drives a :class:`firmware.sealing.SealingWriter` directly, the way the recorder does:
+Drives a :class:`firmware.sealwriter.SealingWriter` directly, the way the recorder does:
 ``SealingSink.open(RecordingStart)``, then the audio in 160-frame periods (20 ms at
 8 kHz mono) with one ``SealingSink.poll()`` per period, then ``close(RecordingEnd)``
 and more polls until the sink has sealed it: finished the age stream, written the
@@ -47,8 +47,8 @@ import soundfile
 from bench_common import children_cpu_s, print_table_header, pstats_table
 
 from buffers.outbox import Outbox
-from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink, SealingWriter
-from firmware.sinks import RecordingEnd, RecordingStart
+from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink
+from firmware.sinks import RecordingEnd, RecordingStart, RecordingWriter
 from sealedrec.age import format_recipient, generate_identity
 from sealedrec.keys import create_device_key
 from sealedrec.manifest import BLOB_AGE
@@ -208,7 +208,7 @@ def recording_end(frames: int, *, ended_utc: str = FIXED_UTC) -> RecordingEnd:
     )
 
 
-def write_periods(sink: SealingSink, writer: SealingWriter, audio: npt.NDArray[np.int16]) -> None:
+def write_periods(sink: SealingSink, writer: RecordingWriter, audio: npt.NDArray[np.int16]) -> None:
     """``audio`` into an open recording period by period, a sink poll after each."""
     for at in range(0, int(audio.shape[0]), PERIOD):
         writer.write(audio[at : at + PERIOD])

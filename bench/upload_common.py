@@ -4,7 +4,7 @@ upload_receiver_capacity): the whole chain for real, as tests/test_office_e2e.py
 - an office root made by :func:`headoffice.enroll.init_ca`, its receiver client
   certificates (:func:`~headoffice.enroll.issue_office_client`) and enrolled devices
   (signing key + TLS key/CSR + :func:`~headoffice.enroll.enroll_device`);
-- a private mosquitto on a free port with :func:`~headoffice.enroll.write_broker_config`
+- a private mosquitto on a free port with :func:`~headoffice.brokerconf.write_broker_config`
   (mTLS, the ACL, persistence), never the system broker;
 - ``linetap upload --config device.toml`` and ``linetap-office serve --config office.toml``
   as subprocesses, their output in log files;
@@ -48,13 +48,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from buffers.outbox import Outbox, OutboxState
-from headoffice import enroll
-from headoffice.enroll import CaLayout
+from headoffice import brokerconf, enroll
+from headoffice.officeroot import CaLayout
 from sealedrec.keys import create_device_key, public_key_b64
 from sealedrec.manifest import GENESIS_HASH, manifest_hash
+from sealedrec.tlskeys import make_device_csr
 from tests.helpers import signed_manifest
 from tests.mqtt_broker import free_port
-from uploader.tlskeys import make_device_csr
 
 HOST = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent
@@ -244,7 +244,7 @@ def make_office(root: Path, client_names: Sequence[str]) -> Office:
     setup = enroll.init_ca(root, "Bench Office")
     for name in client_names:
         enroll.issue_office_client(root, name)
-    enroll.office_share_group(root)  # made now, so every copy of the root shares it
+    brokerconf.office_share_group(root)  # made now, so every copy of the root shares it
     return Office(root, setup.recipient, list(client_names))
 
 
@@ -366,7 +366,7 @@ def start_broker(
     """mosquitto with the office's config (mTLS, ACL) on a free port: (port, process)."""
     for attempt in range(attempts):
         port = free_port()
-        conf = enroll.write_broker_config(
+        conf = brokerconf.write_broker_config(
             office.root,
             port,
             persistence_location=workdir / "broker-data",

@@ -17,8 +17,11 @@ entry directory followed by an fsync of both parent directories, and every file 
 fsynced before the entry leaves ``tmp/``, so after a power cut an entry is in exactly
 one state with all of its files, or (if it never left ``tmp/``) not in the outbox at all.
 
-Two processes use the outbox at once and share nothing else: the recorder stages and
-commits, the uploader claims, releases and acks, retention deletes. An exclusive flock on
+Two processes use the outbox at once and share nothing else: the recorder hands sealed
+directories over (:meth:`Outbox.hand_over`), recovers what a crash left staged
+(:meth:`Outbox.recover_staged`) and asks for the newest manifest to continue its chain
+(:meth:`Outbox.highest_manifest`); the uploader claims, releases and acks; retention
+deletes. An exclusive flock on
 ``.lock`` protects each "look up the entry, check its state, rename it" sequence, so:
 
 * commit's "does this recording id already exist?" check cannot miss an entry that the
@@ -41,12 +44,11 @@ exception is a state directory that must grow by a block to take one more name (
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
+import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -54,12 +56,20 @@ from enum import StrEnum
 from pathlib import Path
 
 from buffers.errors import StorageError
-from buffers.retention import RetentionItem, deletion_order, disk_pressure, is_expired
-from sealedrec.durable import fsync_dir, fsync_file
+from buffers.outbox_files import (
+    RESERVED_PREFIX,
+    explain,
+    fsync_tree,
+    payload_bytes,
+    read_time,
+    rmtree,
+    write_all,
+)
+from sealedrec.durable import fsync_dir
+from sealedrec.manifest import MANIFEST_FILE, manifest_hash
 
 log = logging.getLogger(__name__)
 
-RESERVED_PREFIX = ".outbox-"
 SEALED_AT_FILE = ".outbox-sealed-at"
 ACKED_AT_FILE = ".outbox-acked-at"
 # Fixed size of the ack-time file: written as a placeholder at commit and overwritten in
@@ -123,6 +133,14 @@ class OutboxStats:
         return sum(self.bytes[s] for s in _UNACKED_STATES)
 
 
+@dataclass(frozen=True)
+class ManifestHead:
+    """The newest manifest the outbox has seen: the highest seq in any state or deleted."""
+
+    seq: int
+    sha256: str | None  # its manifest's hash; None once retention deleted it (seq is kept)
+
+
 def entry_name(seq: int, recording_id: str) -> str:
     """Directory name of an entry; raises ValueError for a bad seq or recording id."""
     if seq < 0:
@@ -181,7 +199,7 @@ class Outbox:
         path = self._tmp / entry_name(seq, recording_id)
         try:
             if path.exists():
-                _rmtree(path)
+                rmtree(path)
             path.mkdir(mode=0o700)
         except OSError as e:
             raise self._error(e, "staging", path) from e
@@ -197,7 +215,7 @@ class Outbox:
             )
         path = staged / name
         try:
-            _write_all(path, data, os.O_TRUNC)
+            write_all(path, data, os.O_TRUNC)
         except OSError as e:
             raise self._error(e, "writing", path) from e
         return path
@@ -206,7 +224,7 @@ class Outbox:
         """Remove a staged directory that will not be committed (missing is fine)."""
         self._parse_staged(staged)
         try:
-            _rmtree(staged)
+            rmtree(staged)
         except OSError as e:
             raise self._error(e, "discarding", staged) from e
 
@@ -225,16 +243,16 @@ class Outbox:
             # Write and fsync outside the lock: this is the slow part (the whole
             # recording), and the uploader should not wait for it.
             try:
-                _write_all(staged / SEALED_AT_FILE, f"{when!r}\n".encode(), os.O_TRUNC)
-                _write_all(staged / ACKED_AT_FILE, _UNACKED, os.O_TRUNC)
-                _fsync_tree(staged)
+                write_all(staged / SEALED_AT_FILE, f"{when!r}\n".encode(), os.O_TRUNC)
+                write_all(staged / ACKED_AT_FILE, _UNACKED, os.O_TRUNC)
+                fsync_tree(staged)
             except OSError as e:
                 raise self._error(e, "committing", staged) from e
         with self._lock(exclusive=True):
             existing = self._find_locked(recording_id)
             if existing is not None:
                 try:
-                    _rmtree(staged)
+                    rmtree(staged)
                 except OSError as e:
                     raise self._error(e, "removing the duplicate", staged) from e
                 return existing
@@ -251,6 +269,44 @@ class Outbox:
             except OSError as e:
                 raise self._error(e, "committing", staged) from e
             return self._read_entry(target, OutboxState.SEALED, seq, recording_id)
+
+    def hand_over(self, directory: Path, seq: int, recording_id: str) -> OutboxEntry | None:
+        """Move a sealed directory (the sealer's, on this filesystem, its files fsynced)
+        into the outbox and commit it: :meth:`stage`, one rename over the staged
+        directory, :meth:`commit`. Returns the new entry.
+
+        Idempotent by recording id: if the outbox holds the recording already (a crash
+        after an earlier hand-over), ``directory`` is removed and None returned.
+        """
+        if self.find(recording_id) is not None:
+            try:
+                rmtree(directory)
+            except OSError as e:
+                raise self._error(e, "removing the duplicate", directory) from e
+            return None
+        staged = self.stage(seq, recording_id)
+        try:
+            os.rename(directory, staged)  # replaces the empty staged dir atomically
+            fsync_dir(directory.parent)
+        except OSError as e:
+            raise self._error(e, "handing over", directory) from e
+        return self.commit(staged)
+
+    def recover_staged(self) -> list[OutboxEntry]:
+        """At recorder start (nothing being staged): commit every staged entry a crash left
+        complete (it holds its ``manifest.json``, the sealer's last file), then remove the
+        rest (:meth:`cleanup_tmp`). Returns the entries committed."""
+        try:
+            names = sorted(os.listdir(self._tmp))
+        except OSError as e:
+            raise self._error(e, "listing", self._tmp) from e
+        committed: list[OutboxEntry] = []
+        for name in names:
+            staged = self._tmp / name
+            if parse_entry_name(name) and staged.is_dir() and (staged / MANIFEST_FILE).exists():
+                committed.append(self.commit(staged))
+        self.cleanup_tmp()
+        return committed
 
     def add(
         self,
@@ -270,7 +326,7 @@ class Outbox:
             # Free what the partial add took (it matters most on ENOSPC), then report the
             # original error; a failing discard must not hide it.
             with contextlib.suppress(OSError):
-                _rmtree(staged)
+                rmtree(staged)
             raise
 
     def cleanup_tmp(self) -> int:
@@ -284,7 +340,7 @@ class Outbox:
             removed = 0
             try:
                 for name in sorted(os.listdir(self._tmp)):
-                    _rmtree(self._tmp / name)
+                    rmtree(self._tmp / name)
                     removed += 1
                 if removed:
                     fsync_dir(self._tmp)
@@ -351,7 +407,7 @@ class Outbox:
             target = self._deleted / entry.path.name
             try:
                 if target.exists():  # the same id deleted before, re-added and acked again
-                    _rmtree(target)
+                    rmtree(target)
                 os.rename(entry.path, target)
                 fsync_dir(entry.path.parent)
                 fsync_dir(self._deleted)
@@ -383,6 +439,26 @@ class Outbox:
                 for _, seq, _ in self._list(d)
             ]
         return max(seqs, default=None)
+
+    def highest_manifest(self) -> ManifestHead | None:
+        """Seq and manifest hash of the highest seq committed and still known (every state
+        plus the deleted marker, as :meth:`max_seq`); None when the outbox is empty."""
+        with self._lock(exclusive=False):
+            found = [
+                (seq, d / name)
+                for d in (*(self._dir(s) for s in _STATES), self._deleted)
+                for name, seq, _ in self._list(d)
+            ]
+            if not found:
+                return None
+            seq, path = max(found, key=lambda f: f[0])  # the first of a seq: a state dir
+            try:
+                data = (path / MANIFEST_FILE).read_bytes()
+            except FileNotFoundError:
+                return ManifestHead(seq, None)  # the deleted marker keeps only the seq
+            except OSError as e:
+                raise self._error(e, "reading", path / MANIFEST_FILE) from e
+        return ManifestHead(seq, manifest_hash(json.loads(data)))
 
     def stats(self, now: float) -> OutboxStats:
         with self._lock(exclusive=False):
@@ -449,15 +525,15 @@ class Outbox:
 
     def _read_entry(self, path: Path, state: OutboxState, seq: int, rid: str) -> OutboxEntry:
         try:
-            size = _payload_bytes(path)
-            sealed_at = _read_time(path / SEALED_AT_FILE)
+            size = payload_bytes(path)
+            sealed_at = read_time(path / SEALED_AT_FILE)
             if sealed_at is None:
                 # Only an entry put there by hand lacks it; its directory time is the best
                 # stand-in and keeps the oldest-unacked age meaningful.
                 sealed_at = path.stat().st_mtime
             acked_at: float | None = None
             if state is OutboxState.ACKED:
-                acked_at = _read_time(path / ACKED_AT_FILE)
+                acked_at = read_time(path / ACKED_AT_FILE)
                 if acked_at is None:
                     acked_at = path.stat().st_mtime
         except OSError as e:
@@ -528,14 +604,14 @@ class Outbox:
         if not markers:
             return
         for name, _, _ in markers[:-1]:
-            _rmtree(self._deleted / name)
+            rmtree(self._deleted / name)
         keep = self._deleted / markers[-1][0]
         removed = False
         with os.scandir(keep) as it:
             children = list(it)
         for child in children:
             if not child.name.startswith(RESERVED_PREFIX):
-                _rmtree(Path(child.path))
+                rmtree(Path(child.path))
                 removed = True
         if removed:
             fsync_dir(keep)
@@ -546,7 +622,7 @@ class Outbox:
         out: list[float] = []
         for name, _, _ in self._list(self._deleted):
             try:
-                t = _read_time(self._deleted / name / ACKED_AT_FILE)
+                t = read_time(self._deleted / name / ACKED_AT_FILE)
             except OSError:
                 # A marker being pruned right now by a process that ignores the lock;
                 # it only ever refines last_ack_at, so skipping it is harmless.
@@ -589,137 +665,10 @@ class Outbox:
             os.close(fd)  # closing the only descriptor releases the flock
 
     def _error(self, exc: OSError, doing: str, path: Path) -> OutboxError:
-        reason, fix = _explain(exc, self._root)
+        reason, fix = explain(exc, self._root)
         cls = OutboxEntryNotFound if isinstance(exc, FileNotFoundError) else OutboxError
         err = cls(f"outbox {self._root}: {reason} while {doing} {path}; {fix}")
         # Keep errno so callers can still test for ENOSPC; strerror stays unset so the
         # message above is what str() shows.
         err.errno = exc.errno
         return err
-
-
-def apply_retention(
-    outbox: Outbox,
-    *,
-    now: float,
-    keep_acked_s: float,
-    min_free_bytes: int,
-    free_bytes_fn: Callable[[], int] | None = None,
-) -> list[str]:
-    """Delete acked entries per :mod:`buffers.retention`; returns the ids deleted, in order.
-
-    Expired entries go first. Under disk pressure, further acked entries go one at a time,
-    oldest ack first, re-reading free space after each: entry sizes do not account for
-    block rounding or for whatever else is writing to the partition.
-    """
-    free_fn = free_bytes_fn or (lambda: shutil.disk_usage(outbox.root).free)
-    items = [
-        RetentionItem(e.recording_id, e.seq, e.bytes, e.acked_at)
-        for e in outbox.entries(OutboxState.ACKED)
-    ]
-    deleted: list[str] = []
-    for item in deletion_order(items):
-        if not is_expired(item, now=now, keep_acked_s=keep_acked_s) and not disk_pressure(
-            free_fn(), min_free_bytes
-        ):
-            # Oldest ack first: every later item is younger, so none of them is expired.
-            break
-        if outbox.delete(item.recording_id):
-            deleted.append(item.recording_id)
-    return deleted
-
-
-# -- file helpers -------------------------------------------------------------------------
-
-
-def _write_all(path: Path, data: bytes, extra_flags: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | extra_flags, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    """fsync every regular file and directory under ``path``, children before parents."""
-    with os.scandir(path) as it:
-        children = list(it)
-    for child in children:
-        if child.is_dir(follow_symlinks=False):
-            _fsync_tree(Path(child.path))
-        elif child.is_file(follow_symlinks=False):
-            fsync_file(Path(child.path))
-    fsync_dir(path)
-
-
-def _payload_bytes(path: Path) -> int:
-    total = 0
-    with os.scandir(path) as it:
-        for child in it:
-            if child.name.startswith(RESERVED_PREFIX):
-                continue
-            if child.is_dir(follow_symlinks=False):
-                total += _payload_bytes(Path(child.path))
-            elif child.is_file(follow_symlinks=False):
-                total += child.stat(follow_symlinks=False).st_size
-    return total
-
-
-def _read_time(path: Path) -> float | None:
-    """A time written by the outbox; None if the file is missing, a placeholder or torn."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except FileNotFoundError:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _rmtree(path: Path) -> None:
-    """Remove a file or directory tree; already gone is fine."""
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _explain(exc: OSError, root: Path) -> tuple[str, str]:
-    """A short reason and the fix for an OSError on the outbox."""
-    code = exc.errno
-    if code == errno.ENOSPC:
-        return (
-            "no space left (ENOSPC)",
-            f"free space on the partition holding {root}: retention deletes acked "
-            "recordings; if the backlog is unacked, check the uploader and the network",
-        )
-    if code == errno.EDQUOT:
-        return ("disk quota exceeded (EDQUOT)", "raise the quota of the linetap user")
-    if code == errno.EROFS:
-        return (
-            "read-only file system (EROFS)",
-            "the data partition was remounted read-only, usually after I/O errors: "
-            "check dmesg and fsck it",
-        )
-    if code in (errno.EACCES, errno.EPERM):
-        return (
-            f"permission denied ({errno.errorcode[code]})",
-            f"{root} and everything in it must belong to the user running linetap "
-            "(see systemd/tmpfiles)",
-        )
-    if code == errno.EIO:
-        return ("I/O error (EIO)", "the storage device may be failing: check dmesg")
-    if code == errno.ENOENT:
-        return (
-            "not found (ENOENT)",
-            f"something outside linetap removed files under {root}",
-        )
-    name = errno.errorcode.get(code, str(code)) if code is not None else "?"
-    return (f"{exc.strerror or exc} ({name})", f"check {root} and the partition holding it")

@@ -1,8 +1,8 @@
 """Local retention of acknowledged recordings: which outbox entries to delete, and in what order.
 
-Pure functions over plain values, no I/O, so every rule is tested without a disk; the
-outbox (:func:`buffers.outbox.apply_retention`) feeds them its entries and free space and
-does the deleting.
+The rule is :func:`plan_retention` and its helpers: pure functions over plain values, no
+I/O, so every rule is tested without a disk. :func:`apply_retention` feeds the rule an
+outbox's entries and free space and does the deleting.
 
 The rules, in order:
 
@@ -19,8 +19,11 @@ same outbox agree however the entries were listed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from buffers.outbox import Outbox, OutboxState
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,44 @@ def plan_retention(
 def _order_key(item: RetentionItem) -> tuple[float, int, str]:
     assert item.acked_at is not None  # deletion_order filters unacked items first
     return (item.acked_at, item.seq, item.recording_id)
+
+
+def apply_retention(
+    outbox: Outbox,
+    *,
+    now: float,
+    keep_acked_s: float,
+    min_free_bytes: int,
+    free_bytes_fn: Callable[[], int] | None = None,
+) -> list[str]:
+    """Delete acked entries as :func:`plan_retention` plans; returns the ids deleted, in
+    order.
+
+    Expired entries go first. Under disk pressure, further acked entries go one at a time,
+    oldest ack first, planned again on free space re-read after each: entry sizes do not
+    account for block rounding or for whatever else is writing to the partition.
+    """
+    free_fn = free_bytes_fn or (lambda: shutil.disk_usage(outbox.root).free)
+    items = {
+        e.recording_id: RetentionItem(e.recording_id, e.seq, e.bytes, e.acked_at)
+        for e in outbox.entries(OutboxState.ACKED)
+    }
+    deleted: list[str] = []
+    while items:
+        plan = plan_retention(
+            items.values(),
+            now=now,
+            keep_acked_s=keep_acked_s,
+            free_bytes=free_fn(),
+            min_free_bytes=min_free_bytes,
+        )
+        if not plan:
+            break
+        # The expired ones go whatever the free space; one deletion for space, then the
+        # plan is made again on the free space the disk reports.
+        expired = [r for r in plan if is_expired(items[r], now=now, keep_acked_s=keep_acked_s)]
+        for recording_id in expired or plan[:1]:
+            del items[recording_id]
+            if outbox.delete(recording_id):
+                deleted.append(recording_id)
+    return deleted

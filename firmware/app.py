@@ -5,10 +5,8 @@ Collaborators are made here, once, and passed in; nothing below builds its own.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 import threading
 import time
 from contextlib import ExitStack
@@ -17,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buffers.outbox import Outbox
 from drivers.audio import CaptureSource
 from drivers.audio.factory import open_capture
 from drivers.gpio import PinFactory
@@ -24,21 +23,21 @@ from drivers.gpio.factory import make_pin_factory
 from drivers.gpio.sim import ScriptedLevel
 from drivers.serial.reader import SerialCallerIdReader
 from firmware.callstate import EndReason
-from firmware.config import LinetapConfig
-from firmware.errors import StorageError
+from firmware.config import AudioConfig, LinetapConfig
 from firmware.events import events_to_pin_script, load_events
 from firmware.recorder import NS_PER_S, Recorder, StorageHealth
+from firmware.retention_thread import RetentionThread
+from firmware.runstate import write_status_file
 from firmware.sdnotify import Notifier
+from firmware.sealing import ChainState, SealingSettings, SealingSink
 from firmware.sinks import RecordingSink, WavSink
 from runtime.process import stop_on_signals
+from sealedrec.age import parse_recipient
+from sealedrec.keys import create_device_key, load_device_key
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from firmware.sealing import SealingSink
-
-# How often the daemon applies the retention rules (deleting acked recordings).
-RETENTION_INTERVAL_S = 60.0
 # How often the daemon refreshes its status file (read by the uploader's telemetry).
 STATUS_INTERVAL_S = 1.0
 
@@ -49,23 +48,16 @@ def write_status(cfg: LinetapConfig, recorder: Recorder) -> None:
     payload = {
         "updated_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "pid": os.getpid(),
-        "device_id": device_id(cfg),
+        "device_id": cfg.device_id,
         **recorder.status(),
     }
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(payload, sort_keys=True))
-        os.replace(tmp, path)
+        write_status_file(path, payload)
     except OSError as exc:
         log.debug("status file %s not written: %s", path, exc)
 
 
 log = logging.getLogger(__name__)
-
-
-def device_id(cfg: LinetapConfig) -> str:
-    return cfg.device_id or socket.gethostname()
 
 
 def device_key_path(cfg: LinetapConfig) -> Path:
@@ -75,11 +67,6 @@ def device_key_path(cfg: LinetapConfig) -> Path:
 def make_sealing_sink(
     cfg: LinetapConfig, health: StorageHealth, device_key: Ed25519PrivateKey | None = None
 ) -> SealingSink:
-    from buffers.outbox import Outbox
-    from firmware.sealing import ChainState, SealingSettings, SealingSink
-    from sealedrec.age import parse_recipient
-    from sealedrec.keys import load_device_key
-
     settings = SealingSettings(
         recipients=tuple(parse_recipient(r) for r in cfg.sealing.recipients),
         codec=cfg.sealing.codec,
@@ -111,22 +98,20 @@ def make_sink(cfg: LinetapConfig, health: StorageHealth) -> RecordingSink:
     return sink
 
 
-def apply_retention(cfg: LinetapConfig, health: StorageHealth) -> None:
-    from buffers.outbox import Outbox
-    from buffers.outbox import apply_retention as outbox_retention
-
-    try:
-        deleted = outbox_retention(
-            Outbox(cfg.storage.outbox_dir),
-            now=time.time(),
-            keep_acked_s=cfg.storage.keep_acked_days * 86400,
-            min_free_bytes=cfg.storage.min_free_mb * 1024 * 1024,
-        )
-    except OSError as exc:
-        health.report(StorageError(f"retention in {cfg.storage.outbox_dir}: {exc}"))
-        return
-    if deleted:
-        log.info("retention deleted %d acknowledged recording(s)", len(deleted))
+def capture_source(audio: AudioConfig, *, stop: threading.Event | None = None) -> CaptureSource:
+    """The capture backend ``[audio]`` names (not yet opened: the recorder opens it)."""
+    return open_capture(
+        audio.backend,
+        sample_rate=audio.sample_rate,
+        channels=audio.channels,
+        period_frames=audio.period_frames,
+        sample_format=audio.sample_format,
+        device=audio.device,
+        periods=audio.periods,
+        file=audio.file,
+        file_realtime=audio.file_realtime,
+        stop=stop,
+    )
 
 
 def pin_script(cfg: LinetapConfig) -> list[ScriptedLevel]:
@@ -176,7 +161,7 @@ def run_daemon(cfg: LinetapConfig) -> int:
         cleanup.enter_context(stop_on_signals(stop, log=log, doing="finishing calls in progress"))
         notifier = Notifier()
         cleanup.callback(notifier.close)
-        capture = open_capture(cfg.audio, stop=stop)
+        capture = capture_source(cfg.audio, stop=stop)
         cleanup.callback(capture.close)
         pins = make_pin_factory(cfg.gpio.backend, chip=cfg.gpio.chip, script=pin_script(cfg))
         cleanup.callback(pins.close)
@@ -200,20 +185,16 @@ def _record_until_stopped(
 ) -> None:
     ready = False
     health = StorageHealth()
-    next_retention = 0.0
     next_status = 0.0
     recorder: Recorder | None = None
 
     def tick() -> None:
-        nonlocal ready, next_retention, next_status
+        nonlocal ready, next_status
         if not ready:
             ready = True
             notifier.ready(f"recording {len(cfg.lines)} line(s)")
         notifier.watchdog()
         now = time.monotonic()
-        if cfg.storage.format == "sealed" and now >= next_retention:
-            next_retention = now + RETENTION_INTERVAL_S
-            apply_retention(cfg, health)
         if recorder is not None and now >= next_status:
             next_status = now + STATUS_INTERVAL_S
             write_status(cfg, recorder)
@@ -226,20 +207,28 @@ def _record_until_stopped(
         stop=stop,
         clock=time.monotonic_ns,
         wall_offset_ns=time.time_ns() - time.monotonic_ns(),
-        device_id=device_id(cfg),
+        device_id=cfg.device_id,
         on_tick=tick,
         storage_health=health,
         serial_caller_ids=serial_units,
     )
     log.info(
         "recorder starting device=%s lines=%s audio=%s:%s gpio=%s",
-        device_id(cfg),
+        cfg.device_id,
         ",".join(line.name for line in cfg.lines),
         cfg.audio.backend,
         cfg.audio.device if cfg.audio.backend == "alsa" else cfg.audio.file,
         cfg.gpio.backend,
     )
-    reason = recorder.run()
+    # Deleting acked recordings never runs in the capture loop (see retention_thread).
+    retention = RetentionThread(cfg, health) if cfg.storage.format == "sealed" else None
+    if retention:
+        retention.start()
+    try:
+        reason = recorder.run()
+    finally:
+        if retention:
+            retention.stop()
     notifier.stopping()
     log.info("recorder stopped (%s)", reason.value)
 
@@ -280,12 +269,10 @@ def run_replay(
     )
     health = StorageHealth()
     if fmt == "sealed" and not device_key_path(replay_cfg).exists():
-        from sealedrec.keys import create_device_key
-
         create_device_key(device_key_path(replay_cfg))
     sink = make_sink(replay_cfg, health)
     stop = threading.Event()
-    capture: CaptureSource = open_capture(replay_cfg.audio, stop=stop)
+    capture: CaptureSource = capture_source(replay_cfg.audio, stop=stop)
     pins: PinFactory = make_pin_factory("sim", script=pin_script(replay_cfg))
     serial_units = serial_caller_id_readers(replay_cfg, replay=True)
     try:
@@ -299,7 +286,7 @@ def run_replay(
             clock=time.monotonic_ns,
             # The replay's clock starts at 0 with the file; anchor it at the given time.
             wall_offset_ns=round(start_utc.timestamp() * NS_PER_S),
-            device_id=device_id(cfg),
+            device_id=cfg.device_id,
             serial_caller_ids=serial_units,
         )
         reason = recorder.run()

@@ -3,9 +3,9 @@
 Everything here counts in frames of the capture stream, so it is exact and
 deterministic: the same edges and audio give the same recordings on the Pi, in a fast
 replay and in a test. The machine never touches audio; it emits :class:`Action` s that
-the line runner (:mod:`firmware.recorder`) applies to the ring buffer and the sink.
+the line runner (:class:`firmware.line.LineRunner`) applies to the ring buffer and the sink.
 
-Rules (see ../shared/DESIGN.md, call lifecycle):
+Rules (README.md, "How a call is recorded"):
 - A hook or opt-out level counts once it has held for ``debounce`` frames; it then takes
   effect at the frame of its raw edge (that is where the pre-roll is counted back from).
 - Off-hook starts a recording whose audio begins ``preroll`` frames before the edge.

@@ -1,234 +1,117 @@
-"""``linetap``: the appliance's command line (daemon, replay, config check)."""
+"""``linetap``: the appliance's command line.
+
+Each subcommand lives in a module that exposes a ``register(parser)`` function: it adds
+the command's options (and description) to the parser it is given and sets ``func``, a
+function ``(argparse.Namespace) -> int``. :data:`COMMANDS` is the table of them: name,
+one-line help, and where its ``register`` is (``module:function``). A command's module
+is imported only when that command is named on the command line, so ``linetap --help``
+loads neither the config model nor any daemon, and ``linetap upload`` nothing of the
+recorder. Adding a command is one line here.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import importlib
 import sys
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-from firmware import __version__
-from firmware.config import DEFAULT_CONFIG_PATH, LinetapConfig, load_config
-from runtime.process import EXIT_OK, run_command, setup_logging
+from runtime import __version__
+from runtime.process import run_command
 
-log = logging.getLogger("linetap")
-
-
-def _load(args: argparse.Namespace) -> LinetapConfig:
-    return load_config(args.config)
+Register = Callable[[argparse.ArgumentParser], None]
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from firmware.analyze import analyze_file
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    register: str  # "module:function", the function a Register
 
-    report = analyze_file(args.file)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return EXIT_OK
-    print(f"{report['file']}: {report['seconds']:.2f} s at {report['sample_rate']} Hz")
-    for m in report["caller_id"]:
-        who = m["number"] or f"(number withheld: {m['absence_number']})"
-        print(
-            f"  caller ID  {m['start_s']:8.3f} s  ch{m['channel']}  {who}  {m['name'] or ''}"
-            f"  [{m['standard']} {m['format']}]  {m['time'] or ''}"
-        )
-    if report["dtmf"]:
-        print(
-            "  DTMF       " + " ".join(f"{d['digit']}@{d['start_s']:.2f}s" for d in report["dtmf"])
-        )
-    for e in report["errors"]:
-        print(
-            f"  rejected   {e['start_s']:8.3f} s  ch{e['channel']}  {e['standard']}: {e['reason']}"
-        )
-    for c, lv in enumerate(report["levels"]):
-        hum = ", ".join(f"{k} {v}" for k, v in lv["hum"].items())
-        print(
-            f"  levels ch{c}  RMS {lv['rms_dbfs']} dBFS  peak {lv['peak_dbfs']} dBFS  clipped {lv['clipped_samples']}"
-            f"  silence {lv['silence_fraction']:.0%}  hum {hum}"
-        )
-    return EXIT_OK
+    def load(self) -> Register:
+        """Import the command's module and return its register function."""
+        module, _, function = self.register.partition(":")
+        found: Register = getattr(importlib.import_module(module), function)
+        return found
 
 
-def cmd_upload(args: argparse.Namespace) -> int:
-    from uploader.daemon import cmd_upload as run
-
-    return run(args)
-
-
-def cmd_validate_config(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    names = ", ".join(
-        f"{line.name} (channel {line.channel}, hook GPIO{line.hook_pin})" for line in cfg.lines
-    )
-    print(f"{args.config or DEFAULT_CONFIG_PATH}: OK: {len(cfg.lines)} line(s): {names}")
-    return EXIT_OK
-
-
-def cmd_record(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if args.validate_config:
-        return cmd_validate_config(args)
-    setup_logging(cfg.log_level)
-    from firmware.app import run_daemon
-
-    return run_daemon(cfg)
-
-
-def _replay_outputs(out: Path, fmt: str) -> list[Path]:
-    if fmt == "wav":
-        return sorted(out.glob("*.json")) if out.is_dir() else []
-    return sorted((out / "outbox").glob("*/*/manifest.json"))
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    setup_logging(cfg.log_level if args.verbose else "warning")
-    from firmware.app import run_replay
-
-    start = datetime.fromisoformat(args.start_utc) if args.start_utc else datetime.now(UTC)
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
-    out: Path = args.out
-    before = set(_replay_outputs(out, args.format))
-    result = run_replay(
-        cfg, audio=args.audio, events=args.events, out=out, start_utc=start, fmt=args.format
-    )
-    written = [p for p in _replay_outputs(out, args.format) if p not in before]
-    metas = [json.loads(p.read_text()) for p in written]
-    rate = cfg.audio.sample_rate
-    if args.format == "wav":
-        metas.sort(key=lambda m: (m["start_frame"], m["line"]))
-    else:
-        metas.sort(key=lambda m: m["seq"])
-    if args.json:
-        print(json.dumps({"recordings": metas, "frames": result.frames}, indent=2))
-    else:
-        print(f"replayed {result.frames / rate:.2f} s of audio: {len(metas)} recording(s) in {out}")
-        for m, path in zip(metas, written, strict=True):
-            if args.format == "wav":
-                audio = m["audio_file"] or "(discarded: metadata only)"
-                print(
-                    f"  {m['line']:<8} {m['trigger']:<8} start {m['start_frame'] / rate:8.2f} s"
-                    f"  duration {m['duration_s']:7.2f} s  end {m['reason']:<12} {audio}"
-                )
-            else:
-                what = (
-                    "discarded: metadata only"
-                    if m["discarded"]
-                    else f"{m['codec']} in {m['container']}"
-                )
-                print(
-                    f"  seq {m['seq']:<4} {m['line']:<8} {m['trigger']:<8} {m['started_utc']}"
-                    f"  {m['duration_ms'] / 1000:7.2f} s  end {m['end_reason']:<12} {what}"
-                    f"  {path.parent}"
-                )
-    if result.unplayed_events:
-        print(
-            "warning: some events lie after the end of the audio and were not played",
-            file=sys.stderr,
-        )
-    return EXIT_OK
+COMMANDS: tuple[Command, ...] = (
+    Command("record", "run the recorder daemon", "firmware.device_commands:register_record"),
+    Command(
+        "analyze",
+        "caller ID, DTMF digits and levels in a WAV/FLAC file",
+        "firmware.device_commands:register_analyze",
+    ),
+    Command(
+        "upload",
+        "run the uploader daemon (outbox -> head office over MQTT)",
+        "uploader.daemon:register",
+    ),
+    Command(
+        "validate-config",
+        "check a config file; one line per problem",
+        "firmware.device_commands:register_validate_config",
+    ),
+    Command(
+        "replay",
+        "run the recorder over a line capture and an events script, as fast as possible",
+        "firmware.device_commands:register_replay",
+    ),
+    Command("keys", "the device signing key", "firmware.device_commands:register_keys"),
+    # Installer and field-tech tools (firmware/tools/), in name order.
+    Command(
+        "check",
+        "check every precondition of a working appliance, one line each (installers)",
+        "firmware.tools.check:register",
+    ),
+    Command(
+        "hooktest",
+        "live hook / opt-out transitions per line and what the recorder makes of them",
+        "firmware.tools.hooktest:register",
+    ),
+    Command(
+        "levels",
+        "live level meter per line (RMS, peak, clipping, hum, silence, hook state)",
+        "firmware.tools.levels:register",
+    ),
+    Command(
+        "provision",
+        "device keys, certificate request, certificate install, first-boot setup",
+        "firmware.tools.provision:register",
+    ),
+    Command(
+        "status",
+        "recorder and uploader state: lines, LEDs, outbox, broker link, disk",
+        "firmware.tools.status:register",
+    ),
+)
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    from firmware.app import device_key_path
-    from sealedrec.keys import create_device_key, key_id, load_device_key, public_key_b64
-
-    if args.action == "csr":
-        from firmware.app import device_id
-        from uploader.tlskeys import make_device_csr
-
-        tls_key = cfg.upload.key_file or cfg.storage.data_dir / "keys" / "device-tls.key"
-        csr = make_device_csr(tls_key, device_id(cfg))
-        out = args.out or Path(f"{device_id(cfg)}.csr")
-        out.write_bytes(csr)
-        print(f"TLS key {tls_key}; certificate request {out} (give it to the head office)")
-        return EXIT_OK
-    path = device_key_path(cfg)
-    if args.action == "init" and not path.exists():
-        key = create_device_key(path)
-        print(f"created device key {path}")
-    else:
-        key = load_device_key(path)
-    public = key.public_key()
-    print(f"device key id {key_id(public)}")
-    print(f"public key (give this to the head office) {public_key_b64(public)}")
-    return EXIT_OK
-
-
-def config_arg(p: argparse.ArgumentParser) -> None:
-    """The ``--config/-c`` option every config-reading subcommand takes."""
-    p.add_argument(
-        "--config",
-        "-c",
-        type=Path,
-        default=None,
-        help=f"config file (default: $LINETAP_CONFIG or {DEFAULT_CONFIG_PATH})",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``linetap`` parser. The commands named in ``full`` (None: all) get their
+    options; the others only their name and help (enough for ``linetap --help``)."""
+    wanted = None if full is None else set(full)
     parser = argparse.ArgumentParser(prog="linetap", description="linetap call recorder")
     parser.add_argument("--version", action="version", version=f"linetap {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("record", help="run the recorder daemon")
-    config_arg(p)
-    p.add_argument("--validate-config", action="store_true", help="check the config and exit")
-    p.set_defaults(func=cmd_record)
-
-    p = sub.add_parser("analyze", help="caller ID, DTMF digits and levels in a WAV/FLAC file")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true", help="one JSON object for scripts")
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("upload", help="run the uploader daemon (outbox -> head office over MQTT)")
-    config_arg(p)
-    p.set_defaults(func=cmd_upload)
-
-    p = sub.add_parser("validate-config", help="check a config file; one line per problem")
-    config_arg(p)
-    p.set_defaults(func=cmd_validate_config)
-
-    p = sub.add_parser(
-        "replay",
-        help="run the recorder over a line capture and an events script, as fast as possible",
-    )
-    config_arg(p)
-    p.add_argument("--audio", type=Path, required=True, help="line capture (WAV, FLAC or raw)")
-    p.add_argument("--events", type=Path, required=True, help="events script (see README)")
-    p.add_argument("--out", type=Path, required=True, help="directory to write recordings to")
-    p.add_argument(
-        "--format",
-        choices=["sealed", "wav"],
-        default="sealed",
-        help="sealed: the device's journal/outbox layout under --out (default); wav: plain files",
-    )
-    p.add_argument("--start-utc", help="wall-clock time of the audio's first frame (ISO 8601)")
-    p.add_argument("--json", action="store_true", help="print the recordings' metadata as JSON")
-    p.add_argument("--verbose", "-v", action="store_true", help="log each recording")
-    p.set_defaults(func=cmd_replay)
-    p = sub.add_parser("keys", help="the device signing key")
-    config_arg(p)
-    p.add_argument(
-        "action",
-        choices=["init", "show", "csr"],
-        help="init: create the signing key if missing; show: print it; csr: TLS key + request",
-    )
-    p.add_argument("--out", type=Path, help="csr: where to write the request (default DEVICE.csr)")
-    p.set_defaults(func=cmd_keys)
-
-    from firmware.tools import register_all
-
-    register_all(sub)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help)
+        if wanted is None or command.name in wanted:
+            command.load()(p)
     return parser
 
 
+def named_command(argv: Sequence[str]) -> str | None:
+    """The subcommand on a ``linetap`` command line (its first word that is no option)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_command("linetap", build_parser().parse_args(argv))
+    args = sys.argv[1:] if argv is None else argv
+    command = named_command(args)
+    parser = build_parser(() if command is None else (command,))
+    return run_command("linetap", parser.parse_args(args))
 
 
 if __name__ == "__main__":

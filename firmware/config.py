@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers.audio.formats import SampleFormat
-from firmware.errors import ConfigError
+from runtime.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/linetap/linetap.toml")
 CONFIG_PATH_ENV = "LINETAP_CONFIG"
@@ -50,8 +50,8 @@ class AudioConfig(_Model):
     channels: int = Field(
         1, ge=1, le=8, description="interleaved channels the capture device delivers (1-8)"
     )
-    sample_format: SampleFormat = Field(
-        SampleFormat.S16_LE, description='capture sample format: "S16_LE" or "S32_LE"'
+    sample_format: Literal["S16_LE", "S32_LE"] = Field(
+        "S16_LE", description='capture sample format: "S16_LE" or "S32_LE"'
     )
     period_ms: int = Field(
         20, ge=5, le=100, description="capture period in ms (5-100); the recorder's tick"
@@ -367,8 +367,8 @@ class _CrossFieldProblems(ValueError):
 
 
 class LinetapConfig(_Model):
-    device_id: str | None = Field(
-        None,
+    device_id: str = Field(
+        default_factory=socket.gethostname,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="this appliance's id (letters, digits, '.', '_', '-'); defaults to the hostname",
     )

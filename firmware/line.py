@@ -1,7 +1,7 @@
 """One phone line inside the recorder: its ring, call machine, analyser and recording.
 
 :class:`LineRunner` takes each capture block of its channel, lets the call machine
-decide, runs the line's detectors (:class:`~firmware.dsp.line.LineAnalyser`) and writes
+decide, runs the line's detectors (:class:`~firmware.dsp.analyser.LineAnalyser`) and writes
 the decided audio from the pre-roll ring into the recording — masking key presses on the
 way (audio is held back until the DTMF detector has settled it). :class:`Timeline` maps
 stream frames to the capture clock and to UTC.
@@ -36,8 +36,8 @@ from firmware.callstate import (
     Start,
 )
 from firmware.config import LineConfig, LinetapConfig
+from firmware.dsp.analyser import LineAnalyser, caller_id_record
 from firmware.dsp.dtmf import MASK_CHAR, MaskMode, mask_spans
-from firmware.dsp.line import LineAnalyser, caller_id_record
 from firmware.errors import StorageError
 from firmware.sinks import (
     RecordingEnd,

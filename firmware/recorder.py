@@ -25,8 +25,8 @@ from firmware.callstate import (
     LineState,
 )
 from firmware.config import LinetapConfig
+from firmware.dsp.analyser import LineAnalyser
 from firmware.dsp.cid_messages import CallerIdMessage
-from firmware.dsp.line import LineAnalyser
 from firmware.errors import AudioDeviceError, StorageError
 from firmware.inputs import LineInputs
 from firmware.leds import LedPanel

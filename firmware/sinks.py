@@ -18,7 +18,7 @@ import numpy.typing as npt
 import soundfile
 
 from firmware.errors import StorageError
-from sealedrec.durable import fsync_dir
+from sealedrec.durable import replace_file_via
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +99,16 @@ class RecordingSink(Protocol):
 
 def write_json_atomic(path: Path, payload: Any, *, indent: int | None = 2) -> None:
     """Replace ``path`` with ``payload`` as JSON, durably: temp file, fsync, rename, fsync
-    of the directory. A crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=indent, sort_keys=True)
-        if indent is not None:
-            fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    of the directory. A crash leaves the old file or the new one, never half of one. The
+    file's mode follows the umask (the daemons' ``UMask=0077``)."""
+    text = json.dumps(payload, indent=indent, sort_keys=True) + ("\n" if indent is not None else "")
+    replace_file_via(
+        path,
+        text.encode("utf-8"),
+        tmp=path.with_name(path.name + ".tmp"),
+        mode=None,
+        create_mode=0o666,
+    )
 
 
 class WavWriter:

@@ -19,15 +19,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from headoffice import service
+from headoffice.brokerconf import write_broker_config
 from headoffice.cli_query import add_query_commands, office_location, office_options
+from headoffice.config import load_office_config, office_config_path
 from headoffice.device_settings import add_settings_commands
+from headoffice.enroll import enroll_device, init_ca, issue_office_client
+from headoffice.index import open_index
+from headoffice.officeroot import CaLayout
 from runtime import __version__
 from runtime.process import run_command, setup_logging
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from headoffice.enroll import init_ca
-
     setup = init_ca(
         office_location(args).root,
         args.name,
@@ -42,8 +46,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll_device(args: argparse.Namespace) -> int:
-    from headoffice.enroll import enroll_device
-
     cert = enroll_device(
         office_location(args).root,
         Path(args.csr).read_bytes(),
@@ -55,27 +57,18 @@ def cmd_enroll_device(args: argparse.Namespace) -> int:
 
 
 def cmd_office_client(args: argparse.Namespace) -> int:
-    from headoffice.enroll import issue_office_client
-
     cert, key = issue_office_client(office_location(args).root, args.name, replace=args.replace)
     print(f"office client certificate: {cert}\nkey: {key}")
     return 0
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
-    from headoffice.enroll import write_broker_config
-
     path = write_broker_config(office_location(args).root, args.port)
     print(f"mosquitto config: {path}  (run: mosquitto -c {path})")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from headoffice.config import load_office_config, office_config_path
-    from headoffice.enroll import CaLayout
-    from headoffice.index import open_index
-    from headoffice.service import build_receiver, serve
-
     cfg = load_office_config(office_config_path(args.config))  # the broker needs a config
     if args.client is not None:
         # One worker of several (linetap-office-serve@NAME.service): its own client id
@@ -92,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     index = open_index(cfg.index_url)
     try:
-        return serve(cfg, build_receiver(cfg, index))
+        return service.serve(cfg, service.build_receiver(cfg, index))
     finally:
         index.close()
 

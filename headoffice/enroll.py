@@ -1,34 +1,23 @@
 """The head office's small certificate authority: broker, devices and office receivers.
 
-Layout under the office ``root`` (made by :func:`init_ca`)::
-
-    ca/ca.key  ca/ca.crt          EC P-256 CA, 10 years, CA:TRUE pathlen 0 (ca.key 0600)
-    broker/server.key|crt         the broker's TLS server certificate (SAN: DNS + IP)
-    broker/ca.crt                 a copy of ca/ca.crt: broker/ is all the broker host needs
-    broker/mosquitto.conf, acl    written by write_broker_config()
-    keys/office.key  office.pub   the age identity recordings are sealed to (key 0600)
-    devices/{id}.crt  {id}.json   one per enrolled appliance (see enroll_device)
-    devices/replaced/             records superseded by enroll_device(replace=True)
-    office/{name}.key|crt         client certificates of head-office receivers
+It makes the CA, the broker's server certificate and the office age identity once
+(:func:`init_ca`), signs each device's TLS certificate request and records its
+manifest-signing key (:func:`enroll_device`), and issues the receivers' client
+certificates (:func:`issue_office_client`). Where the files go, and reading a device's
+record back, is :mod:`headoffice.officeroot`; the broker's own configuration (mosquitto
+config, ACL, share group) is :mod:`headoffice.brokerconf`.
 
 The broker takes a client certificate's CN as the MQTT username
 (``use_identity_as_username``) and its ACL confines a device to ``linetap/{CN}/…``. So
 device ids and office-client names share one namespace: neither may take the other's.
-
-A device record (``devices/{id}.json``) also holds the device's Ed25519 manifest-signing
-public key; the receiver reads it with :func:`device_signing_key`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import json
-import re
-import secrets
-import string
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,133 +30,44 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from headoffice.officeroot import (
+    DEFAULT_OFFICE_CLIENT,
+    DEVICE_ID,
+    DNS_NAME,
+    CaExists,
+    CaLayout,
+    CaMissing,
+    DeviceRecord,
+    EnrollError,
+    SigningKeyConflict,
+    check_name,
+    read_device_record,
+)
 from sealedrec import age
 from sealedrec.durable import replace_file, write_new_file
-from sealedrec.errors import LinetapError
 from sealedrec.keyfiles import private_key_pem
 from sealedrec.keys import DeviceKeyError, key_id, public_key_b64, public_key_from_b64
-from uploader.protocol import MAX_CHUNK_SIZE, up_filter
-from uploader.tlskeys import DEVICE_ID_PATTERN, make_device_csr
+from sealedrec.tlskeys import make_device_csr
 
 __all__ = [
     "DEFAULT_OFFICE_CLIENT",
     "CaExists",
     "CaLayout",
     "CaMissing",
-    "DeviceUnknown",
     "EnrollError",
     "OfficeSetup",
     "SigningKeyConflict",
-    "device_signing_key",
     "enroll_device",
     "init_ca",
     "issue_broker_cert",
     "issue_office_client",
     "make_device_csr",
-    "office_clients",
-    "office_share_filter",
-    "office_share_group",
-    "render_acl",
-    "render_mosquitto_conf",
-    "write_broker_config",
 ]
 
-DEFAULT_OFFICE_CLIENT = "office-receiver"
 CA_YEARS = 10
 CERT_YEARS = 3
-# A 4 MiB chunk plus the fixed header, topic, user properties and MQTT 5 properties.
-MAX_PACKET_SIZE = MAX_CHUNK_SIZE + 64 * 1024
 
-_ID = re.compile(DEVICE_ID_PATTERN)
-_DNS = re.compile(r"(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
-_SHARE_GROUP = re.compile(r"office-[0-9a-f]{32}")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
-_BROKER_FILES = Path(__file__).resolve().parent / "broker"
-
-
-class EnrollError(LinetapError, ValueError):
-    """Enrolment failed: a bad request, a conflicting record or an unusable CA layout."""
-
-
-class CaExists(EnrollError):
-    """init_ca was asked to make a CA where one (or part of one) already exists."""
-
-
-class CaMissing(EnrollError):
-    """No CA under the office root: run init_ca first."""
-
-
-class SigningKeyConflict(EnrollError):
-    """A re-enrolment would change a device's manifest-signing key."""
-
-
-class DeviceUnknown(EnrollError, LookupError):
-    """No enrolment record for a device id."""
-
-
-# --------------------------------------------------------------------------- layout
-
-
-@dataclass(frozen=True, slots=True)
-class CaLayout:
-    root: Path
-
-    @property
-    def ca_key(self) -> Path:
-        return self.root / "ca" / "ca.key"
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.root / "ca" / "ca.crt"
-
-    @property
-    def broker_ca(self) -> Path:
-        """A copy of ca.crt next to the broker's files (ca/ stays private to the CA)."""
-        return self.root / "broker" / "ca.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.root / "broker" / "server.key"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.root / "broker" / "server.crt"
-
-    @property
-    def broker_conf(self) -> Path:
-        return self.root / "broker" / "mosquitto.conf"
-
-    @property
-    def broker_acl(self) -> Path:
-        return self.root / "broker" / "acl"
-
-    @property
-    def office_key(self) -> Path:
-        return self.root / "keys" / "office.key"
-
-    @property
-    def office_pub(self) -> Path:
-        return self.root / "keys" / "office.pub"
-
-    @property
-    def devices(self) -> Path:
-        return self.root / "devices"
-
-    @property
-    def office(self) -> Path:
-        return self.root / "office"
-
-    def device_cert(self, device_id: str) -> Path:
-        return self.devices / f"{device_id}.crt"
-
-    def device_record(self, device_id: str) -> Path:
-        return self.devices / f"{device_id}.json"
-
-    def office_client_cert(self, name: str) -> Path:
-        return self.office / f"{name}.crt"
-
-    def office_client_key(self, name: str) -> Path:
-        return self.office / f"{name}.key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,15 +109,6 @@ def _now() -> dt.datetime:
 
 def _years(n: int) -> dt.timedelta:
     return dt.timedelta(days=365 * n + n // 4 + 1)
-
-
-def _check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not _ID.fullmatch(name):
-        raise EnrollError(
-            f"{what} {str(name)[:80]!r} is not valid: use 1-64 characters, letters, digits,"
-            " '_', '.' or '-', starting with a letter or digit"
-        )
-    return name
 
 
 # --------------------------------------------------------------------------- CA
@@ -307,7 +198,7 @@ def _org(ca: _Ca) -> str:
 def _san(dns_names: Sequence[str], ip_addresses: Sequence[str]) -> list[x509.GeneralName]:
     san: list[x509.GeneralName] = []
     for name in dns_names:
-        if not isinstance(name, str) or not _DNS.fullmatch(name):
+        if not isinstance(name, str) or not DNS_NAME.fullmatch(name):
             raise EnrollError(f"broker DNS name {str(name)[:80]!r} is not a valid host name")
         san.append(x509.DNSName(name))
     for text in ip_addresses:
@@ -465,11 +356,11 @@ def _csr_device_id(csr: x509.CertificateSigningRequest) -> str:
     if len(cns) != 1:
         raise EnrollError(
             f"certificate request: subject has {len(cns)} common names (CN), expected exactly"
-            " one, the device id; make it with uploader.tlskeys.make_device_csr"
+            " one, the device id; make it with sealedrec.tlskeys.make_device_csr"
         )
     value = cns[0].value
     cn = value if isinstance(value, str) else value.decode("utf-8", "replace")
-    if not _ID.fullmatch(cn):
+    if not DEVICE_ID.fullmatch(cn):
         raise EnrollError(
             f"certificate request: CN {cn[:80]!r} is not a valid device id (1-64 characters,"
             " letters, digits, '_', '.' or '-', starting with a letter or digit); fix"
@@ -495,22 +386,6 @@ def _check_tls_key(device_id: str, key: Any) -> str:
         f"device {device_id}: certificate request key is {name}; use EC P-256 (what"
         " make_device_csr makes), Ed25519 or RSA of 2048 bits or more"
     )
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise EnrollError(
-            f"{path}: unreadable device record ({exc}); restore it from the office backup"
-            " or re-enrol the device"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("signing_key"), str):
-        raise EnrollError(
-            f"{path}: not a device record (no signing_key); restore it from the office backup"
-            " or re-enrol the device"
-        )
-    return data
 
 
 def enroll_device(
@@ -561,13 +436,13 @@ def enroll_device(
     ca = _load_ca(layout)
     layout.devices.mkdir(parents=True, exist_ok=True)
     record_path = layout.device_record(device_id)
-    old: dict[str, Any] | None = None
+    old: DeviceRecord | None = None
     if record_path.exists():
-        old = _read_record(record_path)
-        if old["signing_key"] != signing_b64 and not replace:
+        old = read_device_record(record_path)
+        if old.signing_key != signing_b64 and not replace:
             raise SigningKeyConflict(
                 f"device {device_id}: already enrolled ({record_path}) with signing key"
-                f" {_kid(old['signing_key'])}, this request brings {key_id(signing_key)}; a new"
+                f" {_kid(old.signing_key)}, this request brings {key_id(signing_key)}; a new"
                 " key breaks the device's manifest chain (the office cannot link its next"
                 " recording to the previous ones). If the appliance was really re-provisioned,"
                 " enrol it again with replace=True"
@@ -596,7 +471,7 @@ def enroll_device(
         "cert_not_after_utc": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
         "tls_key": key_type,
     }
-    if old is not None and old["signing_key"] != signing_b64:
+    if old is not None and old.signing_key != signing_b64:
         replaced = layout.devices / "replaced"
         replaced.mkdir(exist_ok=True)
         stamp = _now().strftime("%Y%m%dT%H%M%SZ")
@@ -614,35 +489,6 @@ def _kid(b64: str) -> str:
         return "(unreadable)"
 
 
-def device_signing_key(root: Path, device_id: str) -> ed25519.Ed25519PublicKey:
-    """The Ed25519 manifest-signing key registered for ``device_id``.
-
-    Raises :class:`DeviceUnknown` if the device is not enrolled (or the id is not a
-    valid device id) and :class:`EnrollError` if its record is damaged.
-    """
-    layout = CaLayout(Path(root))
-    if not isinstance(device_id, str) or not _ID.fullmatch(device_id):
-        raise DeviceUnknown(f"device {str(device_id)[:80]!r}: not a valid device id")
-    path = layout.device_record(device_id)
-    if not path.exists():
-        raise DeviceUnknown(
-            f"device {device_id}: not enrolled ({path} missing); enrol it with enroll_device"
-        )
-    record = _read_record(path)
-    if record.get("device_id") != device_id:
-        raise EnrollError(
-            f"{path}: record is for device {record.get('device_id')!r}, not {device_id!r};"
-            " restore it from the office backup or re-enrol the device"
-        )
-    try:
-        return public_key_from_b64(record["signing_key"])
-    except DeviceKeyError:
-        raise EnrollError(
-            f"{path}: signing_key is not a base64 Ed25519 key; restore it from the office"
-            " backup or re-enrol the device"
-        ) from None
-
-
 # --------------------------------------------------------------------------- office clients
 
 
@@ -658,7 +504,7 @@ def issue_office_client(
     once (mode 0600) and reused when the certificate is renewed with ``replace=True``.
     """
     layout = CaLayout(Path(root))
-    _check_name(name, "office client name")
+    check_name(name, "office client name")
     if layout.device_record(name).exists() or layout.device_cert(name).exists():
         raise EnrollError(
             f"office client {name}: a device is enrolled under that name"
@@ -695,210 +541,3 @@ def issue_office_client(
     )
     replace_file(cert_path, _cert_pem(cert))
     return cert_path, key_path
-
-
-def office_clients(root: Path) -> list[str]:
-    """Names of the issued office receiver certificates, sorted."""
-    office = CaLayout(Path(root)).office
-    if not office.is_dir():
-        return []
-    return sorted(p.stem for p in office.glob("*.crt") if _ID.fullmatch(p.stem))
-
-
-def office_share_group(root: Path) -> str:
-    """The MQTT 5 shared-subscription group of the office receivers (made once, random).
-
-    Mosquitto 2.0's ACL file does not apply to SUBSCRIBE: any client may join any share
-    group, and the broker then hands that member its round-robin share of the uploads,
-    which the ACL read check silently drops. A group name the devices cannot guess keeps
-    them out. Stored in ``office/share-group`` (mode 0600).
-    """
-    layout = CaLayout(Path(root))
-    path = layout.office / "share-group"
-    if not path.exists():
-        layout.office.mkdir(parents=True, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileExistsError):  # made concurrently: use that one
-            write_new_file(path, f"office-{secrets.token_hex(16)}\n".encode(), 0o600)
-    group = path.read_text(encoding="utf-8", errors="replace").strip()
-    if not _SHARE_GROUP.fullmatch(group):
-        raise EnrollError(
-            f"{path}: not a share-group name (office-<32 hex digits>); delete it to make a new"
-            " one, then restart every receiver"
-        )
-    return group
-
-
-def office_share_filter(root: Path) -> str:
-    """``$share/{group}/linetap/+/up/#``: what every office receiver subscribes to."""
-    return f"$share/{office_share_group(root)}/{up_filter()}"
-
-
-# --------------------------------------------------------------------------- broker config
-
-
-def _template(name: str) -> str:
-    path = _BROKER_FILES / name
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise EnrollError(
-            f"{path}: broker template missing ({exc.strerror}); reinstall linetap (the"
-            " headoffice/broker files must ship with the package)"
-        ) from None
-
-
-def _conf_path(path: Path, what: str) -> str:
-    text = str(Path(path).resolve())
-    if any(c.isspace() for c in text) or not text.isprintable():
-        raise EnrollError(
-            f"{what} {text!r}: mosquitto.conf cannot hold a path with spaces or control"
-            " characters; move the office root to a plain path"
-        )
-    return text
-
-
-def render_acl(
-    office_names: Sequence[str] = (DEFAULT_OFFICE_CLIENT,),
-    blocked_devices: Sequence[str] = (),
-) -> str:
-    """The broker ACL (``headoffice/broker/acl``) with one block per office receiver.
-
-    ``blocked_devices`` get a ``topic deny #`` block: they can still complete
-    TLS (there is no certificate revocation list yet) but can publish and receive
-    nothing. Use it for a stolen or retired appliance, then reload the broker (SIGHUP).
-    """
-    text = _template("acl")
-    marker = f"\nuser {DEFAULT_OFFICE_CLIENT}\n"
-    head, found, block = text.partition(marker)
-    if not found:
-        raise EnrollError(
-            f"{_BROKER_FILES / 'acl'}: no 'user {DEFAULT_OFFICE_CLIENT}' block to copy for"
-            " each office receiver; restore the file from the linetap sources"
-        )
-    if not office_names:
-        raise EnrollError("broker ACL: no office receiver names; issue_office_client first")
-    out = [head, "\n"]
-    for name in office_names:
-        _check_name(name, "office client name")
-        out.append(f"user {name}\n{block}")
-        if not block.endswith("\n"):
-            out.append("\n")
-    if blocked_devices:
-        out.append("\n# Blocked devices: certificate still valid, every topic denied.\n")
-        for device in blocked_devices:
-            _check_name(device, "blocked device id")
-            if device in office_names:
-                raise EnrollError(f"broker ACL: {device} is both an office receiver and blocked")
-            out.append(f"user {device}\ntopic deny #\n")
-    return "".join(out)
-
-
-def render_mosquitto_conf(
-    root: Path,
-    port: int = 8883,
-    *,
-    persistence_location: Path,
-    acl_file: Path | None = None,
-    bind_address: str | None = None,
-    max_packet_size: int = MAX_PACKET_SIZE,
-    max_queued_messages: int = 1000,
-    autosave_interval_s: int = 300,
-    persistent_client_expiration: str = "14d",
-    log_dest: str = "stderr",
-    run_as_user: str | None = None,
-) -> str:
-    """mosquitto.conf for the office broker from ``headoffice/broker/mosquitto.conf.template``.
-
-    One TLS listener on ``port`` (all addresses unless ``bind_address``), client
-    certificates required and their CN used as username and client id, the ACL at
-    ``acl_file`` (default ``root/broker/acl``, see :func:`write_broker_config`).
-    ``run_as_user``: the user mosquitto drops to when started as root (mosquitto's
-    default is ``mosquitto``); it must be able to read the key files and write
-    ``persistence_location``.
-    """
-    layout = CaLayout(Path(root))
-    if not 1 <= port <= 65535:
-        raise EnrollError(f"broker port {port}: must be 1-65535")
-    if max_packet_size < MAX_CHUNK_SIZE + 1024:
-        raise EnrollError(
-            f"max_packet_size {max_packet_size}: too small for a {MAX_CHUNK_SIZE}-byte chunk;"
-            f" use at least {MAX_PACKET_SIZE}"
-        )
-    for path in (layout.broker_ca, layout.server_cert, layout.server_key):
-        if not path.exists():
-            raise CaMissing(f"{path}: missing; run init_ca({str(layout.root)!r}, ...) first")
-    listener = str(port)
-    if bind_address:
-        try:
-            ipaddress.ip_address(bind_address)
-        except ValueError:
-            if not _DNS.fullmatch(bind_address):
-                raise EnrollError(
-                    f"bind address {bind_address!r}: not an IP address or host"
-                ) from None
-        listener += f" {bind_address}"
-    if run_as_user is not None and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}\$?", run_as_user):
-        raise EnrollError(f"run_as_user {run_as_user!r}: not a user name")
-    if not re.fullmatch(r"[0-9]+[hdwmy]?", persistent_client_expiration):
-        raise EnrollError(
-            f"persistent_client_expiration {persistent_client_expiration!r}: use e.g. '14d'"
-        )
-    if not re.fullmatch(r"(stderr|stdout|syslog|topic|dlt|none|file /\S+)", log_dest):
-        raise EnrollError(
-            f"log_dest {log_dest!r}: use stderr, stdout, syslog, none or 'file /path'"
-        )
-    values = {
-        "listener": listener,
-        "cafile": _conf_path(layout.broker_ca, "cafile"),
-        "certfile": _conf_path(layout.server_cert, "certfile"),
-        "keyfile": _conf_path(layout.server_key, "keyfile"),
-        "acl_file": _conf_path(acl_file or layout.broker_acl, "acl_file"),
-        "persistence_location": _conf_path(persistence_location, "persistence_location") + "/",
-        "autosave_interval": str(int(autosave_interval_s)),
-        "persistent_client_expiration": persistent_client_expiration,
-        "max_packet_size": str(int(max_packet_size)),
-        "max_queued_messages": str(int(max_queued_messages)),
-        "log_dest": log_dest,
-        "user_line": f"user {run_as_user}" if run_as_user else "# user mosquitto  (default)",
-    }
-    try:
-        return string.Template(_template("mosquitto.conf.template")).substitute(values)
-    except (KeyError, ValueError) as exc:
-        raise EnrollError(
-            f"{_BROKER_FILES / 'mosquitto.conf.template'}: bad placeholder {exc}; restore the"
-            " file from the linetap sources"
-        ) from None
-
-
-def write_broker_config(
-    root: Path,
-    port: int = 8883,
-    *,
-    persistence_location: Path | None = None,
-    office_names: Sequence[str] | None = None,
-    blocked_devices: Sequence[str] = (),
-    **options: Any,
-) -> Path:
-    """Write ``root/broker/acl`` and ``root/broker/mosquitto.conf``; returns the conf path.
-
-    ``office_names`` defaults to every issued office client (:func:`office_clients`), or
-    ``office-receiver`` if none is issued yet. ``persistence_location`` defaults to
-    ``root/broker/data``. Other options go to :func:`render_mosquitto_conf`. Re-run it
-    after issuing another office client or changing ``blocked_devices``, then send the
-    broker SIGHUP (mosquitto re-reads the ACL file) or restart it.
-    """
-    layout = CaLayout(Path(root))
-    names = list(office_names) if office_names is not None else office_clients(layout.root)
-    acl = render_acl(names or [DEFAULT_OFFICE_CLIENT], blocked_devices)
-    data_dir = persistence_location or layout.root / "broker" / "data"
-    conf = render_mosquitto_conf(
-        layout.root,
-        port,
-        persistence_location=data_dir,
-        acl_file=layout.broker_acl,
-        **options,
-    )
-    Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    replace_file(layout.broker_acl, acl.encode())
-    replace_file(layout.broker_conf, conf.encode())
-    return layout.broker_conf

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,13 +41,13 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from headoffice.blobstore import BlobStore, StoreError
 from headoffice.config import LimitsConfig
-from headoffice.index import Index, IndexConflictError
-from headoffice.store import BlobStore, StoreError, utc_now_iso
+from headoffice.index import Index, IndexConflictError, now_iso
 from sealedrec.errors import LinetapError
 from sealedrec.manifest import ManifestError, verify_signature
 from sealedrec.model import Manifest, validate_manifest
-from uploader.protocol import (
+from sealedrec.protocol import (
     MAX_MISSING_LISTED,
     SHA256_PROPERTY,
     Ack,
@@ -344,7 +345,7 @@ class Receiver:
                     )
                 return self._refuse(device, rec, self._store_refusal(device, rec, exc))
             try:
-                result = self.index.add(manifest, str(path), utc_now_iso())
+                result = self.index.add(manifest, os.fspath(path), now_iso())
             except IndexConflictError as exc:
                 log.error("recording %s of %s not indexed: %s", rec, device, exc)
                 return self._refuse(

@@ -24,15 +24,16 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from headoffice.brokerconf import office_share_filter
 from headoffice.config import OfficeConfig
-from headoffice.enroll import CaLayout, device_signing_key, office_share_filter
 from headoffice.index import Index
+from headoffice.officeroot import CaLayout, device_signing_key
 from headoffice.receiver import FIN_POLL_S, Receiver, Reply
-from headoffice.store import BlobStore
+from headoffice.store import FileBlobStore
 from runtime.errors import ConfigError
 from runtime.process import stop_on_signals
 from sealedrec.errors import LinetapError
-from uploader.protocol import QOS, ProtocolError, parse_topic, up_filter
+from sealedrec.protocol import QOS, ProtocolError, parse_topic, up_filter
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def make_client(cfg: OfficeConfig) -> mqtt.Client:
 
 
 def subscription(cfg: OfficeConfig) -> str:
-    """A shared subscription whose group name is the office's secret (see enroll:
+    """A shared subscription whose group name is the office's secret (see brokerconf:
     mosquitto does not check SUBSCRIBE against the ACL, so a known group could be joined
     by a device and starve the office of messages); plain when sharing is off."""
     return office_share_filter(cfg.root) if cfg.broker.shared else up_filter()
@@ -177,7 +178,7 @@ def office_recipients(cfg: OfficeConfig) -> frozenset[str] | None:
 def build_receiver(cfg: OfficeConfig, index: Index) -> Receiver:
     """The receiver ``serve`` runs: the config's store, limits and recipients."""
     return Receiver(
-        BlobStore(cfg.root),
+        FileBlobStore(cfg.root),
         index,
         lambda device: device_signing_key(cfg.root, device),
         cfg.limits,

@@ -21,8 +21,9 @@ manifests carry caller numbers and names). A write that fails for want of space 
 :class:`StoreError` with reason ``full``, so the receiver can refuse and keep serving.
 
 A chunk is parked whole or not at all, so the parked files are the truth about an
-upload's progress; :meth:`BlobStore.assemble` joins them and checks size and SHA-256
-against the init message before :meth:`BlobStore.commit` moves the result into place.
+upload's progress; :meth:`FileBlobStore.assemble` joins them and checks size and SHA-256
+against the init message before :meth:`FileBlobStore.commit` moves the result into place.
+:class:`FileBlobStore` implements the :class:`~headoffice.blobstore.BlobStore` protocol.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sealedrec.durable import fsync_dir
-from sealedrec.errors import LinetapError
+from headoffice.blobstore import StoreError
+from sealedrec.durable import atomic_file, fsync_dir
 
 PARKING = "parking"
 BLOBS = "blobs"
@@ -61,19 +62,6 @@ _COPY_CHUNK = 1024 * 1024
 # The protocol's id grammar: no separators, never "." or "..", so an id is one path part.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _CHUNK_NAME = re.compile(r"^(\d{7})\.part$")
-
-
-class StoreError(LinetapError, OSError):
-    """The blob store cannot do what was asked; ``reason`` names what went wrong:
-    ``missing`` (chunks not parked), ``size`` / ``sha256`` (the assembled or committed
-    blob differs from what it should be), ``conflict`` (a different recording is
-    already stored under this id), ``lock`` (lock timeout), ``full`` (no space or quota
-    left on the filesystem), ``id``, ``date`` or ``io``."""
-
-    def __init__(self, message: str, *, reason: str = "io", missing: tuple[int, ...] = ()) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.missing = missing
 
 
 def _io_error(exc: OSError, message: str) -> StoreError:
@@ -132,7 +120,7 @@ def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
-class BlobStore:
+class FileBlobStore:
     """Filesystem blob store shared by all workers on one machine or NFS export."""
 
     def __init__(self, root: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
@@ -186,18 +174,9 @@ class BlobStore:
         return os.fdopen(fd, "w+b"), Path(name)
 
     def _write_durable(self, target: Path, data: bytes, prefix: str) -> None:
-        """Write ``data`` to a temp file, fsync it and rename it onto ``target``."""
-        fh, tmp = self._tmp_file(prefix)
-        try:
-            with fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        """Write ``data`` through a temp file under ``tmp/`` onto ``target``, durably."""
+        with atomic_file(target, tmp_dir=self.root / TMP, prefix=prefix) as fh:
+            fh.write(data)
 
     # -- chunks --------------------------------------------------------------------------
     def park_chunk(self, device: str, rec: str, index: int, data: bytes) -> Path:
@@ -449,6 +428,11 @@ class BlobStore:
                 f"recording {rec}: {path} already holds a different manifest", reason="conflict"
             )
 
+    @contextmanager
+    def local_blob(self, stored: str) -> Iterator[Path]:
+        """The stored blob's own file (it is local already)."""
+        yield self.resolve(stored)
+
     def stored_manifest(self, path: str | Path) -> dict[str, Any]:
         """The manifest stored beside a blob (``path`` as the index keeps it)."""
         blob = self.resolve(path)
@@ -553,7 +537,3 @@ class BlobStore:
             except FileNotFoundError:
                 continue
         return removed
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")

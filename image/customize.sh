@@ -9,6 +9,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PROJECT=${PROJECT:?PROJECT must name the linetap source tree}
 UNITS=${LINETAP_UNITS_DIR:-$PROJECT/systemd}
 VENV=/opt/linetap/venv
+# What the appliance runs, and nothing of the head office or the demo (the build checks).
+DEVICE_PACKAGES=(firmware drivers buffers uploader sealedrec runtime)
 in_root() { chroot "$ROOT" "$@"; }
 say() { echo "customize: $*"; }
 
@@ -21,7 +23,7 @@ say "linetap into $VENV (Debian's python3 packages through --system-site-package
 src=$ROOT/tmp/linetap-src
 rm -rf "$src" && mkdir -p "$src"
 tar -C "$PROJECT" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' -cf - \
-    pyproject.toml README.md firmware drivers buffers uploader headoffice | tar -C "$src" -xf -
+    pyproject.toml README.md "${DEVICE_PACKAGES[@]}" | tar -C "$src" -xf -
 in_root python3 -m venv --system-site-packages "$VENV"
 # --no-index --no-deps: nothing comes from PyPI; the dependencies are Debian's packages.
 # --no-build-isolation: the build backend is Debian's python3-setuptools.
@@ -41,12 +43,14 @@ for dist, minimum in need.items():
     print(f"customize:   {dist} {have} (>= {minimum})")
 import firmware.cli, firmware.app, uploader.daemon  # noqa
 EOF
+# pyproject's linetap-office script points at the head office, which is not here.
+rm -f "$ROOT$VENV/bin/linetap-office"
+in_root "$VENV/bin/python" - <"$HERE/check-device-only.py"
 in_root "$VENV/bin/linetap" --version
 # Every subcommand's module imports (a wheel holds only the packages pyproject finds).
 for tool in check levels hooktest status provision analyze; do
     in_root "$VENV/bin/linetap" "$tool" --help >/dev/null
 done
-in_root "$VENV/bin/linetap-office" --help >/dev/null
 ln -sfn "$VENV/bin/linetap" "$ROOT/usr/local/bin/linetap"
 
 say "systemd units from systemd/"

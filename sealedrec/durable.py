@@ -8,7 +8,11 @@ classic way to lose a file that was "written": these helpers make it one call.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,4 +63,59 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def replace_file_via(
+    path: Path, data: bytes, *, tmp: Path, mode: int | None, create_mode: int = 0o644
+) -> None:
+    """:func:`replace_file` through a temp file the caller names, and with ``mode`` None
+    the mode left to the process: ``create_mode`` less the umask, as open(2) makes it.
+
+    A named temp file lets its owner find a killed run's leftovers; ``mode`` None suits
+    files that follow the daemon's ``UMask=`` and a FAT partition, which refuses a chmod
+    its mount options cannot represent. A crash leaves the old file or the new one.
+    """
+    tmp.unlink(missing_ok=True)  # a leftover of a killed run
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode or create_mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)  # the umask may have narrowed it; make it exact
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_file(
+    path: Path, *, tmp_dir: Path | None = None, prefix: str | None = None
+) -> Iterator[BinaryIO]:
+    """A new file (mode 0600) to write in the ``with`` block, for callers that stream
+    data or hand the file to a library: when the block ends without error it is fsynced
+    and renamed onto ``path`` (atomically, durably); on an error it is removed and
+    ``path`` is left as it was.
+
+    The temp file is made in ``tmp_dir`` (default: beside ``path``; it must be on the
+    same filesystem), named ``{prefix}…tmp`` (default prefix ``.{name}.``), so a writer
+    that keeps its temp files in one folder can clear what a crash left there."""
+    directory = path.parent if tmp_dir is None else tmp_dir
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.name}." if prefix is None else prefix, suffix=".tmp", dir=directory
+    )
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)

@@ -1,6 +1,6 @@
 """Private key files on the device: made once, owner-only, read back with the same checks.
 
-The device signing key (``sealedrec.keys``) and the TLS client key (``uploader.tlskeys``)
+The device signing key (``sealedrec.keys``) and the TLS client key (``sealedrec.tlskeys``)
 are different kinds of key with the same rules on disk; the rules live here once.
 """
 

@@ -28,6 +28,8 @@ from sealedrec.manifest import (
 )
 from sealedrec.segments import JournalFormatError, iter_segments
 
+_BLOCK = 1024 * 1024
+
 
 @dataclass
 class EntryReport:
@@ -60,6 +62,21 @@ def decode_audio(encoded: bytes) -> npt.NDArray[np.int16]:
     return np.asarray(samples, dtype=np.int16)
 
 
+def decrypt_samples(
+    path: Path, container: str, identities: Sequence[X25519PrivateKey]
+) -> npt.NDArray[np.int16]:
+    """A blob's samples: one age file (FLAC or Opus inside), or a segments journal whose
+    every record is an age file holding a FLAC."""
+    if container == "age":
+        with open(path, "rb") as fh:
+            return decode_audio(AgeReader(fh, identities).read())
+    parts = []
+    with open(path, "rb") as fh:
+        for segment, _ in iter_segments(fh):
+            parts.append(decode_audio(decrypt_bytes(segment.payload, identities)))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
 def decrypt_recording(
     directory: Path, identities: Sequence[X25519PrivateKey]
 ) -> tuple[npt.NDArray[np.int16], int, dict[str, Any]]:
@@ -69,15 +86,67 @@ def decrypt_recording(
     rate = int(manifest["sample_rate"])
     if path is None:
         return np.zeros(0, dtype=np.int16), rate, manifest
-    if manifest["container"] == "age":
+    return decrypt_samples(path, manifest["container"], identities), rate, manifest
+
+
+def check_blob(path: Path, manifest: Mapping[str, Any], rec: str) -> list[str]:
+    """Problems of a blob against its manifest (size, SHA-256), read in blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
         with open(path, "rb") as fh:
-            plain = AgeReader(fh, identities).read()
-        return decode_audio(plain), rate, manifest
-    parts = []
-    with open(path, "rb") as fh:
-        for segment, _ in iter_segments(fh):
-            parts.append(decode_audio(decrypt_bytes(segment.payload, identities)))
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int16)), rate, manifest
+            while block := fh.read(_BLOCK):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        return [f"recording {rec}: blob {path} unreadable ({exc.strerror or exc})"]
+    problems = []
+    if size != manifest.get("blob_bytes"):
+        problems.append(
+            f"recording {rec}: blob is {size} bytes, the manifest says {manifest.get('blob_bytes')}"
+        )
+    if digest.hexdigest() != manifest.get("blob_sha256"):
+        problems.append(
+            f"recording {rec}: blob sha256 differs from the manifest (altered or corrupt)"
+        )
+    return problems
+
+
+def check_recording(
+    manifest: Mapping[str, Any],
+    blob: Path | None,
+    identities: Sequence[X25519PrivateKey] = (),
+) -> list[str]:
+    """Every problem of a recording's contents against its (signature-checked) manifest,
+    each a clear sentence: a recording without audio must say why, the blob must have the
+    signed size and SHA-256, and with ``identities`` the decrypted audio the signed frame
+    count and (lossless audio) PCM hash. ``blob`` is None when there is no audio file."""
+    rec = manifest.get("recording_id", "?")
+    if blob is None:
+        # Only a discarded call, or one a crash cut before its first journal sync, has none.
+        no_audio_ok = manifest.get("discarded") or (
+            manifest.get("recovered") and manifest.get("audio_frames") == 0
+        )
+        return [] if no_audio_ok else [f"recording {rec}: no audio and not marked discarded"]
+    problems = check_blob(blob, manifest, rec)
+    if not identities or any("unreadable" in p for p in problems):
+        return problems
+    try:
+        samples = decrypt_samples(blob, str(manifest.get("container")), identities)
+    except (AgeError, JournalFormatError, RuntimeError) as exc:
+        return [*problems, f"recording {rec}: cannot decrypt/decode: {exc}"]
+    if samples.shape[0] != manifest.get("audio_frames"):
+        problems.append(
+            f"recording {rec}: {samples.shape[0]} frames decoded, the manifest says"
+            f" {manifest.get('audio_frames')}"
+        )
+    expected = manifest.get("audio_pcm_sha256")
+    # Only lossless audio can be checked against the hash of what was recorded.
+    lossless = manifest.get("codec") == "flac"
+    pcm_sha = hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
+    if expected and lossless and pcm_sha != expected:
+        problems.append(f"recording {rec}: decoded audio differs from the signed hash")
+    return problems
 
 
 def verify_entry(
@@ -91,49 +160,13 @@ def verify_entry(
     except ManifestError as exc:
         return EntryReport(directory, None, [str(exc)])
     report = EntryReport(directory, manifest)
-    rec = manifest.get("recording_id", directory.name)
     try:
         verify_signature(manifest, device_key)
     except ManifestError as exc:
         report.problems.append(str(exc))
-    path = blob_path(directory, manifest)
-    if path is None:
-        # Only a discarded call, or one a crash cut before its first journal sync, has none.
-        no_audio_ok = manifest.get("discarded") or (
-            manifest.get("recovered") and manifest.get("audio_frames") == 0
-        )
-        if not no_audio_ok:
-            report.problems.append(f"recording {rec}: no audio and not marked discarded")
-        return report
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        report.problems.append(f"recording {rec}: blob {path.name} unreadable ({exc.strerror})")
-        return report
-    if len(data) != manifest.get("blob_bytes"):
-        report.problems.append(
-            f"recording {rec}: blob is {len(data)} bytes, manifest says {manifest.get('blob_bytes')}"
-        )
-    if hashlib.sha256(data).hexdigest() != manifest.get("blob_sha256"):
-        report.problems.append(
-            f"recording {rec}: blob sha256 differs from the manifest (altered or corrupt)"
-        )
-    if identities:
-        try:
-            samples, _, _ = decrypt_recording(directory, identities)
-        except (AgeError, JournalFormatError, RuntimeError) as exc:
-            report.problems.append(f"recording {rec}: cannot decrypt/decode: {exc}")
-            return report
-        if samples.shape[0] != manifest.get("audio_frames"):
-            report.problems.append(
-                f"recording {rec}: {samples.shape[0]} frames decoded, manifest says {manifest.get('audio_frames')}"
-            )
-        expected = manifest.get("audio_pcm_sha256")
-        # Only lossless audio can be checked against the hash of what was recorded.
-        lossless = manifest.get("codec") == "flac"
-        pcm_sha = hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
-        if expected and lossless and pcm_sha != expected:
-            report.problems.append(f"recording {rec}: decoded audio differs from the signed hash")
+    if "recording_id" not in manifest:
+        manifest = {**manifest, "recording_id": directory.name}
+    report.problems += check_recording(manifest, blob_path(directory, manifest), identities)
     return report
 
 

@@ -39,7 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from headoffice import enroll
+from headoffice import brokerconf
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 START_TIMEOUT_S = 10.0
@@ -202,7 +202,7 @@ def office_broker_conf(office_root: Path, persistence: Path) -> Callable[[int], 
     127.0.0.1 and run as the test's own user (maybe root), persisting in ``persistence``."""
 
     def render(port: int) -> str:
-        return enroll.write_broker_config(
+        return brokerconf.write_broker_config(
             office_root,
             port,
             persistence_location=persistence,

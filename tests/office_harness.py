@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from headoffice import enroll
 from sealedrec.keys import create_device_key, public_key_b64
 from sealedrec.manifest import GENESIS_HASH, SIGNATURE_FIELD, sign_manifest
+from sealedrec.tlskeys import make_device_csr
 from tests.helpers import signed_manifest
 from tests.mqtt_broker import Broker, MqttProbe, Received
-from uploader.tlskeys import make_device_csr
 
 PROTOCOL_VERSION = 1  # the wire format every deployed device speaks
 SHA256_PROPERTY = "sha256"

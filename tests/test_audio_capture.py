@@ -40,9 +40,10 @@ import soundfile as sf
 
 from drivers.audio import AudioBlock, CaptureSource
 from drivers.audio.alsa import AlsaCapture
+from drivers.audio.factory import open_capture
 from drivers.audio.filesource import FileCapture
 from drivers.audio.formats import SampleFormat
-from firmware.errors import AudioDeviceError, AudioFileError
+from drivers.errors import AudioDeviceError, AudioFileError
 from tests.alsa_pcm import TAP, FilePcm, make_file_pcm, period_of
 
 NS = 1_000_000_000
@@ -622,3 +623,68 @@ class TestCaptureContract:
         assert src.read() is None
         assert src.read() is None
         assert (src.sample_rate, src.channels) == (rate, channels)
+
+
+# ---------------------------------------------------------------------------------------
+# open_capture: plain settings in, an unopened backend out
+
+
+def test_open_capture_builds_alsa_from_plain_settings() -> None:
+    cap = open_capture(
+        "alsa", sample_rate=16000, channels=2, period_frames=320, device="linetap_no_such_pcm"
+    )
+    assert isinstance(cap, AlsaCapture)
+    assert (cap.sample_rate, cap.channels) == (16000, 2)
+    with pytest.raises(AudioDeviceError, match=r"^audio\.device 'linetap_no_such_pcm'"):
+        cap.open()
+
+
+def test_open_capture_plays_a_raw_file_in_the_given_format(tmp_path: Path) -> None:
+    frames, channels = 4 * 160, 2
+    top = pattern(frames, channels)
+    raw = tmp_path / "line.raw"
+    raw.write_bytes((top.astype("<i4") << 16).tobytes())
+    cap = open_capture(
+        "file",
+        sample_rate=8000,
+        channels=channels,
+        period_frames=160,
+        sample_format="S32_LE",
+        file=raw,
+        file_realtime=False,
+    )
+    assert isinstance(cap, FileCapture)
+    cap.open()
+    try:
+        got, _ = read_frames(cap, frames)
+    finally:
+        cap.close()
+    np.testing.assert_array_equal(got[:frames], top)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"backend": "pulse"},
+            AudioDeviceError,
+            "audio.backend 'pulse' is unknown; use one of: alsa, file",
+        ),
+        (
+            {"backend": "alsa", "sample_format": "S24_LE"},
+            AudioDeviceError,
+            "audio.sample_format 'S24_LE' is unknown; use one of: S16_LE, S32_LE",
+        ),
+        (
+            {"backend": "file"},
+            AudioFileError,
+            'audio.backend = "file" plays audio.file; set audio.file',
+        ),
+    ],
+)
+def test_open_capture_refuses_bad_settings_naming_the_fix(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as err:
+        open_capture(sample_rate=8000, channels=1, period_frames=160, **kwargs)
+    assert str(err.value) == message

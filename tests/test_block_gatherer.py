@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from firmware.dsp.analyser import LineAnalyser
 from firmware.dsp.blocks import BlockGatherer
-from firmware.dsp.line import LineAnalyser
 
 
 def _gather(gatherer: BlockGatherer, pieces: list[tuple[np.ndarray, int]]):

@@ -78,7 +78,7 @@ class Unit:
     def sign(self, text: str, device: str = DEVICE, root: Path | None = None) -> dict[str, Any]:
         return device_settings.sign_settings(
             root or self.office.root, device, text.encode(), source=Path("linetap.toml")
-        )
+        ).as_dict()
 
     @property
     def cfg(self) -> LinetapConfig:
@@ -565,7 +565,16 @@ def test_office_settings_key_and_sign_settings_commands(
     assert "device_id is 'shop-12', but the settings are for 'shop-99'" in line
     wav = tmp_path / "wav.toml"
     wav.write_text(conf.read_text().replace("[storage]", '[storage]\nformat = "wav"'))
+    # The office checks only TOML and device_id (it does not load the device's model): it
+    # signs this file, and the unit refuses it when applying it, keeping its settings
+    # (test_plain_audio_is_refused_by_validation_and_nothing_changes).
     res = run_cli(
         main, capsys, "sign-settings", "--root", root, "--device", DEVICE, "--config", wav
     )
-    assert res.returncode == 2 and "storage.format" in res.stderr
+    assert res.returncode == 0, res.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text('device_id = "shop-12"\n[storage\n')
+    res = run_cli(
+        main, capsys, "sign-settings", "--root", root, "--device", DEVICE, "--config", broken
+    )
+    assert res.returncode == 2 and "not valid TOML" in res.stderr

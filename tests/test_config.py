@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from firmware.config import load_config, parse_config
+from drivers.audio.factory import BACKENDS
+from drivers.audio.formats import SampleFormat
+from firmware.config import AudioConfig, load_config, parse_config
 from firmware.errors import ConfigError
 from tests.helpers import run_cli
 
@@ -43,6 +49,36 @@ def test_defaults_just_work():
     assert cfg.call.preroll_s == 5.0
     assert cfg.call.flash_max_ms == 1000
     assert cfg.audio.period_frames == 160
+
+
+def test_device_id_defaults_to_the_hostname_and_says_whether_the_file_set_it():
+    unset = parse_config(MINIMAL)
+    assert unset.device_id == socket.gethostname()
+    assert "device_id" not in unset.model_fields_set  # provisioning refuses such a boot file
+    named = parse_config('device_id = "shop-12"\n' + MINIMAL)
+    assert named.device_id == "shop-12" and "device_id" in named.model_fields_set
+
+
+def test_bad_device_id_names_the_rule():
+    [problem] = problems('device_id = "-x"\n' + MINIMAL)
+    assert problem.startswith("test.toml:1: device_id: String should match pattern")
+    assert "letters, digits" in problem
+
+
+def test_audio_settings_are_the_ones_the_capture_drivers_take():
+    """The config names formats and backends as plain strings (it imports no driver)."""
+    fields = AudioConfig.model_fields
+    assert set(get_args(fields["sample_format"].annotation)) == set(SampleFormat)
+    assert set(get_args(fields["backend"].annotation)) == set(BACKENDS)
+
+
+def test_loading_the_config_loads_no_driver_and_no_numpy():
+    code = (
+        "import sys, firmware.config\n"
+        "print(sorted(m for m in sys.modules if m == 'numpy' or m.startswith('drivers')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_field_has_a_description():

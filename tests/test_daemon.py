@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from buffers.outbox import Outbox
+from firmware.config import load_config
+from firmware.recorder import StorageHealth
+from firmware.retention_thread import RetentionThread
 from tests.helpers import (
     RATE,
     config_text,
@@ -118,3 +123,40 @@ def test_missing_alsa_device_blinks_fault_and_retries(
     assert len(errors) == 1, stderr
     assert "hw:CARD=nosuchcard" in errors[0] and "arecord -L" in errors[0]
     assert "Traceback" not in stderr
+
+
+def test_retention_runs_in_a_thread_of_its_own_until_stopped(tmp_path: Path):
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(config_text(tmp_path / "out", lines=1))
+    cfg = load_config(conf)
+    cfg = cfg.model_copy(
+        update={
+            "storage": cfg.storage.model_copy(
+                update={"data_dir": tmp_path / "data", "keep_acked_days": 0.0, "min_free_mb": 0}
+            )
+        }
+    )
+    outbox = Outbox(cfg.storage.outbox_dir)
+
+    def acked(rid: str, seq: int) -> None:
+        outbox.add(seq, rid, {"recording.age": b"x"})
+        outbox.mark_acked(rid, acked_at=1.0)
+
+    def wait_empty() -> None:
+        deadline = time.monotonic() + 10
+        while outbox.entries() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert outbox.entries() == []
+
+    acked("old", 1)
+    retention = RetentionThread(cfg, StorageHealth(), interval_s=0.05)
+    retention.start()
+    try:
+        wait_empty()  # once at start, off the caller's (the capture loop's) thread
+        assert "linetap-retention" in [t.name for t in threading.enumerate()]
+        acked("later", 2)
+        wait_empty()  # and again every interval
+    finally:
+        retention.stop(timeout=5)
+    assert retention.stop_event.is_set()
+    assert "linetap-retention" not in [t.name for t in threading.enumerate()]

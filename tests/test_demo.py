@@ -16,7 +16,7 @@ from tests.conftest import REPO
 def test_demo_end_to_end(tmp_path: Path):
     out = tmp_path / "demo"
     run = subprocess.run(
-        [sys.executable, "-m", "firmware.demo", "--out", str(out)],
+        [sys.executable, "-m", "demo", "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from drivers.audio.factory import open_capture
 from drivers.gpio.sim import SimPinFactory
-from firmware.app import make_sealing_sink
+from firmware.app import capture_source, make_sealing_sink
 from firmware.config import load_config
 from firmware.events import events_to_pin_script, parse_events
 from firmware.recorder import NS_PER_S, Recorder, StorageHealth
@@ -76,7 +75,7 @@ def build(
     stop = threading.Event()
     rec = Recorder(
         cfg,
-        open_capture(cfg.audio, stop=stop),
+        capture_source(cfg.audio, stop=stop),
         pins,
         sink,
         stop=stop,

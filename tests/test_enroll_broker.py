@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from headoffice import enroll
-from headoffice.enroll import (
+from headoffice import brokerconf, enroll, officeroot
+from headoffice.officeroot import (
     CaExists,
     CaLayout,
     CaMissing,
@@ -44,8 +44,9 @@ from headoffice.enroll import (
     EnrollError,
     SigningKeyConflict,
 )
-from sealedrec import age
+from sealedrec import age, protocol
 from sealedrec.keys import public_key_b64
+from sealedrec.tlskeys import DEVICE_ID_PATTERN, DeviceIdError, TlsKeyError, make_device_csr
 from tests.helpers import reaped, run_cli
 from tests.mqtt_broker import (
     Broker,
@@ -56,8 +57,6 @@ from tests.mqtt_broker import (
     office_broker_conf,
     run_mosquitto,
 )
-from uploader import protocol
-from uploader.tlskeys import DEVICE_ID_PATTERN, DeviceIdError, TlsKeyError, make_device_csr
 
 NOT_AUTHORIZED = 0x87
 NO_MATCHING_SUBSCRIBERS = 0x10
@@ -206,7 +205,7 @@ def test_enroll_device_issues_a_client_cert_and_record(root: Path, tmp_path: Pat
     assert record["cert_sha256"] == hashlib.sha256(der).hexdigest()
     enrolled = dt.datetime.fromisoformat(record["enrolled_utc"])
     assert abs(enrolled - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=1)
-    assert public_key_b64(enroll.device_signing_key(root, "A")) == signing
+    assert public_key_b64(officeroot.device_signing_key(root, "A")) == signing
 
 
 @pytest.mark.filterwarnings("ignore:Attribute's length")
@@ -276,23 +275,23 @@ def test_reenrol_same_key_renews_other_key_needs_replace(root: Path, tmp_path: P
     other = _signing_key()
     with pytest.raises(SigningKeyConflict, match=r"device A: .*manifest chain.*replace=True"):
         enroll.enroll_device(root, make_device_csr(key_path, "A"), other)
-    assert public_key_b64(enroll.device_signing_key(root, "A")) == signing
+    assert public_key_b64(officeroot.device_signing_key(root, "A")) == signing
     assert _cert(CaLayout(root).device_cert("A")).serial_number == second.serial_number
 
     enroll.enroll_device(root, make_device_csr(key_path, "A"), other, replace=True)
-    assert public_key_b64(enroll.device_signing_key(root, "A")) == other
+    assert public_key_b64(officeroot.device_signing_key(root, "A")) == other
     (archived,) = (CaLayout(root).devices / "replaced").glob("A-*.json")
     assert json.loads(archived.read_text())["signing_key"] == signing
 
 
 def test_device_signing_key_unknown_devices(root: Path) -> None:
     with pytest.raises(DeviceUnknown, match="device nope: not enrolled"):
-        enroll.device_signing_key(root, "nope")
+        officeroot.device_signing_key(root, "nope")
     with pytest.raises(DeviceUnknown, match="not a valid device id"):
-        enroll.device_signing_key(root, "../ca/ca")
+        officeroot.device_signing_key(root, "../ca/ca")
     (CaLayout(root).devices / "bad.json").write_text("{")
     with pytest.raises(EnrollError, match=r"bad\.json: unreadable device record"):
-        enroll.device_signing_key(root, "bad")
+        officeroot.device_signing_key(root, "bad")
 
 
 def test_enroll_without_a_ca(tmp_path: Path) -> None:
@@ -314,16 +313,16 @@ def test_devices_and_office_clients_share_one_namespace(root: Path) -> None:
         enroll.issue_office_client(root)
     renewed, same_key = enroll.issue_office_client(root, replace=True)
     assert same_key == key and _cert(renewed).public_key() == _cert(cert).public_key()
-    assert enroll.office_clients(root) == ["office-receiver"]
+    assert officeroot.office_clients(root) == ["office-receiver"]
 
 
 def test_acl_and_conf_rendering(root: Path, tmp_path: Path) -> None:
-    acl = enroll.render_acl(["office-receiver-1", "office-receiver-2"])
+    acl = brokerconf.render_acl(["office-receiver-1", "office-receiver-2"])
     assert acl.count("topic write linetap/+/ack/#") == 2
     assert "user office-receiver-1\n" in acl and "user office-receiver-2\n" in acl
     assert "user office-receiver\n" not in acl
     assert "pattern write linetap/%u/up/#" in acl
-    conf = enroll.render_mosquitto_conf(root, 8883, persistence_location=tmp_path / "data")
+    conf = brokerconf.render_mosquitto_conf(root, 8883, persistence_location=tmp_path / "data")
     assert "\nrequire_certificate true\n" in conf
     assert "\nuse_identity_as_username true\n" in conf
     assert f"\npersistence_location {tmp_path / 'data'}/\n" in conf
@@ -331,11 +330,11 @@ def test_acl_and_conf_rendering(root: Path, tmp_path: Path) -> None:
     assert size >= protocol.MAX_CHUNK_SIZE + 1024
     assert "$" not in conf.replace("$SYS", "")  # every placeholder substituted
     with pytest.raises(EnrollError, match="spaces"):
-        enroll.render_mosquitto_conf(root, 8883, persistence_location=tmp_path / "a b")
-    group = enroll.office_share_group(root)
+        brokerconf.render_mosquitto_conf(root, 8883, persistence_location=tmp_path / "a b")
+    group = brokerconf.office_share_group(root)
     assert re.fullmatch(r"office-[0-9a-f]{32}", group)
-    assert enroll.office_share_group(root) == group
-    assert enroll.office_share_filter(root) == f"$share/{group}/linetap/+/up/#"
+    assert brokerconf.office_share_group(root) == group
+    assert brokerconf.office_share_filter(root) == f"$share/{group}/linetap/+/up/#"
 
 
 # --------------------------------------------------------------------------- with mosquitto
@@ -376,7 +375,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         base / "C" / "tls.key",
     )
     creds["office"] = enroll.issue_office_client(root)
-    return Pki(root, CaLayout(root).broker_ca, creds, enroll.office_share_filter(root))
+    return Pki(root, CaLayout(root).broker_ca, creds, brokerconf.office_share_filter(root))
 
 
 @pytest.fixture(scope="module")
@@ -505,7 +504,9 @@ def test_a_blocked_device_can_do_nothing(broker: Broker, pki: Pki) -> None:
     acl = CaLayout(pki.root).broker_acl
     normal = acl.read_text()
     assert "topic deny" not in normal
-    acl.write_text(enroll.render_acl(enroll.office_clients(pki.root), blocked_devices=["C"]))
+    acl.write_text(
+        brokerconf.render_acl(officeroot.office_clients(pki.root), blocked_devices=["C"])
+    )
     try:
         broker.reload()
         with (

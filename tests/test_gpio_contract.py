@@ -29,13 +29,13 @@ from typing import Any, Protocol
 
 import pytest
 
+from drivers.errors import GpioError
 from drivers.gpio import Edge, PinFactory
 from drivers.gpio.devices import Led, SwitchInput
 from drivers.gpio.factory import make_pin_factory
 from drivers.gpio.gpiod_backend import GpiodFactory
 from drivers.gpio.rpigpio import RPiGPIOFactory
 from drivers.gpio.sim import ScriptedLevel, SimPinFactory
-from firmware.errors import GpioError
 
 HOOK, OPT_OUT, OTHER_IN = 17, 27, 24  # inputs
 LED, LED2 = 22, 23  # outputs

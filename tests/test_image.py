@@ -11,6 +11,9 @@ provisioned the device and both services reached active, and waits for the recor
 seal the call; then the machine powers off. The test reads the data partition back with
 debugfs (no mounts), checks the manifest's signature and hashes, and decrypts the
 recording with the `age` tool.
+
+Fast checks (not slow) of the build scripts: the image carries only the device packages,
+and the build fails if head-office or demo code is importable in it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import shlex
 import shutil
 import struct
 import subprocess
+import sys
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +39,6 @@ import soundfile
 
 from sealedrec.keys import public_key_from_b64
 from sealedrec.verify import read_manifest, verify_entry
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_DIR = REPO / "image"
@@ -396,6 +399,7 @@ def office_key(work: Path) -> tuple[Path, str]:
     return key, run(["age-keygen", "-y", str(key)]).stdout.strip()
 
 
+@pytest.mark.slow
 def test_image_boots_provisions_and_seals_a_call(image: Path) -> None:
     # Not tmp_path: the run takes minutes and other pytest sessions on this machine prune
     # old basetemp folders; image/build/ is ours (git-ignored) and keeps the evidence.
@@ -423,3 +427,57 @@ def test_image_boots_provisions_and_seals_a_call(image: Path) -> None:
     # The evidence stays (console.log, figures.json, data/); the disk copies are big.
     for big in ("linetap-test.img", "data.ext4", "vmlinuz", "initrd.img"):
         (work / big).unlink(missing_ok=True)
+
+
+# -- fast checks of the build scripts ------------------------------------------------------
+
+OFFICE_ONLY = {"headoffice", "demo"}
+
+
+def device_packages() -> list[str]:
+    """``DEVICE_PACKAGES`` as image/customize.sh spells it."""
+    text = (IMAGE_DIR / "customize.sh").read_text()
+    [line] = [ln for ln in text.splitlines() if ln.startswith("DEVICE_PACKAGES=(")]
+    return shlex.split(line.removeprefix("DEVICE_PACKAGES=(").removesuffix(")"))
+
+
+def check_device_only(tree: Path) -> subprocess.CompletedProcess[str]:
+    """image/check-device-only.py over ``tree`` alone (-S: not this venv's editable install)."""
+    return subprocess.run(
+        [sys.executable, "-S", str(IMAGE_DIR / "check-device-only.py")],
+        env={"PYTHONPATH": str(tree), "PATH": os.environ["PATH"]},
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_image_carries_the_device_packages_and_no_office_code(tmp_path: Path) -> None:
+    packages = device_packages()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    roots = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    # Every package of the wheel but the office's goes into the image (a new device
+    # package cannot be forgotten), and nothing of the office or the demo does.
+    assert set(packages) == roots - OFFICE_ONLY
+    script = (IMAGE_DIR / "customize.sh").read_text()
+    assert '"${DEVICE_PACKAGES[@]}" | tar -C "$src" -xf -' in script
+    assert 'in_root "$VENV/bin/python" - <"$HERE/check-device-only.py"' in script
+    assert "headoffice" not in script.split("DEVICE_PACKAGES=(", 1)[1].split(")", 1)[0]
+    subprocess.run(["bash", "-n", str(IMAGE_DIR / "customize.sh")], check=True, timeout=30)
+
+    tree = tmp_path / "site"
+    for name in packages:
+        shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    ok = check_device_only(tree)
+    assert ok.returncode == 0, ok.stderr
+    assert "no headoffice or demo code in the image" in ok.stdout
+    for intruder in sorted(OFFICE_ONLY):
+        (tree / intruder).mkdir()
+        (tree / intruder / "__init__.py").write_text("")
+        bad = check_device_only(tree)
+        assert bad.returncode == 1, bad.stdout
+        assert f"customize: {intruder} importable in the image" in bad.stderr
+        assert "DEVICE_PACKAGES" in bad.stderr
+        shutil.rmtree(tree / intruder)

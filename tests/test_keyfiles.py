@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from sealedrec.durable import replace_file, write_new_file
 from sealedrec.keys import DeviceKeyError, create_device_key, load_device_key
-from uploader.tlskeys import TlsKeyError, load_or_create_tls_key
+from sealedrec.tlskeys import TlsKeyError, load_or_create_tls_key
 
 
 @pytest.fixture

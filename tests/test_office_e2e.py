@@ -23,8 +23,8 @@ import soundfile
 
 from buffers.outbox import Outbox, OutboxState
 from headoffice import enroll
-from headoffice.enroll import CaLayout
 from headoffice.index import open_index
+from headoffice.officeroot import CaLayout
 from sealedrec.keys import load_device_key
 from sealedrec.manifest import manifest_hash
 from tests.conftest import VENV_BIN

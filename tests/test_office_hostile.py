@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from buffers.outbox import Outbox, OutboxState
-from headoffice.enroll import CaLayout
 from headoffice.index import open_index
+from headoffice.officeroot import CaLayout
 from sealedrec.manifest import manifest_hash
 from tests.mqtt_broker import Broker, office_broker_conf, run_mosquitto
 from tests.office_harness import (

@@ -22,7 +22,7 @@ from headoffice.index import (
     open_index,
     redact_dsn,
 )
-from headoffice.store import BlobStore
+from headoffice.store import FileBlobStore
 from sealedrec.manifest import GENESIS_HASH, ManifestError, manifest_hash, sign_manifest
 
 SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")
@@ -317,7 +317,7 @@ def test_receiver_alarm(index: Index):
 class Finisher:
     """What a worker does once it holds every chunk: check, assemble, commit, index."""
 
-    def __init__(self, index_url: str, store: BlobStore, manifest: dict[str, Any], n: int):
+    def __init__(self, index_url: str, store: FileBlobStore, manifest: dict[str, Any], n: int):
         self.index_url, self.store, self.m, self.n = index_url, store, manifest, n
         self.barrier = threading.Barrier(2, timeout=30)  # a failed opener frees the other
         self.mutex = threading.Lock()
@@ -356,7 +356,7 @@ class Finisher:
 def test_two_workers_finish_the_same_recording_once(index_url: str, tmp_path: Path):
     """Both have every chunk and try to finish at once; exactly one does the work, the
     other finds it done: one row, one blob, no leftovers."""
-    store = BlobStore(tmp_path / "store")
+    store = FileBlobStore(tmp_path / "store")
     data = secrets.token_bytes(5000)
     m = Device().manifest(blob_sha256=hashlib.sha256(data).hexdigest(), blob_bytes=len(data))
     rec = m["recording_id"]

@@ -25,18 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from firmware.cli import main as linetap_main
 from headoffice.cli import main as office_main
-from headoffice.cli_query import (
-    add_query_commands,
-    cmd_export,
-    cmd_ls,
-    cmd_show,
-    cmd_verify,
-    format_table,
-    terminal_safe,
-)
+from headoffice.cli_query import add_query_commands
 from headoffice.config import OfficeConfig, resolve_office
+from headoffice.export import cmd_export
 from headoffice.index import Index, open_index
-from headoffice.store import BlobStore
+from headoffice.printing import format_table, terminal_safe
+from headoffice.query import cmd_ls, cmd_show
+from headoffice.store import FileBlobStore
+from headoffice.storeverify import cmd_verify
 from sealedrec.age import load_identities
 from sealedrec.keys import load_device_key, public_key_b64
 from sealedrec.verify import decrypt_recording
@@ -76,8 +72,9 @@ def _recover_a_crashed_call(out: Path, office: tuple[Path, str], tmp: Path) -> n
     for i in range(0, len(data), 160):
         writer.write(data[i : i + 160])
     # The process dies here: nothing is closed or sealed; 3 s were synced to the journal.
-    writer._close_stream(finish=False)
-    writer._journal.close()
+    inner = writer._writer  # type: ignore[attr-defined]  # the SealingWriter behind it
+    inner._close_stream(finish=False)
+    inner._journal.close()
     assert make_sealing_sink(cfg, StorageHealth()).recover() == [start.recording_id]
     return data[: 3 * RATE]
 
@@ -108,7 +105,7 @@ def blob_of(entry: Path) -> Path:
     return next(p for p in entry.iterdir() if p.name.startswith("recording."))
 
 
-def ingest(store: BlobStore, index: Index, entry: Path) -> Path:
+def ingest(store: FileBlobStore, index: Index, entry: Path) -> Path:
     """What the receiver does with an upload: park chunks, assemble, commit, index."""
     m = manifest_of(entry)
     device, rec = m["device_id"], m["recording_id"]
@@ -126,7 +123,7 @@ def ingest(store: BlobStore, index: Index, entry: Path) -> Path:
 
 @dataclass
 class Office:
-    store: BlobStore
+    store: FileBlobStore
     index: Index
     keys: dict[str, Ed25519PublicKey]
     paths: list[Path]
@@ -141,7 +138,7 @@ class Office:
 
 
 def make_office(tmp_path: Path, sealed: Sealed, seqs: tuple[int, ...] = (1, 2, 3)) -> Office:
-    store = BlobStore(tmp_path / "store")
+    store = FileBlobStore(tmp_path / "store")
     url = f"sqlite:///{tmp_path}/store/index.sqlite3"
     index = open_index(url)
     chosen = [e for e in sealed.entries if manifest_of(e)["seq"] in seqs]
@@ -497,7 +494,7 @@ def hostile_entry(sealed: Sealed, tmp_path: Path) -> Path:
 
 
 def test_ls_and_show_escape_control_characters(tmp_path: Path, sealed: Sealed):
-    store = BlobStore(tmp_path / "store")
+    store = FileBlobStore(tmp_path / "store")
     index = open_index(f"sqlite:///{tmp_path}/store/index.sqlite3")
     try:
         entry = hostile_entry(sealed, tmp_path)

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 import headoffice.store as store_mod
-from headoffice.store import BlobStore, StoreError
+from headoffice.blobstore import StoreError
+from headoffice.store import FileBlobStore
 from sealedrec import durable
 
 DEV = "dev-a"
@@ -36,7 +37,7 @@ def manifest_for(
     }
 
 
-def park_all(store: BlobStore, data: bytes, size: int, rec: str = REC) -> int:
+def park_all(store: FileBlobStore, data: bytes, size: int, rec: str = REC) -> int:
     chunks = [data[i : i + size] for i in range(0, len(data), size)]
     for i, chunk in enumerate(chunks):
         store.park_chunk(DEV, rec, i, chunk)
@@ -44,11 +45,11 @@ def park_all(store: BlobStore, data: bytes, size: int, rec: str = REC) -> int:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    return BlobStore(tmp_path / "store")
+def store(tmp_path: Path) -> FileBlobStore:
+    return FileBlobStore(tmp_path / "store")
 
 
-def test_park_is_atomic_and_idempotent(store: BlobStore):
+def test_park_is_atomic_and_idempotent(store: FileBlobStore):
     path = store.park_chunk(DEV, REC, 3, b"abc")
     assert path == store.root / "parking" / DEV / REC / "0000003.part"
     assert path.read_bytes() == b"abc"
@@ -65,7 +66,7 @@ def test_park_is_atomic_and_idempotent(store: BlobStore):
     assert list((store.root / "tmp").iterdir()) == []
 
 
-def test_ids_cannot_escape_the_store(store: BlobStore):
+def test_ids_cannot_escape_the_store(store: FileBlobStore):
     for device, rec in ((DEV, "../../etc"), ("..", REC), (DEV, "a/b"), ("", REC)):
         with pytest.raises(StoreError) as err:
             store.park_chunk(device, rec, 0, b"x")
@@ -74,7 +75,7 @@ def test_ids_cannot_escape_the_store(store: BlobStore):
         store.park_chunk(DEV, REC, -1, b"x")
 
 
-def test_assemble_checks_size_and_sha(store: BlobStore):
+def test_assemble_checks_size_and_sha(store: FileBlobStore):
     data = os.urandom(10_000)
     n = park_all(store, data, 3000)
     sha = hashlib.sha256(data).hexdigest()
@@ -99,7 +100,9 @@ def test_assemble_checks_size_and_sha(store: BlobStore):
     assert list((store.root / "tmp").iterdir()) == []  # failures leave no temp file
 
 
-def test_commit_places_blob_and_manifest_durably(store: BlobStore, monkeypatch: pytest.MonkeyPatch):
+def test_commit_places_blob_and_manifest_durably(
+    store: FileBlobStore, monkeypatch: pytest.MonkeyPatch
+):
     synced: list[Path] = []
     real = durable.fsync_dir
 
@@ -108,6 +111,7 @@ def test_commit_places_blob_and_manifest_durably(store: BlobStore, monkeypatch: 
         real(path)
 
     monkeypatch.setattr(store_mod, "fsync_dir", spy)
+    monkeypatch.setattr(durable, "fsync_dir", spy)  # files written through durable.atomic_file
     data = os.urandom(5000)
     m = manifest_for(data, started="2026-11-25T23:30:00.000-02:00")  # the 26th in UTC
     blob = store.assemble(DEV, REC, park_all(store, data, 1024), len(data), m["blob_sha256"])
@@ -123,7 +127,7 @@ def test_commit_places_blob_and_manifest_durably(store: BlobStore, monkeypatch: 
     assert (path.stat().st_mode & 0o777) == 0o600
 
 
-def test_commit_is_idempotent_and_refuses_conflicts(store: BlobStore):
+def test_commit_is_idempotent_and_refuses_conflicts(store: FileBlobStore):
     data = os.urandom(3000)
     m = manifest_for(data)
     n = park_all(store, data, 1024)
@@ -150,7 +154,7 @@ def test_commit_is_idempotent_and_refuses_conflicts(store: BlobStore):
         store.commit(DEV, REC, m["started_utc"], "age", None, {**m, "seq": 2})
 
 
-def test_commit_checks_the_blob_against_the_manifest(store: BlobStore):
+def test_commit_checks_the_blob_against_the_manifest(store: FileBlobStore):
     data = os.urandom(2000)
     tmp = store.root / "tmp" / "b"
     tmp.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
@@ -166,7 +170,7 @@ def test_commit_checks_the_blob_against_the_manifest(store: BlobStore):
         store.commit(DEV, REC, "tuesday", "age", tmp, manifest_for(data))
 
 
-def test_commit_segments_and_no_audio(store: BlobStore, tmp_path: Path):
+def test_commit_segments_and_no_audio(store: FileBlobStore, tmp_path: Path):
     data = os.urandom(100)
     outside = tmp_path / "seg.bin"  # given from elsewhere: copied in if need be
     outside.write_bytes(data)
@@ -179,7 +183,7 @@ def test_commit_segments_and_no_audio(store: BlobStore, tmp_path: Path):
     assert not list(path2.parent.glob("rec-2.age"))
 
 
-def test_drop_parking(store: BlobStore):
+def test_drop_parking(store: FileBlobStore):
     park_all(store, b"abcdef", 2)
     store.park_chunk("dev-b", "r2", 0, b"z")
     listed = store.list_parking()
@@ -191,7 +195,7 @@ def test_drop_parking(store: BlobStore):
     store.drop_parking(DEV, REC)  # idempotent
 
 
-def test_lock_excludes_threads_and_cleans_up(store: BlobStore):
+def test_lock_excludes_threads_and_cleans_up(store: FileBlobStore):
     counter = {"n": 0, "max": 0, "inside": 0}
     errors: list[BaseException] = []
 
@@ -218,13 +222,13 @@ def test_lock_excludes_threads_and_cleans_up(store: BlobStore):
     assert list((store.root / "locks" / DEV).iterdir()) == []  # released locks leave no file
 
 
-def test_lock_times_out_against_another_process(store: BlobStore):
+def test_lock_times_out_against_another_process(store: FileBlobStore):
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from headoffice.store import BlobStore\n"
-            f"s = BlobStore(Path({str(store.root)!r}))\n"
+            "import sys; from pathlib import Path; from headoffice.store import FileBlobStore\n"
+            f"s = FileBlobStore(Path({str(store.root)!r}))\n"
             f"with s.lock({DEV!r}, {REC!r}):\n"
             "    print('held', flush=True); sys.stdin.read()\n",
         ],
@@ -254,7 +258,7 @@ def test_lock_times_out_against_another_process(store: BlobStore):
         pass  # free once the holder is gone
 
 
-def test_cleanup_tmp(store: BlobStore):
+def test_cleanup_tmp(store: FileBlobStore):
     old = store.root / "tmp" / "old.tmp"
     old.write_bytes(b"x")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
@@ -267,4 +271,4 @@ def test_unwritable_root_is_a_store_error(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create"):
-        BlobStore(blocker / "store")
+        FileBlobStore(blocker / "store")

@@ -22,17 +22,19 @@ import pytest
 from buffers.outbox import (
     ACKED_AT_FILE,
     SEALED_AT_FILE,
+    ManifestHead,
     Outbox,
     OutboxEntry,
     OutboxEntryNotFound,
     OutboxError,
     OutboxState,
     OutboxStateError,
-    apply_retention,
     entry_name,
     parse_entry_name,
 )
+from buffers.retention import apply_retention
 from firmware.errors import StorageError
+from sealedrec.manifest import manifest_hash
 from tests.helpers import mounted_tmpfs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -628,3 +630,36 @@ def test_disk_full_keeps_the_outbox_consistent_and_recovers(tiny_tmpfs):
     again = ob.add(100, "after", _files("after", 100, size))
     _assert_complete(again.path, "after", 100, size)
     assert [e.recording_id for e in ob.entries()] == [*done[3:], "late", "after"]
+
+
+def test_hand_over_recover_staged_and_the_highest_manifest(tmp_path):
+    ob = Outbox(tmp_path / "outbox")
+    assert ob.highest_manifest() is None
+    work = tmp_path / "journal" / "r1"
+    first = {"seq": 1, "recording_id": "r1"}
+
+    def sealed_dir() -> None:
+        work.mkdir(parents=True)
+        (work / "manifest.json").write_text(json.dumps(first))
+        (work / "recording.age").write_bytes(b"sealed")
+
+    sealed_dir()
+    entry = ob.hand_over(work, 1, "r1")
+    assert entry is not None and entry.state is OutboxState.SEALED and not work.exists()
+    assert (entry.path / "recording.age").read_bytes() == b"sealed"
+    assert ob.highest_manifest() == ManifestHead(1, manifest_hash(first))
+    # Handed over again (a crash after the first time): the copy goes, the entry stays.
+    sealed_dir()
+    assert ob.hand_over(work, 1, "r1") is None and not work.exists()
+    assert [e.recording_id for e in ob.entries()] == ["r1"]
+    # A crash left one staged entry complete (its manifest written) and one not.
+    second = {"seq": 2, "recording_id": "r2"}
+    ob.write_file(ob.stage(2, "r2"), "manifest.json", json.dumps(second).encode())
+    ob.write_file(ob.stage(3, "r3"), "recording.age", b"half")
+    assert [e.recording_id for e in ob.recover_staged()] == ["r2"]
+    assert os.listdir(tmp_path / "outbox" / "tmp") == []
+    assert ob.highest_manifest() == ManifestHead(2, manifest_hash(second))
+    # Retention deleted the newest: its seq is still known, its manifest is not.
+    ob.mark_acked("r2")
+    assert ob.delete("r2")
+    assert ob.highest_manifest() == ManifestHead(2, None)

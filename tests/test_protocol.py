@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uploader.protocol import (
+from sealedrec.protocol import (
     Ack,
     AckStatus,
     Fin,

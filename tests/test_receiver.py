@@ -14,10 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from firmware.errors import LinetapError
 from headoffice.index import open_index
 from headoffice.receiver import Receiver
-from headoffice.store import BlobStore
+from headoffice.store import FileBlobStore
 from sealedrec.manifest import GENESIS_HASH, manifest_hash, sign_manifest
-from tests.helpers import signed_manifest
-from uploader.protocol import (
+from sealedrec.protocol import (
     SHA256_PROPERTY,
     Ack,
     AckStatus,
@@ -29,6 +28,7 @@ from uploader.protocol import (
     fin_topic,
     init_topic,
 )
+from tests.helpers import signed_manifest
 
 DEVICE = "dev1"
 CHUNK = 4096
@@ -96,7 +96,7 @@ def office(tmp_path: Path):
         return keys[name]
 
     index = open_index(f"sqlite:///{tmp_path / 'index.sqlite3'}")
-    store = BlobStore(tmp_path / "store")
+    store = FileBlobStore(tmp_path / "store")
     receiver = Receiver(store, index, device_key, fin_grace_s=0)
     yield device, receiver, store, index, tmp_path, device_key
     index.close()
@@ -180,7 +180,7 @@ def test_two_workers_on_a_shared_subscription(office):
     device, _, _, _, tmp_path, device_key = office
     workers = [
         Receiver(
-            BlobStore(tmp_path / "store"),
+            FileBlobStore(tmp_path / "store"),
             open_index(f"sqlite:///{tmp_path / 'index.sqlite3'}"),
             device_key,
         )

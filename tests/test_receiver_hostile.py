@@ -28,11 +28,9 @@ from firmware.errors import LinetapError
 from headoffice.config import LimitsConfig
 from headoffice.index import open_index
 from headoffice.receiver import Receiver, Reply
-from headoffice.store import BlobStore
+from headoffice.store import FileBlobStore
 from sealedrec.manifest import sign_manifest
-from tests.helpers import mounted_tmpfs, signed_manifest
-from tests.test_office_index import index_url, pg_dsn  # noqa: F401 - fixtures
-from uploader.protocol import (
+from sealedrec.protocol import (
     MAX_CHUNK_SIZE,
     MAX_JSON_DEPTH,
     SHA256_PROPERTY,
@@ -48,6 +46,8 @@ from uploader.protocol import (
     init_topic,
     parse_json,
 )
+from tests.helpers import mounted_tmpfs, signed_manifest
+from tests.test_office_index import index_url, pg_dsn  # noqa: F401 - fixtures
 
 HOSTILE = "hostile"
 HONEST = "honest"
@@ -106,7 +106,7 @@ class Office:
         self.root = root
         self.devices = {name: Device(name) for name in (HOSTILE, HONEST)}
         self.index = open_index(url)
-        self.store = BlobStore(root / "store")
+        self.store = FileBlobStore(root / "store")
         self.replies: list[Reply] = []
         self.receiver = Receiver(
             self.store,
@@ -372,7 +372,7 @@ def test_a_full_disk_is_busy_not_fatal_and_resumes(tmp_path: Path):
     with mounted_tmpfs(tmp_path / "small", "1m") as mount:
         index_url = f"sqlite:///{tmp_path / 'index.sqlite3'}"  # alarms can still be written
         office = Office(tmp_path, index_url)
-        office.store = BlobStore(mount / "store")
+        office.store = FileBlobStore(mount / "store")
         office.receiver.store = office.store
         filler = mount / "filler"
         with open(filler, "wb") as fh:
@@ -404,7 +404,7 @@ def test_a_full_disk_is_busy_not_fatal_and_resumes(tmp_path: Path):
 def test_a_disk_that_fills_between_chunks_loses_nothing(tmp_path: Path):
     with mounted_tmpfs(tmp_path / "small", "2m") as mount:
         office = Office(tmp_path, f"sqlite:///{tmp_path / 'index.sqlite3'}")
-        office.store = BlobStore(mount / "store")
+        office.store = FileBlobStore(mount / "store")
         office.receiver.store = office.store
         dev = office.devices[HONEST]
         blob = os.urandom(600_000)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from drivers.audio import AudioBlock, CaptureStats
-from drivers.audio.factory import open_capture
 from drivers.gpio.sim import SimPinFactory
+from firmware.app import capture_source
 from firmware.config import load_config
 from firmware.events import events_to_pin_script, parse_events
 from firmware.leds import (
@@ -37,7 +37,7 @@ def build(tmp_path: Path, events: str, seconds: float = 20, out: Path | None = N
     cfg = load_config(conf)
     pins = SimPinFactory(script=events_to_pin_script(parse_events(events), cfg))
     stop = threading.Event()
-    capture = open_capture(cfg.audio, stop=stop)
+    capture = capture_source(cfg.audio, stop=stop)
     rec = Recorder(
         cfg,
         capture,

@@ -17,6 +17,7 @@ import pytest
 import soundfile
 
 from drivers.audio.alsa import AlsaCapture
+from drivers.audio.formats import SampleFormat
 from drivers.gpio.sim import SimPinFactory
 from firmware.config import load_config
 from firmware.recorder import NS_PER_S, Recorder
@@ -40,7 +41,7 @@ def test_two_lines_through_alsa(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         device=cfg.audio.device,
         sample_rate=rate,
         channels=2,
-        sample_format=cfg.audio.sample_format,
+        sample_format=SampleFormat(cfg.audio.sample_format),
         period_frames=period,
         periods=4,
         clock=PacedClock(period * NS_PER_S // rate, start_ns=10 * NS_PER_S),

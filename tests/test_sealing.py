@@ -21,6 +21,7 @@ from firmware.app import make_sealing_sink
 from firmware.cli import main
 from firmware.config import load_config
 from firmware.recorder import StorageHealth
+from firmware.sealwriter import SealingWriter, SealJob
 from firmware.sinks import RecordingEnd, RecordingStart
 from sealedrec.age import load_identities
 from sealedrec.keys import create_device_key, load_device_key
@@ -377,3 +378,26 @@ def test_a_call_cut_by_a_crash_keeps_the_caller_id_known_at_its_start(tmp_path: 
     assert manifests["rec-2"]["caller_id"] == caller
     assert manifests["rec-2"]["direction"] == "inbound"
     assert manifests["rec-1"]["caller_id"] is None  # nothing known, nothing made up
+
+
+def test_the_writer_knows_no_sink_its_close_returns_the_job(tmp_path: Path, office):
+    """The in-call writer and the after-call sealer meet only through the job."""
+    _, sink, first, end, data = _sink_and_writer(tmp_path, office, seconds=3)
+    first.close(end)  # through the sink: its job is queued
+    start = RecordingStart("rec-2", "dev1", "line1", 0, RATE, "offhook", START_UTC, 0, 0, 0.0)
+    writer = SealingWriter(tmp_path / "data" / "journal" / "rec-2", start, sink.settings)
+    writer.write(data)
+    job = writer.close(end)
+    assert isinstance(job, SealJob) and job.directory.name == "rec-2"
+    assert job.pending is not None and job.pending.ram_bytes == 0
+    assert sink.pending == 1  # only the first: nothing queued behind the sealer's back
+    sink.enqueue(job)
+    while sink.pending:
+        sink.poll()
+    entries = sorted((tmp_path / "data" / "outbox" / "sealed").iterdir())
+    assert [(manifest_of(e)["recording_id"], manifest_of(e)["seq"]) for e in entries] == [
+        ("rec-1", 1),
+        ("rec-2", 2),
+    ]
+    samples, _, _ = decrypt_recording(entries[1], load_identities(office[0]))
+    np.testing.assert_array_equal(samples, data)

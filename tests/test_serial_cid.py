@@ -22,7 +22,7 @@ from drivers.serial.factory import BACKENDS, make_serial_port
 from drivers.serial.pyserial_port import PySerialPort
 from drivers.serial.reader import SerialCallerIdReader
 from drivers.serial.sim import ScriptedBytes, SimSerialPort
-from firmware.errors import LinetapError
+from sealedrec.errors import LinetapError
 from tests.helpers import CidFields, cid_fields
 
 MS = 1_000_000

@@ -39,12 +39,12 @@ from firmware.tools import _checks as c
 from firmware.tools.check import exit_code, format_check, run_checks
 from headoffice import enroll
 from headoffice.enroll import CaLayout
+from sealedrec import protocol
 from sealedrec.keys import create_device_key, key_id, load_device_key, public_key_b64
+from sealedrec.tlskeys import make_device_csr
 from tests.alsa_pcm import FilePcm, make_file_pcm
 from tests.helpers import espeak_word, lines_toml, mounted_tmpfs, run_cli
 from tests.mqtt_broker import Broker, MqttProbe, free_port, office_broker_conf, run_mosquitto
-from uploader import protocol
-from uploader.tlskeys import make_device_csr
 
 DEVICE = "dev-check"
 RATE = 8000

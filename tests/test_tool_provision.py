@@ -34,12 +34,12 @@ from firmware.config import load_config
 from firmware.tools.provision import DevicePaths, FirstBoot, first_boot
 from headoffice import enroll
 from headoffice.enroll import CaLayout, OfficeSetup
+from sealedrec import protocol
 from sealedrec.keys import load_device_key, public_key_b64
+from sealedrec.tlskeys import load_or_create_tls_key
 from tests.conftest import VENV_BIN
 from tests.helpers import mounted_tmpfs
 from tests.mqtt_broker import MqttProbe, office_broker_conf, run_mosquitto
-from uploader import protocol
-from uploader.tlskeys import load_or_create_tls_key
 
 LINETAP = [str(VENV_BIN / "linetap")]
 DEVICE = "shop-12"

@@ -32,14 +32,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from buffers.outbox import Outbox, OutboxEntry, OutboxState
 from firmware.config import UploadConfig
+from firmware.runstate import read_recorder_status
+from sealedrec import protocol
+from sealedrec.protocol import Ack, AckStatus, Fin, Init, Kind, ProtocolError
 from tests.conftest import REPO, VENV_BIN
 from tests.helpers import add_opaque_entry, config_text, reaped
 from tests.mqtt_broker import Broker, office_broker_conf, run_mosquitto
-from uploader import protocol
 from uploader.client import Uploader
 from uploader.daemon import main as upload_main
-from uploader.daemon import read_recorder_status
-from uploader.protocol import Ack, AckStatus, Fin, Init, Kind, ProtocolError
 
 DEVICE = "test-device"  # tests.helpers.config_text's device_id
 WAIT_S = 30.0
@@ -574,7 +574,7 @@ def test_over_tls_with_the_enrolled_certificate_and_the_production_acl(
 
     from headoffice import enroll
     from sealedrec.keys import public_key_b64
-    from uploader.tlskeys import make_device_csr
+    from sealedrec.tlskeys import make_device_csr
 
     caplog.set_level(logging.INFO, logger="uploader")
     root = tmp_path / "office"

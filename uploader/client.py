@@ -6,7 +6,7 @@ SUBACK, PUBACK, incoming message, connection gone). Everything else — the conn
 the in-flight window, the current upload, the counters — belongs to the caller's thread.
 
 Per recording (oldest first; entries a crash left in ``uploading/`` before any sealed
-one), following :mod:`uploader.protocol`::
+one), following :mod:`sealedrec.protocol`::
 
     claim → init → ack(missing) → chunks (≤ window in flight, each PUBACK checked)
           → fin → ack(stored, same blob sha256) → mark_acked
@@ -19,7 +19,7 @@ A lost connection abandons the round; after reconnecting, the entry (still in
 travel twice. A recording is marked acked only on a ``stored`` ack whose blob sha256 is
 the manifest's.
 
-The parts: :mod:`uploader.events` (paho's client and the events its thread queues),
+The parts: :mod:`firmware.mqttlink` (paho's client and the events its thread queues),
 :mod:`uploader.connection` (connecting, the in-flight window, reconnect backoff),
 :mod:`uploader.transfer` (one recording's rounds), :mod:`uploader.telemetry` (the status
 document); this module picks the entries and ties the parts together.
@@ -44,9 +44,9 @@ from buffers.outbox import (
     OutboxStateError,
 )
 from firmware.config import UploadConfig
-from uploader import protocol
+from firmware.mqttlink import ClientFactory
+from sealedrec import protocol
 from uploader.connection import POLL_S, Backoff, Link, Lost, Sent, Stopping
-from uploader.events import ClientFactory
 from uploader.telemetry import UploadStats, status_document
 from uploader.transfer import LocalProblem, Transfer, prepare, read_ack
 

@@ -6,7 +6,7 @@ reconnect). paho's own reconnect is off: the uploader reconnects with exponentia
 backoff and jitter (:class:`Backoff`), waiting on the stop event.
 
 Everything here runs in the upload thread; paho's thread only feeds the event queue
-(:mod:`uploader.events`), which :meth:`Link.pump` drains.
+(:mod:`firmware.mqttlink`), which :meth:`Link.pump` drains.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware.config import UploadConfig
-from uploader import protocol
-from uploader.events import (
+from firmware.mqttlink import (
     ClientFactory,
     Connack,
     Event,
@@ -37,6 +36,7 @@ from uploader.events import (
     Suback,
     make_client,
 )
+from sealedrec import protocol
 
 # The uploader's modules share one logger: log lines name "uploader.client" throughout.
 log = logging.getLogger("uploader.client")

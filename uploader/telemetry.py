@@ -1,6 +1,7 @@
 """The uploader's status document, published (retained) on ``linetap/{device}/status``
 and, with the broker link's state, written to ``runtime_dir/uploader.json`` for
-``linetap status`` (:class:`LocalStatus`)."""
+``linetap status`` (:class:`LocalStatus`, through :mod:`firmware.runstate`, which owns
+that file and the recorder's)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,12 @@ from typing import Any, Literal
 
 import paho.mqtt
 
-import firmware
 from buffers.outbox import Outbox, OutboxError
 from firmware.clock import read_clock_sync
-from firmware.sinks import write_json_atomic
+from firmware.runstate import write_status_file
+from runtime import __version__
 
 log = logging.getLogger(__name__)
-
-UPLOADER_STATUS_NAME = "uploader.json"  # in storage.runtime_dir, beside recorder.json
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +91,7 @@ def status_document(
         "clock_sync": read_clock_sync().as_dict(),
         "recorder": _recorder_status(status_source),
         "versions": {
-            "linetap": firmware.__version__,
+            "linetap": __version__,
             "python": platform.python_version(),
             "paho": paho.mqtt.__version__,
         },
@@ -110,11 +109,6 @@ def _recorder_status(status_source: Callable[[], dict[str, Any]] | None) -> dict
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def uploader_status_path(runtime_dir: Path) -> Path:
-    """Where the uploader leaves its status for ``linetap status``."""
-    return runtime_dir / UPLOADER_STATUS_NAME
 
 
 class ProblemLog(logging.Handler):
@@ -185,8 +179,7 @@ class LocalStatus:
             "link": self.link_state(),
         }
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.path, payload, indent=None)
+            write_status_file(self.path, payload)
         except OSError as exc:
             message = (
                 f"{self.path} not written ({exc.strerror or exc}); "

@@ -1,4 +1,4 @@
-"""One recording's upload: the init / chunks / fin rounds of :mod:`uploader.protocol`.
+"""One recording's upload: the init / chunks / fin rounds of :mod:`sealedrec.protocol`.
 
 :func:`prepare` checks a claimed outbox entry (manifest, blob) and makes its init;
 :class:`Transfer` runs the rounds until the store says stored or rejected (the diagram
@@ -24,10 +24,10 @@ from paho.mqtt.properties import Properties
 
 from buffers.outbox import OutboxEntry
 from firmware.config import UploadConfig
+from sealedrec import protocol
 from sealedrec.manifest import BLOB_FILES, MANIFEST_FILE
-from uploader import protocol
+from sealedrec.protocol import Ack, AckStatus, Fin, Init, Kind, ProtocolError
 from uploader.connection import POLL_S, Backoff, Link, Lost, Sent, Stopping
-from uploader.protocol import Ack, AckStatus, Fin, Init, Kind, ProtocolError
 
 # The uploader's modules share one logger: log lines name "uploader.client" throughout.
 log = logging.getLogger("uploader.client")
@@ -179,9 +179,11 @@ class Transfer:
             if ack.status is AckStatus.REJECTED:
                 return ack.reason or "no reason given"
             if ack.status is AckStatus.BUSY:
-                # The store cannot take it now (full disk, a quota): ask again later,
-                # keeping the recording; a store's figure is capped by the protocol.
-                delay = max(float(ack.retry_after_s), self._backoff.next())
+                # The store cannot take it now (full disk, a quota): ask again when it
+                # says (bounded by the protocol to 1 s..1 h), keeping the recording. Its
+                # figure, not our growing backoff: after a long outage a device resumes
+                # within retry_after_s of the store having room again.
+                delay = float(max(1, ack.retry_after_s))
                 log.warning(
                     "head office busy with %s (%s); asking again in %.0f s",
                     job.rec,

@@ -58,7 +58,7 @@ class CaptureStats:
 class CaptureSource(Protocol):
     """A source of interleaved int16 audio blocks.
 
-    ``open()`` raises :class:`firmware.errors.AudioDeviceError` naming the device when it
+    ``open()`` raises :class:`drivers.errors.AudioDeviceError` naming the device when it
     cannot be used. ``read()`` returns the next block, waiting at most about one period,
     or ``None`` at the end of a finite source (a file) or when the stop event is set.
     """

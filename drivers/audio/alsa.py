@@ -21,7 +21,8 @@ from typing import Any
 import alsaaudio
 
 from drivers.audio import AudioBlock, CaptureStats, Int16Frames
-from drivers.audio.formats import SampleFormat, frames_from_bytes
+from drivers.audio.formats import SampleFormat
+from drivers.audio.pcm import frames_from_bytes
 from drivers.errors import AudioDeviceBusyError, AudioDeviceError
 
 _NS_PER_S = 1_000_000_000

@@ -23,7 +23,8 @@ import numpy as np
 import soundfile as sf
 
 from drivers.audio import AudioBlock, CaptureStats, Int16Frames
-from drivers.audio.formats import SampleFormat, frames_from_bytes
+from drivers.audio.formats import SampleFormat
+from drivers.audio.pcm import frames_from_bytes
 from drivers.errors import AudioFileError
 
 _NS_PER_S = 1_000_000_000

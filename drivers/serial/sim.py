@@ -157,7 +157,7 @@ def load_serial_script(path: Path) -> list[ScriptedBytes]:
         1.0     RING\\r\\n
         1.4     DATE = 1125\\r\\nTIME = 1405\\r\\nNMBR = 5551234\\r\\nNAME = JOHN DOE\\r\\n
 
-    Raises :class:`~firmware.errors.EventsFileError` naming the file and line.
+    Raises :class:`~drivers.errors.EventsFileError` naming the file and line.
     """
     try:
         text = path.read_text(encoding="utf-8")

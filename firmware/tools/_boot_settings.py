@@ -3,28 +3,10 @@
 The FAT boot partition can be edited by anyone holding the SD card. So after the first
 provisioning (trust on first use: the installer's card is trusted) the settings that
 could redirect or decrypt recordings change from the boot partition only through a
-``linetap.toml`` the head office signed for this device:
-
-- ``linetap-office-settings.pub`` (boot partition, read at first provisioning only): the
-  office's Ed25519 settings-signing public key, one line of base64 (the raw 32 bytes), as
-  ``linetap-office settings-key`` prints it. It is pinned as
-  ``storage.data_dir/keys/office-settings.pub`` (0644) and never taken from the card again.
-- ``linetap.toml.sig`` (boot partition, beside ``linetap.toml``), JSON::
-
-      {"format": "linetap-settings-signature-v1", "key_id": "<16 hex>",
-       "device_id": "shop-12", "counter": 1767225600, "config_sha256": "<hex>",
-       "signature": "<base64 Ed25519 signature, 64 bytes>"}
-
-  The signature is over ``settings_message()``::
-
-      b"linetap device settings v1\\n" + device_id + b"\\n" + decimal counter + b"\\n"
-      + the exact bytes of linetap.toml
-
-  (a device id has no newline and the counter is digits: the message is unambiguous).
-  ``device_id`` binds it to one unit; ``counter`` must be greater than the last one the
-  unit applied (kept in ``provisioned.json`` as ``settings_counter``), so an older signed
-  file cannot be replayed to roll settings back. ``key_id`` is the first 16 hex digits of
-  the SHA-256 of the raw public key.
+``linetap.toml`` the head office signed for this device. The signature file, the
+settings key file and the signed message are the format both ends share
+(:mod:`sealedrec.settings`); this module holds the device's side: which settings are
+security settings, and what an unsigned file may still change.
 
 An unsigned ``linetap.toml`` with ``linetap-reconfigure`` still applies every other
 setting; each security setting it would change is kept as installed, one line each.
@@ -32,9 +14,6 @@ setting; each security setting it would change is kept as installed, one line ea
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import re
 import tomllib
@@ -42,18 +21,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from firmware.config import parse_config
-from firmware.errors import ConfigError, LinetapError
+from firmware.errors import ConfigError
+from sealedrec.settings import (
+    PINNED_PUB,
+    SETTINGS_PUB,
+    SIGNATURE_SUFFIX,
+    SettingsRefused,
+    key_id,
+    parse_public_key,
+    signature_document,
+    verify_signed,
+)
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from firmware.config import LinetapConfig
 
-SETTINGS_PUB = "linetap-office-settings.pub"  # boot partition, first provisioning only
-PINNED_PUB = "office-settings.pub"  # storage.data_dir/keys/
-SIGNATURE_SUFFIX = ".sig"  # linetap.toml.sig
-SIGNATURE_FORMAT = "linetap-settings-signature-v1"
-DOMAIN = b"linetap device settings v1\n"
+# The shared format, named here for the device's callers (provision, tests).
+__all__ = [
+    "PINNED_PUB",
+    "SECURITY_KEYS",
+    "SETTINGS_PUB",
+    "SIGNATURE_SUFFIX",
+    "SIGN_HINT",
+    "SettingsRefused",
+    "changed_security_keys",
+    "key_id",
+    "key_name",
+    "parse_public_key",
+    "pinned_path",
+    "signature_document",
+    "toml_dumps",
+    "unsigned_settings",
+    "verify_signed",
+]
+
 SIGN_HINT = (
     "have the head office sign the file for this device ('linetap-office sign-settings')"
     " and put it beside linetap.toml as linetap.toml.sig"
@@ -83,136 +84,12 @@ SECURITY_KEYS: dict[tuple[str, ...], str] = {
 }
 
 
-class SettingsRefused(LinetapError, ValueError):
-    """A settings file or key from the boot partition is not accepted (one line: why, fix)."""
-
-
 def key_name(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
 
-# -- the office's settings-signing key ---------------------------------------------------
-
-
-def key_id(key: Ed25519PublicKey) -> str:
-    from sealedrec.keys import key_id as _key_id
-
-    return _key_id(key)
-
-
-def public_key_line(key: Ed25519PublicKey) -> str:
-    from sealedrec.keys import public_key_b64
-
-    return public_key_b64(key) + "\n"
-
-
-def parse_public_key(data: bytes, where: Path) -> Ed25519PublicKey:
-    """A settings public key file: one line, base64 of the raw 32-byte Ed25519 key."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        raw = base64.b64decode(data.decode("ascii").strip(), validate=True)
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except (UnicodeDecodeError, binascii.Error, ValueError):
-        raise SettingsRefused(
-            f"{where}: not an Ed25519 public key (one line of base64); copy the file"
-            " 'linetap-office settings-key' names (keys/settings-signing.pub) unchanged"
-        ) from None
-
-
 def pinned_path(cfg: LinetapConfig) -> Path:
     return cfg.storage.data_dir / "keys" / PINNED_PUB
-
-
-# -- the signature -------------------------------------------------------------------------
-
-
-def settings_message(device_id: str, counter: int, config: bytes) -> bytes:
-    """The bytes the office signs: domain, device id, counter, the exact config file."""
-    if "\n" in device_id or counter < 0:
-        raise ValueError("device id with a newline or negative counter")
-    return DOMAIN + device_id.encode() + b"\n" + str(counter).encode() + b"\n" + config
-
-
-def signature_document(*, key: Any, device_id: str, counter: int, config: bytes) -> dict[str, Any]:
-    """The ``linetap.toml.sig`` document (``key``: the office's Ed25519 private key)."""
-    public = key.public_key()
-    signature = key.sign(settings_message(device_id, counter, config))
-    return {
-        "format": SIGNATURE_FORMAT,
-        "key_id": key_id(public),
-        "device_id": device_id,
-        "counter": counter,
-        "config_sha256": hashlib.sha256(config).hexdigest(),
-        "signature": base64.b64encode(signature).decode(),
-    }
-
-
-def verify_signed(
-    config: bytes,
-    sig_data: bytes,
-    *,
-    sig_name: Path,
-    pinned: Ed25519PublicKey | None,
-    pinned_at: Path,
-    device_id: str,
-    last_counter: int,
-) -> int:
-    """Check ``linetap.toml.sig`` for ``config``; returns its counter or raises
-    :class:`SettingsRefused` with one line naming the fix."""
-    from cryptography.exceptions import InvalidSignature
-
-    if pinned is None:
-        raise SettingsRefused(
-            f"{sig_name}: no office settings key is pinned on this unit ({pinned_at}), so no"
-            " signed settings can be checked; remove the .sig to apply the harmless settings"
-            f" only, or re-provision from a console with {SETTINGS_PUB} on the card"
-            " ('linetap provision --first-boot --force')"
-        )
-    try:
-        doc = json.loads(sig_data)
-    except (UnicodeDecodeError, ValueError):
-        doc = None
-    fields = {"format", "key_id", "device_id", "counter", "config_sha256", "signature"}
-    if (
-        not isinstance(doc, dict)
-        or set(doc) != fields
-        or doc["format"] != SIGNATURE_FORMAT
-        or not isinstance(doc["counter"], int)
-        or isinstance(doc["counter"], bool)
-        or not all(isinstance(doc[k], str) for k in fields - {"counter"})
-    ):
-        raise SettingsRefused(
-            f"{sig_name}: not a {SIGNATURE_FORMAT} file; copy the .sig"
-            " 'linetap-office sign-settings' wrote, unchanged"
-        )
-    if doc["key_id"] != key_id(pinned):
-        raise SettingsRefused(
-            f"{sig_name}: signed with key {doc['key_id']}, but this unit trusts"
-            f" {key_id(pinned)} ({pinned_at}); sign with the office settings key this unit"
-            " was provisioned with"
-        )
-    if doc["device_id"] != device_id:
-        raise SettingsRefused(
-            f"{sig_name}: signed for device {doc['device_id']!r}, this unit is {device_id!r};"
-            f" sign the settings for {device_id} ('linetap-office sign-settings --device"
-            f" {device_id}')"
-        )
-    try:
-        signature = base64.b64decode(doc["signature"], validate=True)
-        pinned.verify(signature, settings_message(device_id, doc["counter"], config))
-    except (binascii.Error, ValueError, InvalidSignature):
-        raise SettingsRefused(
-            f"{sig_name}: the signature does not match linetap.toml (changed after signing?);"
-            " put the linetap.toml and .sig the office signed together on the card, unchanged"
-        ) from None
-    if doc["counter"] <= last_counter:
-        raise SettingsRefused(
-            f"{sig_name}: counter {doc['counter']} is not newer than the settings this unit"
-            f" applied last (counter {last_counter}): an older signed file is not applied"
-            " again; have the office sign the settings anew"
-        )
-    return int(doc["counter"])
 
 
 # -- unsigned settings: the harmless part ---------------------------------------------------

@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from drivers.audio import AudioBlock, CaptureSource
-from drivers.audio.factory import open_capture
 from drivers.gpio import PinFactory
 from drivers.gpio.factory import make_pin_factory
+from firmware.app import capture_source, pin_script
 from firmware.callstate import Input
 from firmware.config import LinetapConfig
 from firmware.errors import AudioDeviceBusyError, AudioDeviceError, GpioError
 from firmware.inputs import LineInputs
 from firmware.line import Timeline
+from firmware.runstate import pid_alive, read_recorder_status
 
 HIDE_CURSOR = "\x1b[?25l"
 SHOW_CURSOR = "\x1b[?25h"
@@ -194,18 +195,8 @@ class LiveLines:
 
 def _recorder_pid(cfg: LinetapConfig) -> int | None:
     """The pid of a running recorder daemon, from its (fresh) status file, if any."""
-    from uploader.daemon import read_recorder_status
-
     pid = read_recorder_status(cfg.storage.status_file).get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, owned by another user (the linetap service user)
-    return pid
+    return pid if isinstance(pid, int) and pid_alive(pid) else None
 
 
 def _busy_hint(cfg: LinetapConfig) -> str:
@@ -256,9 +247,7 @@ def open_live_lines(cfg: LinetapConfig, stop: threading.Event) -> Iterator[LiveL
     :class:`AudioDeviceError` / :class:`GpioError` / file and events-script errors,
     each one line naming the device, pin or file and the fix.
     """
-    from firmware.app import pin_script
-
-    capture = open_capture(cfg.audio, stop=stop)
+    capture = capture_source(cfg.audio, stop=stop)
     try:
         with _quiet_stderr():
             capture.open()

@@ -25,19 +25,29 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from firmware.cli import config_arg
+from drivers.gpio import PinFactory
+from drivers.gpio.factory import make_pin_factory
+from firmware.app import capture_source, device_key_path, pin_script
+from firmware.cli_options import config_arg
+from firmware.clock import ClockSync, read_clock_sync
+from firmware.config import LinetapConfig, config_path
+from firmware.errors import LinetapError
+from firmware.runstate import (
+    UPLOADER_MAX_AGE_S,
+    read_daemon_status,
+    read_recorder_status,
+    uploader_status_path,
+)
+from firmware.tlsfiles import tls_file_problems
+from firmware.tools import _checks as c
+from firmware.tools._checks import Check, Status, worst
 from runtime.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-
-if TYPE_CHECKING:
-    from drivers.gpio import PinFactory
-    from firmware.clock import ClockSync
-    from firmware.config import LinetapConfig
-    from firmware.tools._checks import Check
 
 # Groups of checks --skip accepts (a group covers e.g. every signal.LINE).
 SKIPPABLE = (
@@ -82,14 +92,11 @@ skipped).
 """
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "check",
-        help="check every precondition of a working appliance, one line each (installers)",
-        description=_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def register(p: argparse.ArgumentParser) -> None:
+    """``linetap check``'s options (its name and help are in :data:`firmware.cli.COMMANDS`)."""
+    p.description = _DESCRIPTION
+    p.epilog = _EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     config_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
     p.add_argument("--strict", action="store_true", help="exit 1 on a WARN too")
@@ -114,8 +121,6 @@ def format_check(check: Check) -> list[str]:
 
 
 def exit_code(checks: list[Check], *, strict: bool) -> int:
-    from firmware.tools._checks import Status
-
     if any(c.id == "config" and c.status is Status.FAIL for c in checks):
         return EXIT_CONFIG
     if any(c.status is Status.FAIL for c in checks):
@@ -135,9 +140,6 @@ def run_checks(
 ) -> list[Check]:
     """Run every check against the appliance ``config`` describes; ``emit`` each result
     as soon as it is known (the installer sees progress)."""
-    from firmware.clock import read_clock_sync
-    from firmware.tools import _checks as c
-
     out: list[Check] = []
 
     def add(check: Check) -> None:
@@ -175,9 +177,6 @@ def _hardware(
     While the recorder runs (fresh status file) its view of the lines is reported
     instead of claiming pins it holds (and LEDs it drives).
     """
-    from firmware.tools import _checks as c
-    from uploader.daemon import read_recorder_status
-
     status = read_recorder_status(cfg.storage.status_file)
     recorder = status if c.recorder_running(status) else None
     pins: PinFactory | None = None
@@ -217,11 +216,6 @@ def _report(
 
 
 def _pin_factory(cfg: LinetapConfig, add: Callable[[Check], None]) -> PinFactory | None:
-    from drivers.gpio.factory import make_pin_factory
-    from firmware.app import pin_script
-    from firmware.errors import LinetapError
-    from firmware.tools import _checks as c
-
     try:
         return make_pin_factory(cfg.gpio.backend, chip=cfg.gpio.chip, script=pin_script(cfg))
     except LinetapError as exc:  # GpioError, or a bad gpio.script for "sim"
@@ -237,13 +231,10 @@ def _audio(
     recorder: Mapping[str, Any] | None,
     off_hook: Mapping[str, bool | None],
 ) -> None:
-    from drivers.audio.factory import open_capture
-    from firmware.tools import _checks as c
-
     if "audio" in skip:
         add(c.skipped("audio", "--skip audio"))
         return
-    capture = open_capture(cfg.audio, stop=threading.Event())
+    capture = capture_source(cfg.audio, stop=threading.Event())
     audio_check, samples = c.check_audio(capture, cfg.audio, recorder)
     add(audio_check)
     for line in cfg.lines:
@@ -259,9 +250,6 @@ def _audio(
 
 def _files(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], None]) -> None:
     """The data partition, the signing key, the office's age keys."""
-    from firmware.app import device_key_path
-    from firmware.tools import _checks as c
-
     if "storage" in skip:
         add(c.skipped("storage", "--skip storage"))
     else:
@@ -281,11 +269,6 @@ def _files(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], None
 
 def _running_uploader_link(cfg: LinetapConfig) -> dict[str, Any] | None:
     """The running uploader's broker link from its status file (None: not running)."""
-    import time
-
-    from firmware.tools.status import UPLOADER_MAX_AGE_S, read_daemon_status
-    from uploader.telemetry import uploader_status_path
-
     status = read_daemon_status(
         uploader_status_path(cfg.storage.runtime_dir), UPLOADER_MAX_AGE_S, time.time()
     )
@@ -295,11 +278,7 @@ def _running_uploader_link(cfg: LinetapConfig) -> dict[str, Any] | None:
 
 def _network(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], None]) -> None:
     """The TLS files and the broker."""
-    from firmware.app import device_id
-    from firmware.tools import _checks as c
-    from uploader.daemon import tls_file_problems
-
-    device = device_id(cfg)
+    device = cfg.device_id
     if "tls" in skip:
         add(c.skipped("tls", "--skip tls"))
     else:
@@ -326,9 +305,6 @@ def _network(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], No
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from firmware.config import config_path
-    from firmware.tools._checks import Status, worst
-
     def emit(check: Check) -> None:
         for line in format_check(check):
             print(line, flush=True)

@@ -46,7 +46,9 @@ from firmware.callstate import (
     Start,
     Trigger,
 )
+from firmware.cli_options import config_arg
 from firmware.config import CallConfig, LinetapConfig, load_config
+from firmware.line import call_timing
 from firmware.tools._terminal import (
     LiveLines,
     LiveScreen,
@@ -366,8 +368,6 @@ def run_hooktest(
     seconds: float | None,
 ) -> int:
     """Watch until stopped, ``seconds`` of audio have passed, or a file source ends."""
-    from firmware.line import call_timing
-
     timing = call_timing(cfg)
     watches: list[LineWatch] = []
     log: list[Transition] = []
@@ -445,17 +445,12 @@ def cmd_hooktest(args: argparse.Namespace) -> int:
         )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from firmware.cli import config_arg
-
-    p = sub.add_parser(
-        "hooktest",
-        help="live hook / opt-out transitions per line and what the recorder makes of them",
-        description=(
-            "Shows every hook and opt-out transition of every line with its timing and what "
-            "the recorder would make of it under the current config (bounce, call start, "
-            "hook flash, hang-up, opt-out). Ctrl-C quits."
-        ),
+def register(p: argparse.ArgumentParser) -> None:
+    """``linetap hooktest``'s options (its name and help are in :data:`firmware.cli.COMMANDS`)."""
+    p.description = (
+        "Shows every hook and opt-out transition of every line with its timing and what "
+        "the recorder would make of it under the current config (bounce, call start, "
+        "hook flash, hang-up, opt-out). Ctrl-C quits."
     )
     config_arg(p)
     p.add_argument(

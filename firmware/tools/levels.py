@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from firmware.cli_options import config_arg
 from firmware.config import LinetapConfig, load_config
 from firmware.dsp.levels import HUM_HZ, LevelStats, hum_is_noticeable, line_is_silent
 from firmware.tools._terminal import (
@@ -333,17 +334,12 @@ def cmd_levels(args: argparse.Namespace) -> int:
         )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from firmware.cli import config_arg
-
-    p = sub.add_parser(
-        "levels",
-        help="live level meter per line (RMS, peak, clipping, hum, silence, hook state)",
-        description=(
-            "Live level meter for every configured line, with its hook state. On a terminal "
-            "the screen refreshes in place; otherwise one key=value line per line per second. "
-            "Ctrl-C quits."
-        ),
+def register(p: argparse.ArgumentParser) -> None:
+    """``linetap levels``'s options (its name and help are in :data:`firmware.cli.COMMANDS`)."""
+    p.description = (
+        "Live level meter for every configured line, with its hook state. On a terminal "
+        "the screen refreshes in place; otherwise one key=value line per line per second. "
+        "Ctrl-C quits."
     )
     config_arg(p)
     p.add_argument(

@@ -56,12 +56,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from firmware.cli import config_arg
+from firmware.cli_options import config_arg
 from firmware.config import config_path, load_config, parse_config
 from firmware.errors import ConfigError, LinetapError
 from firmware.tools import _boot_settings as bs
 from runtime.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from sealedrec.durable import fsync_dir
+from sealedrec.durable import fsync_dir, replace_file_via
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -104,10 +104,10 @@ class DevicePaths:
 
     @classmethod
     def of(cls, cfg: LinetapConfig) -> DevicePaths:
-        from firmware.app import device_id, device_key_path
+        from firmware.app import device_key_path
 
         keys = cfg.storage.data_dir / "keys"
-        did = device_id(cfg)
+        did = cfg.device_id
         return cls(
             device_id=did,
             signing_key=device_key_path(cfg),
@@ -187,8 +187,9 @@ def _discard(tmp: Path) -> None:
 
 
 def write_atomic(dest: Path, data: bytes, mode: int | None) -> None:
-    """Replace ``dest`` with ``data``: temp file beside it, fsync, rename, fsync the dir."""
-    _commit(_stage(dest, data, mode), dest)
+    """Replace ``dest`` with ``data``: temp file beside it, fsync, rename, fsync the dir
+    (``mode`` None: the filesystem's, for the FAT boot partition; see :func:`_stage`)."""
+    replace_file_via(dest, data, tmp=_staged(dest), mode=mode)
 
 
 def _remove_leftovers(directory: Path) -> None:
@@ -231,7 +232,7 @@ def ensure_signing_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
 
 def ensure_tls_key(path: Path) -> tuple[EllipticCurvePrivateKey, bool]:
     """The device's TLS key (EC P-256), made if missing; (key, created)."""
-    from uploader.tlskeys import load_or_create_tls_key
+    from sealedrec.tlskeys import load_or_create_tls_key
 
     return _ensure_key(path, load_or_create_tls_key, load_or_create_tls_key)
 
@@ -260,7 +261,7 @@ def ensure_csr(paths: DevicePaths, tls_key: EllipticCurvePrivateKey) -> bytes:
     """The certificate request at ``paths.csr``: kept if it still fits key and id."""
     from cryptography import x509
 
-    from uploader.tlskeys import make_device_csr
+    from sealedrec.tlskeys import make_device_csr
 
     with contextlib.suppress(OSError, ValueError):
         old = paths.csr.read_bytes()
@@ -517,7 +518,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _existing_tls_key(paths: DevicePaths) -> EllipticCurvePrivateKey:
     """The TLS key a certificate must match; never made here (it would match nothing)."""
-    from uploader.tlskeys import load_or_create_tls_key
+    from sealedrec.tlskeys import load_or_create_tls_key
 
     if not paths.tls_key.exists():
         raise CertificateError(
@@ -674,7 +675,7 @@ def _validated_boot_config(fb: FirstBoot, data: bytes | None) -> bytes:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{fb.boot_file}: not UTF-8 text ({exc}); save it as UTF-8"]) from None
     cfg = parse_config(text, str(fb.boot_file))
-    if cfg.device_id is None:
+    if "device_id" not in cfg.model_fields_set:  # unset: it would default to the hostname
         raise ConfigError(
             [
                 f'{fb.boot_file}: device_id: missing; set device_id = "…" (the id the head'
@@ -716,7 +717,7 @@ def _load_existing_keys(paths: DevicePaths) -> None:
     """Load every key that exists before anything is made or committed, so a broken key
     fails the run while the unit is still exactly as it was."""
     from sealedrec.keys import load_device_key
-    from uploader.tlskeys import load_or_create_tls_key
+    from sealedrec.tlskeys import load_or_create_tls_key
 
     if paths.signing_key.exists() or paths.signing_key.is_symlink():
         load_device_key(paths.signing_key)
@@ -864,15 +865,13 @@ def _reconfigured(fb: FirstBoot, where: Path, marker: dict[str, Any], boot_data:
     last = _settings_counter(marker)
     sig_data = _read_or_none(fb.signature_file)
     if sig_data is not None:
-        from firmware.app import device_id
-
         counter = bs.verify_signed(
             boot_data,
             sig_data,
             sig_name=fb.signature_file,
             pinned=None if pin is None else bs.parse_public_key(pin, pin_at),
             pinned_at=pin_at,
-            device_id=device_id(installed),
+            device_id=installed.device_id,
             last_counter=last,
         )
         _say(f"{fb.signature_file.name}: signed by the office for this unit (counter {counter})")
@@ -1024,17 +1023,14 @@ _DESCRIPTION = """\
 """
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "provision",
-        help="device keys, certificate request, certificate install, first-boot setup",
-        description=_DESCRIPTION,
-        epilog=(
-            "exit status: 0 done; 1 failed (e.g. a certificate that does not fit this"
-            " device; nothing was replaced); 2 config or usage error"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def register(p: argparse.ArgumentParser) -> None:
+    """``linetap provision``'s options (its name and help are in :data:`firmware.cli.COMMANDS`)."""
+    p.description = _DESCRIPTION
+    p.epilog = (
+        "exit status: 0 done; 1 failed (e.g. a certificate that does not fit this"
+        " device; nothing was replaced); 2 config or usage error"
     )
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     config_arg(p)
     p.add_argument("action", nargs="?", choices=["init", "install-cert", "first-boot"])
     p.add_argument("cert", nargs="?", type=Path, help="install-cert: the device certificate")

@@ -21,23 +21,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from firmware.cli import config_arg
+from buffers.outbox import Outbox, OutboxError, OutboxState
+from firmware.cli_options import config_arg
+from firmware.clock import read_clock_sync
 from firmware.config import LinetapConfig, config_path, load_config
+from firmware.runstate import (
+    RECORDER_MAX_AGE_S,
+    UPLOADER_MAX_AGE_S,
+    ago,
+    read_daemon_status,
+    uploader_status_path,
+)
 from runtime.process import EXIT_FAILURE, EXIT_OK
-
-# The recorder rewrites recorder.json every second.
-RECORDER_MAX_AGE_S = 10.0
-# The uploader rewrites uploader.json every 2 s, but its loop may block for up to two
-# connection timeouts (TCP connect, then CONNACK: 10 s each) while the broker is away.
-UPLOADER_MAX_AGE_S = 30.0
-STATUS_MAX_BYTES = 256 * 1024
 
 LED_MEANING = {
     "off": "off",
@@ -52,58 +53,8 @@ IN_CALL_STATES = ("recording", "paused")
 # -- reading ---------------------------------------------------------------------------
 
 
-def _pid_alive(pid: object) -> bool | None:
-    """True/False if ``pid`` is a live process; None when the file gives none."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
-
-
-def read_daemon_status(path: Path, max_age_s: float, now: float) -> dict[str, Any]:
-    """A daemon's status file, judged: ``running``, ``reason`` when not, ``age_s``, ``data``."""
-    out: dict[str, Any] = {"status_file": str(path), "running": False, "age_s": None, "data": None}
-    try:
-        with path.open("rb") as fh:
-            age = max(0.0, now - os.fstat(fh.fileno()).st_mtime)
-            raw = fh.read(STATUS_MAX_BYTES + 1)
-    except FileNotFoundError:
-        out["reason"] = f"no status file {path}"
-        return out
-    except OSError as exc:
-        out["reason"] = f"cannot read {path} ({exc.strerror or exc})"
-        return out
-    out["age_s"] = round(age, 1)
-    try:
-        data = json.loads(raw) if len(raw) <= STATUS_MAX_BYTES else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        data = None
-    if not isinstance(data, dict):
-        out["reason"] = f"{path} is not a status document"
-        return out
-    out["data"] = data
-    out["pid"] = data.get("pid")
-    if data.get("state") == "stopped":
-        out["reason"] = f"stopped {_ago(age)} ago"
-    elif _pid_alive(data.get("pid")) is False:
-        out["reason"] = f"process {data['pid']} is gone; status {_ago(age)} old"
-    elif age > max_age_s:
-        out["reason"] = f"status {_ago(age)} old"
-    else:
-        out["running"] = True
-        out["reason"] = None
-    return out
-
-
 def read_outbox(root: Path, now: float) -> dict[str, Any]:
     """Depth, oldest unacked and last ack, read from the outbox itself."""
-    from buffers.outbox import Outbox, OutboxError, OutboxState
-
     if not root.is_dir():
         return {"source": "disk", "error": None, "missing": True, "unacked_count": 0}
     # Outbox() creates missing state directories; a status tool run as root must not
@@ -228,10 +179,6 @@ def _uploader_part(
 
 def collect(cfg: LinetapConfig, config_file: Path, now: float | None = None) -> dict[str, Any]:
     """The whole report (``--json`` prints it as is)."""
-    from firmware.app import device_id
-    from firmware.clock import read_clock_sync
-    from uploader.telemetry import uploader_status_path
-
     now = time.time() if now is None else now
     problems: list[str] = []
     warnings: list[str] = []
@@ -258,7 +205,7 @@ def collect(cfg: LinetapConfig, config_file: Path, now: float | None = None) -> 
             " network time (timedatectl)"
         )
     return {
-        "device_id": device_id(cfg),
+        "device_id": cfg.device_id,
         "config": str(config_file),
         "time_utc": _iso(now),
         "ok": not problems,
@@ -273,18 +220,6 @@ def collect(cfg: LinetapConfig, config_file: Path, now: float | None = None) -> 
 
 
 # -- printing --------------------------------------------------------------------------
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} d"
 
 
 def _bytes(n: int | float) -> str:
@@ -311,12 +246,12 @@ def _when(iso: str | None, now: float) -> str:
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     text = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"{text} ({_ago(max(0.0, now - at.timestamp()))} ago)"
+    return f"{text} ({ago(max(0.0, now - at.timestamp()))} ago)"
 
 
 def _daemon_head(name: str, part: dict[str, Any]) -> str:
     if part["running"]:
-        return f"{name}: running (pid {part['pid']}, status {_ago(part['age_s'])} old)"
+        return f"{name}: running (pid {part['pid']}, status {ago(part['age_s'])} old)"
     return f"{name}: not running ({part['reason']})"
 
 
@@ -371,7 +306,7 @@ def _render_outbox(box: dict[str, Any], now: float) -> str:
     if box["unacked_count"]:
         text += f" ({_bytes(box.get('unacked_bytes') or 0)})"
         if box.get("oldest_unacked_age_s") is not None:
-            text += f", oldest {_ago(box['oldest_unacked_age_s'])}"
+            text += f", oldest {ago(box['oldest_unacked_age_s'])}"
     counts = box.get("counts") or {}
     text += f"; {counts.get('acked', 0)} acked; last ack {_when(box.get('last_ack_utc'), now)}"
     if box.get("source") == "uploader":
@@ -411,18 +346,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if report["ok"] else EXIT_FAILURE
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "status",
-        help="recorder and uploader state: lines, LEDs, outbox, broker link, disk",
-        description=(
-            "Shows what the recorder and the uploader publish locally (runtime_dir/"
-            "recorder.json, uploader.json) and the outbox on disk."
-        ),
-        epilog=(
-            "exit status: 0 both daemons running, connected, no fault; 1 otherwise"
-            " (see the 'problem:' lines); 2 bad config"
-        ),
+def register(p: argparse.ArgumentParser) -> None:
+    """``linetap status``'s options (its name and help are in :data:`firmware.cli.COMMANDS`)."""
+    p.description = (
+        "Shows what the recorder and the uploader publish locally (runtime_dir/"
+        "recorder.json, uploader.json) and the outbox on disk."
+    )
+    p.epilog = (
+        "exit status: 0 both daemons running, connected, no fault; 1 otherwise"
+        " (see the 'problem:' lines); 2 bad config"
     )
     config_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")

@@ -32,7 +32,7 @@ from firmware.tools._checks.base import (
 
 
 def recorder_running(status: Mapping[str, Any]) -> bool:
-    """Whether ``uploader.daemon.read_recorder_status`` found a fresh status file."""
+    """Whether ``firmware.runstate.read_recorder_status`` found a fresh status file."""
     return "state" not in status and isinstance(status.get("lines"), list)
 
 
@@ -110,7 +110,7 @@ def check_audio(
     got_s = samples.shape[0] / audio.sample_rate
     opened = (
         f"{where}: {audio.channels} channel(s) at {audio.sample_rate} Hz"
-        f" {audio.sample_format.value}, {got_s:.2f} s captured"
+        f" {audio.sample_format}, {got_s:.2f} s captured"
     )
     if samples.shape[0] == 0:
         return Check(

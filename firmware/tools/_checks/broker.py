@@ -10,9 +10,12 @@ import ssl
 import time
 from typing import Any
 
+import paho.mqtt.client as mqtt
+
 from firmware.config import (
     UploadConfig,
 )
+from firmware.mqttlink import Connack, Event, Gone, make_client
 from firmware.tools._checks.base import (
     _MQTT_LOOP_S,
     _NOT_AUTHORISED,
@@ -125,9 +128,6 @@ def check_broker(
     takes over the running uploader's session (clean start: nothing is delivered to this
     probe); the uploader reconnects at once and asks again for what it had in flight.
     """
-
-    from uploader.events import Connack, Event, Gone, make_client
-
     where = f"{upload.host}:{upload.port}"
     events: queue.Queue[Event] = queue.Queue()
     try:
@@ -215,10 +215,6 @@ def check_broker(
 
 def _close(client: Any, events: queue.Queue[Any]) -> None:
     """Disconnect cleanly (no will) and give paho a moment to send the DISCONNECT."""
-    import paho.mqtt.client as mqtt
-
-    from uploader.events import Gone
-
     if client.disconnect() != mqtt.MQTT_ERR_SUCCESS:
         return  # never connected (or gone already): nothing to send
     deadline = time.monotonic() + 1.0

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from firmware.errors import LinetapError
+from sealedrec.errors import LinetapError
 from sealedrec.keyfiles import read_private_key, write_private_key
 
-# The same id grammar as the topic segment ``{device}`` in uploader.protocol.
+# The same id grammar as the topic segment ``{device}`` in sealedrec.protocol.
 DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from firmware.errors import LinetapError
+from sealedrec.errors import LinetapError
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "linetap"

@@ -1,4 +1,6 @@
-"""paho's side of the uploader: the client of one connection and the events it reports.
+"""The device's MQTT client (paho) of one connection and the events it reports: used by
+the uploader and by `linetap check`'s broker probe, which must connect exactly as the
+uploader does (so it lives here, below both, not in the uploader).
 
 paho's network loop (``loop_start``) is the only thread besides the upload thread, and it
 only feeds a :class:`queue.Queue` of these events (CONNACK, SUBACK, PUBACK, incoming
@@ -22,7 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware.config import UploadConfig
-from uploader import protocol
+from sealedrec import protocol
 
 # The uploader's modules share one logger: log lines name "uploader.client" throughout.
 log = logging.getLogger("uploader.client")

@@ -14,7 +14,10 @@ and decrypts it — every part real, on this machine.
    acked.
 5. The office verifies the store (signatures, hashes, chain, audio) and exports the call.
 
-    python -m firmware.demo [--out demo-out]
+    python -m demo [--out demo-out]      (make demo)
+
+The demo wires both ends, so it lives outside the device packages: the device image
+carries neither it nor the head office.
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import firmware.samples
 from buffers.outbox import Outbox, OutboxState
+from headoffice import brokerconf, enroll
+from headoffice.enroll import CaLayout
 from sealedrec.keys import load_device_key, public_key_b64
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = Path(firmware.samples.__file__).resolve().parent  # the sample call and its hooks
+DEVICE_TOML = Path(__file__).resolve().parent / "demo.toml"
 BIN = Path(sys.executable).parent
 DEVICE = "demo-appliance"
 
@@ -77,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         raise SystemExit(
             "demo: mosquitto is not installed: apt-get install mosquitto (make demo does it as root)"
         )
-    from headoffice import enroll
-    from headoffice.enroll import CaLayout
-
     office_root, device_dir = out / "office", out / "device"
     out.mkdir(parents=True, exist_ok=True)
     lt, office = str(BIN / "linetap"), str(BIN / "linetap-office")
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     setup = enroll.init_ca(office_root, "Demo Head Office")
     client_cert, client_key = enroll.issue_office_client(office_root)
     port = _free_port()
-    broker_conf = enroll.write_broker_config(
+    broker_conf = brokerconf.write_broker_config(
         office_root,
         port,
         persistence_location=out / "broker",
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     )
 
     # 2. Appliance config, keys, enrollment.
-    text = (SAMPLES / "demo.toml").read_text()
+    text = DEVICE_TOML.read_text()
     text = text.replace("RECIPIENT", setup.recipient).replace("DATA_DIR", str(device_dir))
     text = text.replace("SAMPLES", str(SAMPLES)).replace("BROKER_PORT", str(port))
     text = text.replace("CA_FILE", str(CaLayout(office_root).broker_ca))
@@ -250,7 +254,3 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         )
     )
     return 0 if ok and rows else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
