@@ -17,13 +17,11 @@ Per round (``--rounds``, each from scratch so no state carries over):
 3. the filler is deleted; from that instant the bench polls the outbox's ``acked/``
    state (every 5 ms): "first ack" and "all acked" after the free.
 
-A refused device waits ``max(retry_after_s, its resend backoff)`` before asking again
-(uploader/transfer.py): the office says ``busy_retry_s``, the backoff starts at 0.5 s and
-doubles with every busy answer (jittered between half and all of it, at most
-``upload.backoff_max_s``) until a recording is stored. So the resume time is what is left
-of the wait announced with the last busy answer before the free (the "predicted" column,
-from the uploader's log, polled every 10 ms) plus one upload; about ``busy_retry_s`` at
-most for an outage shorter than the backoff's climb to it. The free falls at the same
+A refused device waits the ``retry_after_s`` the office announced (``busy_retry_s``)
+before asking again (uploader/transfer.py), however long the outage. So the resume time
+is what is left of the wait announced with the last busy answer before the free (the
+"predicted" column, from the uploader's log, polled every 10 ms) plus one upload: at most
+about ``busy_retry_s``. The free falls at the same
 phase of that wait every round unless ``--jitter-s`` adds a random 0..J s to the full
 window. (The synthetic manifests name no age recipients, so the office also raises a
 ``recipients`` alarm and stores them anyway; that is not part of the measurement.)
@@ -80,7 +78,6 @@ from firmware.config import load_config
 from headoffice.index import open_index
 from tests.helpers import mounted_tmpfs
 from uploader.client import IDLE_RESCAN_S
-from uploader.connection import BACKOFF_MIN_S
 
 KIB = 1024
 BUSY_LINE = re.compile(r"head office busy with (\S+) \((.*)\); asking again in (\d+) s")
@@ -312,15 +309,12 @@ def summary(args: argparse.Namespace, rounds: list[Round], wall: float) -> None:
         f"\nall {args.recordings} acked after free: min {min(done):.2f} s, "
         f"median {statistics.median(done):.2f} s"
         f"\n(busy_retry_s = {args.busy_retry_s} s; resume should take at most about that "
-        "plus one upload, unless the uploader's own backoff has climbed past it)"
+        "plus one upload)"
     )
     r = rounds[0]
     print(
-        f"uploader: after a busy answer it waits max(retry_after_s, resend backoff); the "
-        f"backoff starts at {BACKOFF_MIN_S:g} s and doubles per busy answer (jittered to "
-        f"1/2..1 of it) up to backoff_max_s = {r.backoff_max_s:g} s, reset by a stored "
-        f"recording; idle outbox rescan {IDLE_RESCAN_S:g} s; ack_timeout_s = "
-        f"{r.ack_timeout_s:g} s"
+        f"uploader: after a busy answer it waits the announced retry_after_s; idle outbox "
+        f"rescan {IDLE_RESCAN_S:g} s; ack_timeout_s = {r.ack_timeout_s:g} s"
     )
     print(f"Total {wall:.1f} s wall.")
 

@@ -26,7 +26,10 @@ from headoffice.store import FileBlobStore
 from sealedrec.manifest import GENESIS_HASH, ManifestError, manifest_hash, sign_manifest
 
 SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")
-TABLES = ("recordings", "devices", "alarms", "uploads", "schema_version")
+TABLES = (
+    "recordings", "devices", "alarms", "uploads", "schema_version", "sessions", "user_scope",
+    "user_roles", "users", "ledger", "checkpoints",
+)  # fmt: skip
 
 
 def _admin_dsns() -> list[str]:
@@ -68,7 +71,7 @@ def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
     dsn: str = request.getfixturevalue("pg_dsn")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {', '.join(TABLES)}")
+        conn.execute(f"DROP TABLE IF EXISTS {', '.join(TABLES)} CASCADE")
     return dsn
 
 

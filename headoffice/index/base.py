@@ -78,6 +78,21 @@ class Index:
                 f"index {self.display}: schema version {rows[0][0]} is newer than this "
                 f"linetap-office understands ({SCHEMA_VERSION}); upgrade linetap-office"
             )
+        elif int(rows[0][0]) < SCHEMA_VERSION:
+            # The DDL above only adds tables (IF NOT EXISTS): an older index is upgraded.
+            q("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def transaction(self, write: bool) -> AbstractContextManager[Query]:
+        """A transaction on the index's connection, for the stores that keep their tables
+        in the index database (accounts, the audit ledger): ``q(sql, params)`` with ``?``
+        placeholders on both backends; committed when the block ends, rolled back on an
+        exception."""
+        return self._transaction(write)
+
+    def serialize_appends(self, q: Query, name: str) -> None:
+        """Inside a write transaction: make concurrent appenders of ``name`` (e.g. the
+        ledger) take turns until commit. SQLite's write transactions are serial already;
+        PostgreSQL takes a transaction-scoped advisory lock."""
 
     # -- recordings ----------------------------------------------------------------------
     def get(self, recording_id: str) -> StoredRecord | None:

@@ -136,6 +136,9 @@ class PostgresIndex(Index):
         finally:
             conn.close()  # ends the session, which releases the lock
 
+    def serialize_appends(self, q: Query, name: str) -> None:
+        q("SELECT pg_advisory_xact_lock(hashtext(?))", (f"linetap:{name}",))
+
     def finish_lock(
         self, device: str, rec: str, timeout: float = DEFAULT_LOCK_TIMEOUT_S
     ) -> AbstractContextManager[None]:

@@ -1,8 +1,15 @@
-"""The index's tables (one DDL for both backends) and its schema version."""
+"""The index's tables (one DDL for both backends) and its schema version.
+
+Version 2 adds the people and the proof: accounts (``users``, ``user_roles``,
+``user_scope``, ``sessions``) and the audit ledger (``ledger``, ``checkpoints``), which
+triggers keep append-only on both backends (on PostgreSQL the application role also gets
+INSERT and SELECT only on them: :func:`app_role_grants`).
+"""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+APPEND_ONLY = ("ledger", "checkpoints")
 
 
 def _schema(pg: bool) -> list[str]:
@@ -60,4 +67,102 @@ def _schema(pg: bool) -> list[str]:
             received BIGINT NOT NULL,
             updated_at TEXT NOT NULL,
             PRIMARY KEY (device_id, recording_id))""",
+        *_people(pg, boolean),
+        *_ledger(pg),
+    ]
+
+
+def _people(pg: bool, boolean: str) -> list[str]:
+    return [
+        f"""CREATE TABLE IF NOT EXISTS users (
+            name TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            totp_secret TEXT,
+            totp_last_step BIGINT NOT NULL DEFAULT 0,
+            disabled {boolean} NOT NULL DEFAULT {"FALSE" if pg else "0"},
+            failed_logins INTEGER NOT NULL DEFAULT 0,
+            locked_until TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS user_roles (
+            name TEXT NOT NULL REFERENCES users (name),
+            role TEXT NOT NULL,
+            PRIMARY KEY (name, role))""",
+        """CREATE TABLE IF NOT EXISTS user_scope (
+            name TEXT NOT NULL REFERENCES users (name),
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (name, kind, value))""",
+        """CREATE TABLE IF NOT EXISTS sessions (
+            token_sha256 TEXT PRIMARY KEY,
+            name TEXT NOT NULL REFERENCES users (name),
+            created_at TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            second_factor TEXT NOT NULL,
+            client TEXT NOT NULL)""",
+    ]
+
+
+def _ledger(pg: bool) -> list[str]:
+    tables = [
+        # idx: the leaf's 0-based position in the Merkle log, gapless by construction
+        # (appended under a lock as max + 1); body: the leaf's canonical JSON.
+        """CREATE TABLE IF NOT EXISTS ledger (
+            idx BIGINT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            leaf_sha256 TEXT NOT NULL,
+            appended_at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS ledger_kind ON ledger (kind, idx)",
+        """CREATE TABLE IF NOT EXISTS checkpoints (
+            tree_size BIGINT PRIMARY KEY,
+            root_sha256 TEXT NOT NULL,
+            note TEXT NOT NULL,
+            made_at TEXT NOT NULL)""",
+    ]
+    if pg:
+        return [*tables, *_pg_append_only()]
+    return [*tables, *_sqlite_append_only()]
+
+
+def _sqlite_append_only() -> list[str]:
+    return [
+        f"""CREATE TRIGGER IF NOT EXISTS {table}_no_{verb} BEFORE {verb.upper()} ON {table}
+            BEGIN SELECT RAISE(ABORT, 'the {table} table is append-only'); END"""
+        for table in APPEND_ONLY
+        for verb in ("update", "delete")
+    ]
+
+
+def _pg_append_only() -> list[str]:
+    statements = [
+        """CREATE OR REPLACE FUNCTION linetap_append_only() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION USING MESSAGE = 'the ' || TG_TABLE_NAME || ' table is append-only';
+            END $$""",
+    ]
+    for table in APPEND_ONLY:
+        statements += [
+            f"""CREATE OR REPLACE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table}
+                FOR EACH ROW EXECUTE FUNCTION linetap_append_only()""",
+            f"""CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+                FOR EACH STATEMENT EXECUTE FUNCTION linetap_append_only()""",
+        ]
+    return statements
+
+
+def app_role_grants(role: str) -> list[str]:
+    """The PostgreSQL grants for the office's application role: everything it needs on
+    the index, and on the ledger tables INSERT and SELECT only (so even without the
+    triggers the application cannot rewrite history; the owner role runs migrations)."""
+    if not role.replace("_", "").isalnum():
+        raise ValueError(f"role {role!r}: letters, digits and _ only")
+    mutable = ("recordings", "devices", "alarms", "uploads", "users", "user_roles",
+               "user_scope", "sessions", "schema_version")  # fmt: skip
+    return [
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(mutable)} TO {role}",
+        f"GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY)} TO {role}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     ]
