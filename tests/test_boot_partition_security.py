@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from firmware.config import AudioConfig, LinetapConfig, load_config
 from firmware.tools import _boot_settings as bs
-from firmware.tools.provision import DevicePaths
+from firmware.tools._provision_files import DevicePaths
 from headoffice import device_settings, enroll
 from headoffice.enroll import OfficeSetup
 from sealedrec.keyfiles import write_private_key

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from firmware.config import load_config
-from firmware.tools.provision import DevicePaths, FirstBoot, first_boot
+from firmware.tools._firstboot import FirstBoot, first_boot
+from firmware.tools._provision_files import DevicePaths
 from headoffice import enroll
 from headoffice.enroll import CaLayout, OfficeSetup
 from sealedrec import protocol
