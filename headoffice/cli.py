@@ -22,6 +22,7 @@ from pathlib import Path
 from headoffice import service
 from headoffice.brokerconf import write_broker_config
 from headoffice.cli_query import add_query_commands, office_location, office_options
+from headoffice.cli_users import add_user_commands
 from headoffice.config import load_office_config, office_config_path
 from headoffice.device_settings import add_settings_commands
 from headoffice.enroll import enroll_device, init_ca, issue_office_client
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_query_commands(sub)
     add_settings_commands(sub)
+    add_user_commands(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from headoffice.authz import Role
 from runtime.errors import ConfigError
 
 
@@ -79,6 +80,51 @@ class LimitsConfig(_Model):
     )
 
 
+class AccountsConfig(_Model):
+    """Head-office accounts (headoffice/accounts.py): sessions, lock-out, second factor,
+    password hashing."""
+
+    idle_timeout_s: int = Field(
+        30 * 60, ge=60, le=86400, description="a session unused this long ends (30 min)"
+    )
+    absolute_timeout_s: int = Field(
+        12 * 3600,
+        ge=300,
+        le=7 * 86400,
+        description="a session ends this long after login, used or not (12 h)",
+    )
+    lockout_after: int = Field(
+        5, ge=1, le=100, description="failed logins in a row before the account is locked"
+    )
+    lockout_first_s: int = Field(
+        60, ge=1, le=86400, description="the first lock's length; doubled per further failure"
+    )
+    lockout_max_s: int = Field(3600, ge=1, le=7 * 86400, description="the longest lock (1 h)")
+    totp_required_for: tuple[Role, ...] = Field(
+        (Role.ADMIN, Role.SUPERVISOR, Role.COMPLIANCE),
+        description="roles that must log in with a TOTP code (those that can export or "
+        "administer); others use one when enrolled",
+    )
+    totp_issuer: str = Field(
+        "linetap", min_length=1, max_length=64, description="issuer name shown in the TOTP app"
+    )
+    min_password_length: int = Field(
+        12, ge=8, le=128, description="shortest password accepted for a new or changed one"
+    )
+    password_time_cost: int = Field(
+        3, ge=1, le=20, description="argon2id passes (RFC 9106: 3); a change rehashes at login"
+    )
+    password_memory_kib: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="argon2id memory in KiB (RFC 9106: 65536); a change rehashes at login",
+    )
+    password_parallelism: int = Field(
+        4, ge=1, le=64, description="argon2id lanes (RFC 9106: 4); a change rehashes at login"
+    )
+
+
 class OfficeConfig(_Model):
     root: Path = Field(
         Path("/var/lib/linetap-office"),
@@ -95,6 +141,14 @@ class OfficeConfig(_Model):
         None,
         description="the age recipients every manifest must name exactly (default: the "
         "office identity's, keys/office.key); add escrow recipients here",
+    )
+    sites: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="[sites]: site name -> the device ids at that site (user scopes name sites)",
+    )
+    accounts: AccountsConfig = Field(
+        default_factory=AccountsConfig,
+        description="[accounts]: sessions, lock-out, TOTP and password hashing",
     )
 
     @property

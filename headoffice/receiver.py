@@ -44,8 +44,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from headoffice.blobstore import BlobStore, StoreError
 from headoffice.config import LimitsConfig
 from headoffice.index import Index, IndexConflictError, now_iso
+from headoffice.ledger.leaves import IngestLeaf
+from headoffice.ledger.store import Ledger
 from sealedrec.errors import LinetapError
-from sealedrec.manifest import ManifestError, verify_signature
+from sealedrec.manifest import ManifestError, manifest_hash, verify_signature
 from sealedrec.model import Manifest, validate_manifest
 from sealedrec.protocol import (
     MAX_MISSING_LISTED,
@@ -149,6 +151,9 @@ class Receiver:
     ) -> None:
         self.store = store
         self.index = index
+        # The audit ledger lives in the index database: each stored recording's ingest
+        # leaf commits in the same transaction as its index row.
+        self.ledger = Ledger(index)
         self.device_key = device_key
         self.limits = limits or LimitsConfig()
         # The age recipients every manifest must name (None: not checked).
@@ -345,7 +350,21 @@ class Receiver:
                     )
                 return self._refuse(device, rec, self._store_refusal(device, rec, exc))
             try:
-                result = self.index.add(manifest, os.fspath(path), now_iso())
+                stamp = now_iso()
+                leaf = IngestLeaf(
+                    device_id=device,
+                    seq=model.seq,
+                    recording_id=rec,
+                    manifest_sha256=manifest_hash(manifest),
+                    blob_sha256=model.blob_sha256,
+                    at=stamp,
+                )
+                result = self.index.add(
+                    manifest,
+                    os.fspath(path),
+                    stamp,
+                    on_insert=lambda q: self.ledger.append_in(q, leaf),
+                )
             except IndexConflictError as exc:
                 log.error("recording %s of %s not indexed: %s", rec, device, exc)
                 return self._refuse(

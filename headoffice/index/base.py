@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -116,12 +116,15 @@ class Index:
         manifest: Mapping[str, Any],
         path: str | Path,
         stored_at: str | datetime | None = None,
+        on_insert: Callable[[Query], object] | None = None,
     ) -> AddResult:
         """Index a stored recording (its manifest already verified) in one committed
         transaction: the row, the device's chain head, and alarms for a gap before it,
         a replay of its seq or a broken hash chain. Idempotent per recording id; the
         same id with a different manifest raises :class:`IndexConflictError` (after
-        committing a ``conflict`` alarm)."""
+        committing a ``conflict`` alarm). ``on_insert(q)`` runs inside the same
+        transaction when the row is new (the receiver appends the ingest leaf of the audit
+        ledger there, so the recording and its leaf commit together or not at all)."""
         row = row_from_manifest(manifest)
         text = canonical_json(manifest).decode()
         digest = manifest_hash(manifest)
@@ -184,6 +187,8 @@ class Index:
                 names = ", ".join(values)
                 marks = ", ".join("?" for _ in values)
                 q(f"INSERT INTO recordings ({names}) VALUES ({marks})", tuple(values.values()))
+                if on_insert is not None:
+                    on_insert(q)
                 if seq > int(last_seq):
                     q(
                         "UPDATE devices SET last_seq = ?, last_manifest_sha256 = ?, updated_at = ? "

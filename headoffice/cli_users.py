@@ -1,0 +1,270 @@
+"""``linetap-office user ...``: head-office accounts on the command line.
+
+linetap-office user add NAME --role R [--role R2] [--site S] [--device D] [--line DEV/LINE]
+                        [--everything] [--totp]
+linetap-office user passwd NAME
+linetap-office user disable NAME
+linetap-office user list [--json]
+linetap-office user role NAME --set R [--set R2]
+linetap-office user scope NAME [--site S] [--device D] [--line DEV/LINE] [--everything|--clear]
+linetap-office user totp NAME
+
+New passwords come from ``$LINETAP_OFFICE_NEW_PASSWORD`` or are asked twice. These
+commands act with file-system trust: whoever can open the office config and database may
+run them (that is how the first admin is made). Each change's
+:class:`~headoffice.accounts.AccountEvent` passes through :func:`_report`, where the
+ledger is to hook in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+
+from headoffice.accounts import AccountError, AccountEvent, Accounts, UserInfo
+from headoffice.authz import DeviceLine, Role, Scope
+from headoffice.cli_query import office_location, office_options
+from headoffice.config import AccountsConfig
+from headoffice.index import open_index
+from headoffice.printing import fail, format_table, write_json
+from sealedrec.errors import LinetapError
+
+PASSWORD_ENV = "LINETAP_OFFICE_NEW_PASSWORD"
+
+
+def _report(event: AccountEvent) -> None:
+    """Every change the user commands make passes here: the one place where the acting
+    account and the ledger entry for admin actions are to be wired in (not yet)."""
+    del event
+
+
+def _new_password(name: str) -> str:
+    env = os.environ.get(PASSWORD_ENV)
+    if env:
+        return env
+    first = getpass.getpass(f"new password for {name}: ")
+    if first != getpass.getpass("again: "):
+        raise AccountError(
+            f"the two passwords differ; run the command again (or set ${PASSWORD_ENV})"
+        )
+    return first
+
+
+def _scope(args: argparse.Namespace) -> Scope:
+    try:
+        lines = frozenset(DeviceLine.parse(text) for text in args.line or ())
+    except ValueError as exc:
+        raise AccountError(str(exc)) from None
+    return Scope(
+        sites=frozenset(args.site or ()),
+        devices=frozenset(args.device or ()),
+        lines=lines,
+        everything=bool(args.everything),
+    )
+
+
+def _run(args: argparse.Namespace, body: Callable[[Accounts], int]) -> int:
+    where = office_location(args)  # ConfigError: run_command prints it, exit status 2
+    settings = where.config.accounts if where.config is not None else AccountsConfig()
+    sites = where.config.sites if where.config is not None else {}
+    try:
+        index = open_index(where.index_url)
+    except (LinetapError, OSError) as exc:
+        return fail(sys.stderr, exc)
+    try:
+        return body(Accounts(index, settings, sites=sites))
+    except (LinetapError, OSError) as exc:
+        return fail(sys.stderr, exc)
+    finally:
+        index.close()
+
+
+def _totp_note(accounts: Accounts, name: str, roles: tuple[Role, ...]) -> None:
+    needs = sorted(set(roles) & set(accounts.settings.totp_required_for))
+    if needs:
+        print(
+            f"note: role {', '.join(needs)} logs in only with a one-time code; enroll one "
+            f"with: linetap-office user totp {name}"
+        )
+
+
+def _print_enrollment(accounts: Accounts, name: str) -> None:
+    enrollment = accounts.enroll_totp(name)
+    _report(enrollment.event)
+    print("TOTP enrolled; add it to the authenticator app now (shown only this once):")
+    print(f"  {enrollment.uri}")
+    print(f"  secret: {enrollment.secret}")
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts) -> int:
+        scope = _scope(args)
+        password = _new_password(args.name)
+        event = accounts.add_user(args.name, password, args.role, scope)
+        _report(event)
+        roles = ", ".join(event.roles)
+        print(f"user {args.name} added (roles {roles}; scope {scope.describe()})")
+        if args.totp:
+            _print_enrollment(accounts, args.name)
+        else:
+            _totp_note(accounts, args.name, event.roles)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts) -> int:
+        accounts.principal(args.name)  # exists and enabled, before asking for a password
+        _report(accounts.set_password(args.name, _new_password(args.name)))
+        print(f"password of {args.name} changed; its sessions are ended")
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts) -> int:
+        _report(accounts.disable(args.name))
+        print(f"user {args.name} disabled; its sessions are ended")
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_role(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts) -> int:
+        event = accounts.set_roles(args.name, args.set)
+        _report(event)
+        print(f"roles of {args.name}: {', '.join(event.roles)}")
+        totp = {u.name: u.totp_enrolled for u in accounts.list_users()}
+        if not totp.get(args.name):
+            _totp_note(accounts, args.name, event.roles)
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_scope(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts) -> int:
+        scope = _scope(args)
+        if scope == Scope() and not args.clear:
+            raise AccountError(
+                "give the new scope (--site, --device, --line, --everything), or --clear for none"
+            )
+        _report(accounts.set_scope(args.name, scope))
+        print(f"scope of {args.name}: {scope.describe()}")
+        return 0
+
+    return _run(args, body)
+
+
+def cmd_totp(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts) -> int:
+        _print_enrollment(accounts, args.name)
+        return 0
+
+    return _run(args, body)
+
+
+def _user_json(user: UserInfo) -> dict[str, object]:
+    return {
+        "name": user.name,
+        "roles": [str(r) for r in user.roles],
+        "scope": {
+            "everything": user.scope.everything,
+            "sites": sorted(user.scope.sites),
+            "devices": sorted(user.scope.devices),
+            "lines": sorted(str(dl) for dl in user.scope.lines),
+        },
+        "disabled": user.disabled,
+        "totp_enrolled": user.totp_enrolled,
+        "failed_logins": user.failed_logins,
+        "locked_until": user.locked_until,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts) -> int:
+        users = accounts.list_users()
+        if args.json:
+            write_json(sys.stdout, {"users": [_user_json(u) for u in users]})
+            return 0
+        if not users:
+            print("no users; the first one: linetap-office user add NAME --role admin --totp")
+            return 0
+        rows = [
+            (
+                u.name,
+                ", ".join(u.roles),
+                u.scope.describe(),
+                "yes" if u.totp_enrolled else "no",
+                "disabled"
+                if u.disabled
+                else (f"locked until {u.locked_until}" if u.locked_until else "enabled"),
+                u.failed_logins,
+            )
+            for u in users
+        ]
+        print(format_table(("NAME", "ROLES", "SCOPE", "TOTP", "STATE", "FAILED"), rows))
+        return 0
+
+    return _run(args, body)
+
+
+def _scope_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", action="append", metavar="SITE", help="a site of [sites] (repeatable)")
+    p.add_argument("--device", action="append", metavar="DEVICE", help="a device id (repeatable)")
+    p.add_argument("--line", action="append", metavar="DEV/LINE", help="one line (repeatable)")
+    p.add_argument(
+        "--everything", action="store_true", help="every recording (e.g. an office-wide supervisor)"
+    )
+
+
+def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``user add|passwd|disable|list|role|scope|totp`` (one call in headoffice/cli.py)."""
+    common = [office_options()]
+    roles = [r.value for r in Role]
+    user = sub.add_parser("user", help="head-office accounts: add, passwd, disable, list, ...")
+    users = user.add_subparsers(dest="user_command", required=True)
+
+    p = users.add_parser("add", parents=common, help="a new account (the first must be admin)")
+    p.add_argument("name")
+    p.add_argument("--role", action="append", required=True, choices=roles, help="repeatable")
+    _scope_options(p)
+    p.add_argument(
+        "--totp", action="store_true", help="enroll a TOTP secret and print its URI once"
+    )
+    p.set_defaults(func=cmd_add)
+
+    p = users.add_parser("passwd", parents=common, help="set a new password (ends its sessions)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_passwd)
+
+    p = users.add_parser("disable", parents=common, help="no more logins (ends its sessions)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_disable)
+
+    p = users.add_parser("list", parents=common, help="accounts, roles, scopes, lock state")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(func=cmd_list)
+
+    p = users.add_parser("role", parents=common, help="replace an account's roles")
+    p.add_argument("name")
+    p.add_argument("--set", action="append", required=True, choices=roles, help="repeatable")
+    p.set_defaults(func=cmd_role)
+
+    p = users.add_parser("scope", parents=common, help="replace an account's scope")
+    p.add_argument("name")
+    _scope_options(p)
+    p.add_argument("--clear", action="store_true", help="no recordings at all")
+    p.set_defaults(func=cmd_scope)
+
+    p = users.add_parser("totp", parents=common, help="enroll a new TOTP secret (prints it once)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_totp)
