@@ -21,6 +21,7 @@ from pathlib import Path
 
 from headoffice import service
 from headoffice.brokerconf import write_broker_config
+from headoffice.cli_audit import add_audit_commands
 from headoffice.cli_query import add_query_commands, office_location, office_options
 from headoffice.cli_users import add_user_commands
 from headoffice.config import load_office_config, office_config_path
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_query_commands(sub)
     add_settings_commands(sub)
     add_user_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 
