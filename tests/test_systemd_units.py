@@ -58,7 +58,8 @@ OFFICE_DIR = UNITS_DIR / "office"
 OFFICE_SERVE = "linetap-office-serve.service"
 OFFICE_TEMPLATE = "linetap-office-serve@.service"
 OFFICE_INSTANCE = "linetap-office-serve@office-receiver-2.service"
-OFFICE_UNITS = (OFFICE_SERVE, OFFICE_TEMPLATE)
+OFFICE_CHECKPOINT = "linetap-office-checkpoint.service"
+OFFICE_UNITS = (OFFICE_SERVE, OFFICE_TEMPLATE, OFFICE_CHECKPOINT)
 OFFICE_SYSUSERS = OFFICE_DIR / "sysusers.d" / "linetap-office.conf"
 VENV_OFFICE = "/opt/linetap-office/venv/bin/linetap-office"
 # What systemd-analyze security may mark on the office units: the receiver needs the
@@ -249,8 +250,17 @@ def exposure(root: Path, name: str) -> tuple[float, list[str]]:
         (RECORDER, True),
         (OFFICE_SERVE, False),
         (OFFICE_INSTANCE, False),
+        (OFFICE_CHECKPOINT, False),
     ],
-    ids=["recorder", "uploader", "firstboot", "recorder+rpigpio", "office", "office@"],
+    ids=[
+        "recorder",
+        "uploader",
+        "firstboot",
+        "recorder+rpigpio",
+        "office",
+        "office@",
+        "checkpoint",
+    ],
 )
 def test_exposure_at_most_2(tmp_path: Path, name: str, rpigpio: bool) -> None:
     level, marked = exposure(make_root(tmp_path, rpigpio=rpigpio), name)
@@ -337,7 +347,7 @@ def test_office_command_config_and_directories() -> None:
     """ExecStart is `linetap-office serve` with the default office config; the state
     directory is the config's default root, 0700; config errors (exit 2) end restarts."""
     parser = build_office_parser()
-    for name in OFFICE_UNITS:
+    for name in (OFFICE_SERVE, OFFICE_TEMPLATE):
         settings = unit(name)
         [argv] = commands(settings)
         assert argv[0] == VENV_OFFICE, argv
@@ -562,3 +572,23 @@ def test_device_units_name_their_config(name: str) -> None:
     text = (UNITS_DIR / name).read_text()
     [start] = [line for line in text.splitlines() if line.startswith("ExecStart=")]
     assert start.endswith(" --config /etc/linetap/linetap.toml"), start
+
+
+def test_office_checkpoint_unit_alone_gets_the_ledger_key() -> None:
+    """The ledger key reaches the checkpoint unit as a credential and no other unit names
+    it (a receiver or web process that could read it could re-sign a rewritten log); its
+    command parses as `audit checkpoint` with the default office config."""
+    [argv] = commands(unit(OFFICE_CHECKPOINT))
+    args = build_office_parser().parse_args(argv[1:])
+    assert (args.command, args.audit_command, args.config) == (
+        "audit",
+        "checkpoint",
+        DEFAULT_CONFIG,
+    )
+    checkpoint = (OFFICE_DIR / OFFICE_CHECKPOINT).read_text()
+    assert "LoadCredential=ledger-key:/etc/linetap-office/ledger.key" in checkpoint
+    assert "audit checkpoint --config /etc/linetap-office/office.toml" in checkpoint
+    for other in (OFFICE_SERVE, OFFICE_TEMPLATE):
+        assert "ledger" not in (OFFICE_DIR / other).read_text()
+    timer = (OFFICE_DIR / "linetap-office-checkpoint.timer").read_text()
+    assert "OnUnitActiveSec=1h" in timer and "Persistent=true" in timer
