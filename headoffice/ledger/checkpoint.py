@@ -40,6 +40,21 @@ from sealedrec.durable import write_new_file
 from sealedrec.errors import LinetapError
 
 VKEY_FILE = "ledger.vkey"
+BUNDLE_README = """Evidence for recording {rec}: its ingest leaf {idx} in a signed checkpoint of
+{size} leaves of the office's audit ledger.
+
+Check it with Python 3 and the 'cryptography' package only (nothing of ours):
+
+    python3 verify_bundle.py .
+
+It checks: checkpoint.note is signed by the key in ledger.vkey (compare that key with the
+one the office gave you, and the checkpoint with a copy kept outside the office); leaf.json
+is included at its index in that tree (proof.json: RFC 6962 inclusion proof); the leaf
+names the SHA-256 of manifest.json (canonical JSON) and of recording.age; the manifest is
+signed by device.pub (the device's Ed25519 key; device.crt is its TLS certificate from the
+office CA). recording.age is the recording as the device sealed it (age, to the office's
+keys): this bundle proves what was stored, it does not decrypt it.
+"""
 
 
 class AuditError(LinetapError, ValueError):
@@ -142,6 +157,7 @@ def proof_bundle(
         with store.local_blob(record.path) as blob:
             shutil.copyfile(blob, out / "recording.age")
     shutil.copyfile(verify_bundle.__file__, out / "verify_bundle.py")
+    (out / "README.txt").write_text(BUNDLE_README.format(rec=rec, idx=leaf_row.idx, size=size))
     os.chmod(out / "verify_bundle.py", 0o755)
     return out
 
