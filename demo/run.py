@@ -12,7 +12,12 @@ and decrypts it — every part real, on this machine.
 4. `linetap upload` ships it over MQTT v5 + mTLS; `linetap-office serve` verifies the
    signature, stores and indexes it, and only then acknowledges; the appliance marks it
    acked.
-5. The office verifies the store (signatures, hashes, chain, audio) and exports the call.
+5. The office verifies the store (signatures, hashes, chain, audio) and exports the call,
+   acting as the demo account (supervisor + auditor, whole office): the office command
+   line always acts as a named account, and each access is an audit-ledger entry first.
+   The demo's office.toml asks a one-time code of admins only (`[accounts]
+   totp_required_for = ["admin"]`), so the demo account logs in with its password; the
+   default also asks it of supervisors.
 
     python -m demo [--out demo-out]      (make demo)
 
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,13 +45,36 @@ from pathlib import Path
 import firmware.samples
 from buffers.outbox import Outbox, OutboxState
 from headoffice import brokerconf, enroll
+from headoffice.access import PASSWORD_ENV, USER_ENV
+from headoffice.accounts import Accounts
+from headoffice.authz import Role, Scope
+from headoffice.cli_users import bootstrap_gate, record_event
+from headoffice.config import load_office_config
 from headoffice.enroll import CaLayout
+from headoffice.index import open_index
 from sealedrec.keys import load_device_key, public_key_b64
 
 SAMPLES = Path(firmware.samples.__file__).resolve().parent  # the sample call and its hooks
 DEVICE_TOML = Path(__file__).resolve().parent / "demo.toml"
 BIN = Path(sys.executable).parent
 DEVICE = "demo-appliance"
+DEMO_USER = "demo"
+
+
+def _demo_accounts(office_toml: Path) -> str:
+    """The office's first admin and the demo account (supervisor + auditor, scope
+    everything), made as `linetap-office user add` makes the first admin (file-system
+    trust, each an admin leaf by "bootstrap"); the demo account's password."""
+    cfg = load_office_config(office_toml)
+    password = secrets.token_urlsafe(12)
+    with open_index(cfg.index_url) as index:
+        accounts = Accounts(index, cfg.accounts, sites=cfg.sites)
+        gate = bootstrap_gate(index, cfg)
+        admin = accounts.add_user("demo-admin", secrets.token_urlsafe(24), [Role.ADMIN])
+        record_event(gate, admin)
+        roles = [Role.SUPERVISOR, Role.AUDITOR]
+        record_event(gate, accounts.add_user(DEMO_USER, password, roles, Scope.all()))
+    return password
 
 
 def _free_port() -> int:
@@ -53,8 +83,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(argv: list[str]) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+def _run(argv: list[str], env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"demo: {' '.join(argv[:3])} failed:\n{done.stdout}{done.stderr}")
     return done.stdout
@@ -104,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     office_toml.write_text(
         f'root = "{office_root}"\n[broker]\nhost = "127.0.0.1"\nport = {port}\n'
         f'ca_file = "{CaLayout(office_root).broker_ca}"\ncert_file = "{client_cert}"\nkey_file = "{client_key}"\n'
+        '[accounts]\ntotp_required_for = ["admin"]\n'
+    )
+    password = _demo_accounts(office_toml)
+    as_demo = {**os.environ, USER_ENV: DEMO_USER, PASSWORD_ENV: password}
+    print(
+        f"[office]  account {DEMO_USER} (supervisor + auditor), password {password}: "
+        f"{USER_ENV}={DEMO_USER} {PASSWORD_ENV}=... linetap-office ls --config {office_toml}"
     )
 
     # 2. Appliance config, keys, enrollment.
@@ -198,14 +235,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         log.close()
 
     # 5. The office: list, verify, decrypt.
-    listing = json.loads(_run([office, "ls", "--store", str(office_root), "--json"]))
+    listing = json.loads(_run([office, "ls", "--config", str(office_toml), "--json"], as_demo))
     rows = listing if isinstance(listing, list) else listing.get("recordings", [])
     verify = subprocess.run(
         [
             office,
             "verify",
-            "--store",
-            str(office_root),
+            "--config",
+            str(office_toml),
             "--identity",
             str(setup.office_key),
             "--json",
@@ -213,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         capture_output=True,
         text=True,
         check=False,
+        env=as_demo,
     )
     ok = verify.returncode == 0 and json.loads(verify.stdout).get("ok") is True
     for row in rows:
@@ -233,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
                 office,
                 "export",
                 rec,
-                "--store",
-                str(office_root),
+                "--config",
+                str(office_toml),
                 "--identity",
                 str(setup.office_key),
                 "-o",
                 str(wav),
-            ]
+            ],
+            as_demo,
         )
         print(f"[office]  decrypted audio: {wav}")
     print(f"[office]  verify (signatures, hashes, chain, audio): {'OK' if ok else 'FAILED'}")

@@ -5,6 +5,13 @@ The commands themselves are :mod:`headoffice.query` (ls, show), :mod:`headoffice
 and :mod:`headoffice.storeverify`; this module turns ``--config`` / ``--root`` /
 ``--index`` into an open index and store (one resolver for every office command:
 :func:`office_location`) and registers the sub-commands (:func:`add_query_commands`).
+
+Every query command acts as a named account: it logs in with
+:func:`headoffice.access.cli_actor` (``$LINETAP_OFFICE_USER`` / ``$LINETAP_OFFICE_PASSWORD``
+/ ``$LINETAP_OFFICE_TOTP``, or asked on a terminal) and goes through one
+:class:`~headoffice.access.Gate`: each access is authorized and appended to the audit
+ledger before anything is shown or written. A refused login or access is one line on
+stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from headoffice.access import PASSWORD_ENV, TOTP_ENV, USER_ENV, Gate, cli_actor
 from headoffice.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
     INDEX_ENV,
     STORE_ENV,
+    OfficeConfig,
     OfficeLocation,
     resolve_office,
 )
@@ -81,14 +90,22 @@ def _open_store(root: Path) -> FileBlobStore:
     return FileBlobStore(root)
 
 
-def _run(args: argparse.Namespace, body: Callable[[OfficeLocation, Index], int]) -> int:
+def office_config(where: OfficeLocation) -> OfficeConfig:
+    """The office's settings (accounts, sites): its config's, or the defaults for a store
+    named by ``--root`` alone."""
+    return where.config if where.config is not None else OfficeConfig(root=where.root)
+
+
+def _run(args: argparse.Namespace, body: Callable[[OfficeLocation, Index, Gate], int]) -> int:
     where = office_location(args)  # ConfigError: run_command prints it, exit status 2
     try:
         index = open_index(where.index_url)
     except (LinetapError, OSError) as exc:
         return fail(sys.stderr, exc)
     try:
-        return body(where, index)
+        cfg = office_config(where)
+        gate = Gate(index, cfg, cli_actor(cfg, index))  # AccessDenied: one line, status 1
+        return body(where, index, gate)
     except (LinetapError, OSError) as exc:
         return fail(sys.stderr, exc)
     finally:
@@ -100,10 +117,11 @@ def _seconds_ms(value: float | None) -> int | None:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    def body(where: OfficeLocation, index: Index) -> int:
+    def body(where: OfficeLocation, index: Index, gate: Gate) -> int:
         store = FileBlobStore(where.root) if args.pending and where.root.is_dir() else None
         return cmd_ls(
             index,
+            gate,
             store=store,
             device=args.device,
             line=args.line,
@@ -123,14 +141,18 @@ def run_ls(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    return _run(args, lambda _where, index: cmd_show(index, args.recording, as_json=args.json))
+    return _run(
+        args,
+        lambda _where, index, gate: cmd_show(index, gate, args.recording, as_json=args.json),
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
     return _run(
         args,
-        lambda where, index: cmd_export(
+        lambda where, index, gate: cmd_export(
             index,
+            gate,
             _open_store(where.root),
             args.recording,
             identity=args.identity,
@@ -147,8 +169,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
     return _run(
         args,
-        lambda where, index: cmd_verify(
+        lambda where, index, gate: cmd_verify(
             index,
+            gate,
             _open_store(where.root),
             keys(where),
             device=args.device,
@@ -167,9 +190,19 @@ def add_query_commands(
     ``func(args) -> int``. ``parents`` must provide what :func:`office_location` reads
     (default: :func:`office_options`)."""
     common = list(parents) if parents is not None else [office_options()]
+    who = (
+        f"Acts as the account named by ${USER_ENV} / ${PASSWORD_ENV} (and ${TOTP_ENV} for a "
+        "role that needs a one-time code), or asks on a terminal; the access is authorized "
+        "and written to the audit ledger before anything is shown."
+    )
 
     p = subparsers.add_parser(
-        "ls", aliases=["search"], parents=common, help="list or search stored recordings"
+        "ls",
+        aliases=["search"],
+        parents=common,
+        help="list or search stored recordings",
+        description="List or search the stored recordings the account may see (right "
+        f"search, then view_metadata on each; one ledger entry per search). {who}",
     )
     p.add_argument("--device", help="only this device")
     p.add_argument("--line", help="only this line (e.g. line1)")
@@ -187,12 +220,25 @@ def add_query_commands(
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(func=run_ls)
 
-    p = subparsers.add_parser("show", parents=common, help="one recording's details")
+    p = subparsers.add_parser(
+        "show",
+        parents=common,
+        help="one recording's details",
+        description="One recording's details (right view_metadata on it; a recording out "
+        f"of the account's scope is 'not found', as an unknown one). {who}",
+    )
     p.add_argument("recording", help="recording id (or a unique prefix)")
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(func=run_show)
 
-    p = subparsers.add_parser("export", parents=common, help="decrypt a recording to a file")
+    p = subparsers.add_parser(
+        "export",
+        parents=common,
+        help="decrypt a recording to a file",
+        description="Decrypt a recording to a file (right export on it: supervisor or "
+        "compliance, within scope). Refused, or when the ledger cannot take the entry: "
+        f"nothing is written. {who}",
+    )
     p.add_argument("recording", help="recording id (or a unique prefix)")
     p.add_argument(
         "--identity", "-i", type=Path, required=True, help="age identity file (age-keygen)"
@@ -203,7 +249,15 @@ def add_query_commands(
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
-        "verify", parents=common, help="check signatures, blobs and sequence chains"
+        "verify",
+        parents=common,
+        help="check signatures, blobs and sequence chains",
+        description="Check signatures, blobs and sequence chains of every device whose "
+        "recordings the account may all see (right search, and view_metadata on each "
+        "recording: an auditor or an office-wide supervisor checks every device; other "
+        "devices are left out). With --identity the audio is decrypted too, which needs "
+        "the export right on every recording checked (each decryption is a ledger "
+        f"entry); an auditor verifies without --identity. {who}",
     )
     p.add_argument("--device", help="only this device")
     p.add_argument(

@@ -9,11 +9,17 @@ linetap-office user role NAME --set R [--set R2]
 linetap-office user scope NAME [--site S] [--device D] [--line DEV/LINE] [--everything|--clear]
 linetap-office user totp NAME
 
-New passwords come from ``$LINETAP_OFFICE_NEW_PASSWORD`` or are asked twice. These
-commands act with file-system trust: whoever can open the office config and database may
-run them (that is how the first admin is made). Each change's
-:class:`~headoffice.accounts.AccountEvent` passes through :func:`_report`, where the
-ledger is to hook in.
+New passwords come from ``$LINETAP_OFFICE_NEW_PASSWORD`` or are asked twice.
+
+While no account exists (bootstrap), these commands act with file-system trust: whoever
+can open the office config and database may run ``user add NAME --role admin`` (the first
+account must be an admin), and the change is logged as an ``admin`` leaf by the user
+``bootstrap``. From then on every ``user`` command acts as a named account
+(:func:`headoffice.access.cli_actor`: ``$LINETAP_OFFICE_USER`` / ``$LINETAP_OFFICE_PASSWORD``
+/ ``$LINETAP_OFFICE_TOTP``) that needs the ``manage_users`` right (role admin), authorized
+and logged through :meth:`Gate.allow <headoffice.access.Gate.allow>` before anything is
+read or changed; each change's :class:`~headoffice.accounts.AccountEvent` then becomes an
+``admin`` leaf (:func:`record_event`: roles and scope, never a password or a TOTP secret).
 """
 
 from __future__ import annotations
@@ -21,24 +27,50 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import socket
 import sys
 from collections.abc import Callable
 
+from headoffice.access import Actor, Gate, cli_actor
 from headoffice.accounts import AccountError, AccountEvent, Accounts, UserInfo
-from headoffice.authz import DeviceLine, Role, Scope
-from headoffice.cli_query import office_location, office_options
-from headoffice.config import AccountsConfig
-from headoffice.index import open_index
+from headoffice.authz import Action, DeviceLine, Principal, Role, Scope
+from headoffice.cli_query import office_config, office_location, office_options
+from headoffice.config import OfficeConfig
+from headoffice.index import Index, open_index
 from headoffice.printing import fail, format_table, write_json
 from sealedrec.errors import LinetapError
 
 PASSWORD_ENV = "LINETAP_OFFICE_NEW_PASSWORD"
 
+#: Who made the changes while no account existed (the ledger's ``admin`` leaves).
+BOOTSTRAP = "bootstrap"
 
-def _report(event: AccountEvent) -> None:
-    """Every change the user commands make passes here: the one place where the acting
-    account and the ledger entry for admin actions are to be wired in (not yet)."""
-    del event
+FIRST_MUST_BE_ADMIN = (
+    "the first account must have role admin: linetap-office user add NAME --role admin"
+)
+
+
+def bootstrap_gate(index: Index, cfg: OfficeConfig) -> Gate:
+    """The gate of the file-system-trusted user who makes the first admin account: its
+    changes are ``admin`` leaves by the user ``bootstrap``."""
+    client = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    return Gate(index, cfg, Actor(Principal(BOOTSTRAP, frozenset()), BOOTSTRAP, client))
+
+
+def event_detail(event: AccountEvent) -> str:
+    """An account change for the ledger: roles and scope (never a secret)."""
+    parts = []
+    if event.roles:
+        parts.append(f"roles {', '.join(str(r) for r in event.roles)}")
+    if event.scope is not None:
+        parts.append(f"scope {event.scope.describe()}")
+    return "; ".join(parts)
+
+
+def record_event(gate: Gate, event: AccountEvent) -> None:
+    """Every change the user commands make becomes an ``admin`` leaf of the ledger, by
+    the account acting (``bootstrap`` for the first admin)."""
+    gate.admin(action=str(event.kind), subject=event.user, detail=event_detail(event))
 
 
 def _new_password(name: str) -> str:
@@ -66,16 +98,31 @@ def _scope(args: argparse.Namespace) -> Scope:
     )
 
 
-def _run(args: argparse.Namespace, body: Callable[[Accounts], int]) -> int:
+def _what(args: argparse.Namespace) -> str:
+    """The command for the ledger's access entry, e.g. ``user role sam``."""
+    return " ".join(p for p in ("user", args.user_command, getattr(args, "name", None)) if p)
+
+
+def _gate(accounts: Accounts, index: Index, cfg: OfficeConfig, args: argparse.Namespace) -> Gate:
+    """While no account exists: the bootstrap gate (file-system trust). Otherwise the
+    named account's, with ``manage_users`` authorized and logged."""
+    if not accounts.list_users():
+        return bootstrap_gate(index, cfg)
+    gate = Gate(index, cfg, cli_actor(cfg, index))
+    gate.allow(Action.MANAGE_USERS, detail=_what(args))
+    return gate
+
+
+def _run(args: argparse.Namespace, body: Callable[[Accounts, Gate], int]) -> int:
     where = office_location(args)  # ConfigError: run_command prints it, exit status 2
-    settings = where.config.accounts if where.config is not None else AccountsConfig()
-    sites = where.config.sites if where.config is not None else {}
+    cfg = office_config(where)
     try:
         index = open_index(where.index_url)
     except (LinetapError, OSError) as exc:
         return fail(sys.stderr, exc)
     try:
-        return body(Accounts(index, settings, sites=sites))
+        accounts = Accounts(index, cfg.accounts, sites=cfg.sites)
+        return body(accounts, _gate(accounts, index, cfg, args))
     except (LinetapError, OSError) as exc:
         return fail(sys.stderr, exc)
     finally:
@@ -91,24 +138,26 @@ def _totp_note(accounts: Accounts, name: str, roles: tuple[Role, ...]) -> None:
         )
 
 
-def _print_enrollment(accounts: Accounts, name: str) -> None:
+def _print_enrollment(accounts: Accounts, gate: Gate, name: str) -> None:
     enrollment = accounts.enroll_totp(name)
-    _report(enrollment.event)
+    record_event(gate, enrollment.event)
     print("TOTP enrolled; add it to the authenticator app now (shown only this once):")
     print(f"  {enrollment.uri}")
     print(f"  secret: {enrollment.secret}")
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    def body(accounts: Accounts) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
         scope = _scope(args)
+        if gate.actor.principal.name == BOOTSTRAP and Role.ADMIN not in args.role:
+            raise AccountError(FIRST_MUST_BE_ADMIN)  # file-system trust makes admins only
         password = _new_password(args.name)
         event = accounts.add_user(args.name, password, args.role, scope)
-        _report(event)
+        record_event(gate, event)
         roles = ", ".join(event.roles)
         print(f"user {args.name} added (roles {roles}; scope {scope.describe()})")
         if args.totp:
-            _print_enrollment(accounts, args.name)
+            _print_enrollment(accounts, gate, args.name)
         else:
             _totp_note(accounts, args.name, event.roles)
         return 0
@@ -117,9 +166,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    def body(accounts: Accounts) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
         accounts.principal(args.name)  # exists and enabled, before asking for a password
-        _report(accounts.set_password(args.name, _new_password(args.name)))
+        record_event(gate, accounts.set_password(args.name, _new_password(args.name)))
         print(f"password of {args.name} changed; its sessions are ended")
         return 0
 
@@ -127,8 +176,8 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
-    def body(accounts: Accounts) -> int:
-        _report(accounts.disable(args.name))
+    def body(accounts: Accounts, gate: Gate) -> int:
+        record_event(gate, accounts.disable(args.name))
         print(f"user {args.name} disabled; its sessions are ended")
         return 0
 
@@ -136,9 +185,9 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_role(args: argparse.Namespace) -> int:
-    def body(accounts: Accounts) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
         event = accounts.set_roles(args.name, args.set)
-        _report(event)
+        record_event(gate, event)
         print(f"roles of {args.name}: {', '.join(event.roles)}")
         totp = {u.name: u.totp_enrolled for u in accounts.list_users()}
         if not totp.get(args.name):
@@ -149,13 +198,13 @@ def cmd_role(args: argparse.Namespace) -> int:
 
 
 def cmd_scope(args: argparse.Namespace) -> int:
-    def body(accounts: Accounts) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
         scope = _scope(args)
         if scope == Scope() and not args.clear:
             raise AccountError(
                 "give the new scope (--site, --device, --line, --everything), or --clear for none"
             )
-        _report(accounts.set_scope(args.name, scope))
+        record_event(gate, accounts.set_scope(args.name, scope))
         print(f"scope of {args.name}: {scope.describe()}")
         return 0
 
@@ -163,8 +212,8 @@ def cmd_scope(args: argparse.Namespace) -> int:
 
 
 def cmd_totp(args: argparse.Namespace) -> int:
-    def body(accounts: Accounts) -> int:
-        _print_enrollment(accounts, args.name)
+    def body(accounts: Accounts, gate: Gate) -> int:
+        _print_enrollment(accounts, gate, args.name)
         return 0
 
     return _run(args, body)
@@ -190,7 +239,8 @@ def _user_json(user: UserInfo) -> dict[str, object]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    def body(accounts: Accounts) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
+        del gate  # manage_users was authorized and logged before the list is read
         users = accounts.list_users()
         if args.json:
             write_json(sys.stdout, {"users": [_user_json(u) for u in users]})

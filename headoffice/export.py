@@ -4,6 +4,10 @@
 matching the sealed codec is the sealed stream itself, bit for bit. The blob is checked
 against its manifest first (size, SHA-256), and the output appears whole or not at all
 (written through a temp file beside it, mode 0600: it is plain audio).
+
+The ``export`` right on the recording is authorized and logged (an ``access`` leaf)
+before anything is read from the store or written: a refusal, or a ledger that cannot
+take the entry, writes nothing. A recording out of the account's scope is "not found".
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import TextIO
 import soundfile
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from headoffice.access import Gate
+from headoffice.authz import Action
 from headoffice.blobstore import BlobStore
 from headoffice.index import Index
 from headoffice.printing import fail, streams
-from headoffice.query import QueryError, lookup
+from headoffice.query import QueryError, open_record
 from sealedrec.age import AgeError, AgeReader, load_identities
 from sealedrec.durable import atomic_file
 from sealedrec.errors import LinetapError
@@ -45,13 +51,16 @@ def export_recording(
     rec: str,
     identities: Sequence[X25519PrivateKey],
     output: Path,
+    *,
+    gate: Gate,
 ) -> ExportResult:
     """Decrypt a stored recording to ``output``: ``.wav`` (16-bit PCM) or ``.flac``
     for any recording; ``.flac`` / ``.opus`` / ``.ogg`` matching the sealed codec is the
-    sealed stream itself, bit for bit."""
-    record = lookup(index, rec)
-    rid = record.recording_id
+    sealed stream itself, bit for bit. ``export`` is authorized and logged through
+    ``gate`` first."""
     suffix = output.suffix.lower()
+    record = open_record(index, gate, rec, Action.EXPORT, detail=f"export as {suffix or '?'}")
+    rid = record.recording_id
     if record.container is None:
         raise QueryError(f"recording {rid} has no audio (discarded, or cut before any was synced)")
     native = record.container == "age" and suffix in NATIVE_SUFFIXES.get(record.codec or "", ())
@@ -81,6 +90,7 @@ def export_recording(
 
 def cmd_export(
     index: Index,
+    gate: Gate,
     store: BlobStore,
     rec: str,
     *,
@@ -92,7 +102,7 @@ def cmd_export(
     out, err = streams(out, err)
     try:
         identities = load_identities(identity)
-        result = export_recording(index, store, rec, identities, output)
+        result = export_recording(index, store, rec, identities, output, gate=gate)
     except (LinetapError, OSError) as exc:
         return fail(err, exc)
     if result.frames >= 0:

@@ -1,9 +1,15 @@
 """``linetap-office ls`` / ``search`` and ``show``: what the index knows, for people
 (aligned tables, terminal-safe) or scripts (``--json``).
 
-Each ``cmd_*`` function takes an open :class:`~headoffice.index.Index` (and, for uploads in
-progress, a :class:`~headoffice.blobstore.BlobStore`), prints, and returns the exit code:
-0 success, 1 an error (one line on ``err``, never a traceback). ``export`` and ``verify``
+Each ``cmd_*`` function takes an open :class:`~headoffice.index.Index`, the
+:class:`~headoffice.access.Gate` of the account acting (and, for uploads in progress, a
+:class:`~headoffice.blobstore.BlobStore`), prints, and returns the exit code: 0 success,
+1 an error or a refusal (one line on ``err``, never a traceback).
+
+Access: a search is authorized and logged (one ``search`` leaf with its filters) before the
+index is read, and lists only the recordings the account may see the metadata of; ``show``
+authorizes and logs ``view_metadata`` on the recording before printing it. A recording out
+of the account's scope is answered exactly as an unknown id. ``export`` and ``verify``
 are :mod:`headoffice.export` and :mod:`headoffice.storeverify`; the argparse wiring of all
 four is :mod:`headoffice.cli_query`.
 """
@@ -12,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
+from headoffice.access import AccessDenied, Gate
+from headoffice.authz import Action, Target, authorize
 from headoffice.blobstore import BlobStore, StoreError
 from headoffice.index import Index, PendingUpload, StoredRecord
 from headoffice.printing import (
@@ -43,17 +51,46 @@ def _flags(record: StoredRecord) -> str:
     )
 
 
-def lookup(index: Index, rec: str) -> StoredRecord:
-    """A recording by id or by an unambiguous id prefix."""
+#: How many prefix matches are looked at for one that the account may see.
+_PREFIX_MATCHES = 200
+
+
+def _not_found(rec: str) -> QueryError:
+    return QueryError(f"no recording {rec!r} in the index")
+
+
+def lookup(index: Index, rec: str, gate: Gate) -> StoredRecord:
+    """A recording by id, or by an id prefix that matches exactly one recording the
+    account may see (recordings out of its scope never match a prefix, so neither an
+    "ambiguous" answer nor a match tells that they exist). Not yet authorized: see
+    :func:`open_record`."""
     record = index.get(rec)
     if record is not None:
         return record
-    matches = index.find(rec, limit=2) if len(rec) >= 4 else []
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
+    matches = index.find(rec, limit=_PREFIX_MATCHES) if len(rec) >= 4 else []
+    visible = [r for r in matches if gate.may(Action.VIEW_METADATA, r)]
+    if len(visible) == 1:
+        return visible[0]
+    if visible:
         raise QueryError(f"recording id prefix {rec!r} is ambiguous; give more of the id")
-    raise QueryError(f"no recording {rec!r} in the index")
+    raise _not_found(rec)
+
+
+def open_record(
+    index: Index, gate: Gate, rec: str, action: Action, *, detail: str = ""
+) -> StoredRecord:
+    """:func:`lookup`, then ``action`` authorized and logged on the recording (refusals
+    are logged too). A recording out of scope raises the same :class:`QueryError` as an
+    unknown id; another refusal (a right not granted, a ledger that cannot take the
+    entry) raises :class:`~headoffice.access.AccessDenied`."""
+    record = lookup(index, rec, gate)
+    try:
+        gate.allow(action, record, detail=detail)
+    except AccessDenied as exc:
+        if exc.hidden:
+            raise _not_found(rec) from None
+        raise
+    return record
 
 
 # --------------------------------------------------------------------------- ls / search
@@ -61,6 +98,7 @@ def lookup(index: Index, rec: str) -> StoredRecord:
 
 def cmd_ls(
     index: Index,
+    gate: Gate,
     *,
     store: BlobStore | None = None,
     device: str | None = None,
@@ -78,23 +116,26 @@ def cmd_ls(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """List stored recordings matching the filters (``pending``: uploads in progress)."""
+    """List stored recordings matching the filters (``pending``: uploads in progress) that
+    the account may see; the search itself is authorized and logged first."""
     out, err = streams(out, err)
+    filters: dict[str, Any] = {
+        "device": device,
+        "line": line,
+        "since": since,
+        "until": until,
+        "caller": caller,
+        "digits": digits,
+        "min_duration_ms": min_duration_ms,
+        "max_duration_ms": max_duration_ms,
+        "recovered": recovered,
+    }
     try:
         if pending:
-            return _ls_pending(index, store, device, as_json, out)
-        records = index.search(
-            device=device,
-            line=line,
-            since=since,
-            until=until,
-            caller=caller,
-            digits=digits,
-            min_duration_ms=min_duration_ms,
-            max_duration_ms=max_duration_ms,
-            recovered=recovered,
-            limit=limit,
-        )
+            gate.allow(Action.SEARCH, detail=_filters_text("pending uploads", {"device": device}))
+            return _ls_pending(index, gate, store, device, as_json=as_json, out=out)
+        gate.allow(Action.SEARCH, detail=_filters_text("ls", {**filters, "limit": limit}))
+        records = _visible_search(index, gate, limit, filters)
     except (LinetapError, OSError) as exc:
         return fail(err, exc)
     if as_json:
@@ -125,6 +166,26 @@ def cmd_ls(
     return 0
 
 
+def _filters_text(what: str, filters: dict[str, Any]) -> str:
+    """The ledger's note of a search: what and its filters, e.g. ``ls line=line1``."""
+    given = " ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
+    return f"{what} {given}".strip()
+
+
+def _visible_search(
+    index: Index, gate: Gate, limit: int, filters: dict[str, Any]
+) -> list[StoredRecord]:
+    """Up to ``limit`` matches the account may see the metadata of (the index is asked
+    for more while hidden rows fill the page)."""
+    fetch = max(limit, 1)
+    while True:
+        rows = index.search(**filters, limit=fetch)
+        visible = [r for r in rows if gate.may(Action.VIEW_METADATA, r)]
+        if len(visible) >= limit or len(rows) < fetch:
+            return visible[: max(limit, 0)]
+        fetch *= 4
+
+
 def _received(upload: PendingUpload, store: BlobStore | None) -> int:
     if store is None:
         return upload.received
@@ -135,13 +196,23 @@ def _received(upload: PendingUpload, store: BlobStore | None) -> int:
 
 
 def _ls_pending(
-    index: Index, store: BlobStore | None, device: str | None, as_json: bool, out: TextIO
+    index: Index,
+    gate: Gate,
+    store: BlobStore | None,
+    device: str | None,
+    *,
+    as_json: bool,
+    out: TextIO,
 ) -> int:
     uploads = index.uploads(device)
     items: list[dict[str, Any]] = []
     for u in uploads:
         manifest = u.init.get("manifest")
         seq = manifest.get("seq") if isinstance(manifest, dict) else None
+        line = manifest.get("line") if isinstance(manifest, dict) else None
+        target = Target(u.device_id, line if isinstance(line, str) else "")
+        if not authorize(gate.actor.principal, Action.VIEW_METADATA, target, gate.sites):
+            continue  # an upload of a recording out of scope (no line known: device scope)
         items.append(
             {
                 "device_id": u.device_id,
@@ -182,16 +253,18 @@ def _ls_pending(
 
 def cmd_show(
     index: Index,
+    gate: Gate,
     rec: str,
     *,
     as_json: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Everything the index knows about one recording (id or unique id prefix)."""
+    """Everything the index knows about one recording (id or unique id prefix), once
+    ``view_metadata`` on it is authorized and logged."""
     out, err = streams(out, err)
     try:
-        record = lookup(index, rec)
+        record = open_record(index, gate, rec, Action.VIEW_METADATA, detail="show")
     except (LinetapError, OSError) as exc:
         return fail(err, exc)
     m = record.manifest

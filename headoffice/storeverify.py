@@ -6,6 +6,14 @@ against the signed manifest, and the recording itself through the one verifier o
 format (:func:`sealedrec.verify.check_recording`: blob size and SHA-256, and with an
 office identity the decrypted audio against the signed hashes). Per device, the seq /
 hash chain, and its end against what the index received last.
+
+Access: verifying is a search of the office (one ``search`` leaf, authorized and logged
+first) that reads the metadata of every recording it checks, so it checks whole devices
+whose every recording the account may see the metadata of (an auditor's or an
+office-wide supervisor's: all of them); other devices are left out, as if absent.
+Decrypting the audio (``--identity``) needs the ``export`` right on each recording
+(supervisor or compliance, within scope): it is checked for all of them before anything
+is decrypted, and each decryption is an ``export`` leaf of its own, appended before it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from headoffice.access import Gate
+from headoffice.authz import Action, Target, authorize
 from headoffice.blobstore import BlobStore, StoreError
 from headoffice.index import DeviceState, Index, StoredRecord, row_from_manifest
 from headoffice.officeroot import device_signing_key
@@ -136,7 +146,9 @@ def _check_record(
     store: BlobStore,
     key: Ed25519PublicKey | None,
     key_problem: str,
+    *,
     identities: Sequence[X25519PrivateKey],
+    gate: Gate,
 ) -> tuple[RecordCheck, dict[str, Any]]:
     """One recording's problems, and the manifest its chain is checked with."""
     rid = record.recording_id
@@ -156,6 +168,8 @@ def _check_record(
     if record.container is None:
         problems += check_recording(manifest, None)
     else:
+        if identities:
+            gate.allow(Action.EXPORT, record, detail="verify: audio decrypted, checked, not kept")
         with store.local_blob(record.path) as blob:
             problems += check_recording(manifest, blob, identities)
     return check, manifest
@@ -188,17 +202,26 @@ def verify_store(
     store: BlobStore,
     device_keys: DeviceKeys,
     *,
+    gate: Gate,
     device: str | None = None,
     identities: Sequence[X25519PrivateKey] = (),
 ) -> VerifyReport:
-    """Check every stored recording (of ``device``): manifest signature against the
-    device's key, index against store, blob size and SHA-256, each device's seq / hash
-    chain, and — with ``identities`` — the decrypted audio against the signed hashes."""
+    """Check every stored recording (of ``device``) of the devices the account may see
+    whole (see the module docstring): manifest signature against the device's key, index
+    against store, blob size and SHA-256, each device's seq / hash chain, and — with
+    ``identities`` — the decrypted audio against the signed hashes."""
+    what = f"verify{f' device={device}' if device else ''}{' with audio' if identities else ''}"
+    gate.allow(Action.SEARCH, detail=what)
     report = VerifyReport()
     states = {d.device_id: d for d in index.devices()}
-    if device is not None and device not in states:
+    plan = _visible_devices(index, gate, [device] if device is not None else sorted(states))
+    if device is not None and (device not in states or not plan):
         raise QueryError(f"device {device!r} has no recordings in the index")
-    for dev in [device] if device is not None else sorted(states):
+    if identities:
+        for record in (r for records in plan.values() for r in records):
+            if record.container is not None and not gate.may(Action.EXPORT, record):
+                gate.allow(Action.EXPORT, record, detail="verify: audio not decrypted")  # raises
+    for dev, records in plan.items():
         key: Ed25519PublicKey | None = None
         key_problem = ""
         try:
@@ -206,9 +229,10 @@ def verify_store(
         except (LinetapError, OSError, ValueError) as exc:
             key_problem = str(exc)
         manifests = []
-        records = index.all_for_device(dev)
         for record in records:
-            check, manifest = _check_record(record, store, key, key_problem, identities)
+            check, manifest = _check_record(
+                record, store, key, key_problem, identities=identities, gate=gate
+            )
             report.recordings.append(check)
             manifests.append(manifest)
         for problem in verify_chain(manifests):
@@ -221,8 +245,27 @@ def verify_store(
     return report
 
 
+def _visible_devices(index: Index, gate: Gate, devices: list[str]) -> dict[str, list[StoredRecord]]:
+    """The devices (with their recordings) whose every recording the account may see the
+    metadata of; a device without recordings when the account's scope covers the device."""
+    plan = {}
+    for dev in devices:
+        records = index.all_for_device(dev)
+        if records:
+            whole = all(gate.may(Action.VIEW_METADATA, r) for r in records)
+        else:
+            target = Target(dev, "")
+            whole = authorize(
+                gate.actor.principal, Action.VIEW_METADATA, target, gate.sites
+            ).allowed
+        if whole:
+            plan[dev] = records
+    return plan
+
+
 def cmd_verify(
     index: Index,
+    gate: Gate,
     store: BlobStore,
     device_keys: DeviceKeys,
     *,
@@ -236,7 +279,9 @@ def cmd_verify(
     out, err = streams(out, err)
     try:
         identities = load_identities(identity) if identity is not None else []
-        report = verify_store(index, store, device_keys, device=device, identities=identities)
+        report = verify_store(
+            index, store, device_keys, gate=gate, device=device, identities=identities
+        )
     except (LinetapError, OSError) as exc:
         return fail(err, exc)
     if as_json:

@@ -25,6 +25,7 @@ from headoffice.authz import Role, Scope
 from headoffice.cli import main
 from headoffice.config import AccountsConfig
 from headoffice.index import Index, open_index
+from tests.office_accounts import Login, SteppingClock, leaves, use_clock
 from tests.test_office_index import index_url, pg_dsn  # noqa: F401 - fixtures
 
 PASSWORD = "correct horse battery"
@@ -336,26 +337,34 @@ def test_cli_round_trip(
     assert main(["user", "add", "root", "--role", "admin", "--totp", *where]) == 0
     out = capsys.readouterr().out
     assert "otpauth://totp/linetap:root?secret=" in out
+    # From now on the user commands act as root (admin: a code per login, a step apart).
+    secret = out.split("secret: ", 1)[1].split()[0]
+    as_admin = Login("root", PASSWORD, secret, use_clock(monkeypatch, SteppingClock()))
+
+    def as_root(argv: list[str]) -> int:
+        as_admin.apply(monkeypatch)
+        return main(argv)
+
     args = ["user", "add", "sam", "--role", "supervisor", "--site", "hq", "--line", "dev-9/line2"]
-    assert main([*args, *where]) == 0
+    assert as_root([*args, *where]) == 0
     assert "user totp sam" in capsys.readouterr().out  # told how to enroll the needed code
-    assert main(["user", "role", "sam", "--set", "reviewer", "--set", "auditor", *where]) == 0
-    assert main(["user", "scope", "sam", "--device", "dev-3", *where]) == 0
+    assert as_root(["user", "role", "sam", "--set", "reviewer", "--set", "auditor", *where]) == 0
+    assert as_root(["user", "scope", "sam", "--device", "dev-3", *where]) == 0
     monkeypatch.setenv("LINETAP_OFFICE_NEW_PASSWORD", "a new long passphrase")
-    assert main(["user", "passwd", "sam", *where]) == 0
+    assert as_root(["user", "passwd", "sam", *where]) == 0
     capsys.readouterr()
-    assert main(["user", "list", "--json", *where]) == 0
+    assert as_root(["user", "list", "--json", *where]) == 0
     users = {u["name"]: u for u in json.loads(capsys.readouterr().out)["users"]}
     assert users["root"]["roles"] == ["admin"] and users["root"]["totp_enrolled"] is True
     assert users["sam"]["roles"] == ["auditor", "reviewer"]
     assert users["sam"]["scope"]["devices"] == ["dev-3"]
-    assert main(["user", "disable", "sam", *where]) == 0
-    assert main(["user", "list", *where]) == 0
+    assert as_root(["user", "disable", "sam", *where]) == 0
+    assert as_root(["user", "list", *where]) == 0
     table = capsys.readouterr().out
     assert "sam" in table and "disabled" in table
-    assert main(["user", "disable", "root", *where]) == 1
+    assert as_root(["user", "disable", "root", *where]) == 1
     assert "last enabled admin" in capsys.readouterr().err
-    assert main(["user", "scope", "root", "--site", "nowhere", *where]) == 1
+    assert as_root(["user", "scope", "root", "--site", "nowhere", *where]) == 1
     assert "add it under [sites]" in capsys.readouterr().err
     # the password set through the CLI works for a login (sam is disabled: root instead)
     index = open_index(index_url)
@@ -363,5 +372,15 @@ def test_cli_round_trip(
         accounts = Accounts(index, CHEAP)
         assert _refused(accounts, "sam", "a new long passphrase") is LoginFailure.DISABLED
         assert _refused(accounts, "root", PASSWORD) is LoginFailure.CODE_MISSING  # enrolled
+        admin = [(leaf["user"], leaf["action"], leaf["subject"]) for leaf in leaves(index, "admin")]
+        assert admin[:3] == [
+            ("bootstrap", "user_added", "root"),
+            ("bootstrap", "totp_enrolled", "root"),
+            ("root", "user_added", "sam"),
+        ]
+        assert ("root", "user_disabled", "sam") in admin
+        assert all("secret" not in leaf["detail"] for leaf in leaves(index, "admin"))
+        access = [leaf for leaf in leaves(index, "access") if leaf["action"] == "manage_users"]
+        assert access and all(leaf["user"] == "root" for leaf in access)
     finally:
         index.close()

@@ -24,7 +24,7 @@ from headoffice.index import IndexStoreError
 from headoffice.index.schema import app_role_grants
 from headoffice.ledger.audit import AuditReport, KeptCheckpoint, audit
 from headoffice.ledger.checkpoint import keygen, load_verifier, make_checkpoint, proof_bundle
-from headoffice.ledger.leaves import AdminLeaf, parse_leaf
+from headoffice.ledger.leaves import AccessLeaf, AdminLeaf, parse_leaf
 from headoffice.ledger.merkle import leaf_hash, root
 from headoffice.ledger.note import checkpoint_text, generate_signer_key, parse_signer_key, sign_note
 from headoffice.ledger.store import Ledger
@@ -75,20 +75,20 @@ class Audited(Office):
         if self.url.startswith("sqlite"):
             import sqlite3
 
-            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"))
-            with conn:
+            lite = sqlite3.connect(self.url.removeprefix("sqlite:///"))
+            with lite:
                 for table in ("ledger", "checkpoints"):
                     for verb in ("update", "delete"):
-                        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_{verb}")
+                        lite.execute(f"DROP TRIGGER IF EXISTS {table}_no_{verb}")
                 for statement in sql:
-                    conn.execute(statement, params)
-            conn.close()
+                    lite.execute(statement, params)
+            lite.close()
         else:
             with psycopg.connect(self.url, autocommit=True) as conn:
                 conn.execute("ALTER TABLE ledger DISABLE TRIGGER USER")
                 conn.execute("ALTER TABLE checkpoints DISABLE TRIGGER USER")
                 for statement in sql:
-                    conn.execute(statement.replace("?", "%s"), params)  # type: ignore[arg-type]
+                    conn.execute(statement.replace("?", "%s"), params)
                 conn.execute("ALTER TABLE ledger ENABLE TRIGGER USER")
                 conn.execute("ALTER TABLE checkpoints ENABLE TRIGGER USER")
 
@@ -294,7 +294,8 @@ def test_audit_verify_on_the_command_line_is_itself_logged(office: Audited, monk
     monkeypatch.setenv("LINETAP_OFFICE_PASSWORD", "auditor-password")
     assert office_main(["audit", "verify", "--config", str(toml), "--no-blobs"]) in (0, 1)
     leaf = parse_leaf(next(iter(office.ledger.rows(before))).body)
-    assert leaf.kind == "access" and leaf.action == "read_audit" and leaf.user == "aud1"  # type: ignore[union-attr]
+    assert isinstance(leaf, AccessLeaf)
+    assert leaf.action == "read_audit" and leaf.user == "aud1"
     # A reviewer may not read the ledger, and the refusal is a leaf too.
     accounts.add_user("rev1", "reviewer-password", [Role.REVIEWER], Scope.all())
     monkeypatch.setenv("LINETAP_OFFICE_USER", "rev1")

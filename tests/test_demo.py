@@ -26,6 +26,8 @@ def test_demo_end_to_end(tmp_path: Path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "verify (signatures, hashes, chain, audio): OK" in run.stdout
     assert "the office received, verified and decrypted every recording" in run.stdout
+    # The office CLI acted as the demo account, whose name and password the demo prints.
+    assert "[office]  account demo (supervisor + auditor), password " in run.stdout
     [wav] = (out / "office" / "exports").glob("*.wav")
     decrypted, rate = soundfile.read(wav, dtype="int16")
     source, _ = soundfile.read(REPO / "firmware" / "samples" / "sample_call.flac", dtype="int16")

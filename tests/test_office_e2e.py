@@ -23,6 +23,7 @@ import soundfile
 
 from buffers.outbox import Outbox, OutboxState
 from headoffice import enroll
+from headoffice.authz import Role, Scope
 from headoffice.index import open_index
 from headoffice.officeroot import CaLayout
 from sealedrec.keys import load_device_key
@@ -30,6 +31,7 @@ from sealedrec.manifest import manifest_hash
 from tests.conftest import VENV_BIN
 from tests.helpers import RATE, config_text, replay_inputs, signed_manifest
 from tests.mqtt_broker import office_broker_conf, run_mosquitto
+from tests.office_accounts import add_account
 
 DEVICE = "branch-7"
 
@@ -149,6 +151,9 @@ def test_sealed_calls_reach_the_office_over_mtls(tmp_path: Path):
             # Telemetry: retained status with the outbox counts.
     index = open_index(f"sqlite:///{s.root / 'index.sqlite3'}")
     rows = index.search(device=DEVICE)
+    # The office CLI acts as a named account: an office-wide supervisor (TOTP, as the
+    # office's default [accounts] requires for the export right).
+    sup = add_account(index, "sup", [Role.SUPERVISOR], Scope.all())
     index.close()
     assert sorted(r.seq for r in rows) == [1, 2]
     office = str(VENV_BIN / "linetap-office")
@@ -165,6 +170,7 @@ def test_sealed_calls_reach_the_office_over_mtls(tmp_path: Path):
         capture_output=True,
         text=True,
         check=False,
+        env=sup.subprocess_env(),
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout)["ok"] is True
@@ -184,6 +190,7 @@ def test_sealed_calls_reach_the_office_over_mtls(tmp_path: Path):
         ],
         check=True,
         capture_output=True,
+        env=sup.subprocess_env(),
     )
     samples, rate = soundfile.read(out, dtype="int16")
     assert rate == RATE

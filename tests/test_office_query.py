@@ -24,6 +24,8 @@ import soundfile
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from firmware.cli import main as linetap_main
+from headoffice.access import Gate
+from headoffice.authz import Role, Scope
 from headoffice.cli import main as office_main
 from headoffice.cli_query import add_query_commands
 from headoffice.config import OfficeConfig, resolve_office
@@ -37,6 +39,7 @@ from sealedrec.age import load_identities
 from sealedrec.keys import load_device_key, public_key_b64
 from sealedrec.verify import decrypt_recording
 from tests.helpers import RATE, START_UTC, config_text, line_signal, replay_inputs
+from tests.office_accounts import Login, SteppingClock, add_account, gate_for, use_clock
 
 DEVICE = "test-device"
 CHUNK = 16 * 1024
@@ -129,6 +132,7 @@ class Office:
     paths: list[Path]
     manifests: list[dict[str, Any]]
     url: str
+    gate: Gate  # an office-wide supervisor's, for calling the cmd_* functions directly
 
     def edit_index(self, sql: str) -> None:
         """Changes the index behind the office's back, as anyone with the database could."""
@@ -144,8 +148,24 @@ def make_office(tmp_path: Path, sealed: Sealed, seqs: tuple[int, ...] = (1, 2, 3
     chosen = [e for e in sealed.entries if manifest_of(e)["seq"] in seqs]
     paths = [ingest(store, index, e) for e in chosen]
     return Office(
-        store, index, {DEVICE: sealed.device_key}, paths, [manifest_of(e) for e in chosen], url
+        store,
+        index,
+        {DEVICE: sealed.device_key},
+        paths,
+        [manifest_of(e) for e in chosen],
+        url,
+        gate_for(index),
     )
+
+
+def cli_accounts(o: Office, monkeypatch: pytest.MonkeyPatch) -> tuple[Login, Login]:
+    """The accounts the CLI tests act as (the office's default [accounts]): a viewer
+    (reviewer + auditor: search, show, verify; no code needed) and an office-wide
+    supervisor with TOTP (export, verify --identity), on a clock a step per code."""
+    clock = use_clock(monkeypatch, SteppingClock())
+    viewer = add_account(o.index, "viewer", [Role.REVIEWER, Role.AUDITOR], Scope.all())
+    sup = add_account(o.index, "sup", [Role.SUPERVISOR], Scope.all(), clock=clock)
+    return viewer, sup
 
 
 @pytest.fixture
@@ -190,22 +210,22 @@ def test_store_layout_and_index(office_store: Office):
 
 def test_ls_filters_and_table(office_store: Office):
     o = office_store
-    code, doc = run_json(cmd_ls, o.index)
+    code, doc = run_json(cmd_ls, o.index, o.gate)
     assert code == 0 and doc["count"] == 3
     assert [r["seq"] for r in doc["recordings"]] == [1, 2, 3]
     assert "manifest" not in doc["recordings"][0]
-    _, doc = run_json(cmd_ls, o.index, line="line2")
+    _, doc = run_json(cmd_ls, o.index, o.gate, line="line2")
     assert [r["line"] for r in doc["recordings"]] == ["line2"]
-    _, doc = run_json(cmd_ls, o.index, recovered=True)
+    _, doc = run_json(cmd_ls, o.index, o.gate, recovered=True)
     assert [r["container"] for r in doc["recordings"]] == ["segments"]
-    _, doc = run_json(cmd_ls, o.index, min_duration_ms=9_000, max_duration_ms=12_000)
+    _, doc = run_json(cmd_ls, o.index, o.gate, min_duration_ms=9_000, max_duration_ms=12_000)
     assert [r["seq"] for r in doc["recordings"]] == [1]  # 0..9 s (pre-roll clamped at 0)
-    _, doc = run_json(cmd_ls, o.index, since="2026-11-25T10:30:00Z")
+    _, doc = run_json(cmd_ls, o.index, o.gate, since="2026-11-25T10:30:00Z")
     assert [r["seq"] for r in doc["recordings"]] == [3]
-    _, doc = run_json(cmd_ls, o.index, device="nobody")
+    _, doc = run_json(cmd_ls, o.index, o.gate, device="nobody")
     assert doc == {"count": 0, "recordings": []}
 
-    code, text, err = run_text(cmd_ls, o.index)
+    code, text, err = run_text(cmd_ls, o.index, o.gate)
     assert code == 0 and err == ""
     lines = text.splitlines()
     assert lines[0].startswith("STARTED (UTC)") and lines[-1] == "3 recordings"
@@ -214,7 +234,7 @@ def test_ls_filters_and_table(office_store: Office):
         assert line[column:] == m["recording_id"]
         assert line.startswith(m["started_utc"][:19].replace("T", " "))
     assert "recovered" in lines[3]
-    code, _, err = run_text(cmd_ls, o.index, since="last tuesday")
+    code, _, err = run_text(cmd_ls, o.index, o.gate, since="last tuesday")
     assert code == 1 and err.count("\n") == 1 and "since" in err and "Traceback" not in err
 
 
@@ -224,28 +244,28 @@ def test_ls_pending_counts_parked_chunks(office_store: Office):
     o.index.note_upload(DEVICE, "rec-in-flight", init, 5, received=1)
     for i in (0, 3):
         o.store.park_chunk(DEVICE, "rec-in-flight", i, b"x" * 1000)
-    code, doc = run_json(cmd_ls, o.index, store=o.store, pending=True)
+    code, doc = run_json(cmd_ls, o.index, o.gate, store=o.store, pending=True)
     assert code == 0
     [up] = doc["uploads"]
     assert (up["recording_id"], up["seq"], up["received"], up["chunk_count"]) == (
         "rec-in-flight", 4, 2, 5,
     )  # fmt: skip
-    code, text, _ = run_text(cmd_ls, o.index, pending=True)  # no store: the row's count
+    code, text, _ = run_text(cmd_ls, o.index, o.gate, pending=True)  # no store: the row's count
     assert code == 0 and "1/5" in text and "rec-in-flight" in text
 
 
 def test_show(office_store: Office):
     o = office_store
     m = o.manifests[0]
-    code, doc = run_json(cmd_show, o.index, m["recording_id"])
+    code, doc = run_json(cmd_show, o.index, o.gate, m["recording_id"])
     assert code == 0 and doc["manifest"] == m and doc["record"]["seq"] == 1
-    code, text, _ = run_text(cmd_show, o.index, m["recording_id"][:13])  # a unique prefix
+    code, text, _ = run_text(cmd_show, o.index, o.gate, m["recording_id"][:13])  # a unique prefix
     assert code == 0
     fields = dict(line.split(None, 1) for line in text.splitlines())
     assert fields["recording"] == m["recording_id"]
     assert fields["device"].startswith(f"{DEVICE} (seq 1")
     assert fields["audio"].startswith(f"flac in age, {m['blob_bytes']} bytes")
-    code, out, err = run_text(cmd_show, o.index, "no-such-recording")
+    code, out, err = run_text(cmd_show, o.index, o.gate, "no-such-recording")
     assert code == 1 and out == ""
     assert err == "linetap-office: error: no recording 'no-such-recording' in the index\n"
 
@@ -258,7 +278,7 @@ def test_export_wav_equals_the_age_tool(office_store: Office, office, tmp_path: 
     for path, m in zip(o.paths[:2], o.manifests[:2], strict=True):
         wav = tmp_path / f"{m['seq']}.wav"
         code, text, err = run_text(
-            cmd_export, o.index, o.store, m["recording_id"], identity=office[0], output=wav
+            cmd_export, o.index, o.gate, o.store, m["recording_id"], identity=office[0], output=wav
         )
         assert (code, err) == (0, ""), err
         assert text == f"wrote {wav}: WAV, {m['audio_frames'] / RATE:.2f} s at {RATE} Hz\n"
@@ -271,7 +291,7 @@ def test_export_wav_equals_the_age_tool(office_store: Office, office, tmp_path: 
     # .flac of a FLAC recording: the sealed stream itself, bit for bit.
     flac = tmp_path / "1.flac"
     code, text, _ = run_text(
-        cmd_export, o.index, o.store, o.manifests[0]["recording_id"], identity=office[0],
+        cmd_export, o.index, o.gate, o.store, o.manifests[0]["recording_id"], identity=office[0],
         output=flac,
     )  # fmt: skip
     assert code == 0 and "the sealed flac stream" in text
@@ -285,7 +305,7 @@ def test_export_segments(office_store: Office, office, sealed: Sealed, tmp_path:
     np.testing.assert_array_equal(reference, sealed.segments_input)
     for name in ("seg.wav", "seg.flac"):
         code, _, err = run_text(
-            cmd_export, o.index, o.store, m["recording_id"], identity=office[0],
+            cmd_export, o.index, o.gate, o.store, m["recording_id"], identity=office[0],
             output=tmp_path / name,
         )  # fmt: skip
         assert (code, err) == (0, "")
@@ -298,17 +318,23 @@ def test_export_errors_are_one_line(office_store: Office, office, tmp_path: Path
     o = office_store
     rec = o.manifests[0]["recording_id"]
     code, _, err = run_text(
-        cmd_export, o.index, o.store, rec, identity=office[0], output=tmp_path / "x.mp3"
+        cmd_export, o.index, o.gate, o.store, rec, identity=office[0], output=tmp_path / "x.mp3"
     )
     assert code == 1 and "use a .wav or .flac name" in err and err.count("\n") == 1
     other = tmp_path / "other.key"
     subprocess.run(["age-keygen", "-o", str(other)], check=True, capture_output=True)
     code, _, err = run_text(
-        cmd_export, o.index, o.store, rec, identity=other, output=tmp_path / "x.wav"
+        cmd_export, o.index, o.gate, o.store, rec, identity=other, output=tmp_path / "x.wav"
     )
     assert code == 1 and "cannot decrypt" in err and err.count("\n") == 1
     code, _, err = run_text(
-        cmd_export, o.index, o.store, rec, identity=tmp_path / "nokey", output=tmp_path / "x.wav"
+        cmd_export,
+        o.index,
+        o.gate,
+        o.store,
+        rec,
+        identity=tmp_path / "nokey",
+        output=tmp_path / "x.wav",
     )
     assert code == 1 and "nokey" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.glob("x.*")) == []  # nothing half-written
@@ -320,10 +346,10 @@ def test_export_errors_are_one_line(office_store: Office, office, tmp_path: Path
 
 def test_verify_clean_store(office_store: Office, office):
     o = office_store
-    code, doc = run_json(cmd_verify, o.index, o.store, o.keys, identity=office[0])
+    code, doc = run_json(cmd_verify, o.index, o.gate, o.store, o.keys, identity=office[0])
     assert code == 0 and doc["ok"] and doc["checked"] == 3 and doc["chain"] == []
     assert all(r["problems"] == [] for r in doc["recordings"])
-    code, text, _ = run_text(cmd_verify, o.index, o.store, o.keys)
+    code, text, _ = run_text(cmd_verify, o.index, o.gate, o.store, o.keys)
     assert code == 0 and text == "verified 3 recording(s) of 1 device(s): all good\n"
 
 
@@ -333,13 +359,13 @@ def test_verify_reports_a_flipped_byte(office_store: Office, office):
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0x01
     blob.write_bytes(bytes(data))
-    code, doc = run_json(cmd_verify, o.index, o.store, o.keys, identity=office[0])
+    code, doc = run_json(cmd_verify, o.index, o.gate, o.store, o.keys, identity=office[0])
     assert code == 1 and not doc["ok"]
     bad = {r["seq"]: r["problems"] for r in doc["recordings"] if r["problems"]}
     assert list(bad) == [2]
     assert any("sha256 differs" in p for p in bad[2])
     assert any("cannot decrypt" in p for p in bad[2])  # the AEAD notices too
-    code, text, _ = run_text(cmd_verify, o.index, o.store, o.keys)
+    code, text, _ = run_text(cmd_verify, o.index, o.gate, o.store, o.keys)
     assert code == 1 and o.manifests[1]["recording_id"] in text and "1 problem(s)" in text
 
 
@@ -349,7 +375,7 @@ def test_verify_reports_an_edited_manifest(office_store: Office):
     m = json.loads(path.read_text())
     m["caller_id"] = {"number": "0800 999 999", "name": "someone else", "source": "fsk"}
     path.write_text(json.dumps(m))
-    code, doc = run_json(cmd_verify, o.index, o.store, o.keys)
+    code, doc = run_json(cmd_verify, o.index, o.gate, o.store, o.keys)
     assert code == 1
     [bad] = [r for r in doc["recordings"] if r["problems"]]
     assert bad["seq"] == 1
@@ -362,7 +388,7 @@ def test_verify_reports_an_edited_manifest(office_store: Office):
 def test_verify_reports_an_edited_index_row(office_store: Office):
     o = office_store
     o.edit_index("UPDATE recordings SET caller_number = '555' WHERE seq = 3")
-    code, doc = run_json(cmd_verify, o.index, o.store, o.keys)
+    code, doc = run_json(cmd_verify, o.index, o.gate, o.store, o.keys)
     assert code == 1
     [bad] = [r for r in doc["recordings"] if r["problems"]]
     assert bad["seq"] == 3 and "caller_number" in bad["problems"][0]
@@ -373,12 +399,12 @@ def test_verify_reports_a_gap(tmp_path: Path, sealed: Sealed):
     try:
         assert o.index.gaps() == [(DEVICE, 2, 2)]
         assert [a.kind for a in o.index.alarms()] == ["gap"]
-        code, doc = run_json(cmd_verify, o.index, o.store, o.keys)
+        code, doc = run_json(cmd_verify, o.index, o.gate, o.store, o.keys)
         assert code == 1
         assert all(r["ok"] for r in doc["recordings"])
         [chain] = doc["chain"]
         assert chain["seq"] == 3 and "gap: seq 2 missing before seq 3" in chain["message"]
-        code, text, _ = run_text(cmd_verify, o.index, o.store, o.keys)
+        code, text, _ = run_text(cmd_verify, o.index, o.gate, o.store, o.keys)
         assert code == 1 and "gap: seq 2 missing before seq 3" in text
     finally:
         o.index.close()
@@ -387,19 +413,19 @@ def test_verify_reports_a_gap(tmp_path: Path, sealed: Sealed):
 def test_verify_reports_a_deleted_latest_recording(office_store: Office):
     o = office_store
     o.edit_index("DELETE FROM recordings WHERE seq = 3")
-    code, doc = run_json(cmd_verify, o.index, o.store, o.keys)
+    code, doc = run_json(cmd_verify, o.index, o.gate, o.store, o.keys)
     assert code == 1 and doc["checked"] == 2
     assert "seq 3 missing at the end" in doc["chain"][0]["message"]
 
 
 def test_verify_without_the_device_key(office_store: Office):
     o = office_store
-    code, doc = run_json(cmd_verify, o.index, o.store, {})
+    code, doc = run_json(cmd_verify, o.index, o.gate, o.store, {})
     assert code == 1
     assert all(
         "no public key known for device test-device" in r["problems"][0] for r in doc["recordings"]
     )
-    code, _, err = run_text(cmd_verify, o.index, o.store, o.keys, device="nobody")
+    code, _, err = run_text(cmd_verify, o.index, o.gate, o.store, o.keys, device="nobody")
     assert code == 1 and "nobody" in err and err.count("\n") == 1
 
 
@@ -407,14 +433,17 @@ def test_verify_without_the_device_key(office_store: Office):
 
 
 def test_commands_through_argparse(
-    office_store: Office, office, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-):
+    office_store: Office, office, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
     o = office_store
     parser = argparse.ArgumentParser(prog="linetap-office")
     add_query_commands(parser.add_subparsers(dest="command", required=True))
     common = ["--store", str(o.store.root)]  # the index defaults to STORE/index.sqlite3
+    viewer, sup = cli_accounts(o, monkeypatch)
 
-    def run(*argv: str) -> tuple[int, str, str]:
+    def run(*argv: str, login: Login = viewer) -> tuple[int, str, str]:
+        login.apply(monkeypatch)
         args = parser.parse_args(list(argv))
         code = args.func(args)
         captured = capsys.readouterr()
@@ -430,13 +459,16 @@ def test_commands_through_argparse(
     assert code == 0 and "line2" in out
     wav = tmp_path / "out.wav"
     code, out, _ = run(
-        "export", *common, o.manifests[0]["recording_id"], "-i", str(office[0]), "-o", str(wav)
-    )
+        "export", *common, o.manifests[0]["recording_id"], "-i", str(office[0]), "-o", str(wav),
+        login=sup,
+    )  # fmt: skip
     assert code == 0 and soundfile.info(wav).frames == o.manifests[0]["audio_frames"]
     keys = tmp_path / "keys"
     keys.mkdir()
     (keys / f"{DEVICE}.pub").write_text(public_key_b64(o.keys[DEVICE]) + "\n")
-    code, out, _ = run("verify", *common, "--device-keys", str(keys), "-i", str(office[0]))
+    code, out, _ = run(
+        "verify", *common, "--device-keys", str(keys), "-i", str(office[0]), login=sup
+    )
     assert code == 0 and "all good" in out and "audio decrypted" in out
     os.remove(keys / f"{DEVICE}.pub")
     code, out, _ = run("verify", *common, "--device-keys", str(keys), "--json")
@@ -502,17 +534,18 @@ def test_ls_and_show_escape_control_characters(tmp_path: Path, sealed: Sealed):
         ingest(store, index, entry)
         record = index.get(rec)
         assert record is not None and record.caller_name == HOSTILE_NAME  # stored exactly
+        gate = gate_for(index)
 
-        for text in (run_text(cmd_ls, index)[1], run_text(cmd_show, index, rec)[1]):
+        for text in (run_text(cmd_ls, index, gate)[1], run_text(cmd_show, index, gate, rec)[1]):
             assert not [c for c in RAW if c in text], repr(text)
             assert "\\x1b[2JEvil\\x07 Corp\\x0d\\u202eraboof" in text
             assert "0207\\x1b[31m946\\u2066" in text and "line1\\x9b2J" in text
-        code, _, err = run_text(cmd_show, index, "\x1b[2Jnone\u202e")
+        code, _, err = run_text(cmd_show, index, gate, "\x1b[2Jnone\u202e")
         assert code == 1 and "\\x1b[2Jnone\\u202e" in err and "\x1b" not in err
 
         for fn, args in ((cmd_ls, ()), (cmd_show, (rec,))):
             out = io.StringIO()
-            assert fn(index, *args, as_json=True, out=out, err=io.StringIO()) == 0
+            assert fn(index, gate, *args, as_json=True, out=out, err=io.StringIO()) == 0
             raw = out.getvalue()
             assert raw.isascii() and not [c for c in RAW if c in raw], raw
             doc = json.loads(raw)  # exact strings back
@@ -520,7 +553,7 @@ def test_ls_and_show_escape_control_characters(tmp_path: Path, sealed: Sealed):
             assert (row["caller_name"], row["caller_number"], row["line"]) == (
                 HOSTILE_NAME, HOSTILE_NUMBER, HOSTILE_LINE,
             )  # fmt: skip
-        code, text, _ = run_text(cmd_verify, index, store, {DEVICE: sealed.device_key})
+        code, text, _ = run_text(cmd_verify, index, gate, store, {DEVICE: sealed.device_key})
         assert code == 0 and "all good" in text
     finally:
         index.close()
@@ -548,8 +581,10 @@ def test_every_query_command_takes_the_config(
     conf.write_text('root = "store"\n')  # relative to the config's directory
     monkeypatch.delenv("LINETAP_OFFICE_CONFIG", raising=False)
     monkeypatch.delenv("LINETAP_OFFICE_STORE", raising=False)
+    viewer, sup = cli_accounts(o, monkeypatch)
 
-    def run(*argv: str) -> tuple[int, str, str]:
+    def run(*argv: str, login: Login = viewer) -> tuple[int, str, str]:
+        login.apply(monkeypatch)
         code = office_main(list(argv))
         captured = capsys.readouterr()
         return code, captured.out, captured.err
@@ -561,7 +596,7 @@ def test_every_query_command_takes_the_config(
     assert code == 0 and "line2" in out
     wav = tmp_path / "c.wav"
     rec = o.manifests[0]["recording_id"]
-    code, _, err = run("export", *with_config, rec, "-i", str(office[0]), "-o", str(wav))
+    code, _, err = run("export", *with_config, rec, "-i", str(office[0]), "-o", str(wav), login=sup)
     assert code == 0 and soundfile.info(wav).frames == o.manifests[0]["audio_frames"], err
     keys = tmp_path / "keys"
     keys.mkdir()
