@@ -69,6 +69,7 @@ def _schema(pg: bool) -> list[str]:
             PRIMARY KEY (device_id, recording_id))""",
         *_people(pg, boolean),
         *_ledger(pg),
+        *search_indexes(),
     ]
 
 
@@ -166,3 +167,25 @@ def app_role_grants(role: str) -> list[str]:
         f"GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY)} TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     ]
+
+
+#: The search page's indexes (headoffice.web.search), the same on both backends; measured
+#: by bench/search_page.py: name -> what it indexes. Each one serves a sort of the page
+#: (walked forward or backward with LIMIT, no sort of every match) or a selective filter.
+SEARCH_INDEXES: dict[str, str] = {
+    # sort=started (the default, newest first), and date ranges, in the exact ORDER BY
+    "recordings_started_order": "recordings (started_utc, device_id, seq, recording_id)",
+    # device (+ line) filters and scopes, and sort=device, in start order within each
+    "recordings_device_line_started": "recordings (device_id, line, started_utc)",
+    # sort=duration and duration ranges
+    "recordings_duration": "recordings (duration_ms, started_utc)",
+    # sort=caller (the ORDER BY's own expression)
+    "recordings_caller": "recordings ((COALESCE(caller_number, '')), started_utc)",
+    # caller substrings (LIKE '%...%' uses no b-tree): a narrow covering index the COUNT
+    # scans instead of the table's wide rows (index-only scan / covering index)
+    "recordings_caller_text": "recordings (caller_number, caller_name)",
+}
+
+
+def search_indexes() -> list[str]:
+    return [f"CREATE INDEX IF NOT EXISTS {name} ON {what}" for name, what in SEARCH_INDEXES.items()]

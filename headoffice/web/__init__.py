@@ -1,0 +1,1 @@
+"""The head office web review (search, playback, notes, scorecards, export)."""
