@@ -35,7 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.ledger_cost import pg_database  # noqa: E402 - after the path
+from ledger_cost import pg_database  # noqa: E402 - after the path (a sibling script)
+
 from headoffice.access import Actor, Gate  # noqa: E402
 from headoffice.authz import DeviceLine, Principal, Role, Scope  # noqa: E402
 from headoffice.config import OfficeConfig  # noqa: E402

@@ -24,6 +24,7 @@ from headoffice.brokerconf import write_broker_config
 from headoffice.cli_audit import add_audit_commands
 from headoffice.cli_query import add_query_commands, office_location, office_options
 from headoffice.cli_users import add_user_commands
+from headoffice.cli_web import add_web_command
 from headoffice.config import load_office_config, office_config_path
 from headoffice.device_settings import add_settings_commands
 from headoffice.enroll import enroll_device, init_ca, issue_office_client
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_commands(sub)
     add_user_commands(sub)
     add_audit_commands(sub)
+    add_web_command(sub)
     return parser
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from headoffice.authz import Role
 from runtime.errors import ConfigError
@@ -125,6 +126,46 @@ class AccountsConfig(_Model):
     )
 
 
+class WebConfig(_Model):
+    """``[web]``: the review web server (``linetap-office web``, headoffice/web/)."""
+
+    listen: str = Field("127.0.0.1", min_length=1, description="address to listen on")
+    port: int = Field(8443, ge=1, le=65535, description="TCP port (8443)")
+    tls_cert: Path | None = Field(
+        None, description="TLS certificate chain (PEM); with tls_key the server speaks HTTPS"
+    )
+    tls_key: Path | None = Field(None, description="TLS private key (PEM), mode 0600")
+    cookie_secure: bool = Field(
+        False,
+        description="mark the session cookie Secure even over plain HTTP (set it behind a "
+        "TLS-terminating reverse proxy; over TLS the cookie is Secure anyway)",
+    )
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="addresses or networks of reverse proxies whose X-Forwarded-For is "
+        'believed (e.g. ["127.0.0.1"]); from anyone else it is ignored',
+    )
+    office_name: str = Field(
+        "linetap head office",
+        min_length=1,
+        max_length=100,
+        description="the name shown in every page's header",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WebConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key, or neither")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an address or network"
+                ) from None
+        return self
+
+
 class OfficeConfig(_Model):
     root: Path = Field(
         Path("/var/lib/linetap-office"),
@@ -149,6 +190,10 @@ class OfficeConfig(_Model):
     accounts: AccountsConfig = Field(
         default_factory=AccountsConfig,
         description="[accounts]: sessions, lock-out, TOTP and password hashing",
+    )
+    web: WebConfig = Field(
+        default_factory=WebConfig,
+        description="[web]: the review web server (listen address, TLS, proxies)",
     )
 
     @property
@@ -181,6 +226,9 @@ def load_office_config(path: Path) -> OfficeConfig:
                 update={
                     k: fix(getattr(cfg.broker, k)) for k in ("ca_file", "cert_file", "key_file")
                 }
+            ),
+            "web": cfg.web.model_copy(
+                update={k: fix(getattr(cfg.web, k)) for k in ("tls_cert", "tls_key")}
             ),
         }
     )
