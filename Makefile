@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # Build: compilers and headers for pyalsaaudio; test signals and tools nobody here wrote.
 DEB_PACKAGES := python3-venv python3-dev gcc libasound2-dev alsa-utils libsndfile1 \
                 sox espeak-ng minimodem multimon-ng age flac opus-tools \
-                mosquitto mosquitto-clients tmux strace
+                mosquitto mosquitto-clients tmux strace chromium
 
 .PHONY: demo test test-slow lint bench sysdeps clean
 

@@ -18,6 +18,12 @@ and decrypts it — every part real, on this machine.
    The demo's office.toml asks a one-time code of admins only (`[accounts]
    totp_required_for = ["admin"]`), so the demo account logs in with its password; the
    default also asks it of supervisors.
+6. In a terminal (stdin and stdout both a TTY), the demo ends by serving the office's web
+   review (`linetap-office web`) on 127.0.0.1 and a free port, and prints its URL with the
+   demo account's name and password; it serves until Ctrl-C (or SIGTERM), then stops it
+   and exits 0. Plain HTTP is fine there: loopback only, this machine's own browser; an
+   office serves it over TLS (headoffice/INSTALL.md, "Web UI"). Not in a terminal (CI,
+   `make demo < /dev/null`), the demo exits after step 5 as before.
 
     python -m demo [--out demo-out]      (make demo)
 
@@ -103,6 +109,83 @@ def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _serve_web(office: str, office_toml: Path, password: str, log_path: Path) -> int:
+    """Step 6: `linetap-office web` on 127.0.0.1:<free port> until Ctrl-C or SIGTERM."""
+    port = _free_port()
+    stop: list[int] = []
+    # Noted here, acted on in the loop below. Ctrl-C reaches the web server as well (same
+    # process group); the SIGTERM sent to it then is for a SIGTERM sent to the demo alone.
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: stop.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    with open(log_path, "ab") as log:
+        web = subprocess.Popen(
+            [
+                office,
+                "web",
+                "--config",
+                str(office_toml),
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _port_open(port):
+            if stop:
+                return 0
+            if web.poll() is not None or time.monotonic() > deadline:
+                print(f"demo: the web review did not start; see {log_path}")
+                return 1
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/"
+        rule = "=" * 78
+        print(
+            f"\n{rule}\n"
+            "  The office's web review (linetap-office web) is running. Plain HTTP on\n"
+            "  loopback is fine for this demo; an office serves it over TLS\n"
+            '  (headoffice/INSTALL.md, "Web UI").\n\n'
+            f"      {url}\n\n"
+            f"  account   {DEMO_USER}  (supervisor + auditor, the whole office)\n"
+            f"  password  {password}\n"
+            "  No one-time code: the demo's office.toml asks TOTP of admins only\n"
+            '  ([accounts] totp_required_for = ["admin"]).\n\n'
+            f"  Server log: {log_path}\n"
+            "  Ctrl-C to stop.\n"
+            f"{rule}",
+            flush=True,
+        )
+        while not stop and web.poll() is None:
+            time.sleep(0.2)
+        if not stop and web.returncode != 0:  # 0: it saw the Ctrl-C first
+            print(f"demo: the web review stopped by itself (exit {web.returncode}); see {log_path}")
+            return 1
+        print("\ndemo: stopping the web review", flush=True)
+        return 0
+    finally:
+        _stop(web)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear script, step by step
@@ -226,12 +309,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         )
     finally:
         for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
         log.close()
 
     # 5. The office: list, verify, decrypt.
@@ -292,4 +370,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             else "FAILED"
         )
     )
-    return 0 if ok and rows else 1
+    if not (ok and rows):
+        return 1
+    # 6. In a terminal: the web review, until Ctrl-C.
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return _serve_web(office, office_toml, password, out / "services.log")
+    return 0

@@ -1,5 +1,6 @@
 """The systemd units in systemd/ (recorder, uploader, first boot) and systemd/office/ (the
-head office receiver, plain and as a template), checked with systemd's tools.
+head office receiver, plain and as a template, the audit checkpoint and the web review),
+checked with systemd's tools.
 
 * ``systemd-analyze verify`` runs on the units inside a throwaway root (--root): the
   host's own system units copied in (sysinit.target, network-online.target, ...) and a
@@ -12,8 +13,8 @@ head office receiver, plain and as a template), checked with systemd's tools.
 * The units name only what the project has: the ``linetap`` subcommands and options
   (parsed by the real argument parser), the config's default data and runtime
   directories, the provisioning marker and boot files of ``linetap provision``; the
-  office units the ``linetap-office serve`` options, the default office config path and
-  store root.
+  office units the ``linetap-office serve`` / ``web`` options, the default office config
+  path and store root.
 * The office units: systemd marks only the settings left off on purpose (network, no
   chroot), so removing any hardening line systemd rates fails the test; each line is
   removed in turn to show that.
@@ -59,11 +60,13 @@ OFFICE_SERVE = "linetap-office-serve.service"
 OFFICE_TEMPLATE = "linetap-office-serve@.service"
 OFFICE_INSTANCE = "linetap-office-serve@office-receiver-2.service"
 OFFICE_CHECKPOINT = "linetap-office-checkpoint.service"
-OFFICE_UNITS = (OFFICE_SERVE, OFFICE_TEMPLATE, OFFICE_CHECKPOINT)
+OFFICE_WEB = "linetap-office-web.service"
+OFFICE_UNITS = (OFFICE_SERVE, OFFICE_TEMPLATE, OFFICE_CHECKPOINT, OFFICE_WEB)
 OFFICE_SYSUSERS = OFFICE_DIR / "sysusers.d" / "linetap-office.conf"
 VENV_OFFICE = "/opt/linetap-office/venv/bin/linetap-office"
 # What systemd-analyze security may mark on the office units: the receiver needs the
-# network (MQTT to a broker anywhere, PostgreSQL, DNS) and runs in the host's root.
+# network (MQTT to a broker anywhere, PostgreSQL, DNS), the web server listens on it, and
+# both run in the host's root.
 # char-rtc:r is what ProtectClock=yes itself allows (PrivateDevices=yes hides it anyway).
 OFFICE_ACCEPTED_MARKS = {
     "RootDirectory=/RootImage=",
@@ -203,7 +206,7 @@ def verify(root: Path, names: Iterable[str]) -> subprocess.CompletedProcess[str]
 @needs_analyze
 def test_units_verify_clean(tmp_path: Path) -> None:
     root = make_root(tmp_path, rpigpio=True)
-    done = verify(root, [*UNITS, OFFICE_SERVE, OFFICE_INSTANCE])
+    done = verify(root, [*UNITS, OFFICE_SERVE, OFFICE_INSTANCE, OFFICE_WEB])
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 0 and not output, f"systemd-analyze verify:\n{output}"
 
@@ -251,6 +254,7 @@ def exposure(root: Path, name: str) -> tuple[float, list[str]]:
         (OFFICE_SERVE, False),
         (OFFICE_INSTANCE, False),
         (OFFICE_CHECKPOINT, False),
+        (OFFICE_WEB, False),
     ],
     ids=[
         "recorder",
@@ -260,6 +264,7 @@ def exposure(root: Path, name: str) -> tuple[float, list[str]]:
         "office",
         "office@",
         "checkpoint",
+        "web",
     ],
 )
 def test_exposure_at_most_2(tmp_path: Path, name: str, rpigpio: bool) -> None:
@@ -297,7 +302,7 @@ def sandbox_lines(text: str) -> list[str]:
 
 
 @needs_analyze
-@pytest.mark.parametrize("name", [OFFICE_SERVE, OFFICE_INSTANCE])
+@pytest.mark.parametrize("name", [OFFICE_SERVE, OFFICE_INSTANCE, OFFICE_WEB])
 def test_office_marks_only_what_it_needs(tmp_path: Path, name: str) -> None:
     """Below 2.0 is not enough: the office units leave off only what the receiver needs."""
     _, marked = exposure(make_root(tmp_path), name)
@@ -306,11 +311,12 @@ def test_office_marks_only_what_it_needs(tmp_path: Path, name: str) -> None:
 
 
 @needs_analyze
-def test_office_every_hardening_line_counts(tmp_path: Path) -> None:
-    """Removing any one rated sandbox line of the office unit makes systemd mark a setting
+@pytest.mark.parametrize("name", [OFFICE_SERVE, OFFICE_WEB])
+def test_office_every_hardening_line_counts(tmp_path: Path, name: str) -> None:
+    """Removing any one rated sandbox line of an office unit makes systemd mark a setting
     the test above does not accept: the check sees every line, not just the total."""
     root = make_root(tmp_path)
-    path = root / "etc/systemd/system" / OFFICE_SERVE
+    path = root / "etc/systemd/system" / name
     original = path.read_text()
     lines = sandbox_lines(original)
     assert len(lines) > 20, lines
@@ -320,7 +326,7 @@ def test_office_every_hardening_line_counts(tmp_path: Path) -> None:
             continue
         assert original.count(f"\n{line}\n") == 1, line
         path.write_text(original.replace(f"\n{line}\n", "\n"))
-        _, marked = exposure(root, OFFICE_SERVE)
+        _, marked = exposure(root, name)
         if not marked_settings(marked) - OFFICE_ACCEPTED_MARKS:
             unnoticed.append(line)
     path.write_text(original)
@@ -344,16 +350,22 @@ def test_office_template_matches_the_unit() -> None:
 
 
 def test_office_command_config_and_directories() -> None:
-    """ExecStart is `linetap-office serve` with the default office config; the state
-    directory is the config's default root, 0700; config errors (exit 2) end restarts."""
+    """ExecStart is `linetap-office serve` (`web` for the web unit) with the default office
+    config; the state directory is the config's default root, 0700; config errors (exit 2)
+    end restarts."""
     parser = build_office_parser()
-    for name in (OFFICE_SERVE, OFFICE_TEMPLATE):
+    for name in (OFFICE_SERVE, OFFICE_TEMPLATE, OFFICE_WEB):
         settings = unit(name)
         [argv] = commands(settings)
         assert argv[0] == VENV_OFFICE, argv
         args = parser.parse_args([a.replace("%i", "office-receiver-2") for a in argv[1:]])
-        assert args.command == "serve" and args.config == DEFAULT_CONFIG, argv
-        assert (args.client is not None) == (name == OFFICE_TEMPLATE), argv
+        assert args.config == DEFAULT_CONFIG, argv
+        if name == OFFICE_WEB:
+            # Where to listen comes from office.toml's [web], not the unit.
+            assert args.command == "web" and args.listen is None and args.port is None, argv
+        else:
+            assert args.command == "serve", argv
+            assert (args.client is not None) == (name == OFFICE_TEMPLATE), argv
         assert Path("/var/lib") / one(settings, "StateDirectory") == OfficeConfig().root
         assert one(settings, "StateDirectoryMode") == "0700"
         assert Path("/etc") / one(settings, "ConfigurationDirectory") == DEFAULT_CONFIG.parent
@@ -539,7 +551,7 @@ def test_sysusers_office_user(tmp_path: Path) -> None:
     assert user[5] == str(OfficeConfig().root) and user[6] == "/usr/sbin/nologin", user
     assert groups["linetap-office"][0] == user[3], "its own primary group"
     assert int(user[2]) < 1000, "a system user"
-    assert one(unit(OFFICE_SERVE), "User") == user[0]
+    assert one(unit(OFFICE_SERVE), "User") == one(unit(OFFICE_WEB), "User") == user[0]
 
 
 def test_udev_rule_gives_gpio_devices_to_the_recorders_group() -> None:
@@ -588,7 +600,23 @@ def test_office_checkpoint_unit_alone_gets_the_ledger_key() -> None:
     checkpoint = (OFFICE_DIR / OFFICE_CHECKPOINT).read_text()
     assert "LoadCredential=ledger-key:/etc/linetap-office/ledger.key" in checkpoint
     assert "audit checkpoint --config /etc/linetap-office/office.toml" in checkpoint
-    for other in (OFFICE_SERVE, OFFICE_TEMPLATE):
+    for other in (OFFICE_SERVE, OFFICE_TEMPLATE, OFFICE_WEB):
         assert "ledger" not in (OFFICE_DIR / other).read_text()
     timer = (OFFICE_DIR / "linetap-office-checkpoint.timer").read_text()
     assert "OnUnitActiveSec=1h" in timer and "Persistent=true" in timer
+
+
+def test_office_web_unit_is_sandboxed_like_the_receiver() -> None:
+    """The web unit keeps the receiver's sandbox line for line (the same user, store and
+    rules; only the command and the ordering differ), and names no devices: it listens on
+    IPv4/IPv6 and talks to journald/PostgreSQL over AF_UNIX, nothing else."""
+
+    def sandbox(name: str) -> list[str]:
+        return sandbox_lines((OFFICE_DIR / name).read_text())
+
+    assert sandbox(OFFICE_WEB) == sandbox(OFFICE_SERVE)
+    web = unit(OFFICE_WEB)
+    assert one(web, "RestrictAddressFamilies").split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert one(web, "PrivateDevices") == "yes" and one(web, "DevicePolicy") == "closed"
+    assert not values(web, "DeviceAllow") and not values(web, "SupplementaryGroups")
+    assert one(web, "Restart") == "always" and one(web, "RestartPreventExitStatus") == "2"

@@ -37,6 +37,7 @@ from headoffice.blobstore import BlobStore
 from headoffice.config import OfficeConfig
 from headoffice.index import Index
 from headoffice.ledger.store import Ledger
+from headoffice.web.routes_audio import add_audio_routes
 from headoffice.web.search import SearchFilters, SearchParameterError, search_page
 from headoffice.web.session import (
     CSRF_FIELD,
@@ -465,6 +466,7 @@ def create_app(
     _error_handlers(app, site)
     _login_routes(app, site)
     _page_routes(app, site)
+    add_audio_routes(app, site)
     app.state.site = site
     app.state.store = store
     return app

@@ -1,0 +1,238 @@
+"""The in-page player in a real browser (issue 16): Playwright for Python driving
+Debian's ``chromium`` (``/usr/bin/chromium``; no browser is downloaded) against a real
+``linetap-office web`` process over an office the real receiver filled with the sample
+call, sealed by ``linetap replay --format sealed`` (tests/test_web_playback.py).
+
+Sign in, search, open the recording, play: the media element's Range requests are
+answered 206, ``currentTime`` advances, +10 s moves it, the keys work, the waveform
+canvas is drawn from the server's peaks and the masked DTMF spans are regions. Each
+page is screenshotted under the test's tmp dir; the search and recording pages are
+copied to docs/screenshots/ for the README.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import VENV_BIN
+from tests.office_accounts import CHEAP_TOML, leaves
+from tests.test_web import free_port
+from tests.test_web_playback import SealedOffice, build_sealed_office
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+)
+
+# How many pixels of the waveform's canvases are painted, and how different they are.
+CANVAS_STATS = """
+(player) => {
+  const host = player.querySelector('#waveform > div');
+  const root = host && host.shadowRoot;
+  if (!root) return {canvases: 0, painted: 0, levels: 0};
+  let painted = 0, canvases = 0;
+  const levels = new Set();
+  for (const c of root.querySelectorAll('canvas')) {
+    if (!c.width || !c.height) continue;
+    canvases += 1;
+    const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 3; i < data.length; i += 4) {
+      if (data[i] > 0) { painted += 1; levels.add(data[i - 3] + ',' + data[i - 2] + ',' + data[i - 1]); }
+    }
+  }
+  // Columns painted differ in height: a drawn waveform, not a flat bar.
+  return {canvases, painted, levels: levels.size};
+}
+"""
+
+
+def office_toml(tmp: Path, office: SealedOffice) -> Path:
+    path = tmp / "office.toml"
+    path.write_text(
+        f'root = "{office.root}"\n{CHEAP_TOML}totp_required_for = ["admin"]\n'
+        '[web]\nlisten = "127.0.0.1"\noffice_name = "Branch 12 head office"\n'
+    )
+    return path
+
+
+def wait_up(proc: subprocess.Popen[str], url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "linetap-office web did not answer"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, SealedOffice]]:
+    office = build_sealed_office(tmp_path)
+    config = office_toml(tmp_path, office)
+    port = free_port()
+    log = open(tmp_path / "web.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "linetap-office"), "web", "--config", str(config), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_up(proc, f"{base}/login")
+        yield base, office
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        office.index.close()
+
+
+MEDIA = "document.querySelector('#player audio')"
+
+
+def media_time(page: Any) -> float:
+    return float(page.evaluate(f"() => {MEDIA}.currentTime"))
+
+
+def sign_in_and_search(page: Any, base: str, office: SealedOffice, shots: Path) -> Any:
+    """Sign in as the reviewer (no TOTP for the role here); the search page lists the call."""
+    page.goto(f"{base}/login")
+    page.screenshot(path=str(shots / "login.png"), full_page=True)
+    page.fill("#name", office.reviewer.name)
+    page.fill("#password", office.reviewer.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+    link = page.locator(f'a[href="/recordings/{office.rec}"]').first
+    link.wait_for()
+    page.screenshot(path=str(shots / "search.png"), full_page=True)
+    return link
+
+
+def check_waveform(page: Any, office: SealedOffice) -> None:
+    """Drawn from the peaks, with one region per masked span laid over it."""
+    player = page.locator("#player")
+    page.wait_for_function(
+        "() => document.querySelector('#player').dataset.maskedRegions !== undefined",
+        timeout=15_000,
+    )
+    masked = page.locator('#player [data-masked="true"]')
+    assert masked.count() == len(office.manifest["masked_spans"]) > 1
+    assert masked.first.inner_text() == "masked"
+    assert player.get_attribute("data-masked-regions") == str(masked.count())
+    stats = player.evaluate(CANVAS_STATS)
+    assert stats["canvases"] >= 1 and stats["painted"] > 1000, stats
+    assert stats["levels"] >= 2, stats
+    box = page.locator("#waveform").bounding_box()
+    assert box and box["height"] >= 90 and box["width"] > 500
+    region_box = masked.first.bounding_box()
+    assert region_box and region_box["height"] > 50  # laid out over the waveform
+
+
+def play_and_skip(page: Any) -> None:
+    page.get_by_role("button", name="Play").click()
+    page.wait_for_function(f"() => {MEDIA}.currentTime > 1.0", timeout=15_000)
+    assert page.get_by_role("button", name="Pause").is_visible()
+    before = media_time(page)
+    page.get_by_role("button", name="Forward 10 seconds").click()
+    after = media_time(page)
+    assert after >= before + 9.5, (before, after)
+    page.get_by_role("button", name="Back 10 seconds").click()
+    back = media_time(page)
+    assert back <= after - 9.5, (after, back)
+    shown = page.locator('#player [data-role="current"]').inner_text()
+    assert shown.startswith(("0:0", "0:1")), shown
+
+
+def use_the_keys(page: Any, duration_s: float) -> None:
+    """] faster, [ slower, space pause, → and ← 10 s."""
+    page.locator("h1").click()  # focus out of the buttons
+    page.keyboard.press("]")
+    assert page.locator("#player-speed").input_value() == "1.25"
+    assert page.evaluate(f"() => {MEDIA}.playbackRate") == 1.25
+    page.keyboard.press("[")
+    page.keyboard.press("[")
+    assert page.locator("#player-speed").input_value() == "0.75"
+    page.keyboard.press("Space")
+    page.wait_for_function(f"() => {MEDIA}.paused")
+    at = media_time(page)
+    page.keyboard.press("ArrowRight")
+    assert media_time(page) == pytest.approx(min(at + 10, duration_s), abs=0.3)
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.select_option("#player-speed", "1")
+
+
+def test_play_a_sealed_call_in_chromium(server: tuple[str, SealedOffice], tmp_path: Path):
+    from playwright.sync_api import sync_playwright
+
+    base, office = server
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    audio_url = f"{base}/recordings/{office.rec}/audio"
+    answers: list[dict[str, Any]] = []
+    errors: list[str] = []
+
+    def on_response(r: Any) -> None:
+        if r.url.startswith(audio_url):
+            answers.append({"status": r.status, "range": r.request.headers.get("range")})
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--autoplay-policy=no-user-gesture-required", "--mute-audio", "--no-sandbox"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("response", on_response)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            sign_in_and_search(page, base, office, shots).click()
+            page.wait_for_url(f"{base}/recordings/{office.rec}")
+            check_waveform(page, office)
+            assert answers == []  # drawn from the peaks: the audio is fetched on play only
+            play_and_skip(page)
+            use_the_keys(page, office.manifest["duration_ms"] / 1000)
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(shots / "recording.png"), full_page=True)
+        finally:
+            browser.close()
+
+    # The media element asked ranges, and every one was answered 206 with bytes.
+    assert answers, "the browser fetched no audio"
+    assert all(a["range"] and a["range"].startswith("bytes=") for a in answers), answers
+    assert all(a["status"] == 206 for a in answers), answers
+    assert not [e for e in errors if "player" in e.lower() or "Playback failed" in e], errors
+
+    # One playback, one ledger leaf (peaks and every Range inside its grant).
+    listens = [leaf for leaf in leaves(office.index, "access") if leaf["action"] == "listen"]
+    assert [(leaf["user"], leaf["recording_id"]) for leaf in listens] == [("rita", office.rec)]
+    assert not str(listens[0]["detail"]).startswith("refused")
+
+    for name in ("login", "search", "recording"):
+        assert (shots / f"{name}.png").stat().st_size > 5000, name
+    DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+    for name in ("search", "recording"):
+        shutil.copyfile(shots / f"{name}.png", DOCS_SHOTS / f"{name}.png")
