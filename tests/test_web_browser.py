@@ -6,12 +6,14 @@ call, sealed by ``linetap replay --format sealed`` (tests/test_web_playback.py).
 Sign in, search, open the recording, play: the media element's Range requests are
 answered 206, ``currentTime`` advances, +10 s moves it, the keys work, the waveform
 canvas is drawn from the server's peaks and the masked DTMF spans are regions. Each
-page is screenshotted under the test's tmp dir; the search and recording pages are
-copied to docs/screenshots/ for the README.
+page is screenshotted under the test's tmp dir; with LINETAP_UPDATE_SCREENSHOTS=1 the
+search and recording pages are also copied to docs/screenshots/ for the README (a test
+run leaves the work tree alone otherwise).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -233,6 +235,7 @@ def test_play_a_sealed_call_in_chromium(server: tuple[str, SealedOffice], tmp_pa
 
     for name in ("login", "search", "recording"):
         assert (shots / f"{name}.png").stat().st_size > 5000, name
-    DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-    for name in ("search", "recording"):
-        shutil.copyfile(shots / f"{name}.png", DOCS_SHOTS / f"{name}.png")
+    if os.environ.get("LINETAP_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        for name in ("search", "recording"):
+            shutil.copyfile(shots / f"{name}.png", DOCS_SHOTS / f"{name}.png")
