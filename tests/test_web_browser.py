@@ -187,6 +187,29 @@ def use_the_keys(page: Any, duration_s: float) -> None:
     page.select_option("#player-speed", "1")
 
 
+def note_and_seek(page: Any, base: str, office: SealedOffice) -> None:
+    """A note at the player's position (7 s) is listed at 00:07, persists over a reload,
+    and clicking its time seeks the player there; the history tab lists the accesses."""
+    page.evaluate("() => document.querySelector('#player').wavesurfer.setTime(7.2)")
+    page.fill("#note-text", "caller asks for a refund")
+    page.get_by_role("button", name="Add note").click()
+    note = page.get_by_role("button", name="Play from 00:07")
+    note.wait_for()
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#player').wavesurfer !== undefined")
+    page.evaluate("() => document.querySelector('#player').wavesurfer.setTime(0)")
+    assert media_time(page) < 1
+    page.get_by_role("button", name="Play from 00:07").click()
+    page.wait_for_function(f"() => Math.abs({MEDIA}.currentTime - 7) < 0.3", timeout=10_000)
+    page.get_by_role("link", name="Show this recording's ledger entries").click()
+    history = page.locator("#history table")
+    history.wait_for()
+    text = history.inner_text()
+    for expected in ("ingest", "listen", "web: note at 00:07", "web: history"):
+        assert expected in text, expected
+    assert page.url == f"{base}/recordings/{office.rec}"  # htmx: no navigation
+
+
 def test_play_a_sealed_call_in_chromium(server: tuple[str, SealedOffice], tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
@@ -217,6 +240,7 @@ def test_play_a_sealed_call_in_chromium(server: tuple[str, SealedOffice], tmp_pa
             assert answers == []  # drawn from the peaks: the audio is fetched on play only
             play_and_skip(page)
             use_the_keys(page, office.manifest["duration_ms"] / 1000)
+            note_and_seek(page, base, office)
             page.wait_for_timeout(300)
             page.screenshot(path=str(shots / "recording.png"), full_page=True)
         finally:

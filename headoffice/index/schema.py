@@ -70,6 +70,7 @@ def _schema(pg: bool) -> list[str]:
         *_people(pg, boolean),
         *_ledger(pg),
         *search_indexes(),
+        *_review(pg),
     ]
 
 
@@ -165,6 +166,7 @@ def app_role_grants(role: str) -> list[str]:
     return [
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(mutable)} TO {role}",
         f"GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY)} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(REVIEW_TABLES)} TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     ]
 
@@ -189,3 +191,33 @@ SEARCH_INDEXES: dict[str, str] = {
 
 def search_indexes() -> list[str]:
     return [f"CREATE INDEX IF NOT EXISTS {name} ON {what}" for name, what in SEARCH_INDEXES.items()]
+
+
+#: The web review's own tables (headoffice.web.notes): notes and bookmarks at a position in
+#: a call, and who marked a recording reviewed.
+REVIEW_TABLES = ("notes", "reviews")
+
+
+def _review(pg: bool) -> list[str]:
+    serial = (
+        "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+        if pg
+        else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    )
+    return [
+        # at_ms: the position in the call; kind: 'note' or 'bookmark'
+        f"""CREATE TABLE IF NOT EXISTS notes (
+            id {serial},
+            recording_id TEXT NOT NULL,
+            author TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('note', 'bookmark')),
+            text TEXT NOT NULL CHECK (length(text) <= 2000),
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS notes_recording ON notes (recording_id, at_ms, id)",
+        """CREATE TABLE IF NOT EXISTS reviews (
+            recording_id TEXT NOT NULL,
+            reviewer TEXT NOT NULL,
+            reviewed_at TEXT NOT NULL,
+            PRIMARY KEY (recording_id, reviewer))""",
+    ]

@@ -38,6 +38,8 @@ from headoffice.config import OfficeConfig
 from headoffice.index import Index
 from headoffice.ledger.store import Ledger
 from headoffice.web.routes_audio import add_audio_routes
+from headoffice.web.routes_export import add_export_routes
+from headoffice.web.routes_notes import add_note_routes
 from headoffice.web.search import SearchFilters, SearchParameterError, search_page
 from headoffice.web.session import (
     CSRF_FIELD,
@@ -467,6 +469,8 @@ def create_app(
     _login_routes(app, site)
     _page_routes(app, site)
     add_audio_routes(app, site)
+    add_note_routes(app, site)
+    add_export_routes(app, site)
     app.state.site = site
     app.state.store = store
     return app

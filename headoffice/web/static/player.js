@@ -166,6 +166,41 @@
         ws.playPause().catch(function (err) { say("Playback failed: " + err.message); });
       }
 
+      /* Notes (templates/_notes.html, swapped by htmx, hence delegated listeners): a
+       * note's time seeks the player; the note form takes the player's position. */
+      function fillNoteTime() {
+        var ms = Math.round(ws.getCurrentTime() * 1000);
+        document.querySelectorAll('[data-role="note-at-ms"]').forEach(function (el) { el.value = String(ms); });
+        document.querySelectorAll('[data-role="note-at"]').forEach(function (el) {
+          var s = Math.floor(ms / 1000);
+          el.textContent = String(Math.floor(s / 60)).padStart(2, "0") + ":" + String(s % 60).padStart(2, "0");
+        });
+      }
+      ws.on("timeupdate", fillNoteTime);
+      ws.on("seeking", fillNoteTime);
+      document.addEventListener("htmx:afterSwap", fillNoteTime);
+      document.addEventListener("submit", fillNoteTime, true); // before htmx reads the form
+      document.addEventListener("click", function (ev) {
+        var el = ev.target && ev.target.closest ? ev.target.closest("[data-seek-ms]") : null;
+        if (!el) return;
+        ev.preventDefault();
+        var t = parseInt(el.getAttribute("data-seek-ms"), 10) / 1000;
+        if (!isFinite(t)) return;
+        t = Math.min(Math.max(0, t), ws.getDuration() || data.duration);
+        function go() { ws.setTime(t); show(); fillNoteTime(); }
+        if (media.readyState >= 1) {
+          go();
+        } else {
+          // Not loaded yet (preload="none"): a position only sticks once the media
+          // knows its metadata, so load it (as play would) and seek then.
+          media.addEventListener("loadedmetadata", go, { once: true });
+          media.preload = "metadata";
+          media.load();
+          if (current) current.textContent = fmt(t);
+        }
+        say("Moved to " + fmt(t) + ".");
+      });
+
       player.querySelector('[data-action="back"]').addEventListener("click", function () { skip(-SKIP_S); });
       player.querySelector('[data-action="forward"]').addEventListener("click", function () { skip(SKIP_S); });
       playBtn.addEventListener("click", toggle);

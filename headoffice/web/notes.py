@@ -1,0 +1,188 @@
+"""Notes, bookmarks and "reviewed" marks of recordings: :class:`NoteStore`.
+
+Kept in the index database (tables ``notes`` and ``reviews``,
+:func:`headoffice.index.schema._review`). The store only validates and stores; who may
+write or read them is the web routes' business (:mod:`headoffice.web.routes_notes`,
+through the gate and its ledger leaves).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from headoffice.index import Index
+from headoffice.index.records import StoredRecord, now_iso
+from sealedrec.manifest import canonical_json
+
+__all__ = [
+    "MAX_NOTE_CHARS",
+    "Note",
+    "NoteError",
+    "NoteKind",
+    "NoteStore",
+    "Review",
+    "ledger_history",
+    "mmss",
+]
+
+MAX_NOTE_CHARS = 2000
+NoteKind = Literal["note", "bookmark"]
+KINDS: tuple[NoteKind, ...] = ("note", "bookmark")
+
+
+class NoteError(ValueError):
+    """A note that cannot be stored (its message says why, for the person who wrote it)."""
+
+
+def mmss(ms: int) -> str:
+    """``ms`` as ``mm:ss`` (``h:mm:ss`` from an hour on), rounded down to the second."""
+    seconds = max(0, int(ms)) // 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    id: int
+    recording_id: str
+    author: str
+    at_ms: int
+    kind: NoteKind
+    text: str
+    created_at: str
+
+    @property
+    def at(self) -> str:
+        return mmss(self.at_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    recording_id: str
+    reviewer: str
+    reviewed_at: str
+
+
+class NoteStore:
+    """The notes and reviewed marks in one office index (both backends)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    @staticmethod
+    def check(record: StoredRecord, at_ms: int, text: str, kind: str) -> tuple[NoteKind, str]:
+        """The kind and stripped text of a valid note, else :class:`NoteError`: an
+        unknown kind, a position outside the call, an empty note or one longer than
+        :data:`MAX_NOTE_CHARS`."""
+        if kind not in KINDS:
+            raise NoteError(f"unknown kind {kind[:20]!r}: a note or a bookmark")
+        text = text.strip()
+        if kind == "note" and not text:
+            raise NoteError("the note is empty: write something, or add a bookmark")
+        if len(text) > MAX_NOTE_CHARS:
+            raise NoteError(
+                f"the note is too long: {len(text):,} characters, at most {MAX_NOTE_CHARS:,}"
+            )
+        duration = max(0, int(record.duration_ms))
+        if not 0 <= at_ms <= duration:
+            raise NoteError(
+                f"the position {at_ms} ms is outside the call (0 to {duration} ms, "
+                f"00:00 to {mmss(duration)})"
+            )
+        return kind, text
+
+    def add_note(
+        self, record: StoredRecord, author: str, at_ms: int, text: str, kind: str = "note"
+    ) -> Note:
+        """Store a note (or bookmark) at ``at_ms`` into ``record``'s call; raises
+        :class:`NoteError` as :meth:`check` does."""
+        kind, text = self.check(record, at_ms, text, kind)
+        created = now_iso()
+        with self.index.transaction(True) as q:
+            q(
+                "INSERT INTO notes (recording_id, author, at_ms, kind, text, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (record.recording_id, author, int(at_ms), kind, text, created),
+            )
+            rows = q(
+                "SELECT MAX(id) FROM notes WHERE recording_id = ? AND author = ? "
+                "AND created_at = ?",
+                (record.recording_id, author, created),
+            )
+        return Note(
+            int(rows[0][0]),
+            record.recording_id,
+            author,
+            int(at_ms),
+            kind,
+            text,
+            created,
+        )
+
+    def notes_for(self, recording_id: str) -> list[Note]:
+        """The recording's notes and bookmarks, in call order (then as written)."""
+        with self.index.transaction(False) as q:
+            rows = q(
+                "SELECT id, recording_id, author, at_ms, kind, text, created_at FROM notes "
+                "WHERE recording_id = ? ORDER BY at_ms, id",
+                (recording_id,),
+            )
+        return [
+            Note(int(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4], str(r[5]), str(r[6]))
+            for r in rows
+        ]
+
+    def mark_reviewed(self, recording_id: str, reviewer: str, reviewed: bool = True) -> None:
+        """Mark (or with ``reviewed=False`` unmark) ``recording_id`` as reviewed by
+        ``reviewer``; marking again keeps the first time."""
+        with self.index.transaction(True) as q:
+            if reviewed:
+                done = q(
+                    "SELECT 1 FROM reviews WHERE recording_id = ? AND reviewer = ?",
+                    (recording_id, reviewer),
+                )
+                if not done:
+                    q(
+                        "INSERT INTO reviews (recording_id, reviewer, reviewed_at) "
+                        "VALUES (?, ?, ?)",
+                        (recording_id, reviewer, now_iso()),
+                    )
+            else:
+                q(
+                    "DELETE FROM reviews WHERE recording_id = ? AND reviewer = ?",
+                    (recording_id, reviewer),
+                )
+
+    def reviewed_by(self, recording_id: str) -> list[Review]:
+        """Who marked ``recording_id`` reviewed, and when (earliest first)."""
+        with self.index.transaction(False) as q:
+            rows = q(
+                "SELECT recording_id, reviewer, reviewed_at FROM reviews "
+                "WHERE recording_id = ? ORDER BY reviewed_at, reviewer",
+                (recording_id,),
+            )
+        return [Review(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def ledger_history(index: Index, recording_id: str, limit: int = 500) -> list[dict[str, Any]]:
+    """The audit ledger's leaves about ``recording_id`` (its ingest, the accesses to it),
+    oldest first, at most the ``limit`` newest; each a leaf's fields plus ``idx`` and
+    ``appended_at``. Leaves are canonical JSON, so the SQL pre-filter on the body's exact
+    ``"recording_id":...`` text is confirmed on the parsed leaf."""
+    needle = canonical_json({"recording_id": recording_id}).decode()[1:-1]
+    pattern = "%" + needle.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+    with index.transaction(False) as q:
+        rows = q(
+            "SELECT idx, body, appended_at FROM ledger WHERE body LIKE ? ESCAPE '!' "
+            "ORDER BY idx DESC LIMIT ?",
+            (pattern, limit),
+        )
+    out: list[dict[str, Any]] = []
+    for idx, body, appended in reversed(rows):
+        leaf = json.loads(body)
+        if leaf.get("recording_id") == recording_id:
+            out.append({**leaf, "idx": int(idx), "appended_at": str(appended)})
+    return out
