@@ -28,7 +28,7 @@ from sealedrec.manifest import GENESIS_HASH, ManifestError, manifest_hash, sign_
 SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")
 TABLES = (
     "recordings", "devices", "alarms", "uploads", "schema_version", "sessions", "user_scope",
-    "user_roles", "users", "ledger", "checkpoints",
+    "user_roles", "users", "ledger", "checkpoints", "notes", "reviews",
 )  # fmt: skip
 
 
