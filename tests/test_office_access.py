@@ -11,7 +11,6 @@ import json
 import sqlite3
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from headoffice.access import PASSWORD_ENV, TOTP_ENV, USER_ENV
 from headoffice.authz import Role, Scope
 from headoffice.cli import main as office_main
+from sealedrec import durable
 from tests.helpers import signed_manifest
 from tests.office_accounts import (
     CHEAP,
@@ -154,14 +154,24 @@ def test_reviewer_export_is_refused_and_nothing_written(world: World, office, tm
 def test_supervisor_export_is_logged_before_the_file_appears(world: World, office, tmp_path: Path):
     wav = tmp_path / "s.wav"
     rec = world.recs[0]
+    # At the moment the output file is opened, the export's leaf must already be in the
+    # ledger (a file's mtime cannot show the order: the kernel stamps it from a coarse
+    # clock that can lag the leaf's time by milliseconds).
+    seen_at_open: list[int] = []
+    real_atomic_file = durable.atomic_file
+
+    def watching_atomic_file(path: Path, **kwargs: Any) -> Any:
+        seen_at_open.append(len(world.access(user="sup", action="export")))
+        return real_atomic_file(path, **kwargs)
+
+    world.monkeypatch.setattr("headoffice.export.atomic_file", watching_atomic_file)
     code, out, err = world.run(world.sup, "export", rec, "-i", str(office[0]), "-o", str(wav))
     assert code == 0, err
+    assert seen_at_open == [1]
     assert soundfile.info(wav).frames == world.o.manifests[0]["audio_frames"]
     [leaf] = world.access(user="sup", action="export")
     assert leaf["recording_id"] == rec and leaf["roles"] == ["supervisor"]
     assert leaf["client"].startswith("cli:") and leaf["session"]
-    appended = datetime.fromisoformat(leaf["at"]).timestamp()
-    assert appended <= wav.stat().st_mtime
 
     # A failed append refuses the access: with the ledger refusing inserts, nothing leaves.
     db = sqlite3.connect(world.o.url.removeprefix("sqlite:///"))
