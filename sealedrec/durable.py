@@ -56,14 +56,7 @@ def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Create or replace ``path`` atomically and durably: a crash leaves the old file or
     the new one, never a mix. The temp file beside it carries the process id, so two
     processes replacing the same file do not write into each other's."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover of a killed process that had our pid
-    try:
-        write_new_file(tmp, data, mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    replace_file_via(path, data, tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp"), mode=mode)
 
 
 def replace_file_via(
