@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
+import threading
 from pathlib import Path
 
 from headoffice.config import load_office_config, office_config_path
 from headoffice.index import open_index
 from headoffice.store import FileBlobStore
-from runtime.process import setup_logging
+from runtime.process import setup_logging, stop_on_signals
 
 log = logging.getLogger("linetap.office.web")
 
@@ -55,21 +55,12 @@ def cmd_web(args: argparse.Namespace) -> int:
         scheme = "https" if web.tls_cert else "http"
         log.info("web review on %s://%s:%d/", scheme, host, port)
         server = uvicorn.Server(config)
-        stopped: list[int] = []
+        stopped = threading.Event()
         # uvicorn handles SIGTERM/SIGINT itself (a graceful shutdown), then raises the
         # signal again for the handler it found: ours notes it, so a stop asked for is a
         # clean exit 0 (systemd) rather than death by the signal.
-        previous = {
-            sig: signal.signal(sig, lambda signum, _frame: stopped.append(signum))
-            for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
+        with stop_on_signals(stopped, log=log, doing="web review stopped"):
             server.run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if stopped:
-            log.info("web review stopped (%s)", signal.Signals(stopped[0]).name)
         return 0 if server.started else 1
     finally:
         index.close()
