@@ -125,9 +125,7 @@ def proof_bundle(
     record = index.get(rec)
     if record is None:
         raise AuditError(f"recording {rec} is not in the index")
-    leaf_row = next(
-        (r for r in ledger.ingest_rows() if json.loads(r.body).get("recording_id") == rec), None
-    )
+    leaf_row = next(iter(ledger.rows_about(rec, kind="ingest")), None)
     if leaf_row is None:
         raise AuditError(f"recording {rec} has no ingest leaf: run 'linetap-office audit verify'")
     verifier = load_verifier(root)

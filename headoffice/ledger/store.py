@@ -12,6 +12,7 @@ what a database superuser can still do is detected by ``linetap-office audit ver
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from headoffice.index.records import Query, now_iso
 from headoffice.ledger.leaves import AccessLeaf, AdminLeaf, IngestLeaf
 from headoffice.ledger.merkle import leaf_hash
 from sealedrec.errors import LinetapError
+from sealedrec.manifest import canonical_json
 
 AnyLeaf = IngestLeaf | AccessLeaf | AdminLeaf
 READ_BATCH = 10_000
@@ -98,9 +100,32 @@ class Ledger:
                 yield LedgerRow(int(idx), str(kind), str(body).encode(), str(leaf), str(appended))
             at = int(batch[-1][0]) + 1
 
-    def ingest_rows(self) -> Iterator[LedgerRow]:
-        """The ``ingest`` leaves in order (for matching against stored recordings)."""
-        return (row for row in self.rows() if row.kind == "ingest")
+    def rows_about(
+        self, recording_id: str, *, kind: str | None = None, limit: int | None = None
+    ) -> list[LedgerRow]:
+        """The leaves naming ``recording_id`` (of ``kind`` when given), oldest first; with
+        ``limit``, only the newest that many. Leaves are canonical JSON, so an SQL
+        pre-filter on the body's exact ``"recording_id":…`` text finds them without
+        reading the whole log; each is confirmed on the parsed leaf."""
+        needle = canonical_json({"recording_id": recording_id}).decode()[1:-1]
+        pattern = "%" + needle.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        sql = "SELECT idx, kind, body, leaf_sha256, appended_at FROM ledger "
+        sql += "WHERE body LIKE ? ESCAPE '!'"
+        params: list[object] = [pattern]
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        sql += " ORDER BY idx DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self.index.transaction(False) as q:
+            found = q(sql, params)
+        return [
+            LedgerRow(int(idx), str(k), str(body).encode(), str(leaf), str(appended))
+            for idx, k, body, leaf, appended in reversed(found)
+            if json.loads(body).get("recording_id") == recording_id
+        ]
 
     def add_checkpoint(self, tree_size: int, root_sha256: str, note: str) -> CheckpointRow:
         made = now_iso()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from headoffice.index import Index
 from headoffice.index.records import StoredRecord, now_iso
-from sealedrec.manifest import canonical_json
+from headoffice.ledger.store import Ledger
 
 __all__ = [
     "MAX_NOTE_CHARS",
@@ -172,17 +172,7 @@ def ledger_history(index: Index, recording_id: str, limit: int = 500) -> list[di
     oldest first, at most the ``limit`` newest; each a leaf's fields plus ``idx`` and
     ``appended_at``. Leaves are canonical JSON, so the SQL pre-filter on the body's exact
     ``"recording_id":...`` text is confirmed on the parsed leaf."""
-    needle = canonical_json({"recording_id": recording_id}).decode()[1:-1]
-    pattern = "%" + needle.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
-    with index.transaction(False) as q:
-        rows = q(
-            "SELECT idx, body, appended_at FROM ledger WHERE body LIKE ? ESCAPE '!' "
-            "ORDER BY idx DESC LIMIT ?",
-            (pattern, limit),
-        )
     out: list[dict[str, Any]] = []
-    for idx, body, appended in reversed(rows):
-        leaf = json.loads(body)
-        if leaf.get("recording_id") == recording_id:
-            out.append({**leaf, "idx": int(idx), "appended_at": str(appended)})
+    for row in Ledger(index).rows_about(recording_id, limit=limit):
+        out.append({**json.loads(row.body), "idx": row.idx, "appended_at": row.appended_at})
     return out
