@@ -164,6 +164,9 @@ class Receiver:
         self.alarms = AlarmThrottle(index, self.limits.alarm_interval_s, clock)
         # Fins that found chunks missing: (device, rec) -> (init, deadline).
         self.waiting: dict[tuple[str, str], tuple[Init, float]] = {}
+        # Set when a fin starts waiting: wakes the service's housekeeper, which otherwise
+        # sleeps (an idle office does not poll).
+        self.fin_parked = threading.Event()
         self._mutex = threading.Lock()
         # Set at shutdown: ends the wait for chunks a fin overtook.
         self.stop = threading.Event()
@@ -277,6 +280,7 @@ class Receiver:
             # "missing" costs the device a resend round). Many fins: one wait.
             with self._mutex:
                 self.waiting.setdefault((device, rec), (init, self.clock() + self.fin_grace_s))
+            self.fin_parked.set()
             return []
         return self._progress(device, init)
 

@@ -129,9 +129,13 @@ def _device_of(topic: str) -> str:
         return "?"
 
 
+IDLE_S = 1.0  # how long the housekeeper sleeps when no fin waits (also: stop noticed)
+
+
 class Housekeeper(threading.Thread):
-    """Answers waiting fins every ``FIN_POLL_S`` and expires uploads every
-    ``limits.housekeeping_s``; publishes through ``publish`` (paho's is thread-safe)."""
+    """Answers waiting fins every ``FIN_POLL_S`` while any wait (woken when one parks),
+    and expires uploads every ``limits.housekeeping_s``; publishes through ``publish``
+    (paho's is thread-safe)."""
 
     def __init__(self, receiver: Receiver, publish: Callable[[Reply], None]) -> None:
         super().__init__(name="housekeeper", daemon=True)
@@ -141,7 +145,13 @@ class Housekeeper(threading.Thread):
     def run(self) -> None:
         r = self.receiver
         next_expiry = r.clock()
-        while not r.stop.wait(FIN_POLL_S):
+        while not r.stop.is_set():
+            if r.waiting:
+                r.stop.wait(FIN_POLL_S)
+            else:
+                # Nothing waits: sleep until a fin parks (or stop, noticed within IDLE_S).
+                r.fin_parked.wait(min(IDLE_S, max(0.0, next_expiry - r.clock())))
+            r.fin_parked.clear()
             self._guarded(lambda: [self.publish(reply) for reply in r.poll_waiting()])
             if r.clock() >= next_expiry:
                 next_expiry = r.clock() + r.limits.housekeeping_s
