@@ -71,6 +71,8 @@ def _schema(pg: bool) -> list[str]:
         *_ledger(pg),
         *search_indexes(),
         *_review(pg),
+        *_scorecards(pg, boolean),
+        *_holds(pg),
     ]
 
 
@@ -195,7 +197,8 @@ def search_indexes() -> list[str]:
 
 #: The web review's own tables (headoffice.web.notes): notes and bookmarks at a position in
 #: a call, and who marked a recording reviewed.
-REVIEW_TABLES = ("notes", "reviews")
+REVIEW_TABLES = ("notes", "reviews", "qa_forms", "qa_evaluations", "qa_section_scores",
+                 "holds")  # fmt: skip
 
 
 def _review(pg: bool) -> list[str]:
@@ -220,4 +223,82 @@ def _review(pg: bool) -> list[str]:
             reviewer TEXT NOT NULL,
             reviewed_at TEXT NOT NULL,
             PRIMARY KEY (recording_id, reviewer))""",
+    ]
+
+
+def _serial(pg: bool) -> str:
+    return (
+        "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+        if pg
+        else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    )
+
+
+def _scorecards(pg: bool, boolean: str) -> list[str]:
+    """QA scorecards (headoffice.web.scorecards): forms, and evaluations against them.
+
+    A form is immutable once saved: editing saves a new ``version`` of the same ``name``
+    (``definition``: the form model's canonical JSON), so an evaluation always refers to
+    the exact questions it answered. Scores are integer basis points (0..10000 = 0..100 %)
+    so both backends sum and average them exactly. ``device_id``, ``line`` and
+    ``call_started_utc`` are copied from the recording so the lists and the KPI dashboard
+    group and filter evaluations without a join; ``agent`` is who was evaluated (the
+    line's agent, typed by the evaluator; the line when left empty).
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS qa_forms (
+            id {_serial(pg)},
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            definition TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            retired {boolean} NOT NULL DEFAULT {"FALSE" if pg else "0"},
+            UNIQUE (name, version))""",
+        f"""CREATE TABLE IF NOT EXISTS qa_evaluations (
+            id {_serial(pg)},
+            recording_id TEXT NOT NULL,
+            form_id BIGINT NOT NULL REFERENCES qa_forms (id),
+            evaluator TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            line TEXT NOT NULL,
+            call_started_utc TEXT NOT NULL,
+            raw_bp INTEGER NOT NULL CHECK (raw_bp BETWEEN 0 AND 10000),
+            score_bp INTEGER NOT NULL CHECK (score_bp BETWEEN 0 AND 10000),
+            failed {boolean} NOT NULL,
+            answers TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS qa_evaluations_recording ON qa_evaluations (recording_id)",
+        "CREATE INDEX IF NOT EXISTS qa_evaluations_form ON qa_evaluations (form_id, created_at)",
+        """CREATE INDEX IF NOT EXISTS qa_evaluations_line
+            ON qa_evaluations (device_id, line, call_started_utc)""",
+        "CREATE INDEX IF NOT EXISTS qa_evaluations_agent ON qa_evaluations (agent, created_at)",
+        # one row per section of an evaluation: the dashboard's average per section
+        """CREATE TABLE IF NOT EXISTS qa_section_scores (
+            evaluation_id BIGINT NOT NULL REFERENCES qa_evaluations (id),
+            section TEXT NOT NULL,
+            score_bp INTEGER NOT NULL CHECK (score_bp BETWEEN 0 AND 10000),
+            PRIMARY KEY (evaluation_id, section))""",
+    ]
+
+
+def _holds(pg: bool) -> list[str]:
+    """Legal holds: a recording is on hold while it has a row with ``released_at`` NULL.
+
+    Rows are never deleted: a release fills ``released_*``, so the table is the hold
+    history (each set and release is a ledger leaf as well).
+    """
+    return [
+        f"""CREATE TABLE IF NOT EXISTS holds (
+            id {_serial(pg)},
+            recording_id TEXT NOT NULL,
+            case_ref TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL,
+            released_by TEXT,
+            released_at TEXT,
+            release_reason TEXT)""",
+        "CREATE INDEX IF NOT EXISTS holds_recording ON holds (recording_id, released_at)",
     ]
