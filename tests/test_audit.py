@@ -30,7 +30,7 @@ from headoffice.ledger.note import checkpoint_text, generate_signer_key, parse_s
 from headoffice.ledger.store import Ledger
 from headoffice.officeroot import CaLayout
 from sealedrec.keys import public_key_b64
-from tests.test_office_index import TABLES, index_url, pg_dsn  # noqa: F401 - fixtures
+from tests.test_office_index import index_url, pg_dsn, reset_pg  # noqa: F401 - fixtures
 from tests.test_receiver_hostile import HONEST, Office
 
 ORIGIN = "office.test/ledger"
@@ -134,8 +134,7 @@ def test_the_databases_refuse_update_and_delete(office: Audited):
 
 
 def test_postgresql_app_role_has_insert_and_select_only(pg_dsn: str, tmp_path: Path):  # noqa: F811
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {', '.join(TABLES)} CASCADE")
+    reset_pg(pg_dsn)
     office = Audited(tmp_path, pg_dsn, n=1)
     try:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:

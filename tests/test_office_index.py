@@ -26,10 +26,17 @@ from headoffice.store import FileBlobStore
 from sealedrec.manifest import GENESIS_HASH, ManifestError, manifest_hash, sign_manifest
 
 SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")
-TABLES = (
-    "recordings", "devices", "alarms", "uploads", "schema_version", "sessions", "user_scope",
-    "user_roles", "users", "ledger", "checkpoints", "notes", "reviews",
-)  # fmt: skip
+def reset_pg(dsn: str) -> None:
+    """Empty the test database: every table and function, whoever added it (the public
+    schema is dropped and made again)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+        # as a new database has it (PostgreSQL 15+): owned by the database owner, usable by all
+        conn.execute("ALTER SCHEMA public OWNER TO pg_database_owner")
+        conn.execute("GRANT USAGE ON SCHEMA public TO PUBLIC")
 
 
 def _admin_dsns() -> list[str]:
@@ -67,11 +74,8 @@ def pg_dsn() -> Iterator[str]:
 def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/index.sqlite3"
-    import psycopg
-
     dsn: str = request.getfixturevalue("pg_dsn")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {', '.join(TABLES)} CASCADE")
+    reset_pg(dsn)
     return dsn
 
 

@@ -19,6 +19,7 @@ from headoffice.access import AccessDenied, Actor, Gate
 from headoffice.authz import Action, DeviceLine, Principal, Role, Scope
 from headoffice.config import OfficeConfig
 from headoffice.index import Index, StoredRecord, open_index
+from headoffice.web.notes import NoteStore
 from headoffice.web.search import (
     SearchFilters,
     SearchPage,
@@ -141,6 +142,103 @@ def test_each_filter(filled: Index):
         assert page.total == len(want), params
     assert run(idx, caller="müller").total > 0
     assert run(idx, recovered="true").total > 0
+
+
+def mark_for_review(idx: Index) -> dict[str, set[str]]:
+    """Notes, reviewed marks, holds (one released) and QA evaluations on some of the
+    recordings of ``filled``: what each filter should find, by name."""
+    recs = sorted(everything(idx), key=lambda r: r.recording_id)
+    notes = NoteStore(idx)
+    for r in recs[0:6]:
+        notes.add_note(r, "rita", 1000, "a note", "note")
+    notes.add_note(recs[0], "sam", 2000, "", "bookmark")
+    for r in recs[4:10]:
+        notes.mark_reviewed(r.recording_id, "rita")
+    notes.mark_reviewed(recs[4].recording_id, "sam")
+    notes.mark_reviewed(recs[9].recording_id, "rita", reviewed=False)  # unmarked again
+    when = "2026-12-01T00:00:00.000+00:00"
+    with idx.transaction(True) as q:
+        for n, r in enumerate(recs[8:12]):
+            released = (when, "sam") if n == 3 else (None, None)
+            q(
+                "INSERT INTO holds (recording_id, case_ref, reason, set_by, set_at, released_at,"
+                " released_by) VALUES (?, 'CASE-1', 'dispute', 'cleo', ?, ?, ?)",
+                (r.recording_id, when, *released),
+            )
+        q(
+            "INSERT INTO qa_forms (name, version, definition, created_by, created_at)"
+            " VALUES ('calls', 1, '{}', 'ada', ?)",
+            (when,),
+        )
+        [(form_id,)] = q("SELECT id FROM qa_forms", ())
+        # recs[12] scored twice (90 % then 40 %); a failed one scores 0
+        for r, bp, failed in [
+            (recs[12], 9000, False),
+            (recs[12], 4000, False),
+            (recs[13], 7550, False),
+            (recs[14], 0, True),
+            (recs[15], 10000, False),
+        ]:
+            q(
+                "INSERT INTO qa_evaluations (recording_id, form_id, evaluator, agent, device_id,"
+                " line, call_started_utc, raw_bp, score_bp, failed, answers, created_at)"
+                " VALUES (?, ?, 'rita', 'al', ?, ?, ?, ?, ?, ?, '{}', ?)",
+                (r.recording_id, form_id, r.device_id, r.line, r.started_utc, bp, bp,
+                 failed, when),
+            )  # fmt: skip
+    ids_of = lambda rs: {r.recording_id for r in rs}  # noqa: E731
+    return {
+        "notes": ids_of(recs[0:6]),
+        "reviewed": ids_of(recs[4:9]),
+        "held": ids_of(recs[8:11]),
+        "score_40_80": ids_of(recs[12:14]),
+        "score_ge_90": ids_of([recs[12], recs[15]]),
+        "score_le_10": ids_of([recs[14]]),
+        "scored": ids_of(recs[12:16]),
+    }
+
+
+def test_review_filters(filled: Index):
+    idx = filled
+    want = mark_for_review(idx)
+    every = expected(idx, lambda r: True)
+    cases: list[tuple[dict[str, Any], set[str]]] = [
+        ({"has_notes": "true"}, want["notes"]),
+        ({"has_notes": "false"}, every - want["notes"]),
+        ({"reviewed": "true"}, want["reviewed"]),
+        ({"reviewed": "false"}, every - want["reviewed"]),
+        ({"on_hold": "true"}, want["held"]),
+        ({"on_hold": "false"}, every - want["held"]),
+        ({"min_score": 40, "max_score": 80}, want["score_40_80"]),
+        ({"min_score": 90}, want["score_ge_90"]),
+        ({"max_score": 10}, want["score_le_10"]),
+        ({"min_score": 0}, want["scored"]),
+        ({"reviewed": "true", "has_notes": "true"}, want["reviewed"] & want["notes"]),
+        ({"on_hold": "true", "reviewed": "false"}, want["held"] - want["reviewed"]),
+    ]
+    for params, found in cases:
+        page = run(idx, page_size=100, **params)
+        assert set(ids(page)) == found, params
+        assert page.total == len(found), params
+
+
+def test_rows_carry_their_review_marks(filled: Index):
+    idx = filled
+    want = mark_for_review(idx)
+    page = run(idx, page_size=100)
+    assert set(page.marks) == set(ids(page))
+    recs = sorted(everything(idx), key=lambda r: r.recording_id)
+    for rid, m in page.marks.items():
+        assert m.reviewed == (rid in want["reviewed"]), rid
+        assert m.on_hold == (rid in want["held"]), rid
+        assert (m.notes > 0) == (rid in want["notes"]), rid
+        assert (m.score_bp is not None) == (rid in want["scored"]), rid
+    first = page.marks[recs[0].recording_id]
+    assert first.notes == 2  # a note and a bookmark
+    twice = page.marks[recs[12].recording_id]
+    assert (twice.score_bp, twice.score) == (4000, "40 %")  # the latest evaluation
+    failed = page.marks[recs[14].recording_id]
+    assert (failed.score_bp, failed.failed) == (0, True)
 
 
 def test_paging_and_total(filled: Index):
@@ -394,6 +492,9 @@ def test_query_round_trip_property(
         ({"direction": "sideways"}, "direction"),
         ({"caller": "x" * 201}, "caller"),
         ({"colour": "red"}, "colour"),
+        ({"on_hold": "perhaps"}, "on_hold"),
+        ({"min_score": "101"}, "min_score"),
+        ({"min_score": "80", "max_score": "20"}, "max_score"),
         ({"device": "dev\x00a"}, "device"),
     ],
 )

@@ -12,7 +12,10 @@ page of recordings with its total, the actor's scope applied in SQL.
   ``index.search(...)`` that ``gate.may(Action.VIEW_METADATA, r)`` lets through.
 
 A filter is one small function in :data:`FILTERS`: ``(filters, sites) -> Clause | None``,
-adding one WHERE clause (notes, scores, reviewed and hold come later, each as one more).
+adding one WHERE clause. The review filters (``has_notes``, ``reviewed``, ``on_hold``,
+``min_score``/``max_score``) are ``EXISTS`` sub-queries on the review tables, each
+served by an index on ``recording_id``; :func:`row_marks` then reads those tables for
+the rows of the page only (at most one page, never every match).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from headoffice.access import Gate
 from headoffice.authz import GRANTS, Action, Principal, Reach, Scope
 from headoffice.index import Index
-from headoffice.index.records import _like, utc_iso
+from headoffice.index.records import Query, _like, utc_iso
 from sealedrec.manifest import ManifestError
 
 PAGE_SIZES = (25, 50, 100)
@@ -62,7 +65,10 @@ class SearchFilters(BaseModel):
     inclusive and ``until`` exclusive (``until=2026-11-26`` keeps all of the 25th); a time
     without an offset is UTC. ``caller`` matches the number or the name and ``digits``
     the dialled digits, as substrings ignoring case. Durations are whole seconds,
-    both bounds inclusive."""
+    both bounds inclusive. ``has_notes``/``reviewed``/``on_hold``: true keeps only
+    recordings with a note or bookmark / a reviewed mark / a legal hold in force, false
+    only those without. ``min_score``/``max_score`` (percent, inclusive) keep recordings
+    with at least one QA evaluation whose total is in the range."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -77,6 +83,11 @@ class SearchFilters(BaseModel):
     min_duration: int | None = Field(None, ge=0, le=10**7)
     max_duration: int | None = Field(None, ge=0, le=10**7)
     recovered: bool | None = None
+    has_notes: bool | None = None
+    reviewed: bool | None = None
+    on_hold: bool | None = None
+    min_score: int | None = Field(None, ge=0, le=100)
+    max_score: int | None = Field(None, ge=0, le=100)
     page: int = Field(1, ge=1, le=MAX_PAGE)
     page_size: int = 50
     sort: SortKey = "started"
@@ -116,6 +127,9 @@ class SearchFilters(BaseModel):
             and self.min_duration > self.max_duration
         ):
             raise ValueError("max_duration: must not be below min_duration")
+        low, high = self.min_score, self.max_score
+        if low is not None and high is not None and low > high:
+            raise ValueError("max_score: must not be below min_score")
         return self
 
     @classmethod
@@ -234,6 +248,40 @@ def _recovered(f: SearchFilters, sites: SiteMap) -> Clause | None:
     return ("recovered = ?", (f.recovered,)) if f.recovered is not None else None
 
 
+def _exists(table: str, condition: str = "") -> str:
+    return (
+        f"EXISTS (SELECT 1 FROM {table} x WHERE x.recording_id = recordings.recording_id"
+        f"{condition})"
+    )
+
+
+def _flag(flag: bool | None, table: str, condition: str = "") -> Clause | None:
+    if flag is None:
+        return None
+    sql = _exists(table, condition)
+    return (sql if flag else f"NOT {sql}"), ()
+
+
+def _has_notes(f: SearchFilters, sites: SiteMap) -> Clause | None:
+    return _flag(f.has_notes, "notes")
+
+
+def _reviewed(f: SearchFilters, sites: SiteMap) -> Clause | None:
+    return _flag(f.reviewed, "reviews")
+
+
+def _on_hold(f: SearchFilters, sites: SiteMap) -> Clause | None:
+    return _flag(f.on_hold, "holds", " AND x.released_at IS NULL")
+
+
+def _score(f: SearchFilters, sites: SiteMap) -> Clause | None:
+    if f.min_score is None and f.max_score is None:
+        return None
+    low = 0 if f.min_score is None else f.min_score * 100
+    high = 10_000 if f.max_score is None else f.max_score * 100
+    return _exists("qa_evaluations", " AND x.score_bp >= ? AND x.score_bp <= ?"), (low, high)
+
+
 #: Every filter, each adding at most one WHERE clause.
 FILTERS: tuple[FilterFn, ...] = (
     _since,
@@ -247,6 +295,10 @@ FILTERS: tuple[FilterFn, ...] = (
     _min_duration,
     _max_duration,
     _recovered,
+    _has_notes,
+    _reviewed,
+    _on_hold,
+    _score,
 )
 
 
@@ -343,6 +395,64 @@ def _row(values: tuple[Any, ...]) -> SearchRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RowMarks:
+    """What the review has said about a listed recording (badges of its row)."""
+
+    notes: int = 0
+    reviewed: bool = False
+    on_hold: bool = False
+    score_bp: int | None = None  # the latest evaluation's total
+    failed: bool = False  # the latest evaluation failed a critical question
+
+    @property
+    def score(self) -> str:
+        return "" if self.score_bp is None else f"{self.score_bp / 100:.0f} %"
+
+
+def row_marks(q: Query, ids: list[str]) -> dict[str, RowMarks]:
+    """The marks of the recordings ``ids`` (one page's), by recording id, read with one
+    query per review table inside the caller's transaction ``q``."""
+    if not ids:
+        return {}
+    holes = ", ".join("?" for _ in ids)
+    params = tuple(ids)
+    notes: dict[str, int] = dict(
+        q(
+            f"SELECT recording_id, COUNT(*) FROM notes WHERE recording_id IN ({holes}) "
+            "GROUP BY recording_id",
+            params,
+        )
+    )
+    reviewed = {
+        r for (r,) in q(f"SELECT recording_id FROM reviews WHERE recording_id IN ({holes})", params)
+    }
+    held = {
+        r
+        for (r,) in q(
+            f"SELECT recording_id FROM holds WHERE released_at IS NULL AND recording_id IN ({holes})",
+            params,
+        )
+    }
+    latest: dict[str, tuple[int, bool]] = {}
+    for rid, score_bp, failed in q(
+        f"SELECT recording_id, score_bp, failed FROM qa_evaluations "
+        f"WHERE recording_id IN ({holes}) ORDER BY id",
+        params,
+    ):
+        latest[rid] = (int(score_bp), bool(failed))  # ordered by id: the newest wins
+    return {
+        rid: RowMarks(
+            notes=int(notes.get(rid, 0)),
+            reviewed=rid in reviewed,
+            on_hold=rid in held,
+            score_bp=latest[rid][0] if rid in latest else None,
+            failed=latest.get(rid, (0, False))[1],
+        )
+        for rid in ids
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class SearchPage:
     rows: list[SearchRow]
     total: int  # matching recordings in scope, over all pages
@@ -350,6 +460,7 @@ class SearchPage:
     pages: int  # at least 1
     page_size: int
     filters: SearchFilters
+    marks: Mapping[str, RowMarks]  # by recording id, for the rows of this page
 
 
 def search_page(
@@ -372,8 +483,11 @@ def search_page(
             if offset < int(total)
             else []
         )
+        found = [_row(r) for r in rows]
+        marks = row_marks(q, [r.recording_id for r in found])
     return SearchPage(
-        rows=[_row(r) for r in rows],
+        rows=found,
+        marks=marks,
         total=int(total),
         page=filters.page,
         pages=max(1, math.ceil(int(total) / filters.page_size)),
