@@ -5,7 +5,8 @@ call, sealed by ``linetap replay --format sealed`` (tests/test_web_playback.py).
 
 Sign in, search, open the recording, play: the media element's Range requests are
 answered 206, ``currentTime`` advances, +10 s moves it, the keys work, the waveform
-canvas is drawn from the server's peaks and the masked DTMF spans are regions. Each
+canvas is drawn from the server's peaks and the masked DTMF spans are regions; the
+history tab lists the playback. Each
 page is screenshotted under the test's tmp dir; with LINETAP_UPDATE_SCREENSHOTS=1 the
 search and recording pages are also copied to docs/screenshots/ for the README (a test
 run leaves the work tree alone otherwise).
@@ -13,6 +14,7 @@ run leaves the work tree alone otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -61,11 +63,19 @@ CANVAS_STATS = """
 """
 
 
-def office_toml(tmp: Path, office: SealedOffice) -> Path:
+def office_toml(
+    tmp: Path,
+    office: SealedOffice,
+    *,
+    accounts: str = 'totp_required_for = ["admin"]\n',
+    extra: str = "",
+) -> Path:
+    """office.toml for ``office`` (``accounts``: more of its [accounts] table; ``extra``:
+    more tables)."""
     path = tmp / "office.toml"
     path.write_text(
-        f'root = "{office.root}"\n{CHEAP_TOML}totp_required_for = ["admin"]\n'
-        '[web]\nlisten = "127.0.0.1"\noffice_name = "Branch 12 head office"\n'
+        f'root = "{office.root}"\n{CHEAP_TOML}{accounts}'
+        '[web]\nlisten = "127.0.0.1"\noffice_name = "Branch 12 head office"\n' + extra
     )
     return path
 
@@ -84,31 +94,46 @@ def wait_up(proc: subprocess.Popen[str], url: str, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def running_web(
+    tmp: Path,
+    office: SealedOffice,
+    *,
+    extra_accounts: str = 'totp_required_for = ["admin"]\n',
+    extra_toml: str = "",
+) -> Iterator[tuple[str, Path]]:
+    """``linetap-office web`` over ``office`` on a free port: (its base URL, its config);
+    stopped with SIGTERM (then SIGKILL) on the way out. Its log is ``tmp``/web.log."""
+    config = office_toml(tmp, office, accounts=extra_accounts, extra=extra_toml)
+    port = free_port()
+    with open(tmp / "web.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "linetap-office"), "web", "--config", str(config), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_up(proc, f"{base}/login")
+            yield base, config
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, SealedOffice]]:
     office = build_sealed_office(tmp_path)
-    config = office_toml(tmp_path, office)
-    port = free_port()
-    log = open(tmp_path / "web.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "linetap-office"), "web", "--config", str(config), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_up(proc, f"{base}/login")
-        yield base, office
+        with running_web(tmp_path, office) as (base, _config):
+            yield base, office
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
         office.index.close()
 
 
@@ -210,6 +235,18 @@ def note_and_seek(page: Any, base: str, office: SealedOffice) -> None:
     assert page.url == f"{base}/recordings/{office.rec}"  # htmx: no navigation
 
 
+def history_lists_the_plays(page: Any, office: SealedOffice) -> None:
+    """The history tab lists this test's playback (one listen leaf, by rita) and the note,
+    read from the ledger when the tab is opened."""
+    page.click('[data-role="load-history"]')
+    page.wait_for_selector("table.history tbody tr")
+    listens = page.locator('table.history tr[data-action="listen"]')
+    assert listens.count() == 1
+    assert "rita" in listens.first.inner_text()
+    assert page.locator('table.history tr[data-action="note"]').count() >= 1
+    assert page.locator('table.history tr[data-kind="ingest"]').count() == 1
+
+
 def test_play_a_sealed_call_in_chromium(server: tuple[str, SealedOffice], tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
@@ -241,6 +278,7 @@ def test_play_a_sealed_call_in_chromium(server: tuple[str, SealedOffice], tmp_pa
             play_and_skip(page)
             use_the_keys(page, office.manifest["duration_ms"] / 1000)
             note_and_seek(page, base, office)
+            history_lists_the_plays(page, office)
             page.wait_for_timeout(300)
             page.screenshot(path=str(shots / "recording.png"), full_page=True)
         finally:

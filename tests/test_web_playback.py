@@ -15,7 +15,7 @@ import io
 import json
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,10 @@ from sealedrec.protocol import (
 )
 from sealedrec.verify import decrypt_samples
 from tests.conftest import VENV_BIN
-from tests.helpers import START_UTC, config_text
+from tests.dtmf_signals import dial
+from tests.helpers import START_UTC, config_text, espeak_word, replay_argv
 from tests.office_accounts import CHEAP, Login, add_account, leaves
+from tests.test_call_metadata import RATE, fsk_caller_id
 from tests.test_receiver_hostile import ack_of
 from tests.test_web import sign_in
 
@@ -69,6 +71,7 @@ class SealedOffice:
     reviewer: Login  # scoped to DEVICE
     outsider: Login  # a reviewer scoped to another device
     auditor: Login  # sees metadata, may not listen
+    others: list[dict[str, Any]] = field(default_factory=list)  # the second site's manifests
 
     @property
     def rec(self) -> str:
@@ -102,31 +105,42 @@ def receive(receiver: Receiver, entry: Path) -> dict[str, Any]:
     return manifest
 
 
-def build_sealed_office(tmp: Path) -> SealedOffice:
-    """The office of the module docstring, under ``tmp``: root ``tmp/office`` (index in
-    ``index.sqlite3`` there, as ``linetap-office web`` finds it by default)."""
-    setup = enroll.init_ca(tmp / "office", "Test Office")
-    conf = tmp / "device.toml"
-    conf.write_text(
-        config_text(tmp / "wav", lines=1, storage_format="sealed", recipients=(setup.recipient,))
-    )
-    out = tmp / "device-out"
+SECOND_DEVICE = "branch-2"  # the second site's device (build_sealed_office(second_site=True))
+SITES = {"north": (DEVICE,), "south": (SECOND_DEVICE,)}
+#: The synthesized call of the second site: who calls, and the card number keyed in.
+SYNTH_CALLER = ("5551234567", "ALICE SMITH")
+SYNTH_DIGITS = "4111111111111111"
+
+
+def synth_call(tmp: Path) -> tuple[Path, Path]:
+    """12 s of one line made of signals nobody here wrote: FSK caller ID (minimodem), a
+    greeting from espeak-ng and a card number keyed as DTMF (sox); the call goes off-hook
+    at 1.5 s and on-hook at 11 s. Returns the audio file and the events script."""
+    line = np.zeros(12 * RATE, dtype=np.int16)
+    burst = fsk_caller_id(*SYNTH_CALLER)
+    line[RATE // 2 : RATE // 2 + burst.size] += burst
+    speech = (espeak_word("thank you for calling, your card number please", RATE) // 4).astype(
+        np.int16
+    )[: 4 * RATE]
+    line[2 * RATE : 2 * RATE + speech.size] += speech
+    tones, _spans = dial(SYNTH_DIGITS, RATE, on_s=0.08, off_s=0.08)
+    line[7 * RATE : 7 * RATE + tones.size] += tones
+    audio, events = tmp / "synth.wav", tmp / "synth.events"
+    soundfile.write(audio, line, RATE, subtype="PCM_16")
+    events.write_text("1.5 line1 offhook\n11 line1 onhook\n")
+    return audio, events
+
+
+def replay_sealed(tmp: Path, device: str, recipient: str, audio: Path, events: Path) -> Path:
+    """``linetap replay --format sealed`` of one call as ``device``; its outbox entry."""
+    conf = tmp / f"{device}.toml"
+    text = config_text(tmp / "wav", lines=1, storage_format="sealed", recipients=(recipient,))
+    conf.write_text(text.replace(f'device_id = "{DEVICE}"', f'device_id = "{device}"', 1))
+    out = tmp / f"{device}-out"
     run = subprocess.run(
         [
             str(VENV_BIN / "linetap"),
-            "replay",
-            "--config",
-            str(conf),
-            "--audio",
-            str(SAMPLES / "sample_call.flac"),
-            "--events",
-            str(SAMPLES / "sample_call.events"),
-            "--out",
-            str(out),
-            "--format",
-            "sealed",
-            "--start-utc",
-            START_UTC,
+            *replay_argv(conf, audio, events, out, "--format", "sealed", "--start-utc", START_UTC),
         ],
         capture_output=True,
         text=True,
@@ -135,14 +149,28 @@ def build_sealed_office(tmp: Path) -> SealedOffice:
     )
     assert run.returncode == 0, run.stderr
     [entry] = sorted((out / "outbox" / "sealed").iterdir())
-    device_key = load_device_key(out / "keys" / "device.key").public_key()
-    cfg = OfficeConfig(root=setup.root, accounts=CHEAP)
+    return entry
+
+
+def build_sealed_office(tmp: Path, *, second_site: bool = False) -> SealedOffice:
+    """The office of the module docstring, under ``tmp``: root ``tmp/office`` (index in
+    ``index.sqlite3`` there, as ``linetap-office web`` finds it by default). With
+    ``second_site``, a second device (site "south") has sent the call of
+    :func:`synth_call` too."""
+    setup = enroll.init_ca(tmp / "office", "Test Office")
+    calls = [(DEVICE, SAMPLES / "sample_call.flac", SAMPLES / "sample_call.events")]
+    if second_site:
+        calls.append((SECOND_DEVICE, *synth_call(tmp)))
+    entries = [replay_sealed(tmp, dev, setup.recipient, a, e) for dev, a, e in calls]
+    keys = {
+        dev: load_device_key(entry.parents[2] / "keys" / "device.key").public_key()
+        for (dev, _a, _e), entry in zip(calls, entries, strict=True)
+    }
+    cfg = OfficeConfig(root=setup.root, accounts=CHEAP, sites=SITES if second_site else {})
     index = open_index(cfg.index_url)
     store = FileBlobStore(cfg.root)
-    receiver = Receiver(
-        store, index, lambda _device: device_key, cfg.limits, frozenset({setup.recipient})
-    )
-    manifest = receive(receiver, entry)
+    receiver = Receiver(store, index, keys.__getitem__, cfg.limits, frozenset({setup.recipient}))
+    manifest, *others = [receive(receiver, entry) for entry in entries]
     assert len(manifest["masked_spans"]) > 1  # the keyed-in card number
     reviewer = add_account(
         index, "rita", [Role.REVIEWER], Scope(devices=frozenset({DEVICE})), settings=CHEAP
@@ -152,8 +180,9 @@ def build_sealed_office(tmp: Path) -> SealedOffice:
     )
     auditor = add_account(index, "aud", [Role.AUDITOR], settings=CHEAP)
     return SealedOffice(
-        setup.root, setup.recipient, cfg, index, store, manifest, reviewer, outsider, auditor
-    )
+        setup.root, setup.recipient, cfg, index, store, manifest, reviewer, outsider, auditor,
+        others,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
