@@ -186,7 +186,10 @@ def mark_for_review(idx: Index) -> dict[str, set[str]]:
                 (r.recording_id, form_id, r.device_id, r.line, r.started_utc, bp, bp,
                  failed, when),
             )  # fmt: skip
-    ids_of = lambda rs: {r.recording_id for r in rs}  # noqa: E731
+
+    def ids_of(rs: list[StoredRecord]) -> set[str]:
+        return {r.recording_id for r in rs}
+
     return {
         "notes": ids_of(recs[0:6]),
         "reviewed": ids_of(recs[4:9]),
