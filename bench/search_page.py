@@ -5,7 +5,8 @@ bench and dropped after; see :func:`bench.ledger_cost.pg_database`) with ``--row
 synthetic recordings (default 10^5), inserted in bulk with realistic values: 50 devices of
 2-4 lines, caller numbers and names (some withheld), dialled digits, durations (log-normal,
 a few seconds to an hour), start times over a year, the manifest JSON each row carries.
-Then times :func:`headoffice.web.search.search_page` (the gate's ``search`` leaf, the COUNT
+Review marks (notes, reviewed, holds, QA scores) go on a share of them
+(:func:`fill_review`). Then times :func:`headoffice.web.search.search_page` (the gate's ``search`` leaf, the COUNT
 and the page SELECT, rows turned into objects: everything the server does for a page but
 render it) for typical pages, each repeated; min and median per page, goal < 200 ms.
 
@@ -127,6 +128,49 @@ def fill_pg(dsn: str, n: int) -> None:
         conn.execute("VACUUM ANALYZE recordings")
 
 
+def fill_review(index: Index, seed: int = 2) -> None:
+    """Review marks on a share of the recordings, as a busy QA team leaves them: notes on
+    3 %, reviewed marks on 10 %, legal holds on 1 % (a tenth of them released) and one or
+    two QA evaluations on 5 % (scores spread over 0-100 %, 5 % of them failed)."""
+    rnd = random.Random(seed)
+    with index.transaction(False) as q:
+        ids = [r for (r,) in q("SELECT recording_id FROM recordings", ())]
+    when = "2026-12-01T00:00:00.000+00:00"
+    with index.transaction(True) as q:
+        q(
+            "INSERT INTO qa_forms (name, version, definition, created_by, created_at)"
+            " VALUES ('bench', 1, '{}', 'bench', ?)",
+            (when,),
+        )
+        [(form,)] = q("SELECT id FROM qa_forms WHERE name = 'bench'", ())
+        for rid in ids:
+            x = rnd.random()
+            if x < 0.03:
+                q(
+                    "INSERT INTO notes (recording_id, author, at_ms, kind, text, created_at)"
+                    " VALUES (?, 'rev', 1000, 'note', 'check this', ?)",
+                    (rid, when),
+                )
+            if x < 0.10:
+                q("INSERT INTO reviews VALUES (?, 'rev', ?)", (rid, when))
+            if rnd.random() < 0.01:
+                q(
+                    "INSERT INTO holds (recording_id, case_ref, reason, set_by, set_at,"
+                    " released_at) VALUES (?, 'C-1', 'dispute', 'cmp', ?, ?)",
+                    (rid, when, when if rnd.random() < 0.1 else None),
+                )
+            for _ in range(rnd.choice((1, 1, 2)) if rnd.random() < 0.05 else 0):
+                failed = rnd.random() < 0.05
+                score = 0 if failed else rnd.randrange(0, 10_001)
+                q(
+                    "INSERT INTO qa_evaluations (recording_id, form_id, evaluator, agent,"
+                    " device_id, line, call_started_utc, raw_bp, score_bp, failed, answers,"
+                    " created_at) VALUES (?, ?, 'rev', 'agent', 'd', 'l', ?, ?, ?, ?, '{}', ?)",
+                    (rid, form, when, score, score, failed, when),
+                )
+        q("ANALYZE", ())
+
+
 def set_indexes(index: Index, present: bool) -> None:
     with index.transaction(True) as q:
         for name, what in SEARCH_INDEXES.items():
@@ -159,6 +203,11 @@ CASES: list[tuple[str, Principal, dict[str, str]]] = [
     ("sort by caller, page 40", SUPERVISOR, {"sort": "caller", "order": "asc", "page": "40"}),
     ("scoped reviewer (1 site + 1 line)", REVIEWER, {}),
     ("scoped reviewer, date range", REVIEWER, {"since": "2026-06-01", "until": "2026-07-01"}),
+    ("not reviewed yet", SUPERVISOR, {"reviewed": "false"}),
+    ("reviewed, with notes", SUPERVISOR, {"reviewed": "true", "has_notes": "true"}),
+    ("on legal hold", SUPERVISOR, {"on_hold": "true"}),
+    ("QA score 0-60 %", SUPERVISOR, {"min_score": "0", "max_score": "60"}),
+    ("scoped reviewer, not reviewed", REVIEWER, {"reviewed": "false"}),
 ]
 
 
@@ -189,6 +238,8 @@ def bench(name: str, url: str, fill: Callable[[], None], args: argparse.Namespac
         pass
     start = time.perf_counter()
     fill()
+    with open_index(url) as index:
+        fill_review(index)
     print(f"{name}: {args.rows} recordings inserted in {time.perf_counter() - start:.1f} s")
     ours: dict[str, list[float]] = {}
     peer: dict[str, list[float]] = {}

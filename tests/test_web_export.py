@@ -44,7 +44,7 @@ class ExportOffice:
         self.clock = SteppingClock()
         # The device's manifest-signing key, as enrolment records it.
         raw = (
-            load_device_key(tmp / "device-out" / "keys" / "device.key")
+            load_device_key(tmp / f"{DEVICE}-out" / "keys" / "device.key")
             .public_key()
             .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         )
@@ -305,7 +305,7 @@ def test_plain_audio_never_touches_the_disk(office: ExportOffice):
     pcm = wav[44 : 44 + 4096]  # past the RIFF header: plain samples
     for path in after:
         data = path.read_bytes()
-        if path.suffix in (".wav", ".flac") and path.parent.name in ("wav", "device-out"):
+        if path.suffix in (".wav", ".flac") and path.parent.name in ("wav", f"{DEVICE}-out"):
             continue  # the device side's own recordings (the replayed input)
         assert pcm not in data, path
         assert flac[:4096] not in data, path

@@ -19,6 +19,7 @@ from headoffice.access import AccessDenied, Actor, Gate
 from headoffice.authz import Action, DeviceLine, Principal, Role, Scope
 from headoffice.config import OfficeConfig
 from headoffice.index import Index, StoredRecord, open_index
+from headoffice.web import search
 from headoffice.web.notes import NoteStore
 from headoffice.web.search import (
     SearchFilters,
@@ -142,6 +143,30 @@ def test_each_filter(filled: Index):
         assert page.total == len(want), params
     assert run(idx, caller="müller").total > 0
     assert run(idx, recovered="true").total > 0
+
+
+def test_caller_pages_are_the_same_whichever_way_they_are_found(
+    filled: Index, monkeypatch: pytest.MonkeyPatch
+):
+    """A rare caller substring's page is found through the caller_hits prefix, a common
+    one by walking the sort order: the same rows, in the same order, either way."""
+    for caller in ("müller", "555 01", "0", "o'brien", "%_"):
+        want = expected(
+            filled,
+            lambda r: caller in f"{r.caller_number or ''}|{r.caller_name or ''}".lower(),  # noqa: B023
+        )
+        for sort in ("started", "duration", "caller"):
+            pages = []
+            for rare in (0, 10_000):  # never rare / always rare
+                monkeypatch.setattr(search, "RARE_CALLER_MATCHES", rare)
+                pages.append(
+                    [
+                        ids(run(filled, caller=caller, sort=sort, page_size=25, page=n))
+                        for n in (1, 2)
+                    ]
+                )
+            assert pages[0] == pages[1], (caller, sort)
+            assert set(pages[0][0] + pages[0][1]) == want, (caller, sort)
 
 
 def mark_for_review(idx: Index) -> dict[str, set[str]]:

@@ -73,6 +73,7 @@ def _schema(pg: bool) -> list[str]:
         *_review(pg),
         *_scorecards(pg, boolean),
         *_holds(pg),
+        *_api_tokens(pg),
     ]
 
 
@@ -164,7 +165,7 @@ def app_role_grants(role: str) -> list[str]:
     if not role.replace("_", "").isalnum():
         raise ValueError(f"role {role!r}: letters, digits and _ only")
     mutable = ("recordings", "devices", "alarms", "uploads", "users", "user_roles",
-               "user_scope", "sessions", "schema_version")  # fmt: skip
+               "user_scope", "sessions", "schema_version", "api_tokens")  # fmt: skip
     return [
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(mutable)} TO {role}",
         f"GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY)} TO {role}",
@@ -186,13 +187,21 @@ SEARCH_INDEXES: dict[str, str] = {
     # sort=caller (the ORDER BY's own expression)
     "recordings_caller": "recordings ((COALESCE(caller_number, '')), started_utc)",
     # caller substrings (LIKE '%...%' uses no b-tree): a narrow covering index the COUNT
-    # scans instead of the table's wide rows (index-only scan / covering index)
-    "recordings_caller_text": "recordings (caller_number, caller_name)",
+    # and a rare substring's IN (SELECT recording_id ...) scan instead of the table's wide
+    # rows (index-only scan / covering index)
+    "recordings_caller_ids": "recordings (caller_number, caller_name, recording_id)",
 }
 
 
+#: Search indexes an older office made that a newer one replaced: dropped at open.
+RETIRED_INDEXES = ("recordings_caller_text",)
+
+
 def search_indexes() -> list[str]:
-    return [f"CREATE INDEX IF NOT EXISTS {name} ON {what}" for name, what in SEARCH_INDEXES.items()]
+    return [
+        *(f"DROP INDEX IF EXISTS {name}" for name in RETIRED_INDEXES),
+        *(f"CREATE INDEX IF NOT EXISTS {name} ON {what}" for name, what in SEARCH_INDEXES.items()),
+    ]
 
 
 #: The web review's own tables (headoffice.web.notes): notes and bookmarks at a position in
@@ -301,4 +310,23 @@ def _holds(pg: bool) -> list[str]:
             released_at TEXT,
             release_reason TEXT)""",
         "CREATE INDEX IF NOT EXISTS holds_recording ON holds (recording_id, released_at)",
+    ]
+
+
+def _api_tokens(pg: bool) -> list[str]:
+    """Personal API tokens (headoffice.apitokens): only the token's SHA-256 is kept. A
+    token acts as ``name`` with that account's roles and scope at each request; it stops
+    at ``expires_at``, at ``revoked_at`` (rows are kept: who had which token, and when)
+    and while the account is disabled."""
+    del pg  # the same DDL on both backends
+    return [
+        """CREATE TABLE IF NOT EXISTS api_tokens (
+            token_sha256 TEXT PRIMARY KEY,
+            name TEXT NOT NULL REFERENCES users (name),
+            label TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT)""",
+        "CREATE INDEX IF NOT EXISTS api_tokens_name ON api_tokens (name, created_at)",
     ]
