@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from headoffice.authz import Role
+from headoffice.retention import RetentionConfig
 from runtime.errors import ConfigError
 
 
@@ -195,6 +196,20 @@ class OfficeConfig(_Model):
         default_factory=WebConfig,
         description="[web]: the review web server (listen address, TLS, proxies)",
     )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,
+        description="[retention]: how long recordings are kept (headoffice/retention.py)",
+    )
+
+    @model_validator(mode="after")
+    def _policy_sites(self) -> OfficeConfig:
+        unknown = sorted({p.site for p in self.retention.policy if p.site} - set(self.sites))
+        if unknown:
+            raise ValueError(
+                f"[retention] policy names unknown site {', '.join(unknown)}: add it under "
+                '[sites], e.g. hq = ["dev-1", "dev-2"]'
+            )
+        return self
 
     @property
     def index_url(self) -> str:
