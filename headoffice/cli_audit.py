@@ -36,7 +36,7 @@ from headoffice.ledger.checkpoint import (
 )
 from headoffice.ledger.store import Ledger
 from headoffice.printing import terminal_safe
-from headoffice.store import FileBlobStore
+from headoffice.stores import open_store
 
 CREDENTIAL = "ledger-key"
 
@@ -90,7 +90,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ]
     with open_index(url) as index:
         _gate(cfg, index).allow(Action.READ_AUDIT, detail="audit verify")
-        store = None if args.no_blobs else FileBlobStore(cfg.root)
+        store = None if args.no_blobs else open_store(cfg, cfg.root)
         report = audit(index, store, origin=verifier.name, vkey=verifier, external=external)
     if args.json:
         print(
@@ -132,7 +132,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
             gate.allow(Action.VIEW_METADATA, record, detail="evidence bundle")
         out = proof_bundle(
             index,
-            FileBlobStore(cfg.root),
+            open_store(cfg, cfg.root),
             cfg.root,
             args.recording,
             Path(args.out),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from headoffice.config import load_office_config, office_config_path
 from headoffice.index import open_index
-from headoffice.store import FileBlobStore
+from headoffice.stores import open_store
 from runtime.process import setup_logging, stop_on_signals
 
 log = logging.getLogger("linetap.office.web")
@@ -37,7 +37,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     index = open_index(cfg.index_url)
     try:
-        app = create_app(cfg, index, FileBlobStore(cfg.root))
+        app = create_app(cfg, index, open_store(cfg, cfg.root))
         config = uvicorn.Config(
             app,
             host=host,

@@ -8,8 +8,9 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from headoffice.authz import Role
 from headoffice.retention import RetentionConfig
@@ -167,6 +168,69 @@ class WebConfig(_Model):
         return self
 
 
+class StoreConfig(_Model):
+    """``[store]``: where recordings are kept. ``file`` (the default, nothing to install):
+    under ``root``. ``s3``: an S3 bucket created with Object Lock (headoffice/s3store.py),
+    whose lock enforces retention and legal hold; ``root`` still holds the keys and CA and
+    the workers' temp files. Credentials: ``access_key_id`` + ``secret_access_key``, or
+    ``credentials_file`` (AWS format, ``[default]`` section), or neither (the AWS
+    environment variables); the secret is never logged."""
+
+    backend: Literal["file", "s3"] = Field("file", description='"file" or "s3"')
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint, e.g. https://s3.example.net (default: AWS)"
+    )
+    bucket: str | None = Field(
+        None, min_length=3, max_length=63, description="bucket (created with Object Lock)"
+    )
+    region: str = Field("us-east-1", min_length=1, description="the bucket's region")
+    access_key_id: str | None = Field(None, min_length=1, description="S3 access key id")
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key")
+    credentials_file: Path | None = Field(
+        None, description="AWS-format credentials file, mode 0600 (instead of the two keys)"
+    )
+    lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = Field(
+        "COMPLIANCE",
+        description="Object Lock mode of retention dates: COMPLIANCE (nobody can shorten "
+        "or delete early) or GOVERNANCE (accounts with the bypass permission can)",
+    )
+    prefix: str = Field(
+        "",
+        max_length=200,
+        pattern=r"^([A-Za-z0-9_.-]+/)*$",
+        description='key prefix, e.g. "office/"',
+    )
+    commit_retain_days: int = Field(
+        0,
+        ge=0,
+        le=100 * 366,
+        description="Object Lock retention every recording gets as it is written (days); "
+        "0: none until the retention job sets one",
+    )
+    multipart_part_mb: int = Field(
+        64, ge=5, le=5120, description="blobs larger than this go up in parts of this size"
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, le=120, description="connect timeout")
+    read_timeout_s: float = Field(60.0, gt=0, le=3600, description="read timeout")
+    max_attempts: int = Field(3, ge=1, le=10, description="tries per request (retries + 1)")
+    lock_expiry_s: int = Field(
+        900,
+        ge=10,
+        le=86400,
+        description="a worker's finishing lock older than this is taken over (it crashed)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> StoreConfig:
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError('backend = "s3" needs a bucket')
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither")
+        if self.credentials_file is not None and self.access_key_id is not None:
+            raise ValueError("set access_key_id/secret_access_key or credentials_file, not both")
+        return self
+
+
 class OfficeConfig(_Model):
     root: Path = Field(
         Path("/var/lib/linetap-office"),
@@ -199,6 +263,10 @@ class OfficeConfig(_Model):
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig,
         description="[retention]: how long recordings are kept (headoffice/retention.py)",
+    )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig,
+        description="[store]: the blob store (filesystem under root, or an S3 bucket)",
     )
 
     @model_validator(mode="after")
@@ -244,6 +312,9 @@ def load_office_config(path: Path) -> OfficeConfig:
             ),
             "web": cfg.web.model_copy(
                 update={k: fix(getattr(cfg.web, k)) for k in ("tls_cert", "tls_key")}
+            ),
+            "store": cfg.store.model_copy(
+                update={"credentials_file": fix(cfg.store.credentials_file)}
             ),
         }
     )

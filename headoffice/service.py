@@ -29,7 +29,7 @@ from headoffice.config import OfficeConfig
 from headoffice.index import Index
 from headoffice.officeroot import CaLayout, device_signing_key
 from headoffice.receiver import FIN_POLL_S, Receiver, Reply
-from headoffice.store import FileBlobStore
+from headoffice.stores import open_store
 from runtime.errors import ConfigError
 from runtime.process import stop_on_signals
 from sealedrec.errors import LinetapError
@@ -188,7 +188,7 @@ def office_recipients(cfg: OfficeConfig) -> frozenset[str] | None:
 def build_receiver(cfg: OfficeConfig, index: Index) -> Receiver:
     """The receiver ``serve`` runs: the config's store, limits and recipients."""
     return Receiver(
-        FileBlobStore(cfg.root),
+        open_store(cfg, cfg.root),
         index,
         lambda device: device_signing_key(cfg.root, device),
         cfg.limits,

@@ -9,6 +9,7 @@ Layout under ``root``::
     blobs/{device}/{yyyy}/{mm}/{dd}/{rec}.segments       (container "segments")
     blobs/{device}/{yyyy}/{mm}/{dd}/{rec}.manifest.json  its signed manifest
     locks/{device}/{rec}.lock                 flock'ed by the worker finishing a recording
+    lifecycle/{device}/{yyyy}/{mm}/{dd}/{rec}.json  retention date and legal hold
     tmp/                                      files being written; renamed into place
 
 The date is the recording's ``started_utc``. Every file is written to ``tmp/``, fsynced
@@ -23,7 +24,8 @@ manifests carry caller numbers and names). A write that fails for want of space 
 A chunk is parked whole or not at all, so the parked files are the truth about an
 upload's progress; :meth:`FileBlobStore.assemble` joins them and checks size and SHA-256
 against the init message before :meth:`FileBlobStore.commit` moves the result into place.
-:class:`FileBlobStore` implements the :class:`~headoffice.blobstore.BlobStore` protocol.
+:class:`FileBlobStore` implements the :class:`~headoffice.blobstore.BlobStore` protocol;
+retention and legal hold live in a registry (:mod:`headoffice.store_lifecycle`).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from headoffice.blobstore import StoreError
+from headoffice.blobstore import Lifecycle, StoreError, check_range
+from headoffice.store_lifecycle import FileLifecycle
 from sealedrec.durable import atomic_file, fsync_dir
 
 PARKING = "parking"
@@ -97,7 +100,7 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _check_id(value: str, what: str) -> str:
+def check_id(value: str, what: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise StoreError(f"{what} {str(value)[:80]!r} is not a valid id", reason="id")
     return value
@@ -116,7 +119,7 @@ def blob_date(started_utc: str) -> tuple[str, str, str]:
     return f"{when.year:04d}", f"{when.month:02d}", f"{when.day:02d}"
 
 
-def _manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
@@ -126,6 +129,7 @@ class FileBlobStore:
     def __init__(self, root: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
+        self.registry = FileLifecycle(self.root, self.root / TMP)
         try:
             for sub in (PARKING, BLOBS, LOCKS, TMP):
                 _makedirs_durable(self.root / sub)
@@ -144,15 +148,15 @@ class FileBlobStore:
 
     # -- paths ---------------------------------------------------------------------------
     def parking_dir(self, device: str, rec: str) -> Path:
-        return self.root / PARKING / _check_id(device, "device") / _check_id(rec, "recording")
+        return self.root / PARKING / check_id(device, "device") / check_id(rec, "recording")
 
     def blob_dir(self, device: str, started_utc: str) -> Path:
-        return self.root / BLOBS / _check_id(device, "device") / Path(*blob_date(started_utc))
+        return self.root / BLOBS / check_id(device, "device") / Path(*blob_date(started_utc))
 
     def blob_path(self, device: str, rec: str, started_utc: str, container: str | None) -> Path:
         """Where :meth:`commit` puts the blob (the manifest for a recording without one)."""
         directory = self.blob_dir(device, started_utc)
-        _check_id(rec, "recording")
+        check_id(rec, "recording")
         if container is None:
             return directory / f"{rec}{MANIFEST_SUFFIX}"
         if container not in BLOB_SUFFIXES:
@@ -160,9 +164,7 @@ class FileBlobStore:
         return directory / f"{rec}{BLOB_SUFFIXES[container]}"
 
     def manifest_path(self, device: str, rec: str, started_utc: str) -> Path:
-        return (
-            self.blob_dir(device, started_utc) / f"{_check_id(rec, 'recording')}{MANIFEST_SUFFIX}"
-        )
+        return self.blob_dir(device, started_utc) / f"{check_id(rec, 'recording')}{MANIFEST_SUFFIX}"
 
     def resolve(self, path: str | Path) -> Path:
         """An index's stored path (absolute, or relative to the store root) as a path."""
@@ -411,7 +413,7 @@ class FileBlobStore:
         fsync_dir(target.parent)
 
     def _place_manifest(self, rec: str, path: Path, manifest: Mapping[str, Any]) -> None:
-        data = _manifest_bytes(manifest)
+        data = manifest_bytes(manifest)
         try:
             existing = path.read_bytes()
         except FileNotFoundError:
@@ -454,6 +456,66 @@ class FileBlobStore:
             raise StoreError(f"{manifest_file}: not a JSON object", reason="conflict")
         return data
 
+    def read_range(self, stored: str, start: int, end: int) -> bytes:
+        """Bytes ``start``..``end`` (inclusive) of the stored blob; see the protocol."""
+        path = self.resolve(stored)
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                first, last = check_range(stored, start, end, size)
+                fh.seek(first)
+                return fh.read(last - first + 1)
+        except FileNotFoundError:
+            raise StoreError(f"{stored}: no such stored blob", reason="missing") from None
+        except OSError as exc:
+            raise _io_error(exc, f"{stored}: cannot read") from exc
+
+    def size(self, stored: str) -> int:
+        try:
+            return self.resolve(stored).stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"{stored}: no such stored blob", reason="missing") from None
+        except OSError as exc:
+            raise _io_error(exc, f"{stored}: cannot read") from exc
+
+    # -- lifecycle (the registry is the enforcement; headoffice/store_lifecycle.py) -------
+    def _recording(self, stored: str) -> tuple[str, list[Path]]:
+        """(registry key, [blob, manifest] or [manifest]) of a stored path."""
+        path = Path(os.path.abspath(self.resolve(stored)))
+        try:
+            rel = path.relative_to(os.path.abspath(self.root / BLOBS))
+        except ValueError:
+            raise StoreError(
+                f"{stored}: not a recording of the store at {self.root}", reason="id"
+            ) from None
+        name = rel.name
+        for suffix in (*BLOB_SUFFIXES.values(), MANIFEST_SUFFIX):
+            if name.endswith(suffix):
+                base = name[: -len(suffix)]
+                break
+        else:
+            raise StoreError(f"{stored}: not a blob or manifest name", reason="id")
+        check_id(base, "recording")
+        manifest = path.with_name(base + MANIFEST_SUFFIX)
+        files = [manifest] if path == manifest else [path, manifest]
+        return str(rel.parent / base), files
+
+    def retain_until(self, stored: str, until: datetime) -> None:
+        key, files = self._recording(stored)
+        self.registry.retain_until(key, files, stored, until)
+
+    def set_legal_hold(self, stored: str, on: bool) -> None:
+        key, files = self._recording(stored)
+        self.registry.set_legal_hold(key, files, stored, on)
+
+    def lifecycle(self, stored: str) -> Lifecycle:
+        key, files = self._recording(stored)
+        return self.registry.lifecycle(key, files, stored)
+
+    def delete(self, stored: str) -> None:
+        key, files = self._recording(stored)
+        self.registry.delete(key, files, stored, datetime.now(UTC))
+
     # -- locking -------------------------------------------------------------------------
     @contextmanager
     def lock(self, device: str, rec: str, timeout: float | None = None) -> Iterator[None]:
@@ -466,8 +528,8 @@ class FileBlobStore:
         On NFS, Linux turns ``flock`` into a POSIX lock: it still excludes processes
         on every client, but no longer threads of one process — run one finishing
         thread per worker process there (the index's finish lock covers PostgreSQL)."""
-        directory = self.root / LOCKS / _check_id(device, "device")
-        path = directory / f"{_check_id(rec, 'recording')}.lock"
+        directory = self.root / LOCKS / check_id(device, "device")
+        path = directory / f"{check_id(rec, 'recording')}.lock"
         wait = self.lock_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         fd = -1
