@@ -20,13 +20,14 @@ The table (``scope`` = only recordings inside the principal's :class:`Scope`;
     release         -      -           -         -        scope
     delete          -      -           -         -        scope
     manage_users    yes    -           -         -        -
+    manage_forms    yes    -           -         -        -
     read_audit      -      -           -         yes      -
 
 Decisions behind it:
 
-- **admin** manages users, roles and policies and sees no recording (not even its
-  metadata) unless another role is granted too: for an admin alone, recordings do not
-  exist ("out of scope").
+- **admin** manages users, roles and policies and the QA scorecard forms, and sees no
+  recording (not even its metadata) unless another role is granted too: for an admin
+  alone, recordings do not exist ("out of scope").
 - **auditor** reads the audit ledger and the metadata of every recording (search,
   view_metadata) across the whole office, never audio.
 - **compliance** handles data-subject requests: hold, release, delete (erasure), and
@@ -43,7 +44,7 @@ Decisions behind it:
   naming what is missing (the web answers 403).
 - ``search`` with ``target=None`` asks "may this principal search at all"; each hit must
   then pass ``view_metadata`` on its own target. Every other recording action needs a
-  target; the office actions (manage_users, read_audit) take none.
+  target; the office actions (manage_users, manage_forms, read_audit) take none.
 - A site named in a scope but missing from ``[sites]`` covers no device (fail closed).
 """
 
@@ -76,11 +77,12 @@ class Action(StrEnum):
     RELEASE = "release"
     DELETE = "delete"
     MANAGE_USERS = "manage_users"
+    MANAGE_FORMS = "manage_forms"
     READ_AUDIT = "read_audit"
 
 
 #: Actions on the office itself, never on a recording (``target`` must be ``None``).
-OFFICE_ACTIONS = frozenset({Action.MANAGE_USERS, Action.READ_AUDIT})
+OFFICE_ACTIONS = frozenset({Action.MANAGE_USERS, Action.MANAGE_FORMS, Action.READ_AUDIT})
 
 
 class Reach(Enum):
@@ -95,7 +97,7 @@ _S, _A, _O = Reach.SCOPE, Reach.ALL, Reach.OFFICE
 
 #: The table of the module docstring, written out (a missing action = not granted).
 GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
-    Role.ADMIN: {Action.MANAGE_USERS: _O},
+    Role.ADMIN: {Action.MANAGE_USERS: _O, Action.MANAGE_FORMS: _O},
     Role.SUPERVISOR: {
         Action.SEARCH: _S,
         Action.VIEW_METADATA: _S,

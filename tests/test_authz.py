@@ -23,7 +23,7 @@ OUT = Target("dev-br-1", "line1")  # outside it
 
 # Per role, per action: "<in scope><out of scope>", each
 #   Y = allowed, N = denied (not granted: 403), H = hidden, denied "out of scope" (404).
-# Office actions (manage_users, read_audit) are asked with target=None in both columns.
+# Office actions (manage_users, manage_forms, read_audit) are asked with target=None in both columns.
 TABLE = """
 action         admin supervisor reviewer auditor compliance
 search         HH    YH         YH       YY      YH
@@ -36,6 +36,7 @@ hold           HH    NH         NH       NN      YH
 release        HH    NH         NH       NN      YH
 delete         HH    NH         NH       NN      YH
 manage_users   YY    NN         NN       NN      NN
+manage_forms   YY    NN         NN       NN      NN
 read_audit     NN    NN         NN       YY      NN
 """
 
@@ -62,7 +63,7 @@ def test_the_table_covers_every_role_and_action() -> None:
 @pytest.mark.parametrize(("role", "action", "where", "expected"), CASES)
 def test_authorize_table(role: Role, action: Action, where: str, expected: str) -> None:
     principal = Principal("p", frozenset({role}), Scope(sites=frozenset({"hq"})))
-    office_action = action in {Action.MANAGE_USERS, Action.READ_AUDIT}
+    office_action = action in {Action.MANAGE_USERS, Action.MANAGE_FORMS, Action.READ_AUDIT}
     target = None if office_action else IN if where == "in" else OUT
     decision = authorize(principal, action, target, SITES)
     assert decision.allowed is (expected == "Y"), decision
@@ -127,6 +128,23 @@ def test_targets_must_fit_the_action() -> None:
     assert not authorize(admin, Action.SEARCH, None, SITES).allowed
     nobody = Principal("n", frozenset(), Scope.all())
     assert all(not authorize(nobody, a, IN, SITES).allowed for a in Action)
+
+
+def test_manage_forms_is_an_office_action_of_admins_only() -> None:
+    admin = Principal("a", frozenset({Role.ADMIN}), Scope())
+    granted = authorize(admin, Action.MANAGE_FORMS, None, SITES)
+    assert granted.allowed and granted.reason == "manage_forms granted to admin"
+    on_a_recording = authorize(admin, Action.MANAGE_FORMS, IN, SITES)
+    assert not on_a_recording.allowed and "target=None" in on_a_recording.reason
+    # Scoring calls (supervisor, reviewer) does not make one a form designer.
+    for role in (Role.SUPERVISOR, Role.REVIEWER, Role.AUDITOR, Role.COMPLIANCE):
+        everywhere = Principal("x", frozenset({role}), Scope.all())
+        refused = authorize(everywhere, Action.MANAGE_FORMS, None, SITES)
+        assert not refused.allowed and not refused.hidden
+        assert refused.reason == f"not granted: {role} may not manage_forms"
+    both = Principal("ar", frozenset({Role.ADMIN, Role.REVIEWER}), Scope(sites=frozenset({"hq"})))
+    assert authorize(both, Action.MANAGE_FORMS, None, SITES).allowed
+    assert authorize(both, Action.SCORE, IN, SITES).allowed
 
 
 def test_device_line_parse() -> None:
