@@ -9,7 +9,7 @@ INSERT and SELECT only on them: :func:`app_role_grants`).
 from __future__ import annotations
 
 SCHEMA_VERSION = 2
-APPEND_ONLY = ("ledger", "checkpoints")
+APPEND_ONLY = ("ledger", "checkpoints", "tombstones")
 
 
 def _schema(pg: bool) -> list[str]:
@@ -68,6 +68,7 @@ def _schema(pg: bool) -> list[str]:
             updated_at TEXT NOT NULL,
             PRIMARY KEY (device_id, recording_id))""",
         *_people(pg, boolean),
+        *_tombstones(),  # before the append-only triggers of _ledger, which cover it
         *_ledger(pg),
         *search_indexes(),
         *_review(pg),
@@ -178,8 +179,12 @@ def app_role_grants(role: str) -> list[str]:
 #: by bench/search_page.py: name -> what it indexes. Each one serves a sort of the page
 #: (walked forward or backward with LIMIT, no sort of every match) or a selective filter.
 SEARCH_INDEXES: dict[str, str] = {
-    # sort=started (the default, newest first), and date ranges, in the exact ORDER BY
-    "recordings_started_order": "recordings (started_utc, device_id, seq, recording_id)",
+    # sort=started (the default, newest first), and date ranges, in the exact ORDER BY;
+    # line and duration_ms after it make it cover the KPI dashboard's period counts too
+    # (headoffice.web.dashboard: no read of the wide rows with their manifests)
+    "recordings_started_cover": (
+        "recordings (started_utc, device_id, seq, recording_id, line, duration_ms)"
+    ),
     # device (+ line) filters and scopes, and sort=device, in start order within each
     "recordings_device_line_started": "recordings (device_id, line, started_utc)",
     # sort=duration and duration ranges
@@ -194,7 +199,7 @@ SEARCH_INDEXES: dict[str, str] = {
 
 
 #: Search indexes an older office made that a newer one replaced: dropped at open.
-RETIRED_INDEXES = ("recordings_caller_text",)
+RETIRED_INDEXES = ("recordings_caller_text", "recordings_started_order")
 
 
 def search_indexes() -> list[str]:
@@ -289,6 +294,26 @@ def _scorecards(pg: bool, boolean: str) -> list[str]:
             section TEXT NOT NULL,
             score_bp INTEGER NOT NULL CHECK (score_bp BETWEEN 0 AND 10000),
             PRIMARY KEY (evaluation_id, section))""",
+    ]
+
+
+def _tombstones() -> list[str]:
+    """What is left of a deleted recording (purge or erasure: headoffice.erasure): no
+    personal data, only what keeps its device's hash chain checkable across the gap
+    (seq, its manifest's hash and the hash it pointed back to) and why it went. Rows
+    are never changed or removed; each has its ledger tombstone leaf too."""
+    return [
+        """CREATE TABLE IF NOT EXISTS tombstones (
+            recording_id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            prev_manifest_sha256 TEXT NOT NULL,
+            blob_sha256 TEXT,
+            deleted_at TEXT NOT NULL,
+            deleted_by TEXT NOT NULL,
+            cause TEXT NOT NULL,
+            UNIQUE (device_id, seq))""",
     ]
 
 
