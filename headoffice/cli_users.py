@@ -8,6 +8,9 @@ linetap-office user list [--json]
 linetap-office user role NAME --set R [--set R2]
 linetap-office user scope NAME [--site S] [--device D] [--line DEV/LINE] [--everything|--clear]
 linetap-office user totp NAME
+linetap-office user token create NAME --label LABEL [--days N]
+linetap-office user token list [NAME] [--json]
+linetap-office user token revoke ID
 
 New passwords come from ``$LINETAP_OFFICE_NEW_PASSWORD`` or are asked twice.
 
@@ -20,6 +23,13 @@ account must be an admin), and the change is logged as an ``admin`` leaf by the 
 and logged through :meth:`Gate.allow <headoffice.access.Gate.allow>` before anything is
 read or changed; each change's :class:`~headoffice.accounts.AccountEvent` then becomes an
 ``admin`` leaf (:func:`record_event`: roles and scope, never a password or a TOTP secret).
+
+``user token ...`` manages personal API tokens (:mod:`headoffice.apitokens`) for the web
+review's JSON API: only an account itself creates its tokens (a token acts with its
+owner's rights, which an admin must not borrow); listing and revoking another's need
+``manage_users``
+(authorized and logged first). Each creation and revocation is an ``admin`` leaf
+(``api_token_created`` / ``api_token_revoked``, naming the token's id, never the token).
 """
 
 from __future__ import annotations
@@ -31,8 +41,9 @@ import socket
 import sys
 from collections.abc import Callable
 
-from headoffice.access import Actor, Gate, cli_actor
+from headoffice.access import AccessDenied, Actor, Gate, cli_actor
 from headoffice.accounts import AccountError, AccountEvent, Accounts, UserInfo
+from headoffice.apitokens import DEFAULT_DAYS, MAX_DAYS, TokenInfo, TokenStore
 from headoffice.authz import Action, DeviceLine, Principal, Role, Scope
 from headoffice.cli_query import office_config, office_location, office_options
 from headoffice.config import OfficeConfig
@@ -113,7 +124,12 @@ def _gate(accounts: Accounts, index: Index, cfg: OfficeConfig, args: argparse.Na
     return gate
 
 
-def _run(args: argparse.Namespace, body: Callable[[Accounts, Gate], int]) -> int:
+GateOf = Callable[[Accounts, Index, OfficeConfig, argparse.Namespace], Gate]
+
+
+def _run(
+    args: argparse.Namespace, body: Callable[[Accounts, Gate], int], gate_of: GateOf = _gate
+) -> int:
     where = office_location(args)  # ConfigError: run_command prints it, exit status 2
     cfg = office_config(where)
     try:
@@ -122,7 +138,7 @@ def _run(args: argparse.Namespace, body: Callable[[Accounts, Gate], int]) -> int
         return fail(sys.stderr, exc)
     try:
         accounts = Accounts(index, cfg.accounts, sites=cfg.sites)
-        return body(accounts, _gate(accounts, index, cfg, args))
+        return body(accounts, gate_of(accounts, index, cfg, args))
     except (LinetapError, OSError) as exc:
         return fail(sys.stderr, exc)
     finally:
@@ -267,6 +283,128 @@ def cmd_list(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
+def _actor_gate(
+    accounts: Accounts, index: Index, cfg: OfficeConfig, args: argparse.Namespace
+) -> Gate:
+    """The named account's gate with nothing authorized yet: a token command decides by
+    whose tokens it touches (:func:`_may_manage_tokens_of`)."""
+    del args
+    if not accounts.list_users():
+        raise AccountError(f"no accounts yet, so no tokens; {FIRST_MUST_BE_ADMIN}")
+    return Gate(index, cfg, cli_actor(cfg, index))
+
+
+def _may_manage_tokens_of(gate: Gate, owner: str, what: str) -> None:
+    """An account manages its own tokens; anyone else's need ``manage_users``
+    (authorized and logged: raises AccessDenied)."""
+    if gate.actor.principal.name != owner:
+        gate.allow(Action.MANAGE_USERS, detail=what)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
+        if gate.actor.principal.name != args.name:
+            # Not even an admin: a token acts with its owner's rights (a supervisor's
+            # listen and export), and an admin holds no right to any recording.
+            raise AccessDenied(
+                f"only {args.name} can create tokens for {args.name}: sign in as that "
+                "account (an admin may list and revoke others' tokens, not create them)"
+            )
+        new = TokenStore(accounts).create(args.name, args.label, args.days)
+        info = new.info
+        gate.admin(
+            "api_token_created",
+            info.name,
+            f"token {info.id}; label {info.label!r}; expires {info.expires_at}",
+        )
+        print(f"API token for {info.name} (shown only this once; keep it in a secret store):")
+        print(new.token)
+        print(f"id {info.id}, label {info.label!r}, expires {info.expires_at}")
+        return 0
+
+    return _run(args, body, _actor_gate)
+
+
+def _token_json(info: TokenInfo, state: str) -> dict[str, object]:
+    return {
+        "id": info.id,
+        "user": info.name,
+        "label": info.label,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "last_used_at": info.last_used_at,
+        "revoked_at": info.revoked_at,
+        "state": state,
+    }
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
+        owner: str | None = args.name
+        if owner is None and not gate.may(Action.MANAGE_USERS):
+            owner = gate.actor.principal.name  # without NAME: one's own tokens
+        if owner is None:
+            gate.allow(Action.MANAGE_USERS, detail="user token list")
+        else:
+            _may_manage_tokens_of(gate, owner, f"user token list {owner}")
+        store = TokenStore(accounts)
+        now = store.now()
+        tokens = [(t, t.state(now)) for t in store.tokens_of(owner)]
+        if args.json:
+            write_json(sys.stdout, {"tokens": [_token_json(t, state) for t, state in tokens]})
+            return 0
+        if not tokens:
+            print("no API tokens; make one with: linetap-office user token create NAME --label L")
+            return 0
+        rows = [
+            (t.id, t.name, t.label, t.created_at[:10], t.expires_at[:10], t.last_used_at, state)
+            for t, state in tokens
+        ]
+        headers = ("ID", "USER", "LABEL", "CREATED", "EXPIRES", "LAST USED", "STATE")
+        print(format_table(headers, rows))
+        return 0
+
+    return _run(args, body, _actor_gate)
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    def body(accounts: Accounts, gate: Gate) -> int:
+        store = TokenStore(accounts)
+        info = store.find(args.token)
+        _may_manage_tokens_of(gate, info.name, f"user token revoke {info.id}")
+        store.revoke(info)
+        gate.admin("api_token_revoked", info.name, f"token {info.id}; label {info.label!r}")
+        print(f"API token {info.id} of {info.name} ({info.label}) revoked")
+        return 0
+
+    return _run(args, body, _actor_gate)
+
+
+def _token_commands(
+    users: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: list[argparse.ArgumentParser],
+) -> None:
+    token = users.add_parser("token", help="personal API tokens for scripts: create, list, revoke")
+    tokens = token.add_subparsers(dest="token_command", required=True)
+    p = tokens.add_parser("create", parents=common, help="a new token (printed once)")
+    p.add_argument("name", help="the account the token acts as")
+    p.add_argument("--label", required=True, help='what it is for, e.g. "nightly export"')
+    p.add_argument(
+        "--days",
+        type=int,
+        default=DEFAULT_DAYS,
+        help=f"valid for this many days (default {DEFAULT_DAYS}, at most {MAX_DAYS})",
+    )
+    p.set_defaults(func=cmd_token_create)
+    p = tokens.add_parser("list", parents=common, help="tokens (no secret): state, last use")
+    p.add_argument("name", nargs="?", help="this account's (default: yours; an admin's: all)")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    p.set_defaults(func=cmd_token_list)
+    p = tokens.add_parser("revoke", parents=common, help="a token stops working at once")
+    p.add_argument("token", metavar="ID", help="its id as `token list` shows it (or a prefix)")
+    p.set_defaults(func=cmd_token_revoke)
+
+
 def _scope_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site", action="append", metavar="SITE", help="a site of [sites] (repeatable)")
     p.add_argument("--device", action="append", metavar="DEVICE", help="a device id (repeatable)")
@@ -277,7 +415,7 @@ def _scope_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``user add|passwd|disable|list|role|scope|totp`` (one call in headoffice/cli.py)."""
+    """``user add|passwd|disable|list|role|scope|totp|token`` (one call in headoffice/cli.py)."""
     common = [office_options()]
     roles = [r.value for r in Role]
     user = sub.add_parser("user", help="head-office accounts: add, passwd, disable, list, ...")
@@ -318,3 +456,5 @@ def add_user_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = users.add_parser("totp", parents=common, help="enroll a new TOTP secret (prints it once)")
     p.add_argument("name")
     p.set_defaults(func=cmd_totp)
+
+    _token_commands(users, common)
