@@ -22,6 +22,7 @@ from pathlib import Path
 from headoffice import service
 from headoffice.brokerconf import write_broker_config
 from headoffice.cli_audit import add_audit_commands
+from headoffice.cli_lifecycle import add_lifecycle_commands
 from headoffice.cli_query import add_query_commands, office_location, office_options
 from headoffice.cli_users import add_user_commands
 from headoffice.cli_web import add_web_command
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_commands(sub)
     add_audit_commands(sub)
     add_web_command(sub)
+    add_lifecycle_commands(sub)
     return parser
 
 

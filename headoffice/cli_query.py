@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from headoffice.access import PASSWORD_ENV, TOTP_ENV, USER_ENV, Gate, cli_actor
+from headoffice.blobstore import BlobStore
 from headoffice.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
@@ -35,7 +36,7 @@ from headoffice.export import cmd_export
 from headoffice.index import Index, open_index
 from headoffice.printing import fail
 from headoffice.query import QueryError, cmd_ls, cmd_show
-from headoffice.store import FileBlobStore
+from headoffice.stores import open_store
 from headoffice.storeverify import (
     DeviceKeys,
     cmd_verify,
@@ -84,10 +85,11 @@ def office_location(args: argparse.Namespace) -> OfficeLocation:
     )
 
 
-def _open_store(root: Path) -> FileBlobStore:
+def _open_store(where: OfficeLocation) -> BlobStore:
+    root = where.root
     if not root.is_dir():
         raise QueryError(f"no blob store at {root}; give --config office.toml or --root DIR")
-    return FileBlobStore(root)
+    return open_store(where.config, root)
 
 
 def office_config(where: OfficeLocation) -> OfficeConfig:
@@ -96,7 +98,11 @@ def office_config(where: OfficeLocation) -> OfficeConfig:
     return where.config if where.config is not None else OfficeConfig(root=where.root)
 
 
-def _run(args: argparse.Namespace, body: Callable[[OfficeLocation, Index, Gate], int]) -> int:
+def run_as_account(
+    args: argparse.Namespace, body: Callable[[OfficeLocation, Index, Gate], int]
+) -> int:
+    """Open the office ``args`` name, log in as its account, and run ``body`` with one
+    gate; any refusal or error is one line on stderr and exit status 1."""
     where = office_location(args)  # ConfigError: run_command prints it, exit status 2
     try:
         index = open_index(where.index_url)
@@ -118,7 +124,9 @@ def _seconds_ms(value: float | None) -> int | None:
 
 def run_ls(args: argparse.Namespace) -> int:
     def body(where: OfficeLocation, index: Index, gate: Gate) -> int:
-        store = FileBlobStore(where.root) if args.pending and where.root.is_dir() else None
+        store = (
+            open_store(where.config, where.root) if args.pending and where.root.is_dir() else None
+        )
         return cmd_ls(
             index,
             gate,
@@ -137,23 +145,23 @@ def run_ls(args: argparse.Namespace) -> int:
             as_json=args.json,
         )
 
-    return _run(args, body)
+    return run_as_account(args, body)
 
 
 def run_show(args: argparse.Namespace) -> int:
-    return _run(
+    return run_as_account(
         args,
         lambda _where, index, gate: cmd_show(index, gate, args.recording, as_json=args.json),
     )
 
 
 def run_export(args: argparse.Namespace) -> int:
-    return _run(
+    return run_as_account(
         args,
         lambda where, index, gate: cmd_export(
             index,
             gate,
-            _open_store(where.root),
+            _open_store(where),
             args.recording,
             identity=args.identity,
             output=args.output,
@@ -167,12 +175,12 @@ def run_verify(args: argparse.Namespace) -> int:
             return device_keys_from_dir(args.device_keys)
         return enrolled_device_keys(where.root)
 
-    return _run(
+    return run_as_account(
         args,
         lambda where, index, gate: cmd_verify(
             index,
             gate,
-            _open_store(where.root),
+            _open_store(where),
             keys(where),
             device=args.device,
             identity=args.identity,

@@ -55,7 +55,7 @@ def _flags(record: StoredRecord) -> str:
 _PREFIX_MATCHES = 200
 
 
-def _not_found(rec: str) -> QueryError:
+def not_found(rec: str) -> QueryError:
     return QueryError(f"no recording {rec!r} in the index")
 
 
@@ -73,7 +73,7 @@ def lookup(index: Index, rec: str, gate: Gate) -> StoredRecord:
         return visible[0]
     if visible:
         raise QueryError(f"recording id prefix {rec!r} is ambiguous; give more of the id")
-    raise _not_found(rec)
+    raise not_found(rec)
 
 
 def open_record(
@@ -88,7 +88,7 @@ def open_record(
         gate.allow(action, record, detail=detail)
     except AccessDenied as exc:
         if exc.hidden:
-            raise _not_found(rec) from None
+            raise not_found(rec) from None
         raise
     return record
 

@@ -37,7 +37,13 @@ from headoffice.printing import fail, format_table, streams, write_json
 from headoffice.query import QueryError
 from sealedrec.age import load_identities
 from sealedrec.errors import LinetapError
-from sealedrec.manifest import ManifestError, manifest_hash, verify_chain, verify_signature
+from sealedrec.manifest import (
+    ChainStub,
+    ManifestError,
+    manifest_hash,
+    verify_chain,
+    verify_signature,
+)
 from sealedrec.verify import check_recording
 
 DeviceKeys = Callable[[str], Ed25519PublicKey] | Mapping[str, Ed25519PublicKey]
@@ -180,9 +186,16 @@ def _end_of_chain(
     state: DeviceState | None,
     records: list[StoredRecord],
     manifests: list[dict[str, Any]],
+    stubs: list[ChainStub],
 ) -> list[ChainProblem]:
     """The chain's end against the newest seq and manifest the index received."""
-    top = max((r.seq for r in records), default=0)
+    top = max([r.seq for r in records] + [t.seq for t in stubs], default=0)
+    end_stub = next((t for t in stubs if t.seq == top), None)
+    if state is not None and end_stub is not None and state.last_seq == top:
+        if end_stub.manifest_sha256 == state.last_manifest_sha256:
+            return []
+        message = f"the deleted manifest of seq {top} is not the one received"
+        return [ChainProblem(dev, top, end_stub.recording_id, f"device {dev}: {message}")]
     if state is not None and state.last_seq > top:
         first = top + 1
         span = f"seq {first}" if first == state.last_seq else f"seq {first}-{state.last_seq}"
@@ -235,13 +248,15 @@ def verify_store(
             )
             report.recordings.append(check)
             manifests.append(manifest)
-        for problem in verify_chain(manifests):
+        stubs = index.chain_stubs(dev)  # deleted recordings keep their place in the chain
+        chain: list[Mapping[str, Any] | ChainStub] = [*manifests, *stubs]
+        for problem in verify_chain(sorted(chain, key=lambda m: int(m.get("seq") or 0))):
             report.chain.append(
                 ChainProblem(
                     dev, problem.seq, problem.recording_id, f"device {dev}: {problem.message}"
                 )
             )
-        report.chain += _end_of_chain(dev, states.get(dev), records, manifests)
+        report.chain += _end_of_chain(dev, states.get(dev), records, manifests, stubs)
     return report
 
 

@@ -21,7 +21,7 @@ from headoffice.authz import Role, Scope
 from headoffice.cli import main as office_main
 from headoffice.config import AccountsConfig, OfficeConfig
 from headoffice.index import IndexStoreError
-from headoffice.index.schema import app_role_grants
+from headoffice.index.schema import APPEND_ONLY, app_role_grants
 from headoffice.ledger.audit import AuditReport, KeptCheckpoint, audit
 from headoffice.ledger.checkpoint import keygen, load_verifier, make_checkpoint, proof_bundle
 from headoffice.ledger.leaves import AccessLeaf, AdminLeaf, parse_leaf
@@ -77,7 +77,7 @@ class Audited(Office):
 
             lite = sqlite3.connect(self.url.removeprefix("sqlite:///"))
             with lite:
-                for table in ("ledger", "checkpoints"):
+                for table in APPEND_ONLY:
                     for verb in ("update", "delete"):
                         lite.execute(f"DROP TRIGGER IF EXISTS {table}_no_{verb}")
                 for statement in sql:
@@ -85,12 +85,12 @@ class Audited(Office):
             lite.close()
         else:
             with psycopg.connect(self.url, autocommit=True) as conn:
-                conn.execute("ALTER TABLE ledger DISABLE TRIGGER USER")
-                conn.execute("ALTER TABLE checkpoints DISABLE TRIGGER USER")
+                for table in APPEND_ONLY:
+                    conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
                 for statement in sql:
                     conn.execute(statement.replace("?", "%s"), params)
-                conn.execute("ALTER TABLE ledger ENABLE TRIGGER USER")
-                conn.execute("ALTER TABLE checkpoints ENABLE TRIGGER USER")
+                for table in APPEND_ONLY:
+                    conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
 
 
 @pytest.fixture

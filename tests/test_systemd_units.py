@@ -60,8 +60,9 @@ OFFICE_SERVE = "linetap-office-serve.service"
 OFFICE_TEMPLATE = "linetap-office-serve@.service"
 OFFICE_INSTANCE = "linetap-office-serve@office-receiver-2.service"
 OFFICE_CHECKPOINT = "linetap-office-checkpoint.service"
+OFFICE_RETENTION = "linetap-office-retention.service"
 OFFICE_WEB = "linetap-office-web.service"
-OFFICE_UNITS = (OFFICE_SERVE, OFFICE_TEMPLATE, OFFICE_CHECKPOINT, OFFICE_WEB)
+OFFICE_UNITS = (OFFICE_SERVE, OFFICE_TEMPLATE, OFFICE_CHECKPOINT, OFFICE_WEB, OFFICE_RETENTION)
 OFFICE_SYSUSERS = OFFICE_DIR / "sysusers.d" / "linetap-office.conf"
 VENV_OFFICE = "/opt/linetap-office/venv/bin/linetap-office"
 # What systemd-analyze security may mark on the office units: the receiver needs the
@@ -255,6 +256,7 @@ def exposure(root: Path, name: str) -> tuple[float, list[str]]:
         (OFFICE_INSTANCE, False),
         (OFFICE_CHECKPOINT, False),
         (OFFICE_WEB, False),
+        (OFFICE_RETENTION, False),
     ],
     ids=[
         "recorder",
@@ -265,6 +267,7 @@ def exposure(root: Path, name: str) -> tuple[float, list[str]]:
         "office@",
         "checkpoint",
         "web",
+        "retention",
     ],
 )
 def test_exposure_at_most_2(tmp_path: Path, name: str, rpigpio: bool) -> None:
@@ -604,6 +607,24 @@ def test_office_checkpoint_unit_alone_gets_the_ledger_key() -> None:
         assert "ledger" not in (OFFICE_DIR / other).read_text()
     timer = (OFFICE_DIR / "linetap-office-checkpoint.timer").read_text()
     assert "OnUnitActiveSec=1h" in timer and "Persistent=true" in timer
+
+
+def test_office_retention_unit_runs_the_purge_daily() -> None:
+    """The retention unit's command parses as `retention run` with the default office
+    config, keeps the checkpoint unit's sandbox line for line, and its timer is daily and
+    catches up after downtime; it is given no key."""
+    [argv] = commands(unit(OFFICE_RETENTION))
+    args = build_office_parser().parse_args(argv[1:])
+    assert (args.command, args.retention_command, args.config) == (
+        "retention",
+        "run",
+        DEFAULT_CONFIG,
+    )
+    text = (OFFICE_DIR / OFFICE_RETENTION).read_text()
+    assert sandbox_lines(text) == sandbox_lines((OFFICE_DIR / OFFICE_CHECKPOINT).read_text())
+    assert "LoadCredential" not in text
+    timer = (OFFICE_DIR / "linetap-office-retention.timer").read_text()
+    assert "OnCalendar=*-*-* 02:30:00" in timer and "Persistent=true" in timer
 
 
 def test_office_web_unit_is_sandboxed_like_the_receiver() -> None:

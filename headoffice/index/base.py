@@ -33,7 +33,7 @@ from headoffice.index.records import (
     utc_iso,
 )
 from headoffice.index.schema import SCHEMA_VERSION
-from sealedrec.manifest import GENESIS_HASH, canonical_json, manifest_hash
+from sealedrec.manifest import GENESIS_HASH, ChainStub, canonical_json, manifest_hash
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 
@@ -382,6 +382,16 @@ class Index:
             rows = q(f"{_SELECT_RECORD} WHERE device_id = ? ORDER BY seq, stored_at", (device,))
         return [_record(r) for r in rows]
 
+    def chain_stubs(self, device: str) -> list[ChainStub]:
+        """The device's deleted recordings (tombstones) as places in its chain, in seq order."""
+        with self._transaction(False) as q:
+            rows = q(
+                "SELECT seq, recording_id, manifest_sha256, prev_manifest_sha256 FROM tombstones"
+                " WHERE device_id = ? ORDER BY seq",
+                (device,),
+            )
+        return [ChainStub(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
     # -- alarms, gaps, devices -----------------------------------------------------------
     def alarms(self, device: str | None = None, kind: str | None = None) -> list[Alarm]:
         where, params = [], []
@@ -398,12 +408,17 @@ class Index:
             return [_alarm(r) for r in q(sql + " ORDER BY id", tuple(params))]
 
     def gaps(self, device: str | None = None) -> list[Gap]:
-        """Seq ranges missing now (between 1 and each device's highest stored seq)."""
-        inner = "SELECT DISTINCT device_id, seq FROM recordings"
+        """Seq ranges missing now (between 1 and each device's highest stored seq), not
+        counting deleted recordings (their tombstones)."""
+        # a deleted recording (tombstone) is no gap: its place in the chain is known
+        inner = "SELECT device_id, seq FROM recordings"
+        stubs = "SELECT device_id, seq FROM tombstones"
         params: tuple[Any, ...] = ()
         if device is not None:
             inner += " WHERE device_id = ?"
-            params = (device,)
+            stubs += " WHERE device_id = ?"
+            params = (device, device)
+        inner = f"{inner} UNION {stubs}"
         sql = (
             "SELECT device_id, prev + 1, seq - 1 FROM ("
             "SELECT device_id, seq, LAG(seq, 1, 0) OVER (PARTITION BY device_id ORDER BY seq)"

@@ -22,8 +22,9 @@ The checks, each naming the first leaf, checkpoint or recording that fails:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from headoffice.blobstore import BlobStore
 from headoffice.index import Index
@@ -32,7 +33,7 @@ from headoffice.ledger.merkle import RootAccumulator, leaf_hash
 from headoffice.ledger.note import Verifier, parse_checkpoint, verify_note
 from headoffice.ledger.store import Ledger
 from sealedrec.errors import LinetapError
-from sealedrec.manifest import manifest_hash, verify_chain
+from sealedrec.manifest import ChainStub, manifest_hash, verify_chain
 
 _BLOCK = 1024 * 1024
 
@@ -171,17 +172,21 @@ def verify_recordings(
     seen: set[str] = set()
     for device in index.devices():
         records = index.all_for_device(device.device_id)
-        for problem in verify_chain([r.manifest for r in records]):
+        stubs = index.chain_stubs(device.device_id)
+        chain: list[Mapping[str, Any] | ChainStub] = [r.manifest for r in records]
+        chain = sorted([*chain, *stubs], key=lambda m: int(m.get("seq") or 0))
+        for problem in verify_chain(chain):
             report.problems.append(
                 Problem(
                     f"recording {problem.recording_id}", f"{device.device_id}: {problem.message}"
                 )
             )
-        if records:
-            newest = max(records, key=lambda r: r.seq)
-            if device.last_seq != newest.seq or device.last_manifest_sha256 != manifest_hash(
-                newest.manifest
-            ):
+        if chain:
+            newest = chain[-1]
+            head = (
+                newest.manifest_sha256 if isinstance(newest, ChainStub) else manifest_hash(newest)
+            )
+            if device.last_seq != newest.get("seq") or device.last_manifest_sha256 != head:
                 report.problems.append(
                     Problem(f"device {device.device_id}", "its head is not its newest manifest")
                 )
@@ -211,6 +216,11 @@ def verify_recordings(
                     report.problems.append(
                         Problem(where, "its stored blob is not the one ingested: altered")
                     )
+    for stub in (s for d in index.devices() for s in index.chain_stubs(d.device_id)):
+        if stub.recording_id not in facts.tombstones:
+            report.problems.append(
+                Problem(f"recording {stub.recording_id}", "deleted without a ledger tombstone")
+            )
     for rec in sorted(set(facts.ingests) - seen - facts.tombstones):
         report.problems.append(
             Problem(f"recording {rec}", "ingested but gone from the index, with no tombstone")
