@@ -9,12 +9,16 @@ minimodem, speech from espeak-ng, a card number as sox DTMF; tests/test_web_play
 - a reviewer scoped to one site sees none of the other site's calls, and a guessed URL of
   one answers 404 and is a ledger leaf;
 - a POST without its CSRF token is refused; a session that ended returns to the login page
-  with the reason.
+  with the reason;
+- a QA scorecard evaluation shows its total as it is answered and stores the same.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import shutil
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -27,9 +31,11 @@ import pytest
 import soundfile
 
 from headoffice.authz import Role, Scope
+from headoffice.web.qa_forms import FormDefinition
+from headoffice.web.scorecards import ScorecardStore
 from tests.conftest import VENV_BIN
 from tests.office_accounts import CHEAP, Login, add_account, leaves
-from tests.test_web_browser import CHROMIUM, running_web
+from tests.test_web_browser import CHROMIUM, DOCS_SHOTS, running_web
 from tests.test_web_playback import SITES, SealedOffice, build_sealed_office
 
 pytestmark = pytest.mark.skipif(
@@ -192,3 +198,62 @@ def test_post_without_csrf_is_refused_and_an_ended_session_returns_to_login(
         page.screenshot(path=str(t.shots / "expired.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_a_scorecard_evaluation_computes_its_total(two_sites: TwoSites, browser: Any):
+    """nico evaluates the north call with a 3-question form: the page's live total (the
+    JS preview) and the total the server stores and shows agree with the rule by hand;
+    a failed critical question turns it to 0 %."""
+    t = two_sites
+    form = ScorecardStore(t.office.index).save_form(
+        "Service check",
+        FormDefinition.model_validate_json(
+            json.dumps({
+                "sections": [
+                    {"title": "Opening", "questions": [
+                        {"id": "greet", "text": "Greets the caller", "kind": "yes_no", "weight": 2},
+                        {"id": "name", "text": "Says their name", "kind": "yes_no", "weight": 1,
+                         "critical": True},
+                    ]},
+                    {"title": "Tone", "questions": [
+                        {"id": "tone", "text": "Friendly tone", "kind": "scale5", "weight": 3},
+                    ]},
+                ]
+            })
+        ),
+        "office-admin",
+    )  # fmt: skip
+    page = browser.new_page()
+    try:
+        sign_in(page, t.base, t.nico)
+        page.goto(f"{t.base}/recordings/{t.office.rec}/evaluate?form={form.id}")
+        total = page.locator("#qa-total")
+        page.check('input[name="a.greet"][value="yes"]')
+        page.check('input[name="a.name"][value="yes"]')
+        page.check('input[name="a.tone"][value="4"]')
+        # (2*1 + 1*1 + 3*0.75) / 6 = 87.5 % -> 8750 bp
+        page.wait_for_function("() => document.querySelector('#qa-total').dataset.bp === '8750'")
+        preview = total.inner_text()
+        page.check('input[name="a.name"][value="no"]')  # the critical question fails
+        page.wait_for_function("() => document.querySelector('#qa-total').dataset.bp === '0'")
+        page.check('input[name="a.name"][value="yes"]')
+        page.fill("#qa-agent", "Alice")
+        page.screenshot(path=str(t.shots / "evaluate.png"), full_page=True)
+        page.click('[data-role="save-evaluation"]')
+        page.wait_for_url(f"{t.base}/evaluations/*")
+        stored = page.locator("#qa-total")
+        assert stored.get_attribute("data-bp") == "8750"
+        assert stored.inner_text() == preview
+        page.screenshot(path=str(t.shots / "evaluation.png"), full_page=True)
+        # The dashboard of the calls' month: calls, durations, and now a section score.
+        page.goto(f"{t.base}/dashboard?from=2026-11-01&to=2026-12-01")
+        assert page.locator("svg[role=img]").count() == 3
+        page.screenshot(path=str(t.shots / "dashboard.png"), full_page=True)
+    finally:
+        page.close()
+    [row] = ScorecardStore(t.office.index).evaluations_for(t.office.rec)
+    assert (row.score_bp, row.raw_bp, row.failed, row.agent) == (8750, 8750, False, "Alice")
+    if os.environ.get("LINETAP_UPDATE_SCREENSHOTS") == "1":  # for the README
+        for name in ("evaluate", "dashboard"):
+            if (t.shots / f"{name}.png").exists():
+                shutil.copyfile(t.shots / f"{name}.png", DOCS_SHOTS / f"{name}.png")

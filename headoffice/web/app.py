@@ -37,9 +37,12 @@ from headoffice.blobstore import BlobStore
 from headoffice.config import OfficeConfig
 from headoffice.index import Index
 from headoffice.ledger.store import Ledger
+from headoffice.web.api import add_api
 from headoffice.web.routes_audio import add_audio_routes
+from headoffice.web.routes_dashboard import add_dashboard_routes
 from headoffice.web.routes_export import add_export_routes
 from headoffice.web.routes_notes import add_note_routes
+from headoffice.web.routes_scorecards import add_scorecard_routes
 from headoffice.web.search import SearchFilters, SearchParameterError, search_page
 from headoffice.web.session import (
     CSRF_FIELD,
@@ -385,8 +388,12 @@ def _page_routes(app: FastAPI, site: _Site) -> None:
                 {"title": "Search not understood", "message": str(exc), "viewer": v},
                 400,
             )
+        gate = site.gate_of(v)
+        if not gate.may(Action.SEARCH) and gate.may(Action.MANAGE_FORMS):
+            # An admin alone sees no recordings: their start page is the QA forms.
+            return RedirectResponse("/forms", status_code=303)
         try:
-            page = search_page(site.index, site.gate_of(v), filters, site.cfg.sites)
+            page = search_page(site.index, gate, filters, site.cfg.sites)
         except AccessDenied as exc:
             return site.refused(request, v, exc)
         return site.render(
@@ -471,6 +478,9 @@ def create_app(
     add_audio_routes(app, site)
     add_note_routes(app, site)
     add_export_routes(app, site)
+    add_scorecard_routes(app, site)
+    add_api(app, site)
+    add_dashboard_routes(app, site)
     app.state.site = site
     app.state.store = store
     return app
