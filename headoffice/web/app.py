@@ -36,6 +36,7 @@ from headoffice.authz import Action, Principal, Role
 from headoffice.blobstore import BlobStore
 from headoffice.config import OfficeConfig
 from headoffice.index import Index
+from headoffice.index.records import StoredRecord
 from headoffice.ledger.store import Ledger
 from headoffice.web.api import add_api
 from headoffice.web.routes_audio import add_audio_routes
@@ -75,6 +76,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 AUDIT_PAGE_ROWS = 100
+MAX_ID = 200  # a recording id longer than this is no id: not looked up
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: Messages the login page shows for ``?reason=`` (fixed texts: nothing is reflected).
@@ -201,6 +203,29 @@ class _Site:
         cookies = (request.cookies.get(SESSION_COOKIE), request.cookies.get(PRE_COOKIE))
         if not any(csrf_ok(self.secret, c, sent) for c in cookies):
             raise CsrfRefused
+
+    def guarded(
+        self, request: Request, v: Viewer, recording_id: str, action: Action, detail: str
+    ) -> StoredRecord | Response:
+        """The recording if ``v`` may do ``action`` on it (logged with ``detail``), else
+        the refusal page: 404 out of scope or missing (a guess tells nothing), 403 for a
+        right the role lacks. A missing recording's refusal is a ledger leaf too."""
+        gate = self.gate_of(v)
+        record = self.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+        try:
+            if record is None:
+                gate.allow(
+                    action, None, detail=f"{detail} of no recording {recording_id[:MAX_ID]!r}"
+                )
+            else:
+                gate.allow(action, record, detail=detail)
+        except AccessDenied as exc:
+            if record is None or exc.hidden:
+                return self.not_found(request, v)
+            return self.refused(request, v, exc)
+        if record is None:  # allowed on nothing: still nothing to show
+            return self.not_found(request, v)
+        return record
 
     def not_found(self, request: Request, v: Viewer) -> HTMLResponse:
         return self.render(

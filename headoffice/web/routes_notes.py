@@ -23,7 +23,6 @@ from urllib.parse import quote
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from headoffice.access import AccessDenied
 from headoffice.authz import Action
 from headoffice.index.records import StoredRecord
 from headoffice.web.notes import MAX_NOTE_CHARS, NoteError, NoteStore, ledger_history, mmss
@@ -64,25 +63,7 @@ class _Notes:
     def guarded(
         self, request: Request, v: Viewer, recording_id: str, action: Action, detail: str
     ) -> StoredRecord | Response:
-        """The recording if ``v`` may do ``action`` on it (logged with ``detail``),
-        else the refusal page (404 out of scope or missing, 403 for the role)."""
-        site = self.site
-        gate = site.gate_of(v)
-        record = site.index.get(recording_id) if len(recording_id) <= MAX_ID else None
-        try:
-            if record is None:
-                gate.allow(
-                    action, None, detail=f"{detail} of no recording {recording_id[:MAX_ID]!r}"
-                )
-            else:
-                gate.allow(action, record, detail=detail)
-        except AccessDenied as exc:
-            if record is None or exc.hidden:
-                return site.not_found(request, v)
-            return site.refused(request, v, exc)
-        if record is None:  # allowed on nothing: still nothing to show
-            return site.not_found(request, v)
-        return record
+        return self.site.guarded(request, v, recording_id, action, detail)
 
     def answer(
         self, request: Request, v: Viewer, record: StoredRecord, error: str | None = None

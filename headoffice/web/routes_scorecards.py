@@ -98,25 +98,7 @@ class _Scorecards:
     def guarded(
         self, request: Request, v: Viewer, recording_id: str, action: Action, detail: str
     ) -> StoredRecord | Response:
-        """The recording if ``v`` may do ``action`` on it (logged with ``detail``), else
-        the refusal page (404 out of scope or missing, 403 for the role)."""
-        site = self.site
-        gate = site.gate_of(v)
-        record = site.index.get(recording_id) if len(recording_id) <= MAX_ID else None
-        try:
-            if record is None:
-                gate.allow(
-                    action, None, detail=f"{detail} of no recording {recording_id[:MAX_ID]!r}"
-                )
-            else:
-                gate.allow(action, record, detail=detail)
-        except AccessDenied as exc:
-            if record is None or exc.hidden:
-                return site.not_found(request, v)
-            return site.refused(request, v, exc)
-        if record is None:  # allowed on nothing: still nothing to show
-            return site.not_found(request, v)
-        return record
+        return self.site.guarded(request, v, recording_id, action, detail)
 
     def missing(self, request: Request, v: Viewer, what: str) -> Response:
         context = {"title": "Not found", "message": f"There is no such {what}.", "viewer": v}
