@@ -114,8 +114,9 @@ def run_purge_command(args: argparse.Namespace) -> int:
         index.close()
     kept = [o for o in report.outcomes if not o.deleted]
     log.info(
-        "retention: %d deleted, %d kept by hold or store, %d failed, of %d due",
-        report.deleted, len(kept), len(report.failures), report.due,
+        "retention: %d deleted, %d kept by hold or store, %d failed, of %d due; "
+        "%d newly locked in the store for their mandatory retention",
+        report.deleted, len(kept), len(report.failures), report.due, report.locked,
     )  # fmt: skip
     return 1 if report.failures else 0
 

@@ -13,16 +13,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from headoffice.blobstore import BlobStore, StoreError
 from headoffice.erasure import Outcome, delete_recording
 from headoffice.index import Index
 from headoffice.index.records import utc_iso
-from headoffice.retention import Decision, RetentionConfig, RetentionFacts, Verdict, purge_plan
+from headoffice.retention import (
+    Decision,
+    RetentionConfig,
+    RetentionFacts,
+    Verdict,
+    governing_policy,
+    purge_plan,
+)
 from sealedrec.errors import LinetapError
 
-__all__ = ["RETENTION_ACTOR", "PurgeReport", "retention_facts", "run_purge"]
+__all__ = ["RETENTION_ACTOR", "PurgeReport", "lock_mandatory", "retention_facts", "run_purge"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,7 @@ class PurgeReport:
     verdicts: list[Verdict] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (recording, error)
+    locked: int = 0  # recordings whose store lock was set or extended
 
     @property
     def deleted(self) -> int:
@@ -79,11 +87,13 @@ def run_purge(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> PurgeReport:
-    """Judge every recording at ``now`` and (unless ``dry_run``) delete the expired ones
-    not on hold. ``progress(done, due)`` after each deletion."""
+    """Judge every recording at ``now`` and (unless ``dry_run``) have the store lock each
+    one for its mandatory retention (:func:`lock_mandatory`), then delete the expired
+    ones not on hold. ``progress(done, due)`` after each deletion."""
     report = PurgeReport(verdicts=purge_plan(cfg, retention_facts(index), sites, now))
     if dry_run:
         return report
+    lock_mandatory(index, store, cfg, sites, now=now, report=report)
     due = [v for v in report.verdicts if v.decision is Decision.DELETE]
     for done, verdict in enumerate(due, 1):
         record = index.get(verdict.recording_id)
@@ -103,3 +113,46 @@ def run_purge(
         if progress is not None:
             progress(done, len(due))
     return report
+
+
+def lock_mandatory(
+    index: Index,
+    store: BlobStore,
+    cfg: RetentionConfig,
+    sites: Mapping[str, Iterable[str]],
+    *,
+    now: datetime,
+    report: PurgeReport,
+) -> None:
+    """Have the blob store itself enforce each recording's mandatory retention (its
+    governing policy's ``min_days`` from the call's start: S3 Object Lock, the filesystem
+    store's registry), so that not even someone with database access deletes it early.
+    Extends only (a shortened policy leaves the longer lock: the store refuses to
+    shorten); asks the store only where the date changed (``retention_locks``)."""
+    with index.transaction(False) as q:
+        known = {
+            r[0]: r[1] for r in q("SELECT recording_id, retain_until FROM retention_locks", ())
+        }
+    for facts in retention_facts(index):
+        policy = governing_policy(cfg, facts, sites)
+        if not policy.min_days:
+            continue
+        until = facts.started + timedelta(days=policy.min_days)
+        if until <= now:  # served its mandatory time: nothing left to lock
+            continue
+        stamp = utc_iso(until)
+        if facts.recording_id in known and known[facts.recording_id] >= stamp:
+            continue
+        record = index.get(facts.recording_id)
+        if record is None:
+            continue
+        try:
+            store.retain_until(record.path, until)
+        except (StoreError, LinetapError) as exc:
+            log.error("retention: recording %s not locked: %s", facts.recording_id, exc)
+            report.failures.append((facts.recording_id, f"lock: {exc}"))
+            continue
+        with index.transaction(True) as q:
+            q("DELETE FROM retention_locks WHERE recording_id = ?", (facts.recording_id,))
+            q("INSERT INTO retention_locks VALUES (?, ?)", (facts.recording_id, stamp))
+        report.locked += 1

@@ -192,3 +192,20 @@ def test_the_command_line_plans_holds_and_purges(
     cora.apply(monkeypatch)
     assert office_main(["hold", "list", *where]) == 0
     assert "rec-1  case C-9" in capsys.readouterr().out
+
+
+def test_the_run_has_the_store_enforce_mandatory_retention(office: Chained):
+    """min_days becomes the store's own lock (here the filesystem store's registry): an
+    erasure-style delete of a locked recording is refused by the store even with no hold
+    in the index; the lock is asked for once, not every run, and only while it runs."""
+    cfg = RetentionConfig(default_days=3650, default_min_days=30)
+    report = run_purge(office.index, office.store, cfg, {}, NOW)
+    assert report.locked == 2  # rec-4 (10 days) and rec-5 (1 day); the others served 30 days
+    locked = {r: office.store.lifecycle(record(office, r).path).retain_until for r in office.recs}
+    assert locked["rec-3"] is None and locked["rec-4"] is not None
+    assert locked["rec-4"] >= NOW + timedelta(days=19)
+    out = delete_recording(office.index, office.store, record(office, "rec-5"), by="t", cause="x")
+    assert not out.deleted and "the store refuses" in out.reason
+    assert run_purge(office.index, office.store, cfg, {}, NOW).locked == 0  # nothing changed
+    longer = RetentionConfig(default_days=3650, default_min_days=120)
+    assert run_purge(office.index, office.store, longer, {}, NOW).locked == 3  # rec-3 too now

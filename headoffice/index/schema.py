@@ -75,6 +75,7 @@ def _schema(pg: bool) -> list[str]:
         *_scorecards(pg, boolean),
         *_holds(pg),
         *_api_tokens(pg),
+        *_retention_locks(),
     ]
 
 
@@ -212,7 +213,7 @@ def search_indexes() -> list[str]:
 #: The web review's own tables (headoffice.web.notes): notes and bookmarks at a position in
 #: a call, and who marked a recording reviewed.
 REVIEW_TABLES = ("notes", "reviews", "qa_forms", "qa_evaluations", "qa_section_scores",
-                 "holds")  # fmt: skip
+                 "holds", "retention_locks")  # fmt: skip
 
 
 def _review(pg: bool) -> list[str]:
@@ -354,4 +355,15 @@ def _api_tokens(pg: bool) -> list[str]:
             last_used_at TEXT,
             revoked_at TEXT)""",
         "CREATE INDEX IF NOT EXISTS api_tokens_name ON api_tokens (name, created_at)",
+    ]
+
+
+def _retention_locks() -> list[str]:
+    """The retention date the blob store was last told to enforce for each recording
+    (headoffice.purge.lock_mandatory): its mandatory retention (the governing policy's
+    ``min_days``), so the daily run asks the store again only where it changed."""
+    return [
+        """CREATE TABLE IF NOT EXISTS retention_locks (
+            recording_id TEXT PRIMARY KEY,
+            retain_until TEXT NOT NULL)""",
     ]
