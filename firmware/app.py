@@ -25,6 +25,7 @@ from drivers.serial.reader import SerialCallerIdReader
 from firmware.callstate import EndReason
 from firmware.config import AudioConfig, LinetapConfig
 from firmware.events import events_to_pin_script, load_events
+from firmware.headfile import HeadFile
 from firmware.recorder import NS_PER_S, Recorder, StorageHealth
 from firmware.retention_thread import RetentionThread
 from firmware.runstate import write_status_file
@@ -74,13 +75,15 @@ def make_sealing_sink(
         journal_sync_s=cfg.sealing.journal_sync_s,
         ram_buffer_bytes=cfg.storage.ram_buffer_mb * 1024 * 1024,
     )
+    key = device_key or load_device_key(device_key_path(cfg))
     return SealingSink(
         settings,
         journal_root=cfg.storage.journal_dir,
         outbox=Outbox(cfg.storage.outbox_dir),
         chain=ChainState(cfg.storage.chain_file),
-        device_key=device_key or load_device_key(device_key_path(cfg)),
+        device_key=key,
         storage_status=health.report,
+        head=HeadFile(cfg.storage.head_file, cfg.device_id, key),
     )
 
 
@@ -95,6 +98,7 @@ def make_sink(cfg: LinetapConfig, health: StorageHealth) -> RecordingSink:
             len(recovered),
             ", ".join(recovered),
         )
+    sink.refresh_head()
     return sink
 
 

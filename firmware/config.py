@@ -213,6 +213,12 @@ class StorageConfig(_Model):
     def chain_file(self) -> Path:
         return self.data_dir / "state" / "chain.json"
 
+    @property
+    def head_file(self) -> Path:
+        """The signed device head (firmware.headfile): the recorder writes, the uploader
+        publishes it."""
+        return self.data_dir / "state" / "head.json"
+
 
 class SealingConfig(_Model):
     recipients: list[str] = Field(

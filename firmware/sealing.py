@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from buffers.outbox import Outbox
 from firmware.clock import ClockSync, read_clock_sync
 from firmware.errors import StorageError
+from firmware.headfile import HeadFile
 from firmware.sealmanifest import Blob, build_manifest, read_json
 from firmware.sealwriter import (
     DISCARDED_FILE,
@@ -145,7 +146,10 @@ class SealingSink:
         device_key: Ed25519PrivateKey,
         clock_sync: Callable[[], ClockSync] = read_clock_sync,
         storage_status: StorageStatus | None = None,
+        head: HeadFile | None = None,
     ) -> None:
+        """``head``: where the signed device head goes after each sealed recording
+        (:mod:`firmware.headfile`; the daemon and replay have one, benches none)."""
         self.settings = settings
         self.journal_root = journal_root
         self.outbox = outbox
@@ -153,6 +157,7 @@ class SealingSink:
         self._key = device_key
         self._clock_sync = clock_sync
         self._storage_status = storage_status
+        self._head = head
         # Ended recordings being sealed, oldest first; poll() advances them.
         self._jobs: list[_Progress] = []
         self._was_blocked = False
@@ -248,6 +253,21 @@ class SealingSink:
                 pass
             sealed.append(directory.name)
         return sealed
+
+    def refresh_head(self) -> None:
+        """At start, after :meth:`recover`: make the signed head name the chain's head
+        (a crash may have come between a hand-over and the head's write)."""
+        if self._head is None:
+            return
+        try:
+            seq, digest = self._chain_head()
+            entries = self.outbox.entries()
+            recording_id = next((e.recording_id for e in entries if e.seq == seq), None)
+            self._head.ensure(seq, digest, recording_id)
+        except OSError as exc:
+            # Never a reason not to record: a chain problem stops the next sealing with
+            # its own message; the head follows with the next sealed recording.
+            log.warning("device head %s not written (%s)", self._head.path, exc)
 
     # -- sealing ------------------------------------------------------------------------
     def _chain_head(self) -> tuple[int, str]:
@@ -355,8 +375,9 @@ class SealingSink:
             )
             write_json_durable(manifest_path, manifest)
         seq = int(manifest["seq"])
+        digest = manifest_hash(manifest)
         if self.chain.read()[0] < seq:
-            self.chain.write(seq, manifest_hash(manifest))
+            self.chain.write(seq, digest)
         keep = {MANIFEST_FILE, BLOB_AGE, BLOB_SEGMENTS}
         for path in directory.iterdir():
             if path.name not in keep:
@@ -369,6 +390,13 @@ class SealingSink:
                 seq,
                 manifest["recovered"],
             )
+        if self._head is not None:
+            try:
+                self._head.advance(seq, digest, str(manifest["recording_id"]))
+            except OSError as exc:
+                # The recording is sealed and in the outbox: a head not written now (a
+                # full disk) is written with the next recording, or at the next start.
+                log.warning("device head %s not written (%s)", self._head.path, exc)
 
 
 def _segments_blob(directory: Path, end: dict[str, Any] | None) -> Blob:

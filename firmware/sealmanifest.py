@@ -107,6 +107,9 @@ def build_manifest(
         "recovered": blob.recovered and not discarded,
         "discarded": discarded,
         "dropped_frames": int(end.get("dropped_frames", 0)) if end else 0,
+        # Measured as the call was stored (sealedrec.levels); a recovered call has no
+        # end record and its audio cannot be read back here, a discarded one none.
+        "levels": end.get("levels") if end and not discarded else None,
     }
     signed = sign_manifest(body, key)
     _check_model(signed)

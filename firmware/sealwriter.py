@@ -34,6 +34,7 @@ import soundfile
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from buffers.journal import JournalWriter
+from firmware.dsp.calllevels import CallLevelMeter
 from firmware.errors import StorageError
 from firmware.sinks import (
     PROGRESS_EVENTS,
@@ -193,6 +194,9 @@ class SealingWriter:
         self._stream_sealed = False
         self._journal_complete = True
         self._end: RecordingEnd | None = None
+        # Levels of what is stored (masked, paused spans cut), as it is stored.
+        self._levels = CallLevelMeter(self._rate)
+        self._levels_summary: dict[str, Any] | None = None
         directory.mkdir(parents=True, mode=0o700)
         write_json_durable(
             directory / START_FILE, {**asdict(start), "codec": s.codec, "sample_rate": self._rate}
@@ -226,6 +230,7 @@ class SealingWriter:
             return
         pcm = np.ascontiguousarray(samples, dtype="<i2")
         self._pcm_hash.update(pcm.tobytes())
+        self._levels.update(pcm)
         self._frames += pcm.shape[0]
         done = 0
         while done < pcm.shape[0]:
@@ -360,6 +365,8 @@ class SealingWriter:
         self._end = end
         if not self._discarded:
             self._flush_segment()
+            summary = self._levels.summary()
+            self._levels_summary = summary.model_dump() if summary is not None else None
         self._journal_complete = self._dropped_frames == 0
         stream_ok = self._stream_ok
         try:
@@ -391,6 +398,7 @@ class SealingWriter:
             "dropped_frames": self._dropped_frames,
             "events": self._events,
             "journal_complete": self._journal_complete,
+            "levels": self._levels_summary,
         }
         try:
             write_json_durable(self._dir / END_FILE, end_record)

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from sealedrec.levels import CallLevels
 from sealedrec.manifest import ManifestError
 
 INT64_MAX = 2**63 - 1
@@ -86,6 +87,9 @@ class Manifest(_Frozen):
     recipients: Annotated[list[_Text], Field(max_length=16)] | None = None
     recovered: bool = False
     discarded: bool = False
+    # Newer firmware: the stored audio's level summary (sealedrec.levels); older
+    # manifests have none, and a discarded or recovered call has it null.
+    levels: CallLevels | None = None
     signature: Signature
 
     @property

@@ -75,17 +75,21 @@ class Uploader:
         stop: threading.Event,
         client_factory: ClientFactory | None = None,
         on_tick: Callable[[], None] | None = None,
+        head_source: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         """``client_factory`` (tests only) makes one paho client per connection attempt;
         it must use CallbackAPIVersion.VERSION2, MQTT v5 and reconnect_on_failure=False.
         ``on_tick`` (the daemon's watchdog) is called from the upload loop at least every
         second, the first time after the first connection attempt has finished.
+        ``head_source`` gives the recorder's signed device head for the telemetry
+        (:func:`uploader.telemetry.read_device_head`).
         """
         protocol.status_topic(device_id)  # validates the id (ProtocolError)
         self._outbox = outbox
         self._device = device_id
         self._settings = settings
         self._status_source = status_source
+        self._head_source = head_source
         self._stop = stop
         self._on_tick = on_tick
         self._chunk_size = settings.chunk_kib * 1024
@@ -177,7 +181,9 @@ class Uploader:
 
     def telemetry(self) -> dict[str, Any]:
         """The status document published (retained) on ``linetap/{device}/status``."""
-        return status_document(self._outbox, self._device, self.stats, self._status_source)
+        return status_document(
+            self._outbox, self._device, self.stats, self._status_source, self._head_source
+        )
 
     # -- events from the connection -----------------------------------------------------
 

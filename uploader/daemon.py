@@ -28,7 +28,7 @@ from runtime.errors import ConfigError
 from runtime.process import setup_logging, stop_on_signals
 from sealedrec.errors import LinetapError
 from uploader.client import Uploader
-from uploader.telemetry import LocalStatus, ProblemLog
+from uploader.telemetry import LocalStatus, ProblemLog, read_device_head
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def _upload_until_stopped(cfg: LinetapConfig, stop: threading.Event) -> int:
             local.write(uploader.telemetry())
 
     status_file = cfg.storage.status_file
+    head_file = cfg.storage.head_file
     uploader = Uploader(
         Outbox(cfg.storage.outbox_dir),
         cfg.device_id,
@@ -76,6 +77,7 @@ def _upload_until_stopped(cfg: LinetapConfig, stop: threading.Event) -> int:
         status_source=lambda: read_recorder_status(status_file),
         stop=stop,
         on_tick=tick,
+        head_source=lambda: read_device_head(head_file),
     )
     uploader_log = logging.getLogger("uploader")
     uploader_log.addHandler(problem_log)

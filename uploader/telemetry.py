@@ -1,10 +1,15 @@
 """The uploader's status document, published (retained) on ``linetap/{device}/status``
 and, with the broker link's state, written to ``runtime_dir/uploader.json`` for
 ``linetap status`` (:class:`LocalStatus`, through :mod:`firmware.runstate`, which owns
-that file and the recorder's)."""
+that file and the recorder's).
+
+Its ``head`` is the device head the recorder signed (:mod:`sealedrec.head`), published
+as read from ``data_dir/state/head.json`` (:func:`read_device_head`): the uploader holds
+no signing key, and the office verifies the signature, not the uploader's word."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -24,6 +29,10 @@ from firmware.runstate import write_status_file
 from runtime import __version__
 
 log = logging.getLogger(__name__)
+
+# A signed head is ~400 bytes; anything much larger is not one (and must not bloat the
+# retained status).
+MAX_HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +54,14 @@ def status_document(
     device_id: str,
     stats_source: Callable[[], UploadStats],
     status_source: Callable[[], dict[str, Any]] | None,
+    head_source: Callable[[], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """The status document: outbox, upload counters, disk, clock, recorder, versions.
+    """The status document: outbox, upload counters, disk, clock, recorder, the signed
+    device head, versions.
 
     ``stats_source`` is the uploader's stats, ``status_source`` the recorder's status
-    (None: unknown).
+    (None: unknown), ``head_source`` the signed head (:func:`read_device_head`; None, or
+    a source returning None: no head yet).
     """
     now = time.time()
     outbox_doc: dict[str, Any]
@@ -90,6 +102,7 @@ def status_document(
         "disk_free_bytes": free,
         "clock_sync": read_clock_sync().as_dict(),
         "recorder": _recorder_status(status_source),
+        "head": head_source() if head_source is not None else None,
         "versions": {
             "linetap": __version__,
             "python": platform.python_version(),
@@ -105,6 +118,28 @@ def _recorder_status(status_source: Callable[[], dict[str, Any]] | None) -> dict
         return status_source()
     except (OSError, ValueError, TypeError, KeyError) as exc:
         return {"state": "unknown", "error": str(exc)[:200]}
+
+
+def read_device_head(path: Path) -> dict[str, Any] | None:
+    """The recorder's signed head as it is in ``path`` (None: not written yet). A file
+    that cannot be read or is no JSON object comes out as ``{"error": ...}``, which the
+    office refuses as malformed and shows, rather than as a head that silently vanished."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_HEAD_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return {"error": f"{path}: {exc.strerror or exc}"}
+    if len(raw) > MAX_HEAD_BYTES:
+        return {"error": f"{path}: over {MAX_HEAD_BYTES} bytes"}
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {"error": f"{path}: not JSON ({str(exc)[:120]})"}
+    if not isinstance(doc, dict):
+        return {"error": f"{path}: not a JSON object"}
+    return doc
 
 
 def _iso(ts: float) -> str:
