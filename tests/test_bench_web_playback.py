@@ -16,10 +16,13 @@ from tests.test_web_browser import CHROMIUM
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+    ),
+    pytest.mark.slow,  # a bench's smoke run (builds an office, runs Chromium): make test-slow
+]
 
 
 def run_bench(workdir: Path) -> str:
