@@ -4,14 +4,17 @@
 
     linetap-office audit keygen --name ORIGIN --key PATH     (once, as root)
     linetap-office audit checkpoint [--key PATH] [--out FILE]  (the checkpoint timer)
-    linetap-office audit verify [--checkpoint FILE ...] [--no-blobs] [--json]
+    linetap-office audit verify [--checkpoint FILE ...] [--no-blobs] [--no-worm] [--json]
     linetap-office audit proof REC -o DIR
     linetap-office audit log [--from N] [--limit N] [--json]
 
 ``checkpoint`` signs with the ledger key, which only its own unit can read (systemd
 ``LoadCredential``: ``$CREDENTIALS_DIRECTORY/ledger-key``). ``verify``, ``proof`` and
 ``log`` act as a named account with the ``read_audit`` right, and each use is itself a
-leaf of the ledger (appended before anything is shown). See headoffice/AUDIT.md.
+leaf of the ledger (appended before anything is shown). With ``[audit] worm_bucket``,
+``checkpoint`` also writes each checkpoint there (write-once, COMPLIANCE retention) and
+``verify`` checks the ledger against every one found there (headoffice/ledger/worm.py).
+See headoffice/AUDIT.md.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from headoffice.ledger.checkpoint import (
     proof_bundle,
 )
 from headoffice.ledger.store import Ledger
+from headoffice.ledger.worm import open_worm
 from headoffice.printing import terminal_safe
 from headoffice.stores import open_store
 
@@ -70,11 +74,19 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     cfg, url = _config(args)
     signer = _signer_path(args).read_text(encoding="utf-8")
     origin = load_verifier(cfg.root).name
+    worm = open_worm(cfg)  # checked before signing: a misconfigured bucket fails first
     with open_index(url) as index:
         row = make_checkpoint(Ledger(index), origin, signer)
     if args.out is not None:
         Path(args.out).write_text(row.note, encoding="utf-8")
     print(f"checkpoint of {row.tree_size} leaves, root {row.root_sha256}")
+    if worm is not None:
+        written = worm.put(row.tree_size, row.note)
+        print(
+            f"{'already in' if written.already else 'written to'} the WORM bucket: "
+            f"s3://{worm.bucket}/{written.key} (COMPLIANCE until "
+            f"{written.retain_until.date().isoformat()})"
+        )
     return 0
 
 
@@ -90,8 +102,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ]
     with open_index(url) as index:
         _gate(cfg, index).allow(Action.READ_AUDIT, detail="audit verify")
+        worm = None if args.no_worm else open_worm(cfg)
+        from_worm = worm.kept() if worm is not None else []
         store = None if args.no_blobs else open_store(cfg, cfg.root)
-        report = audit(index, store, origin=verifier.name, vkey=verifier, external=external)
+        report = audit(
+            index, store, origin=verifier.name, vkey=verifier, external=[*external, *from_worm]
+        )
     if args.json:
         print(
             json.dumps(
@@ -99,6 +115,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "ok": report.ok,
                     "leaves": report.leaves,
                     "checkpoints": report.checkpoints,
+                    "worm_checkpoints": len(from_worm),
                     "recordings": report.recordings,
                     "blobs": report.blobs,
                     "problems": [{"where": p.where, "message": p.message} for p in report.problems],
@@ -111,7 +128,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"FAIL  {terminal_safe(str(problem))}")
         print(
             f"{'OK' if report.ok else 'FAILED'}: {report.leaves} leaves, "
-            f"{report.checkpoints} checkpoints, {report.recordings} recordings, "
+            f"{report.checkpoints} checkpoints"
+            + (f" ({len(from_worm)} from {worm.url})" if worm is not None else "")
+            + f", {report.recordings} recordings, "
             f"{report.blobs} blobs checked"
             + (
                 f"; first problem: {terminal_safe(str(report.problems[0]))}"
@@ -181,6 +200,11 @@ def add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="a checkpoint kept elsewhere, checked as well (repeatable)",
     )
     p.add_argument("--no-blobs", action="store_true", help="skip hashing the stored blobs")
+    p.add_argument(
+        "--no-worm",
+        action="store_true",
+        help="skip the checkpoints in the [audit] worm_bucket (read and checked by default)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 

@@ -511,26 +511,31 @@ class Receiver:
     # -- housekeeping -------------------------------------------------------------------
     def expire(self, now_wall: float | None = None) -> int:
         """Drop uploads untouched for ``limits.parked_expiry_s`` (parked files and index
-        row; the device still holds each and starts over with init), and parked chunks
-        without an init (left by older versions). Returns how many uploads went."""
+        row; the device still holds each and starts over with init), parked chunks
+        without an init (left by older versions), and what is still parked for a
+        recording already stored (a worker killed between the index commit and the
+        clean-up, or a store that failed just then: the resend got its ``stored`` ack,
+        and the leftover would count against the device's quota). Returns how many
+        uploads went."""
         now = time.time() if now_wall is None else now_wall
         cutoff = now - self.limits.parked_expiry_s
         dropped = 0
         for device, rec, newest in self.store.list_parking():
             orphan = newest < now - ORPHAN_AGE_S and self.store.parked_init(device, rec) is None
-            if newest >= cutoff and not orphan:
+            stored = self.index.get(rec) is not None
+            if newest >= cutoff and not orphan and not stored:
                 continue
             with self.store.lock(device, rec), self.index.finish_lock(device, rec):
                 self.store.drop_parking(device, rec)
                 self.index.drop_upload(device, rec)
             dropped += 1
-            age = int(now - newest)
             log.info(
-                "dropped upload device=%s id=%s: untouched for %d s%s",
+                "dropped upload device=%s id=%s: %s",
                 device,
                 rec,
-                age,
-                " and no init" if orphan else "",
+                "already stored"
+                if stored
+                else f"untouched for {int(now - newest)} s{' and no init' if orphan else ''}",
             )
         for upload in self.index.uploads():
             if self.store.parked_init(upload.device_id, upload.recording_id) is None:
@@ -539,7 +544,8 @@ class Receiver:
             with self._mutex:
                 self.counts.expired += dropped
             log.info(
-                "expired %d unfinished upload(s) (untouched for %d s, or without an init)",
+                "expired %d unfinished upload(s) (untouched for %d s, without an init, or "
+                "already stored)",
                 dropped,
                 self.limits.parked_expiry_s,
             )

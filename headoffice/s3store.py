@@ -39,8 +39,15 @@ the office's own administrators, only the S3 port may be reachable from their ma
 (filer, master and volume ports firewalled to the storage hosts, or the filer's JWT
 signing turned on), and the storage hosts are someone else's to administer.
 
-**Lock.** :class:`headoffice.s3support.ObjectLock`: a conditional-create lock object
-with an expiry (behind the :class:`~headoffice.s3support.FinishLock` seam).
+**Lock** (the :class:`~headoffice.s3support.FinishLock` seam, chosen by
+:func:`headoffice.stores.open_store`): with a PostgreSQL index its advisory lock
+(:mod:`headoffice.index.pglock`); otherwise :class:`headoffice.s3support.ObjectLock`, a
+conditional-create lock object with an expiry.
+
+Nothing a worker keeps on its own disk outlives a message but the temp file of an
+assembly (or a read), under ``root/tmp``: the init and the chunks are parked in the
+bucket, progress is in the index, so any worker can finish an upload whose init or
+chunks another worker received.
 """
 
 from __future__ import annotations

@@ -206,8 +206,8 @@ def _no_lock(what: str) -> StoreError:
 
 # -- the finishing lock ------------------------------------------------------------------
 class FinishLock(Protocol):
-    """Exclusive across workers while one finishes or drops a recording (the seam where a
-    PostgreSQL advisory lock can take the lock object's place)."""
+    """Exclusive across workers while one finishes or drops a recording: the lock object
+    below, or a PostgreSQL advisory lock (:class:`headoffice.stores.IndexFinishLock`)."""
 
     def hold(self, name: str, timeout: float) -> AbstractContextManager[None]:
         """Held for the ``with`` block; a :class:`StoreError` (``lock``) after ``timeout``."""
@@ -227,8 +227,8 @@ class ObjectLock:
     clock judges) is taken over by deleting that very version — never the key, so a
     fresh lock another worker took meanwhile stays. Finishing a recording must take
     less than ``expiry_s`` (uploading a blob of a few GB included), which the default
-    (900 s) leaves room for; the index's finish lock (a PostgreSQL advisory lock with
-    a PostgreSQL index) excludes workers as well."""
+    (900 s) leaves room for. Used without a PostgreSQL index only: with one, its
+    advisory lock takes this one's place (no objects, no expiry to wait out)."""
 
     def __init__(self, client: S3Client, bucket: str, prefix: str, where: str, expiry_s: float):
         self.client = client

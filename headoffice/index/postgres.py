@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from headoffice.index.base import DEFAULT_LOCK_TIMEOUT_S, Index
+from headoffice.index.pglock import AdvisoryLocks
 from headoffice.index.records import IndexStoreError, Query, Row
 from headoffice.index.schema import _schema
 
 if TYPE_CHECKING:
     import psycopg
-
-_LOCK_POLL_S = 0.02
 
 
 def _scrub(message: str, dsn: str) -> str:
@@ -46,6 +45,9 @@ class PostgresIndex(Index):
         self._ping_after_s = ping_after_s
         self._conn = self._connect()
         self._last_used = time.monotonic()
+        self._locks = AdvisoryLocks(
+            dsn, self.display, lambda message: _scrub(message, dsn), connect_timeout=connect_timeout
+        )
         try:
             with self._transaction(True) as q:
                 # Workers starting together must not race each other's CREATE TABLE.
@@ -107,44 +109,17 @@ class PostgresIndex(Index):
                     f"index {self.display}: {_scrub(str(exc), self.url)}"
                 ) from exc
 
-    @contextmanager
-    def _advisory(self, device: str, rec: str, timeout: float) -> Iterator[None]:
-        import psycopg
-
-        conn = self._connect()  # its own session: advisory locks are per session
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    row = conn.execute(
-                        "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(%s))",
-                        ("linetap:" + device, rec),
-                    ).fetchone()
-                except psycopg.Error as exc:
-                    raise IndexStoreError(
-                        f"index {self.display}: finish lock: {_scrub(str(exc), self.url)}"
-                    ) from exc
-                if row and row[0]:
-                    break
-                if time.monotonic() >= deadline:
-                    raise IndexStoreError(
-                        f"recording {rec}: finish lock still held after {timeout:g} s "
-                        "(another worker is finishing it, or is stuck)"
-                    )
-                time.sleep(_LOCK_POLL_S)
-            yield
-        finally:
-            conn.close()  # ends the session, which releases the lock
-
     def serialize_appends(self, q: Query, name: str) -> None:
         q("SELECT pg_advisory_xact_lock(hashtext(?))", (f"linetap:{name}",))
 
     def finish_lock(
         self, device: str, rec: str, timeout: float = DEFAULT_LOCK_TIMEOUT_S
     ) -> AbstractContextManager[None]:
-        """``pg_try_advisory_lock`` (polled until ``timeout``) on a connection of its own."""
-        return self._advisory(device, rec, timeout)
+        """A session-level advisory lock on a pooled connection of its own, waited for at
+        most ``timeout`` seconds (:mod:`headoffice.index.pglock`)."""
+        return self._locks.hold(device, rec, timeout)
 
     def close(self) -> None:
+        self._locks.close()
         with self._mutex:
             self._conn.close()
