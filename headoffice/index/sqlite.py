@@ -20,7 +20,7 @@ from typing import Any
 
 from headoffice.index.base import DEFAULT_LOCK_TIMEOUT_S, Index
 from headoffice.index.records import IndexStoreError, Query, Row
-from headoffice.index.schema import _schema
+from headoffice.index.schema import _schema, migrate_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class SqliteIndex(Index):
             with self._transaction(True) as q:
                 for statement in _schema(pg=False):
                     q(statement, ())
+                migrate_sqlite(q)
                 self._check_version(q)
         except IndexStoreError:
             self._conn.close()

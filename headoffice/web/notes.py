@@ -1,14 +1,21 @@
-"""Notes, bookmarks and "reviewed" marks of recordings: :class:`NoteStore`.
+"""Notes, bookmarks, sensitive spans and "reviewed" marks of recordings: :class:`NoteStore`.
 
 Kept in the index database (tables ``notes`` and ``reviews``,
 :func:`headoffice.index.schema._review`). The store only validates and stores; who may
 write or read them is the web routes' business (:mod:`headoffice.web.routes_notes`,
 through the gate and its ledger leaves).
+
+A *sensitive span* (kind ``sensitive``: ``at_ms`` its start, ``end_ms`` its end) is a
+stretch of the call a reviewer marked as personal (a name, an address said aloud): the
+anonymised training export (:mod:`headoffice.anonymise`) silences it. It lives in the
+``notes`` table but is not a note: :meth:`NoteStore.notes_for` lists notes and
+bookmarks only, :meth:`NoteStore.sensitive_spans` the spans.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,17 +30,34 @@ __all__ = [
     "NoteKind",
     "NoteStore",
     "Review",
+    "SensitiveSpan",
     "ledger_history",
     "mmss",
+    "parse_position",
 ]
 
 MAX_NOTE_CHARS = 2000
 NoteKind = Literal["note", "bookmark"]
 KINDS: tuple[NoteKind, ...] = ("note", "bookmark")
+SENSITIVE = "sensitive"  # the notes table's kind of a sensitive span
+_POSITION = re.compile(r"(?:(?:(\d{1,3}):)?(\d{1,3}):)?(\d{1,7})(?:[.,](\d{1,3}))?")
 
 
 class NoteError(ValueError):
     """A note that cannot be stored (its message says why, for the person who wrote it)."""
+
+
+def parse_position(text: str) -> int:
+    """A position in a call as people write it, in ms: ``75``, ``75.5``, ``1:15``,
+    ``01:15.5`` or ``1:01:15``; :class:`NoteError` for anything else."""
+    match = _POSITION.fullmatch(text.strip())
+    if match is None:
+        raise NoteError(f"{text.strip()[:20]!r} is not a position: write mm:ss, e.g. 01:15.5")
+    hours, minutes, seconds, fraction = match.groups()
+    if (minutes is not None and int(seconds) >= 60) or (hours is not None and int(minutes) >= 60):
+        raise NoteError(f"{text.strip()[:20]!r}: minutes and seconds run from 00 to 59")
+    ms = (int(hours or 0) * 3600 + int(minutes or 0) * 60 + int(seconds)) * 1000
+    return ms + int((fraction or "0").ljust(3, "0"))
 
 
 def mmss(ms: int) -> str:
@@ -57,6 +81,23 @@ class Note:
     @property
     def at(self) -> str:
         return mmss(self.at_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class SensitiveSpan:
+    """A stretch of a call a reviewer marked as sensitive (start inclusive, end exclusive)."""
+
+    id: int
+    recording_id: str
+    author: str
+    start_ms: int
+    end_ms: int
+    text: str
+    created_at: str
+
+    @property
+    def span(self) -> str:
+        return f"{mmss(self.start_ms)}–{mmss(self.end_ms)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +168,65 @@ class NoteStore:
         with self.index.transaction(False) as q:
             rows = q(
                 "SELECT id, recording_id, author, at_ms, kind, text, created_at FROM notes "
-                "WHERE recording_id = ? ORDER BY at_ms, id",
-                (recording_id,),
+                "WHERE recording_id = ? AND kind IN (?, ?) ORDER BY at_ms, id",
+                (recording_id, *KINDS),
             )
         return [
             Note(int(r[0]), str(r[1]), str(r[2]), int(r[3]), r[4], str(r[5]), str(r[6]))
+            for r in rows
+        ]
+
+    @staticmethod
+    def check_span(record: StoredRecord, start_ms: int, end_ms: int, text: str) -> str:
+        """The stripped reason of a valid sensitive span, else :class:`NoteError`: an
+        empty span, one outside the call, a reason longer than :data:`MAX_NOTE_CHARS`."""
+        text = text.strip()
+        if len(text) > MAX_NOTE_CHARS:
+            raise NoteError(f"the reason is too long: at most {MAX_NOTE_CHARS:,} characters")
+        duration = max(0, int(record.duration_ms))
+        if not 0 <= start_ms < end_ms:
+            raise NoteError(
+                f"the span must end after it starts ({mmss(start_ms)} to {mmss(end_ms)})"
+            )
+        if end_ms > duration:
+            raise NoteError(
+                f"the span ends at {end_ms} ms, after the call ({duration} ms, {mmss(duration)})"
+            )
+        return text
+
+    def add_sensitive(
+        self, record: StoredRecord, author: str, start_ms: int, end_ms: int, text: str = ""
+    ) -> SensitiveSpan:
+        """Mark ``start_ms`` to ``end_ms`` of ``record``'s call as sensitive; raises
+        :class:`NoteError` as :meth:`check_span` does."""
+        text = self.check_span(record, start_ms, end_ms, text)
+        created = now_iso()
+        with self.index.transaction(True) as q:
+            q(
+                "INSERT INTO notes (recording_id, author, at_ms, end_ms, kind, text, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.recording_id, author, start_ms, end_ms, SENSITIVE, text, created),
+            )
+            rows = q(
+                "SELECT MAX(id) FROM notes WHERE recording_id = ? AND author = ? "
+                "AND created_at = ? AND kind = ?",
+                (record.recording_id, author, created, SENSITIVE),
+            )
+        rid = record.recording_id
+        return SensitiveSpan(int(rows[0][0]), rid, author, start_ms, end_ms, text, created)
+
+    def sensitive_spans(self, recording_id: str) -> list[SensitiveSpan]:
+        """The recording's sensitive spans, in call order (then as marked)."""
+        with self.index.transaction(False) as q:
+            rows = q(
+                "SELECT id, recording_id, author, at_ms, end_ms, text, created_at FROM notes "
+                "WHERE recording_id = ? AND kind = ? ORDER BY at_ms, id",
+                (recording_id, SENSITIVE),
+            )
+        return [
+            SensitiveSpan(
+                int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), str(r[5]), str(r[6])
+            )
             for r in rows
         ]
 

@@ -23,94 +23,52 @@ Plain audio never touches the disk: it lives in RAM (one recording at a time for
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
-import re
-import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-import soundfile
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from headoffice.access import AccessDenied, Gate
 from headoffice.authz import GRANTS, Action
 from headoffice.blobstore import BlobStore
+from headoffice.exportzip import (
+    CSV_FIELDS,
+    EXPORT_FORMATS,
+    AudioSource,
+    ExportFailed,
+    RecordingsZip,
+    ZipSink,
+    export_name,
+    opus_supported,
+)
 from headoffice.index.records import StoredRecord
-from headoffice.officeroot import device_signing_key
-from headoffice.web.audio import PlaybackError, decrypt_playable
 from headoffice.web.search import (
     SearchFilters,
     SearchParameterError,
     order_by,
     where_clause,
 )
-from sealedrec.errors import LinetapError
-from sealedrec.manifest import ManifestError, verify_signature
-from sealedrec.verify import check_blob
 
 if TYPE_CHECKING:
     from headoffice.web.app import Viewer, _Site
     from headoffice.web.routes_audio import Playback
 
-__all__ = ["EXPORT_FORMATS", "MAX_ZIP_RECORDINGS", "add_export_routes", "export_name"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "MAX_ZIP_RECORDINGS",
+    "ExportFailed",
+    "Exporter",
+    "add_export_routes",
+    "export_name",
+    "opus_supported",
+]
 
 MAX_ZIP_RECORDINGS = 1000
 MAX_ID = 200
-EXPORT_FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "opus": "audio/ogg"}
 ZIP_IGNORED = frozenset({"csrf", "page", "page_size"})  # the ZIP holds all pages
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-CSV_FIELDS = (
-    "file",
-    "status",
-    "detail",
-    "recording_id",
-    "started_utc",
-    "ended_utc",
-    "duration_ms",
-    "device_id",
-    "line",
-    "seq",
-    "direction",
-    "caller_number",
-    "caller_name",
-    "dialled_digits",
-    "recovered",
-    "codec",
-    "container",
-    "blob_bytes",
-    "blob_sha256",
-    "signature_ok",
-    "blob_sha256_ok",
-)
-
-
-class ExportFailed(LinetapError, ValueError):
-    """A recording that cannot be exported: ``status`` is the HTTP answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _safe(text: str) -> str:
-    return _UNSAFE.sub("_", text).strip("._") or "x"
-
-
-def export_name(record: StoredRecord, ext: str) -> str:
-    """``{YYYYmmdd-HHMMSS}_{line}_{caller number or unknown}_{id[:8]}.{ext}``, each part
-    reduced to ``[A-Za-z0-9._+-]`` (anything else becomes ``_``)."""
-    try:
-        stamp = datetime.fromisoformat(record.started_utc).strftime("%Y%m%d-%H%M%S")
-    except ValueError:
-        stamp = "unknown-time"
-    parts = (stamp, record.line, record.caller_number or "unknown", record.recording_id[:8])
-    return "_".join(_safe(p) for p in parts) + "." + ext
 
 
 def may_export_any(v: Viewer) -> bool:
@@ -118,114 +76,18 @@ def may_export_any(v: Viewer) -> bool:
     return any(Action.EXPORT in GRANTS[role] for role in v.principal.roles)
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
-    signature_ok: bool | None  # None: the device's key is not enrolled here
-    blob_sha256_ok: bool
-
-
-def _signature_ok(site: _Site, record: StoredRecord) -> bool | None:
-    try:
-        key = device_signing_key(site.cfg.root, record.device_id)
-    except (LinetapError, OSError):
-        return None
-    try:
-        verify_signature(record.manifest, key)
-    except ManifestError:
-        return False
-    return True
-
-
-def _encode(samples: Any, rate: int, fmt: str, subtype: str) -> bytes:
-    buf = io.BytesIO()
-    channels = 1 if samples.ndim == 1 else int(samples.shape[1])
-    with soundfile.SoundFile(buf, "w", rate, channels, format=fmt, subtype=subtype) as out:
-        out.write(samples)
-    return buf.getvalue()
-
-
-def opus_supported() -> bool:
-    return "OPUS" in soundfile.available_subtypes("OGG")
-
-
-class Exporter:
-    """Decrypt and encode recordings for export (the office identity of the playback)."""
+class Exporter(AudioSource):
+    """Decrypt and encode recordings for export with the office identity the playback
+    reads (:meth:`AudioSource.encode`; call after the gate allowed it)."""
 
     def __init__(self, site: _Site, playback: Playback) -> None:
+        super().__init__(site.cfg.root, playback.identities)
         self.site = site
         self.playback = playback
-
-    def encode(self, store: BlobStore, record: StoredRecord, fmt: str) -> tuple[bytes, Checked]:
-        """The recording as ``fmt`` bytes (RAM only); call after the gate allowed it."""
-        rid = record.recording_id
-        if record.container is None:
-            raise ExportFailed(409, f"recording {rid} has no audio (discarded, or cut early)")
-        if fmt == "opus" and record.codec != "opus" and not opus_supported():
-            raise ExportFailed(400, "Opus export is not available: this libsndfile has no Opus")
-        signature = _signature_ok(self.site, record)
-        try:
-            keys = self.playback.identities()
-        except (LinetapError, OSError) as exc:
-            raise ExportFailed(503, f"the office identity cannot decrypt here: {exc}") from exc
-        with store.local_blob(record.path) as path:
-            problems = check_blob(path, record.manifest, rid)
-            if problems:
-                raise ExportFailed(409, problems[0] + "; run 'linetap-office verify'")
-            try:
-                audio = decrypt_playable(path, record.manifest, keys, check=False)
-            except PlaybackError as exc:
-                raise ExportFailed(409, str(exc)) from exc
-        checked = Checked(signature, True)
-        if EXPORT_FORMATS[fmt] == audio.mime:  # flac/opus as sealed (recovered: joined FLAC)
-            return audio.data, checked
-        samples = audio.samples()
-        if fmt == "wav":
-            return _encode(samples, audio.sample_rate, "WAV", "PCM_16"), checked
-        if fmt == "flac":
-            return _encode(samples, audio.sample_rate, "FLAC", "PCM_16"), checked
-        try:
-            return _encode(samples, audio.sample_rate, "OGG", "OPUS"), checked
-        except (RuntimeError, ValueError, soundfile.LibsndfileError) as exc:
-            raise ExportFailed(400, f"cannot encode this recording as Opus: {exc}") from exc
 
 
 def _text(status: int, message: str) -> Response:
     return PlainTextResponse(message + "\n", status_code=status)
-
-
-def _csv_cell(value: object) -> str:
-    """A CSV cell that a spreadsheet will not run as a formula."""
-    text = "" if value is None else str(value)
-    first = text[:1]
-    if first in ("=", "@", "\t", "\r") or (first in ("+", "-") and not text[1:2].isdigit()):
-        return "'" + text
-    return text
-
-
-class _Sink(io.RawIOBase):
-    """A write-only, unseekable stream: ``zipfile`` writes into it (data descriptors,
-    no seeking back) and the response generator takes what was written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._parts: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._parts.append(chunk)
-        return len(chunk)
-
-    def take(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
-
-
-def _row(record: StoredRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.as_dict().items() if k in CSV_FIELDS}
 
 
 def _zip_stream(
@@ -235,51 +97,21 @@ def _zip_stream(
     records: list[StoredRecord],
     query: str,
 ) -> Iterator[bytes]:
-    sink = _Sink()
-    rows: list[dict[str, Any]] = []
-    used: set[str] = set()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:
-        for record in records:
-            row = {**_row(record), "file": "", "status": "exported", "detail": ""}
-            row |= {"signature_ok": None, "blob_sha256_ok": None}
-            try:
-                gate.allow(Action.EXPORT, record, detail="web: export wav (zip)")
-                data, checked = exporter.encode(store, record, "wav")
-            except AccessDenied as exc:
-                row |= {"status": "refused", "detail": str(exc)}
-            except ExportFailed as exc:
-                row |= {"status": "error", "detail": str(exc)}
-                if exc.status == 409 and "sha256" in str(exc):
-                    row["blob_sha256_ok"] = False
-            else:
-                name = export_name(record, "wav")
-                if name in used:
-                    name = export_name(record, "wav").replace(
-                        record.recording_id[:8], _safe(record.recording_id)
-                    )
-                used.add(name)
-                row |= {"file": name, "signature_ok": checked.signature_ok}
-                row["blob_sha256_ok"] = checked.blob_sha256_ok
-                zf.writestr(_member(name), data)
+    sink = ZipSink()
+    rows = []
+    with RecordingsZip(sink) as out:
+        for row in out.add_recordings(
+            records,
+            allow=lambda r: gate.allow(Action.EXPORT, r, detail="web: export wav (zip)"),
+            audio=lambda r: exporter.encode(store, r, "wav"),
+            name=out.export_name,
+        ):
             rows.append(row)
             if chunk := sink.take():
                 yield chunk
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\r\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_cell(row.get(k)) for k in CSV_FIELDS})
-        zf.writestr(_member("metadata.csv"), text.getvalue().encode("utf-8"))
         doc = {"query": query, "count": len(rows), "recordings": rows}
-        zf.writestr(_member("metadata.json"), json.dumps(doc, indent=2).encode("utf-8"))
+        out.add_metadata("metadata", CSV_FIELDS, rows, doc)
     yield sink.take()
-
-
-def _member(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name, date_time=datetime.now().timetuple()[:6])
-    info.compress_type = zipfile.ZIP_STORED if name.endswith(".wav") else zipfile.ZIP_DEFLATED
-    info.external_attr = 0o600 << 16
-    return info
 
 
 def add_export_routes(app: FastAPI, site: _Site) -> None:

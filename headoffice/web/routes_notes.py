@@ -2,13 +2,16 @@
 
 - ``POST /recordings/{id}/notes``: a note or bookmark at a position in the call (the
   ``note`` right; the ledger leaf is the access itself, detail ``web: note at mm:ss``);
+- ``POST /recordings/{id}/sensitive``: mark a span of the call (``start`` to ``end``,
+  ``mm:ss`` or ms) as sensitive, silenced in the anonymised export (the ``note`` right;
+  leaf detail ``web: sensitive mm:ss-mm:ss``);
 - ``POST /recordings/{id}/reviewed``: mark (``reviewed=1``) or unmark (``reviewed=0``)
   the recording as reviewed by the signed-in person (the ``note`` right too);
 - ``GET /recordings/{id}/history``: the ledger's leaves about this recording (its
   ingest, every access to it), for those with ``view_metadata``; reading it is itself
   an access leaf (detail ``web: history``), appended before the list is read.
 
-The two POSTs answer the recording page's notes panel (templates/_notes.html) as an
+The POSTs answer the recording page's notes panel (templates/_notes.html) as an
 htmx fragment; without htmx (no ``HX-Request``), a 303 back to the recording page.
 The panel is drawn into the recording page by the template global ``review_panel``
 (registered here), without a leaf of its own: the page's ``view_metadata`` leaf
@@ -25,7 +28,14 @@ from fastapi.responses import RedirectResponse, Response
 
 from headoffice.authz import Action
 from headoffice.index.records import StoredRecord
-from headoffice.web.notes import MAX_NOTE_CHARS, NoteError, NoteStore, ledger_history, mmss
+from headoffice.web.notes import (
+    MAX_NOTE_CHARS,
+    NoteError,
+    NoteStore,
+    ledger_history,
+    mmss,
+    parse_position,
+)
 
 if TYPE_CHECKING:
     from headoffice.web.app import Viewer, _Site
@@ -51,6 +61,7 @@ class _Notes:
             "base": f"/recordings/{quote(record.recording_id, safe='')}",
             "csrf": v.csrf,
             "notes": self.store.notes_for(record.recording_id),
+            "sensitive": self.store.sensitive_spans(record.recording_id),
             "reviews": reviews,
             "mine": any(r.reviewer == v.principal.name for r in reviews),
             "may_note": gate.may(Action.NOTE, record),
@@ -121,6 +132,33 @@ def add_note_routes(app: FastAPI, site: _Site) -> NoteStore:
         if isinstance(allowed, Response):
             return allowed
         store.add_note(allowed, v.principal.name, position, body, kind_)
+        return answer(request, v, allowed)
+
+    @app.post("/recordings/{recording_id}/sensitive")
+    def post_sensitive(
+        recording_id: str,
+        request: Request,
+        start: str = Form("", max_length=20),
+        end: str = Form("", max_length=20),
+        text: str = Form("", max_length=MAX_NOTE_CHARS + 200),
+    ) -> Response:
+        v = site.viewer(request)
+        record = site.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+        if record is None or not site.gate_of(v).may(Action.NOTE, record):
+            refused = guarded(request, v, recording_id, Action.NOTE, "web: sensitive")
+            if isinstance(refused, Response):
+                return refused
+            record = refused
+        try:
+            start_ms, end_ms = parse_position(start), parse_position(end)
+            reason = NoteStore.check_span(record, start_ms, end_ms, text)
+        except NoteError as exc:
+            return answer(request, v, record, f"The sensitive span was not saved: {exc}.")
+        detail = f"web: sensitive {mmss(start_ms)}-{mmss(end_ms)}"
+        allowed = guarded(request, v, recording_id, Action.NOTE, detail)
+        if isinstance(allowed, Response):
+            return allowed
+        store.add_sensitive(allowed, v.principal.name, start_ms, end_ms, reason)
         return answer(request, v, allowed)
 
     @app.post("/recordings/{recording_id}/reviewed")
