@@ -26,6 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from headoffice.brokerconf import office_share_filter
 from headoffice.config import OfficeConfig
+from headoffice.fleet.runner import FleetRunner
 from headoffice.index import Index
 from headoffice.officeroot import CaLayout, device_signing_key
 from headoffice.receiver import FIN_POLL_S, Receiver, Reply
@@ -68,7 +69,11 @@ def subscription(cfg: OfficeConfig) -> str:
     return office_share_filter(cfg.root) if cfg.broker.shared else up_filter()
 
 
-def attach(client: mqtt.Client, cfg: OfficeConfig, receiver: Receiver) -> None:
+def attach(
+    client: mqtt.Client, cfg: OfficeConfig, receiver: Receiver, fleet: FleetRunner | None = None
+) -> None:
+    """Route uploads to ``receiver`` and, with ``fleet``, telemetry (``linetap/+/status``,
+    subscribed plainly: every worker sees all of it) to fleet health."""
     topic = subscription(cfg)
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
@@ -82,11 +87,16 @@ def attach(client: mqtt.Client, cfg: OfficeConfig, receiver: Receiver) -> None:
             # a delayed TCP ACK (~40 ms): 110 instead of 58 recordings/s measured.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.subscribe(topic, qos=QOS)
+        if fleet is not None:
+            c.subscribe(fleet.topic, qos=QOS)
 
     def on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         log.warning("disconnected from the broker: %s", reason)
 
     def on_message(c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if fleet is not None and fleet.wants(msg.topic):
+            fleet.handle(msg.topic, bytes(msg.payload))
+            return
         props = getattr(msg.properties, "UserProperty", None) if msg.properties else None
         replies = handle_isolated(receiver, msg.topic, bytes(msg.payload), props)
         for reply in replies:
@@ -186,9 +196,10 @@ def office_recipients(cfg: OfficeConfig) -> frozenset[str] | None:
 
 
 def build_receiver(cfg: OfficeConfig, index: Index) -> Receiver:
-    """The receiver ``serve`` runs: the config's store, limits and recipients."""
+    """The receiver ``serve`` runs: the config's store (an S3 store finishing under the
+    index's advisory lock when the index is PostgreSQL), limits and recipients."""
     return Receiver(
-        open_store(cfg, cfg.root),
+        open_store(cfg, cfg.root, index=index),
         index,
         lambda device: device_signing_key(cfg.root, device),
         cfg.limits,
@@ -212,7 +223,8 @@ def prepare_store(receiver: Receiver) -> None:
 
 def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
     client = make_client(cfg)
-    attach(client, cfg, receiver)
+    fleet = FleetRunner.start(cfg, receiver.index, receiver.stop)
+    attach(client, cfg, receiver, fleet)
     prepare_store(receiver)
 
     def publish(reply: Reply) -> None:
@@ -225,6 +237,7 @@ def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
         client.loop_forever(retry_first_connection=True)
     receiver.stop.set()
     housekeeper.join(timeout=10)
+    fleet.close()
     c = receiver.counts
     log.info(
         "receiver stopped: %d stored, %d rejected, %d busy, %d malformed, %d errors, %d expired",
