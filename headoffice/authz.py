@@ -22,6 +22,8 @@ The table (``scope`` = only recordings inside the principal's :class:`Scope`;
     manage_users    yes    -           -         -        -
     manage_forms    yes    -           -         -        -
     read_audit      -      -           -         yes      -
+    view_fleet      all    scope       -         all      -
+    manage_fleet    all    scope       -         -        -
 
 Decisions behind it:
 
@@ -34,6 +36,10 @@ Decisions behind it:
   export (access) within its scope, plus search and view_metadata to find the calls.
   It has no ``listen``: a data subject's copy leaves by ``export``, which is a ledger
   entry each time.
+- The **anonymised training export** (``linetap-office anonymise``) needs ``export``
+  on each recording, no right of its own: stripped of numbers, names, devices and
+  times, it still carries the voices, so whoever may make one may take the recordings
+  out anyway, and nobody else should (supervisor, compliance).
 - **reviewer** is a supervisor without ``export``.
 - Roles add up; the scope belongs to the principal and limits every ``scope`` grant of
   every role it holds (``Scope.everything`` lifts the limit, e.g. for a supervisor of the
@@ -46,6 +52,14 @@ Decisions behind it:
   then pass ``view_metadata`` on its own target. Every other recording action needs a
   target; the office actions (manage_users, manage_forms, read_audit) take none.
 - A site named in a scope but missing from ``[sites]`` covers no device (fail closed).
+- **Fleet health** (headoffice/fleet/): ``view_fleet`` (device telemetry, alarms, the
+  hourly history; no recording) and ``manage_fleet`` (acknowledge an alarm) take a
+  device (and line) as their target, never a recording: an admin, who runs the office
+  and its appliances, and an auditor see the whole fleet; a supervisor the devices and
+  lines of their scope, and acknowledges their alarms (it is their floor whose line went
+  quiet). A device-wide target (line ``""``: offline, backlog, ...) is in a scope that
+  names the device, its site, or any of its lines. Out of scope is hidden as for a
+  recording; ``target=None`` asks "may this principal use the fleet view at all".
 """
 
 from __future__ import annotations
@@ -79,10 +93,14 @@ class Action(StrEnum):
     MANAGE_USERS = "manage_users"
     MANAGE_FORMS = "manage_forms"
     READ_AUDIT = "read_audit"
+    VIEW_FLEET = "view_fleet"
+    MANAGE_FLEET = "manage_fleet"
 
 
 #: Actions on the office itself, never on a recording (``target`` must be ``None``).
 OFFICE_ACTIONS = frozenset({Action.MANAGE_USERS, Action.MANAGE_FORMS, Action.READ_AUDIT})
+#: Actions on a device (and line) of the fleet, never on a recording.
+FLEET_ACTIONS = frozenset({Action.VIEW_FLEET, Action.MANAGE_FLEET})
 
 
 class Reach(Enum):
@@ -97,7 +115,12 @@ _S, _A, _O = Reach.SCOPE, Reach.ALL, Reach.OFFICE
 
 #: The table of the module docstring, written out (a missing action = not granted).
 GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
-    Role.ADMIN: {Action.MANAGE_USERS: _O, Action.MANAGE_FORMS: _O},
+    Role.ADMIN: {
+        Action.MANAGE_USERS: _O,
+        Action.MANAGE_FORMS: _O,
+        Action.VIEW_FLEET: _A,
+        Action.MANAGE_FLEET: _A,
+    },
     Role.SUPERVISOR: {
         Action.SEARCH: _S,
         Action.VIEW_METADATA: _S,
@@ -105,6 +128,8 @@ GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
         Action.EXPORT: _S,
         Action.NOTE: _S,
         Action.SCORE: _S,
+        Action.VIEW_FLEET: _S,
+        Action.MANAGE_FLEET: _S,
     },
     Role.REVIEWER: {
         Action.SEARCH: _S,
@@ -113,7 +138,12 @@ GRANTS: Mapping[Role, Mapping[Action, Reach]] = {
         Action.NOTE: _S,
         Action.SCORE: _S,
     },
-    Role.AUDITOR: {Action.READ_AUDIT: _O, Action.SEARCH: _A, Action.VIEW_METADATA: _A},
+    Role.AUDITOR: {
+        Action.READ_AUDIT: _O,
+        Action.SEARCH: _A,
+        Action.VIEW_METADATA: _A,
+        Action.VIEW_FLEET: _A,
+    },
     Role.COMPLIANCE: {
         Action.SEARCH: _S,
         Action.VIEW_METADATA: _S,
@@ -163,6 +193,15 @@ class Scope:
         if DeviceLine(target.device_id, target.line) in self.lines:
             return True
         return any(target.device_id in sites.get(site, frozenset()) for site in self.sites)
+
+    def covers_device(self, device_id: str, sites: Mapping[str, frozenset[str]]) -> bool:
+        """A device as a whole: named, at a site named, or one of its lines named."""
+        return (
+            self.everything
+            or device_id in self.devices
+            or any(dl.device_id == device_id for dl in self.lines)
+            or any(device_id in sites.get(site, frozenset()) for site in self.sites)
+        )
 
     def describe(self) -> str:
         if self.everything:
@@ -243,6 +282,8 @@ def authorize(
     """May ``principal`` do ``action`` to the recording ``target`` (``None``: an office
     action, or ``search`` in general)? See the module docstring for the table."""
     action = Action(action)
+    if action in FLEET_ACTIONS:
+        return _authorize_fleet(principal, action, target, sites)
     if action in OFFICE_ACTIONS:
         if target is not None:
             return Decision(False, f"{action} is an office action; ask with target=None")
@@ -268,4 +309,34 @@ def authorize(
             f"not granted: {action} on {target.device_id}/{target.line} is outside the scope "
             f"of {principal.name} ({principal.scope.describe()})",
         )
+    return Decision(False, f"not granted: {_roles_text(principal)} may not {action}")
+
+
+def _authorize_fleet(
+    principal: Principal,
+    action: Action,
+    target: Target | None,
+    sites: Mapping[str, frozenset[str]],
+) -> Decision:
+    """The fleet actions (see the module docstring): ``target.line`` ``""`` is the
+    device as a whole."""
+    reaches = _reaches(principal, action)
+    seen = _reaches(principal, Action.VIEW_FLEET)
+    if target is None:
+        if reaches:
+            return Decision(True, f"{action} granted to {_roles_text(principal)}")
+        return Decision(False, f"not granted: {_roles_text(principal)} may not {action}")
+
+    def covered(reach: Reach) -> bool:
+        if reach is Reach.ALL:
+            return True
+        if not target.line:
+            return principal.scope.covers_device(target.device_id, sites)
+        return principal.scope.covers(target, sites)
+
+    if seen and not any(covered(reach) for _, reach in seen):
+        return Decision(False, OUT_OF_SCOPE)
+    for role, reach in reaches:
+        if covered(reach):
+            return Decision(True, f"{action} granted to {role}")
     return Decision(False, f"not granted: {_roles_text(principal)} may not {action}")

@@ -22,6 +22,8 @@ from pathlib import Path
 from headoffice import service
 from headoffice.brokerconf import write_broker_config
 from headoffice.cli_audit import add_audit_commands
+from headoffice.cli_dsar import add_dsar_commands
+from headoffice.cli_fleet import add_fleet_commands
 from headoffice.cli_lifecycle import add_lifecycle_commands
 from headoffice.cli_query import add_query_commands, office_location, office_options
 from headoffice.cli_users import add_user_commands
@@ -30,6 +32,7 @@ from headoffice.config import load_office_config, office_config_path
 from headoffice.device_settings import add_settings_commands
 from headoffice.enroll import enroll_device, init_ca, issue_office_client
 from headoffice.index import open_index
+from headoffice.notify.cli import add_notify_commands
 from headoffice.officeroot import CaLayout
 from runtime import __version__
 from runtime.process import run_command, setup_logging
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(sub)
     add_web_command(sub)
     add_lifecycle_commands(sub)
+    add_fleet_commands(sub)
+    add_notify_commands(sub)
+    add_dsar_commands(sub)
     return parser
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from headoffice.authz import Role
+from headoffice.fleet.config import FleetConfig
+from headoffice.notify.model import NotifyConfig
 from headoffice.retention import RetentionConfig
 from runtime.errors import ConfigError
 
@@ -231,6 +233,29 @@ class StoreConfig(_Model):
         return self
 
 
+class AuditConfig(_Model):
+    """``[audit]``: where signed checkpoints of the audit ledger are kept besides the
+    index (headoffice/ledger/worm.py). ``worm_bucket``: ``linetap-office audit
+    checkpoint`` also writes each one there, write-once, under COMPLIANCE retention
+    (nobody, the bucket's owner included, can delete or overwrite it before the date),
+    and ``audit verify`` checks the ledger against every one found there. The bucket is
+    reached with ``[store]``'s ``endpoint_url``, ``region`` and credentials (also with
+    ``backend = "file"``); it must be created with Object Lock."""
+
+    worm_bucket: str | None = Field(
+        None,
+        min_length=3,
+        max_length=63,
+        description="bucket (created with Object Lock) for the signed checkpoints",
+    )
+    worm_retain_days: int = Field(
+        3653,
+        ge=1,
+        le=100 * 366,
+        description="COMPLIANCE retention of each checkpoint in the bucket, days (10 years)",
+    )
+
+
 class OfficeConfig(_Model):
     root: Path = Field(
         Path("/var/lib/linetap-office"),
@@ -267,6 +292,18 @@ class OfficeConfig(_Model):
     store: StoreConfig = Field(
         default_factory=StoreConfig,
         description="[store]: the blob store (filesystem under root, or an S3 bucket)",
+    )
+    audit: AuditConfig = Field(
+        default_factory=AuditConfig,
+        description="[audit]: signed ledger checkpoints also kept in a WORM bucket",
+    )
+    fleet: FleetConfig = Field(
+        default_factory=FleetConfig,
+        description="[fleet]: fleet health thresholds, alarm damping, /metrics",
+    )
+    notify: NotifyConfig = Field(
+        default_factory=NotifyConfig,
+        description="[notify]: alarms by e-mail and signed webhook (headoffice/notify/)",
     )
 
     @model_validator(mode="after")

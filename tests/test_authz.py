@@ -38,6 +38,8 @@ delete         HH    NH         NH       NN      YH
 manage_users   YY    NN         NN       NN      NN
 manage_forms   YY    NN         NN       NN      NN
 read_audit     NN    NN         NN       YY      NN
+view_fleet     YY    YH         NN       YY      NN
+manage_fleet   YY    YH         NN       NN      NN
 """
 
 

@@ -215,7 +215,18 @@ def use_the_keys(page: Any, duration_s: float) -> None:
 def note_and_seek(page: Any, base: str, office: SealedOffice) -> None:
     """A note at the player's position (7 s) is listed at 00:07, persists over a reload,
     and clicking its time seeks the player there; the history tab lists the accesses."""
-    page.evaluate("() => document.querySelector('#player').wavesurfer.setTime(7.2)")
+    # Seek to 7.2 s and wait until the media element is there (asked again while it is
+    # not: a seek made while the key presses' seeks settle can be overtaken by them), and
+    # the form shows the position the note will take, as a person would see it.
+    page.wait_for_function(
+        "() => { const p = document.querySelector('#player'); const m = p.querySelector('audio');"
+        " if (Math.abs(m.currentTime - 7.2) < 0.05 && !m.seeking) return true;"
+        " p.wavesurfer.setTime(7.2); return false; }",
+        polling=200,
+    )
+    page.wait_for_function(
+        "() => document.querySelector('[data-role=\"note-at\"]').textContent === '00:07'"
+    )
     page.fill("#note-text", "caller asks for a refund")
     page.get_by_role("button", name="Add note").click()
     note = page.get_by_role("button", name="Play from 00:07")

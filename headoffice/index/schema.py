@@ -8,6 +8,8 @@ INSERT and SELECT only on them: :func:`app_role_grants`).
 
 from __future__ import annotations
 
+from headoffice.index.records import Query
+
 SCHEMA_VERSION = 2
 APPEND_ONLY = ("ledger", "checkpoints", "tombstones")
 
@@ -76,6 +78,8 @@ def _schema(pg: bool) -> list[str]:
         *_holds(pg),
         *_api_tokens(pg),
         *_retention_locks(),
+        *_fleet(pg),
+        *_notify(pg),
     ]
 
 
@@ -172,6 +176,8 @@ def app_role_grants(role: str) -> list[str]:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(mutable)} TO {role}",
         f"GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY)} TO {role}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(REVIEW_TABLES)} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(FLEET_TABLES)} TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(NOTIFY_TABLES)} TO {role}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
     ]
 
@@ -223,22 +229,84 @@ def _review(pg: bool) -> list[str]:
         else "INTEGER PRIMARY KEY AUTOINCREMENT"
     )
     return [
-        # at_ms: the position in the call; kind: 'note' or 'bookmark'
-        f"""CREATE TABLE IF NOT EXISTS notes (
-            id {serial},
-            recording_id TEXT NOT NULL,
-            author TEXT NOT NULL,
-            at_ms BIGINT NOT NULL,
-            kind TEXT NOT NULL CHECK (kind IN ('note', 'bookmark')),
-            text TEXT NOT NULL CHECK (length(text) <= 2000),
-            created_at TEXT NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS notes_recording ON notes (recording_id, at_ms, id)",
+        _notes_table("notes", serial),
+        *(_PG_NOTES_MIGRATION if pg else ()),
+        _NOTES_INDEX,
         """CREATE TABLE IF NOT EXISTS reviews (
             recording_id TEXT NOT NULL,
             reviewer TEXT NOT NULL,
             reviewed_at TEXT NOT NULL,
             PRIMARY KEY (recording_id, reviewer))""",
     ]
+
+
+_NOTES_INDEX = "CREATE INDEX IF NOT EXISTS notes_recording ON notes (recording_id, at_ms, id)"
+
+
+def _notes_table(name: str, serial: str) -> str:
+    # at_ms: the position in the call (a sensitive span's start); end_ms: a sensitive
+    # span's end (NULL for a note or bookmark); kind: 'note', 'bookmark' or 'sensitive',
+    # checked by headoffice.web.notes.NoteStore, not by a CHECK: SQLite cannot change a
+    # CHECK in place, so a new kind would cost every office a table rebuild again.
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
+            id {serial},
+            recording_id TEXT NOT NULL,
+            author TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            end_ms BIGINT,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL CHECK (length(text) <= 2000),
+            created_at TEXT NOT NULL)"""
+
+
+#: An index made before sensitive spans (issue 17) has ``notes`` without ``end_ms`` and
+#: with ``CHECK (kind IN ('note', 'bookmark'))``. PostgreSQL alters it in place, each
+#: step only when needed (no exclusive lock on ``notes`` at every open); SQLite:
+#: :func:`migrate_sqlite`. No '?' or '%' in here: the backends' placeholders.
+_PG_NOTES_MIGRATION = (
+    """DO $$
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                       WHERE table_schema = current_schema() AND table_name = 'notes'
+                       AND column_name = 'end_ms') THEN
+            ALTER TABLE notes ADD COLUMN end_ms BIGINT;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = 'notes'::regclass AND conname = 'notes_kind_check') THEN
+            ALTER TABLE notes DROP CONSTRAINT notes_kind_check;
+        END IF;
+    END $$""",
+)
+
+
+def migrate_sqlite(q: Query) -> None:
+    """Bring an older SQLite index's ``notes`` up to :func:`_notes_table` inside the
+    opening transaction (see :data:`_PG_NOTES_MIGRATION`). SQLite cannot drop a CHECK,
+    so a table with the old one is rebuilt (SQLite's documented procedure: new table,
+    copy, drop, rename; ids kept, and the AUTOINCREMENT high-water mark too, so no id is
+    handed out twice); one without ``end_ms`` only (none made by this code) gets the
+    column added. Idempotent: an up-to-date table is left alone."""
+    rows = q("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'notes'", ())
+    if not rows:
+        return
+    columns = {str(r[1]) for r in q("PRAGMA table_info(notes)", ())}
+    if "CHECK (kind IN" in str(rows[0][0]):
+        copied = "id, recording_id, author, at_ms, kind, text, created_at"
+        if "end_ms" in columns:
+            copied += ", end_ms"
+        high = q("SELECT seq FROM sqlite_sequence WHERE name = 'notes'", ())
+        q(_notes_table("notes_rebuilt", "INTEGER PRIMARY KEY AUTOINCREMENT"), ())
+        q(f"INSERT INTO notes_rebuilt ({copied}) SELECT {copied} FROM notes", ())
+        q("DROP TABLE notes", ())
+        q("ALTER TABLE notes_rebuilt RENAME TO notes", ())
+        if high:
+            now = q("SELECT seq FROM sqlite_sequence WHERE name = 'notes'", ())
+            top = max(int(high[0][0]), int(now[0][0]) if now else 0)
+            q("DELETE FROM sqlite_sequence WHERE name = 'notes'", ())
+            q("INSERT INTO sqlite_sequence (name, seq) VALUES ('notes', ?)", (top,))
+        q(_NOTES_INDEX, ())
+    elif "end_ms" not in columns:
+        q("ALTER TABLE notes ADD COLUMN end_ms BIGINT", ())
 
 
 def _serial(pg: bool) -> str:
@@ -366,4 +434,126 @@ def _retention_locks() -> list[str]:
         """CREATE TABLE IF NOT EXISTS retention_locks (
             recording_id TEXT PRIMARY KEY,
             retain_until TEXT NOT NULL)""",
+    ]
+
+
+#: Fleet health's tables (headoffice.fleet.state).
+FLEET_TABLES = ("fleet_devices", "fleet_lines", "fleet_device_hours", "fleet_line_hours",
+                "fleet_alarms")  # fmt: skip
+
+
+def _fleet(pg: bool) -> list[str]:
+    """Fleet health (headoffice.fleet): each device's latest telemetry (``status``: the
+    checked document as canonical JSON) and verified head, each line's latest state,
+    hourly rollups (hours as ``YYYY-MM-DDTHH:00:00+00:00``; a line's by its calls' start,
+    rolled up once per recording: ``rolled_until`` is the last ``stored_at`` counted), and
+    the alarms: ``state`` pending (seen, not yet held ``raise_after_s``), raised,
+    acknowledged or cleared; at most one not cleared per device, line (NULL: the whole
+    device) and kind, which the unique index keeps true across workers."""
+    boolean = "BOOLEAN" if pg else "INTEGER"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS fleet_devices (
+            device_id TEXT PRIMARY KEY,
+            online {boolean} NOT NULL,
+            state_since TEXT NOT NULL,
+            last_seen_at TEXT NOT NULL,
+            device_time_utc TEXT,
+            status_sha256 TEXT NOT NULL,
+            status TEXT NOT NULL,
+            head_seq BIGINT,
+            head_manifest_sha256 TEXT,
+            head_recording_id TEXT,
+            head_signed_at TEXT,
+            rolled_until TEXT)""",
+        """CREATE TABLE IF NOT EXISTS fleet_lines (
+            device_id TEXT NOT NULL,
+            line TEXT NOT NULL,
+            state TEXT,
+            led TEXT,
+            levels TEXT,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (device_id, line))""",
+        """CREATE TABLE IF NOT EXISTS fleet_device_hours (
+            device_id TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            messages BIGINT NOT NULL,
+            online_s BIGINT NOT NULL,
+            max_backlog BIGINT,
+            max_oldest_unacked_s BIGINT,
+            min_disk_free_bytes BIGINT,
+            PRIMARY KEY (device_id, hour))""",
+        """CREATE TABLE IF NOT EXISTS fleet_line_hours (
+            device_id TEXT NOT NULL,
+            line TEXT NOT NULL,
+            hour TEXT NOT NULL,
+            calls BIGINT NOT NULL,
+            judged_calls BIGINT NOT NULL,
+            silent_calls BIGINT NOT NULL,
+            hum_calls BIGINT NOT NULL,
+            clipped_calls BIGINT NOT NULL,
+            PRIMARY KEY (device_id, line, hour))""",
+        f"""CREATE TABLE IF NOT EXISTS fleet_alarms (
+            id {_serial(pg)},
+            device_id TEXT NOT NULL,
+            line TEXT,
+            kind TEXT NOT NULL,
+            state TEXT NOT NULL,
+            first_seen_at TEXT NOT NULL,
+            first_raised_at TEXT,
+            last_seen_at TEXT NOT NULL,
+            absent_since TEXT,
+            cleared_at TEXT,
+            count BIGINT NOT NULL,
+            detail TEXT NOT NULL,
+            acked_by TEXT,
+            acked_at TEXT,
+            ack_note TEXT)""",
+        """CREATE UNIQUE INDEX IF NOT EXISTS fleet_alarms_open
+            ON fleet_alarms (device_id, (COALESCE(line, '')), kind) WHERE state <> 'cleared'""",
+        "CREATE INDEX IF NOT EXISTS fleet_alarms_device ON fleet_alarms (device_id, kind, id)",
+        "CREATE INDEX IF NOT EXISTS fleet_alarms_state ON fleet_alarms (state, id)",
+    ]
+
+
+#: The notification outbox (headoffice.notify.outbox).
+NOTIFY_TABLES = ("notifications", "deliveries")
+
+
+def _notify(pg: bool) -> list[str]:
+    """The notification outbox (headoffice.notify.outbox): every notification (its JSON
+    in ``payload``; kind, device, line, alarm and times as columns for the digest and the
+    latency figures) and one delivery per notification and channel, whose ``state`` goes
+    pending -> sent, or pending -> failed (retried at ``next_attempt_at``; NULL: not
+    retried) -> sent. ``claimed_until``: a dispatcher is sending it (a lapsed claim is
+    sent again). Rows are kept: the history of what was sent when."""
+    del pg  # the same DDL on both backends
+    return [
+        """CREATE TABLE IF NOT EXISTS notifications (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            line TEXT,
+            alarm TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            raised_at TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            payload TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS notifications_kind ON notifications (kind, raised_at)",
+        """CREATE TABLE IF NOT EXISTS deliveries (
+            notification_id TEXT NOT NULL REFERENCES notifications (id),
+            channel TEXT NOT NULL CHECK (channel IN ('email', 'webhook')),
+            state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            claimed_until TEXT,
+            last_attempt_at TEXT,
+            last_error TEXT,
+            last_error_at TEXT,
+            sent_at TEXT,
+            message_id TEXT,
+            PRIMARY KEY (notification_id, channel))""",
+        """CREATE INDEX IF NOT EXISTS deliveries_due
+            ON deliveries (channel, state, next_attempt_at)""",
+        "CREATE INDEX IF NOT EXISTS deliveries_sent ON deliveries (channel, sent_at)",
     ]

@@ -40,8 +40,10 @@ from headoffice.index.records import StoredRecord
 from headoffice.ledger.store import Ledger
 from headoffice.web.api import add_api
 from headoffice.web.routes_audio import add_audio_routes
+from headoffice.web.routes_compliance import add_compliance_routes
 from headoffice.web.routes_dashboard import add_dashboard_routes
 from headoffice.web.routes_export import add_export_routes
+from headoffice.web.routes_fleet import add_fleet_routes
 from headoffice.web.routes_notes import add_note_routes
 from headoffice.web.routes_scorecards import add_scorecard_routes
 from headoffice.web.search import SearchFilters, SearchParameterError, search_page
@@ -503,9 +505,11 @@ def create_app(
     add_audio_routes(app, site)
     add_note_routes(app, site)
     add_export_routes(app, site)
+    add_compliance_routes(app, site)
     add_scorecard_routes(app, site)
     add_api(app, site)
     add_dashboard_routes(app, site)
+    add_fleet_routes(app, site)
     app.state.site = site
     app.state.store = store
     return app
