@@ -52,7 +52,6 @@ chunks another worker received.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import tempfile
@@ -76,6 +75,7 @@ from headoffice.store import (
     INIT_FILE,
     MANIFEST_SUFFIX,
     blob_date,
+    check_blob_file,
     check_id,
     manifest_bytes,
 )
@@ -350,18 +350,7 @@ class S3BlobStore:
     ) -> None:
         want_sha, want_bytes = manifest.get("blob_sha256"), manifest.get("blob_bytes")
         if blob_tmp is not None:
-            sha, size = _sha256_file(blob_tmp)
-            if size != want_bytes:
-                raise StoreError(
-                    f"recording {rec}: blob is {size} bytes, the manifest says {want_bytes}",
-                    reason="size",
-                )
-            if sha != want_sha:
-                raise StoreError(
-                    f"recording {rec}: blob sha256 {sha[:16]}… differs from the manifest's "
-                    f"{str(want_sha)[:16]}…",
-                    reason="sha256",
-                )
+            sha = check_blob_file(rec, blob_tmp, want_sha, want_bytes)
             self.transfer.put_once(key, blob_tmp, sha, lock, f"recording {rec}")
         found = self._first_version(key)
         if found is None:
@@ -550,13 +539,3 @@ class S3BlobStore:
 
     def cleanup_locks(self) -> int:
         return self.finish_lock.cleanup()
-
-
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(1024 * 1024):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size

@@ -100,6 +100,25 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def check_blob_file(rec: str, blob: Path, want_sha: object, want_bytes: object) -> str:
+    """``blob``'s SHA-256 when its size and hash are the manifest's (``blob_sha256``,
+    ``blob_bytes``), else a StoreError (``size`` / ``sha256``): what every store checks
+    before it commits a blob."""
+    sha, size = _sha256_file(blob)
+    if size != want_bytes:
+        raise StoreError(
+            f"recording {rec}: blob is {size} bytes, the manifest says {want_bytes}",
+            reason="size",
+        )
+    if sha != want_sha:
+        raise StoreError(
+            f"recording {rec}: blob sha256 {sha[:16]}… differs from the manifest's "
+            f"{str(want_sha)[:16]}…",
+            reason="sha256",
+        )
+    return sha
+
+
 def check_id(value: str, what: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise StoreError(f"{what} {str(value)[:80]!r} is not a valid id", reason="id")
@@ -379,18 +398,7 @@ class FileBlobStore:
                 "stored or given",
                 reason="missing",
             )
-        sha, size = _sha256_file(blob_tmp)
-        if size != want_bytes:
-            raise StoreError(
-                f"recording {rec}: blob is {size} bytes, the manifest says {want_bytes}",
-                reason="size",
-            )
-        if sha != want_sha:
-            raise StoreError(
-                f"recording {rec}: blob sha256 {sha[:16]}… differs from the manifest's "
-                f"{str(want_sha)[:16]}…",
-                reason="sha256",
-            )
+        check_blob_file(rec, blob_tmp, want_sha, want_bytes)
         with open(blob_tmp, "rb") as fh:
             os.fsync(fh.fileno())
         try:
