@@ -206,6 +206,11 @@ class _Site:
         if not any(csrf_ok(self.secret, c, sent) for c in cookies):
             raise CsrfRefused
 
+    def record(self, recording_id: str) -> StoredRecord | None:
+        """The recording under ``recording_id`` from a URL; an id longer than any id is
+        none (not looked up)."""
+        return self.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+
     def guarded(
         self, request: Request, v: Viewer, recording_id: str, action: Action, detail: str
     ) -> StoredRecord | Response:
@@ -213,7 +218,7 @@ class _Site:
         the refusal page: 404 out of scope or missing (a guess tells nothing), 403 for a
         right the role lacks. A missing recording's refusal is a ledger leaf too."""
         gate = self.gate_of(v)
-        record = self.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+        record = self.record(recording_id)
         try:
             if record is None:
                 gate.allow(
@@ -432,7 +437,7 @@ def _page_routes(app: FastAPI, site: _Site) -> None:
     @app.get("/recordings/{recording_id}", response_class=HTMLResponse)
     def recording(recording_id: str, request: Request, v: ViewerDep) -> Response:
         gate = site.gate_of(v)
-        record = site.index.get(recording_id) if len(recording_id) <= 200 else None
+        record = site.record(recording_id)
         try:
             if record is None:
                 # Logged like any other site.refused view, so guessing ids leaves a trail.

@@ -268,7 +268,7 @@ def _hold_routes(app: FastAPI, c: _Compliance) -> None:
     ) -> StoredRecord | Response:
         v = site.viewer(request)
         action = Action.RELEASE if release else Action.HOLD
-        record = site.index.get(recording_id) if len(recording_id) <= 200 else None
+        record = site.record(recording_id)
         gate = site.gate_of(v)
         if record is None or not gate.may(action, record):
             # Refused (and logged) before anything about the recording is said.

@@ -67,7 +67,6 @@ __all__ = [
 ]
 
 MAX_ZIP_RECORDINGS = 1000
-MAX_ID = 200
 ZIP_IGNORED = frozenset({"csrf", "page", "page_size"})  # the ZIP holds all pages
 
 
@@ -141,7 +140,7 @@ def add_export_routes(app: FastAPI, site: _Site) -> None:
         fmt = format.lower()
         if fmt not in EXPORT_FORMATS:
             return _text(400, f"format must be one of {', '.join(EXPORT_FORMATS)}")
-        record = site.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+        record = site.record(recording_id)
         try:
             if record is None:
                 with contextlib.suppress(AccessDenied):

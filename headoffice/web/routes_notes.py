@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["add_note_routes"]
 
-MAX_ID = 200
-
 
 class _Notes:
     """What the routes share: the site, the store, and the helpers over them."""
@@ -110,7 +108,7 @@ def add_note_routes(app: FastAPI, site: _Site) -> NoteStore:
         kind: str = Form("note", max_length=20),
     ) -> Response:
         v = site.viewer(request)
-        record = site.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+        record = site.record(recording_id)
         gate = site.gate_of(v)
         if record is None or not gate.may(Action.NOTE, record):
             # Refused (and logged) before anything about the recording is said.
@@ -143,7 +141,7 @@ def add_note_routes(app: FastAPI, site: _Site) -> NoteStore:
         text: str = Form("", max_length=MAX_NOTE_CHARS + 200),
     ) -> Response:
         v = site.viewer(request)
-        record = site.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+        record = site.record(recording_id)
         if record is None or not site.gate_of(v).may(Action.NOTE, record):
             refused = guarded(request, v, recording_id, Action.NOTE, "web: sensitive")
             if isinstance(refused, Response):

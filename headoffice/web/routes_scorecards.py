@@ -55,8 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["add_scorecard_routes"]
 
-MAX_ID = 200
-
 
 def _number(text: str) -> int | None:
     """A positive id typed in a URL, else None (then: not found)."""
@@ -224,7 +222,7 @@ class _Scorecards:
         """An evaluation POST: checked, logged, scored and stored (or shown again with
         what is wrong, as typed)."""
         v = self.site.viewer(request)
-        record = self.site.index.get(recording_id) if len(recording_id) <= MAX_ID else None
+        record = self.site.record(recording_id)
         if record is None or not self.site.gate_of(v).may(Action.SCORE, record):
             # Refused (and logged) before anything about the recording or forms is said.
             refused = self.guarded(request, v, recording_id, Action.SCORE, "web: evaluate")
