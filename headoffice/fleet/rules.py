@@ -188,7 +188,10 @@ def _offline(f: DeviceFacts, cfg: FleetConfig, now: datetime) -> Condition | Non
     if silent >= cfg.offline_after_s:
         # The silence itself has lasted offline_after_s: damping enough.
         return Condition(
-            "offline", None, f"no telemetry for {_ago(silent)} (since {_hm(f.last_seen_at)})", 0
+            "offline",
+            None,
+            f"no telemetry for {human_age(silent)} (since {_hm(f.last_seen_at)})",
+            0,
         )
     return None
 
@@ -337,7 +340,7 @@ def _telemetry(s: StatusDocument, cfg: FleetConfig) -> list[Condition]:
             Condition(
                 "backlog",
                 None,
-                f"oldest unacknowledged recording {_ago(age)} old ({held} waiting)",
+                f"oldest unacknowledged recording {human_age(age)} old ({held} waiting)",
                 cfg.raise_after_s,
             )
         )
@@ -423,7 +426,11 @@ def _hm(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC") if when else "?"
 
 
-def _ago(seconds: float) -> str:
+def human_age(seconds: float | None) -> str:
+    """A duration as people say it: ``35 s``, ``12 min``, ``5.0 h``, ``3.0 d`` (``-``: none);
+    in alarm texts here, and in the fleet's table and pages (headoffice.fleet.view)."""
+    if seconds is None:
+        return "-"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:

@@ -19,6 +19,7 @@ from headoffice.access import AccessDenied, Gate
 from headoffice.authz import Action, Target, authorize
 from headoffice.config import OfficeConfig
 from headoffice.fleet.alarms import AlarmError, Enqueue, FleetAlarms, Transition
+from headoffice.fleet.rules import human_age
 from headoffice.fleet.state import (
     AlarmRow,
     DeviceHour,
@@ -286,19 +287,6 @@ def human_bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
-
-
-def human_age(seconds: float | None) -> str:
-    """A duration as people say it: ``35 s``, ``12 min``, ``5.0 h``, ``3.0 d``."""
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 def short_time(when: datetime | str | None) -> str:
