@@ -75,6 +75,7 @@ from headoffice.store import (
     INIT_FILE,
     MANIFEST_SUFFIX,
     blob_date,
+    check_all_parked,
     check_blob_file,
     check_id,
     manifest_bytes,
@@ -275,14 +276,7 @@ class S3BlobStore:
     ) -> Path:
         """The parked chunks, downloaded in order into a local temp file (0600) and
         checked against the init's size and SHA-256."""
-        missing = tuple(sorted(set(range(chunk_count)) - self.parked(device, rec)))
-        if missing:
-            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
-            raise StoreError(
-                f"recording {rec}: {len(missing)} of {chunk_count} chunks not parked ({shown})",
-                reason="missing",
-                missing=missing,
-            )
+        check_all_parked(rec, chunk_count, self.parked(device, rec))
         fd, tmp = self._tmp_file(f"blob-{rec}-")
         keys = [f"{self._parking(device, rec)}{i:07d}{CHUNK_SUFFIX}" for i in range(chunk_count)]
         try:

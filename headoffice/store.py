@@ -100,6 +100,19 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def check_all_parked(rec: str, chunk_count: int, parked: set[int]) -> None:
+    """A StoreError (``missing``, naming the chunks) unless chunks 0..chunk_count-1 are
+    all in ``parked``: what every store checks before it assembles."""
+    missing = tuple(sorted(set(range(chunk_count)) - parked))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+        raise StoreError(
+            f"recording {rec}: {len(missing)} of {chunk_count} chunks not parked ({shown})",
+            reason="missing",
+            missing=missing,
+        )
+
+
 def check_blob_file(rec: str, blob: Path, want_sha: object, want_bytes: object) -> str:
     """``blob``'s SHA-256 when its size and hash are the manifest's (``blob_sha256``,
     ``blob_bytes``), else a StoreError (``size`` / ``sha256``): what every store checks
@@ -262,14 +275,7 @@ class FileBlobStore:
         it and check it against the init's size and SHA-256. The caller passes the
         returned path to :meth:`commit` (or deletes it)."""
         directory = self.parking_dir(device, rec)
-        missing = tuple(sorted(set(range(chunk_count)) - self.parked(device, rec)))
-        if missing:
-            shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
-            raise StoreError(
-                f"recording {rec}: {len(missing)} of {chunk_count} chunks not parked ({shown})",
-                reason="missing",
-                missing=missing,
-            )
+        check_all_parked(rec, chunk_count, self.parked(device, rec))
         fh, tmp = self._tmp_file(f"blob-{rec}-")
         digest = hashlib.sha256()
         size = 0
