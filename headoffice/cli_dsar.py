@@ -31,8 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from headoffice.access import Gate
 from headoffice.anonymise import DEFAULT_LIMIT, Anonymiser, find_for_training
-from headoffice.blobstore import BlobStore
-from headoffice.cli_query import office_config, office_options, run_as_account
+from headoffice.cli_query import office_config, office_options, office_store, run_as_account
 from headoffice.config import OfficeLocation
 from headoffice.dsar import (
     DsarError,
@@ -50,18 +49,11 @@ from headoffice.index import Index
 from headoffice.officeroot import CaLayout
 from headoffice.printing import terminal_safe
 from headoffice.query import QueryError
-from headoffice.stores import open_store
 from headoffice.web.notes import NoteStore
 from headoffice.web.search import SearchFilters, SearchParameterError
 from sealedrec.age import load_identities
 
 __all__ = ["add_dsar_commands"]
-
-
-def _store(where: OfficeLocation) -> BlobStore:
-    if not where.root.is_dir():
-        raise QueryError(f"no office at {where.root}; give --config office.toml")
-    return open_store(where.config, where.root)
 
 
 def _source(where: OfficeLocation, identity: Path | None) -> AudioSource:
@@ -104,7 +96,7 @@ def run_access(args: argparse.Namespace) -> int:
         records = find_subject(index, gate, request, "access")
         if not records:
             raise _no_match(request)
-        store, source = _store(where), _source(where, args.identity)
+        store, source = office_store(where), _source(where, args.identity)
 
         def fill(out: RecordingsZip) -> list[str]:
             statuses = []
@@ -150,7 +142,7 @@ def run_erase(args: argparse.Namespace) -> int:
             raise _no_match(request)
         cfg = office_config(where)
         report = erase(
-            request, records, index=index, store=_store(where), gate=gate,
+            request, records, index=index, store=office_store(where), gate=gate,
             retention=cfg.retention, sites=cfg.sites, dry_run=args.dry_run,
             progress=lambda n, total, rid, fate: _say(_progress(n, total, rid, fate)),
         )  # fmt: skip
@@ -187,7 +179,7 @@ def run_anonymise(args: argparse.Namespace) -> int:
         records = find_for_training(index, gate, filters, args.limit)
         if not records:
             raise QueryError("no recording in your scope matches the search; nothing written")
-        store, source, notes = _store(where), _source(where, args.identity), NoteStore(index)
+        store, source, notes = office_store(where), _source(where, args.identity), NoteStore(index)
 
         def fill(out: RecordingsZip) -> list[str]:
             statuses = []

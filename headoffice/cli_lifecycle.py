@@ -23,17 +23,21 @@ from datetime import UTC, datetime
 
 from headoffice.access import AccessDenied, Gate
 from headoffice.authz import Action
-from headoffice.blobstore import BlobStore
-from headoffice.cli_query import office_config, office_location, office_options, run_as_account
+from headoffice.cli_query import (
+    office_config,
+    office_location,
+    office_options,
+    office_store,
+    run_as_account,
+)
 from headoffice.config import OfficeLocation
 from headoffice.holds import Hold, HoldError, Holds, holds_of
 from headoffice.index import Index, open_index
 from headoffice.index.records import utc_iso
 from headoffice.printing import fail, terminal_safe
 from headoffice.purge import retention_facts, run_purge
-from headoffice.query import QueryError, lookup, not_found, open_record
+from headoffice.query import lookup, not_found, open_record
 from headoffice.retention import Decision, purge_plan
-from headoffice.stores import open_store
 from runtime.process import setup_logging
 from sealedrec.errors import LinetapError
 
@@ -44,12 +48,6 @@ log = logging.getLogger("headoffice.retention")
 
 def _when(text: str | None) -> datetime:
     return datetime.fromisoformat(utc_iso(text)) if text else datetime.now(UTC)
-
-
-def _store(where: OfficeLocation) -> BlobStore:
-    if not where.root.is_dir():
-        raise QueryError(f"no office at {where.root}; give --config office.toml")
-    return open_store(where.config, where.root)
 
 
 # --------------------------------------------------------------------------- retention
@@ -99,7 +97,7 @@ def run_purge_command(args: argparse.Namespace) -> int:
     except (LinetapError, OSError) as exc:
         return fail(sys.stderr, exc)
     try:
-        store = _store(where)
+        store = office_store(where)
 
         def progress(done: int, due: int) -> None:
             if done == due or done % 100 == 0:
@@ -137,7 +135,7 @@ def _print_hold(h: Hold) -> None:
 def _change_hold(args: argparse.Namespace, release: bool) -> int:
     def body(where: OfficeLocation, index: Index, gate: Gate) -> int:
         record = lookup(index, args.recording, gate)
-        holds = Holds(index, _store(where), gate)
+        holds = Holds(index, office_store(where), gate)
         try:
             if release:
                 hold = holds.release(record, args.case, args.reason)

@@ -85,7 +85,9 @@ def office_location(args: argparse.Namespace) -> OfficeLocation:
     )
 
 
-def _open_store(where: OfficeLocation) -> BlobStore:
+def office_store(where: OfficeLocation) -> BlobStore:
+    """The blob store of the office ``--config`` / ``--root`` name (a clear error when
+    there is no office there), for every command that reads or changes stored calls."""
     root = where.root
     if not root.is_dir():
         raise QueryError(f"no blob store at {root}; give --config office.toml or --root DIR")
@@ -161,7 +163,7 @@ def run_export(args: argparse.Namespace) -> int:
         lambda where, index, gate: cmd_export(
             index,
             gate,
-            _open_store(where),
+            office_store(where),
             args.recording,
             identity=args.identity,
             output=args.output,
@@ -180,7 +182,7 @@ def run_verify(args: argparse.Namespace) -> int:
         lambda where, index, gate: cmd_verify(
             index,
             gate,
-            _open_store(where),
+            office_store(where),
             keys(where),
             device=args.device,
             identity=args.identity,
