@@ -90,10 +90,11 @@ def run_purge(
     """Judge every recording at ``now`` and (unless ``dry_run``) have the store lock each
     one for its mandatory retention (:func:`lock_mandatory`), then delete the expired
     ones not on hold. ``progress(done, due)`` after each deletion."""
-    report = PurgeReport(verdicts=purge_plan(cfg, retention_facts(index), sites, now))
+    facts = retention_facts(index)
+    report = PurgeReport(verdicts=purge_plan(cfg, facts, sites, now))
     if dry_run:
         return report
-    lock_mandatory(index, store, cfg, sites, now=now, report=report)
+    lock_mandatory(index, store, cfg, sites, facts=facts, now=now, report=report)
     due = [v for v in report.verdicts if v.decision is Decision.DELETE]
     for done, verdict in enumerate(due, 1):
         record = index.get(verdict.recording_id)
@@ -121,6 +122,7 @@ def lock_mandatory(
     cfg: RetentionConfig,
     sites: Mapping[str, Iterable[str]],
     *,
+    facts: Iterable[RetentionFacts],
     now: datetime,
     report: PurgeReport,
 ) -> None:
@@ -128,31 +130,32 @@ def lock_mandatory(
     governing policy's ``min_days`` from the call's start: S3 Object Lock, the filesystem
     store's registry), so that not even someone with database access deletes it early.
     Extends only (a shortened policy leaves the longer lock: the store refuses to
-    shorten); asks the store only where the date changed (``retention_locks``)."""
+    shorten); asks the store only where the date changed (``retention_locks``).
+    ``facts``: :func:`retention_facts` as the run read them."""
     with index.transaction(False) as q:
         known = {
             r[0]: r[1] for r in q("SELECT recording_id, retain_until FROM retention_locks", ())
         }
-    for facts in retention_facts(index):
-        policy = governing_policy(cfg, facts, sites)
+    for fact in facts:
+        policy = governing_policy(cfg, fact, sites)
         if not policy.min_days:
             continue
-        until = facts.started + timedelta(days=policy.min_days)
+        until = fact.started + timedelta(days=policy.min_days)
         if until <= now:  # served its mandatory time: nothing left to lock
             continue
         stamp = utc_iso(until)
-        if facts.recording_id in known and known[facts.recording_id] >= stamp:
+        if fact.recording_id in known and known[fact.recording_id] >= stamp:
             continue
-        record = index.get(facts.recording_id)
+        record = index.get(fact.recording_id)
         if record is None:
             continue
         try:
             store.retain_until(record.path, until)
         except (StoreError, LinetapError) as exc:
-            log.error("retention: recording %s not locked: %s", facts.recording_id, exc)
-            report.failures.append((facts.recording_id, f"lock: {exc}"))
+            log.error("retention: recording %s not locked: %s", fact.recording_id, exc)
+            report.failures.append((fact.recording_id, f"lock: {exc}"))
             continue
         with index.transaction(True) as q:
-            q("DELETE FROM retention_locks WHERE recording_id = ?", (facts.recording_id,))
-            q("INSERT INTO retention_locks VALUES (?, ?)", (facts.recording_id, stamp))
+            q("DELETE FROM retention_locks WHERE recording_id = ?", (fact.recording_id,))
+            q("INSERT INTO retention_locks VALUES (?, ?)", (fact.recording_id, stamp))
         report.locked += 1
