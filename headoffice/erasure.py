@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headoffice.blobstore import BlobStore, StoreError
+from headoffice.holds import holds_of
 from headoffice.index import Index, StoredRecord
 from headoffice.index.records import now_iso
 from headoffice.ledger.leaves import AdminLeaf
@@ -55,12 +56,7 @@ class Outcome:
 
 def active_holds(index: Index, recording_id: str) -> list[str]:
     """The case references of the legal holds in force on a recording."""
-    with index.transaction(False) as q:
-        rows = q(
-            "SELECT case_ref FROM holds WHERE recording_id = ? AND released_at IS NULL ORDER BY id",
-            (recording_id,),
-        )
-    return [str(r[0]) for r in rows]
+    return [h.case_ref for h in holds_of(index, recording_id) if h.active]
 
 
 def delete_recording(
