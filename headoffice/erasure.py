@@ -39,6 +39,7 @@ _DEPENDENTS = (
     "(SELECT id FROM qa_evaluations WHERE recording_id = ?)",
     "DELETE FROM qa_evaluations WHERE recording_id = ?",
     "DELETE FROM notes WHERE recording_id = ?",
+    "DELETE FROM announcements WHERE recording_id = ?",
     "DELETE FROM reviews WHERE recording_id = ?",
     "DELETE FROM retention_locks WHERE recording_id = ?",
     "DELETE FROM recordings WHERE recording_id = ?",

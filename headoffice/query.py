@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from headoffice.access import AccessDenied, Gate
 from headoffice.authz import Action, Target, authorize
 from headoffice.blobstore import BlobStore, StoreError
-from headoffice.index import Index, PendingUpload, StoredRecord
+from headoffice.index import Index, PendingUpload, StoredRecord, announcements
 from headoffice.printing import (
     fail,
     format_duration,
@@ -302,6 +302,7 @@ def cmd_show(
         ("dialled", record.dialled_digits),
         ("masked", str(len(m.get("masked_spans") or [])) + " span(s)"),
         ("consent", consent or "none"),
+        ("announced", announcements.summary(announcements.announcements_of(m))),
         ("audio", audio),
         ("flags", _flags(record) or "none"),
         ("path", record.path),

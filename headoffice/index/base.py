@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
+from headoffice.index import announcements
 from headoffice.index.records import (
     _ALARM_COLUMNS,
     _SELECT_RECORD,
@@ -187,6 +188,7 @@ class Index:
                 names = ", ".join(values)
                 marks = ", ".join("?" for _ in values)
                 q(f"INSERT INTO recordings ({names}) VALUES ({marks})", tuple(values.values()))
+                announcements.insert(q, rec, manifest)
                 if on_insert is not None:
                     on_insert(q)
                 if seq > int(last_seq):

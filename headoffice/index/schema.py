@@ -8,6 +8,7 @@ INSERT and SELECT only on them: :func:`app_role_grants`).
 
 from __future__ import annotations
 
+from headoffice.index import announcements
 from headoffice.index.records import Query
 
 SCHEMA_VERSION = 2
@@ -69,6 +70,7 @@ def _schema(pg: bool) -> list[str]:
             received BIGINT NOT NULL,
             updated_at TEXT NOT NULL,
             PRIMARY KEY (device_id, recording_id))""",
+        *announcements.table(pg),
         *_people(pg, boolean),
         *_tombstones(),  # before the append-only triggers of _ledger, which cover it
         *_ledger(pg),
@@ -171,7 +173,8 @@ def app_role_grants(role: str) -> list[str]:
     if not role.replace("_", "").isalnum():
         raise ValueError(f"role {role!r}: letters, digits and _ only")
     mutable = ("recordings", "devices", "alarms", "uploads", "users", "user_roles",
-               "user_scope", "sessions", "schema_version", "api_tokens")  # fmt: skip
+               "user_scope", "sessions", "schema_version", "api_tokens",
+               "announcements")  # fmt: skip
     return [
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(mutable)} TO {role}",
         f"GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY)} TO {role}",

@@ -112,6 +112,10 @@ class RecordingQuery(BaseModel):
     has_notes: bool | None = Field(None, description="with (true) or without a note or bookmark")
     reviewed: bool | None = Field(None, description="with (true) or without a reviewed mark")
     on_hold: bool | None = Field(None, description="with (true) or without a legal hold in force")
+    announced: bool | None = Field(
+        None,
+        description="the device played a recording announcement (true) or none played (false)",
+    )
     min_score: Annotated[int | None, Field(ge=0, le=100)] = Field(
         None, description="a QA evaluation's total of at least this many percent"
     )

@@ -35,7 +35,7 @@ from headoffice.accounts import LOGIN_REFUSED, Accounts, LoginError, LoginFailur
 from headoffice.authz import Action, Principal, Role
 from headoffice.blobstore import BlobStore
 from headoffice.config import OfficeConfig
-from headoffice.index import Index
+from headoffice.index import Index, announcements
 from headoffice.index.records import StoredRecord
 from headoffice.ledger.store import Ledger
 from headoffice.web.api import add_api
@@ -452,6 +452,7 @@ def _page_routes(app: FastAPI, site: _Site) -> None:
             return site.refused(request, v, exc)
         assert record is not None
         manifest = record.manifest
+        heard = announcements.announcements_of(manifest)
         return site.render(
             request,
             "recording.html",
@@ -459,7 +460,8 @@ def _page_routes(app: FastAPI, site: _Site) -> None:
                 "viewer": v,
                 "r": record,
                 "masked_spans": manifest.get("masked_spans") or [],
-                "events": manifest.get("events") or [],
+                "announcements": heard,
+                "announce_summary": announcements.summary(heard),
                 "may_listen": gate.may(Action.LISTEN, record),
             },
         )

@@ -67,7 +67,9 @@ class SearchFilters(BaseModel):
     the dialled digits, as substrings ignoring case. Durations are whole seconds,
     both bounds inclusive. ``has_notes``/``reviewed``/``on_hold``: true keeps only
     recordings with a note or bookmark / a reviewed mark / a legal hold in force, false
-    only those without. ``min_score``/``max_score`` (percent, inclusive) keep recordings
+    only those without. ``announced``: true keeps recordings where the device played a
+    recording announcement (tone or prompt), false those where none played (none set up
+    on the line, or every one failed: consent evidence). ``min_score``/``max_score`` (percent, inclusive) keep recordings
     with at least one QA evaluation whose total is in the range."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -86,6 +88,7 @@ class SearchFilters(BaseModel):
     has_notes: bool | None = None
     reviewed: bool | None = None
     on_hold: bool | None = None
+    announced: bool | None = None
     min_score: int | None = Field(None, ge=0, le=100)
     max_score: int | None = Field(None, ge=0, le=100)
     page: int = Field(1, ge=1, le=MAX_PAGE)
@@ -274,6 +277,10 @@ def _on_hold(f: SearchFilters, sites: SiteMap) -> Clause | None:
     return _flag(f.on_hold, "holds", " AND x.released_at IS NULL")
 
 
+def _announced(f: SearchFilters, sites: SiteMap) -> Clause | None:
+    return _flag(f.announced, "announcements", " AND x.played")
+
+
 def _score(f: SearchFilters, sites: SiteMap) -> Clause | None:
     if f.min_score is None and f.max_score is None:
         return None
@@ -298,6 +305,7 @@ FILTERS: tuple[FilterFn, ...] = (
     _has_notes,
     _reviewed,
     _on_hold,
+    _announced,
     _score,
 )
 
