@@ -450,7 +450,9 @@ _JSON = st.recursive(
 
 
 @settings(
-    max_examples=150,
+    # 60 keep the default suite inside its budget (150 took 40 s); raise it locally when
+    # changing the receiver.
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
