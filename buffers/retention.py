@@ -1,8 +1,9 @@
 """Local retention of acknowledged recordings: which outbox entries to delete, and in what order.
 
-The rule is :func:`plan_retention` and its helpers: pure functions over plain values, no
-I/O, so every rule is tested without a disk. :func:`apply_retention` feeds the rule an
-outbox's entries and free space and does the deleting.
+The rule is :func:`next_deletions`: a pure function over plain values, no I/O, so it is
+tested without a disk. :func:`apply_retention` is the only caller: it feeds the rule an
+outbox's acked entries and the free space the disk reports, deletes what the rule names,
+and asks again until the rule names nothing.
 
 The rules, in order:
 
@@ -10,8 +11,9 @@ The rules, in order:
    has not confirmed a durable copy yet (promise 2). A full disk stops new recordings;
    it never costs an old one.
 2. Every acked recording older than ``keep_acked_s`` (counted from its ack) goes.
-3. If free space, counting what step 2 frees, is still below ``min_free_bytes``, more
-   acked recordings go, oldest ack first, until enough is free or none is left.
+3. While free space is below ``min_free_bytes``, more acked recordings go, oldest ack
+   first, one at a time, free space measured again after each: entry sizes do not account
+   for block rounding or for whatever else is writing to the partition.
 
 Order is deterministic: by ack time, then seq, then recording id, so two runs over the
 same outbox agree however the entries were listed.
@@ -30,18 +32,12 @@ from buffers.outbox import Outbox, OutboxState
 class RetentionItem:
     recording_id: str
     seq: int
-    bytes: int
     acked_at: float | None  # None = not acknowledged yet: never deleted
 
 
 def disk_pressure(free_bytes: int, min_free_bytes: int) -> bool:
     """True when the partition has less free space than the configured floor."""
     return free_bytes < min_free_bytes
-
-
-def bytes_to_free(free_bytes: int, min_free_bytes: int) -> int:
-    """How many bytes must be freed to get back to the floor (0 when there is no pressure)."""
-    return max(0, min_free_bytes - free_bytes)
 
 
 def is_expired(item: RetentionItem, *, now: float, keep_acked_s: float) -> bool:
@@ -60,7 +56,7 @@ def deletion_order(items: Iterable[RetentionItem]) -> list[RetentionItem]:
     return acked
 
 
-def plan_retention(
+def next_deletions(
     items: Iterable[RetentionItem],
     *,
     now: float,
@@ -68,25 +64,16 @@ def plan_retention(
     free_bytes: int,
     min_free_bytes: int,
 ) -> list[str]:
-    """Recording ids to delete, in deletion order (see the module doc for the rules)."""
-    plan: list[str] = []
-    freed = 0
-    candidates = deletion_order(items)
-    rest: list[RetentionItem] = []
-    for item in candidates:
-        if is_expired(item, now=now, keep_acked_s=keep_acked_s):
-            plan.append(item.recording_id)
-            freed += item.bytes
-        else:
-            rest.append(item)
-    # Expired items have older acks than every kept one, so appending the pressure
-    # deletions keeps the whole plan in oldest-ack-first order.
-    for item in rest:
-        if not disk_pressure(free_bytes + freed, min_free_bytes):
-            break
-        plan.append(item.recording_id)
-        freed += item.bytes
-    return plan
+    """Recording ids to delete now, in deletion order (see the module doc for the rules):
+    every expired item; if none is and the disk is short of space, the oldest acked one;
+    else none. ``free_bytes`` is what the disk reports now."""
+    acked = deletion_order(items)
+    expired = [i.recording_id for i in acked if is_expired(i, now=now, keep_acked_s=keep_acked_s)]
+    if expired:
+        return expired
+    if acked and disk_pressure(free_bytes, min_free_bytes):
+        return [acked[0].recording_id]
+    return []
 
 
 def _order_key(item: RetentionItem) -> tuple[float, int, str]:
@@ -102,33 +89,22 @@ def apply_retention(
     min_free_bytes: int,
     free_bytes_fn: Callable[[], int] | None = None,
 ) -> list[str]:
-    """Delete acked entries as :func:`plan_retention` plans; returns the ids deleted, in
-    order.
-
-    Expired entries go first. Under disk pressure, further acked entries go one at a time,
-    oldest ack first, planned again on free space re-read after each: entry sizes do not
-    account for block rounding or for whatever else is writing to the partition.
-    """
+    """Delete acked entries as :func:`next_deletions` says, asking it again after each
+    round with the free space read anew; returns the ids deleted, in order."""
     free_fn = free_bytes_fn or (lambda: shutil.disk_usage(outbox.root).free)
     items = {
-        e.recording_id: RetentionItem(e.recording_id, e.seq, e.bytes, e.acked_at)
+        e.recording_id: RetentionItem(e.recording_id, e.seq, e.acked_at)
         for e in outbox.entries(OutboxState.ACKED)
     }
     deleted: list[str] = []
-    while items:
-        plan = plan_retention(
-            items.values(),
-            now=now,
-            keep_acked_s=keep_acked_s,
-            free_bytes=free_fn(),
-            min_free_bytes=min_free_bytes,
-        )
-        if not plan:
-            break
-        # The expired ones go whatever the free space; one deletion for space, then the
-        # plan is made again on the free space the disk reports.
-        expired = [r for r in plan if is_expired(items[r], now=now, keep_acked_s=keep_acked_s)]
-        for recording_id in expired or plan[:1]:
+    while batch := next_deletions(
+        items.values(),
+        now=now,
+        keep_acked_s=keep_acked_s,
+        free_bytes=free_fn(),
+        min_free_bytes=min_free_bytes,
+    ):
+        for recording_id in batch:  # each round names at least one item: the loop ends
             del items[recording_id]
             if outbox.delete(recording_id):
                 deleted.append(recording_id)

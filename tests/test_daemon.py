@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
+import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import alsaaudio
 import pytest
 
 from buffers.outbox import Outbox
+from drivers.audio.alsa import AlsaCapture
+from drivers.audio.formats import SampleFormat
+from drivers.gpio.sim import SimPinFactory
 from firmware.config import load_config
-from firmware.recorder import StorageHealth
-from firmware.retention_thread import RetentionThread
+from firmware.recorder import NS_PER_S, Recorder, StorageHealth
+from firmware.retention_thread import RetentionThread, apply_retention
+from firmware.sinks import WavSink
 from tests.helpers import (
     RATE,
     config_text,
@@ -97,7 +105,7 @@ def test_sigterm_finishes_the_call_in_progress(tmp_path: Path, linetap_bin: Path
     assert not list(out.glob("*.partial"))
 
 
-def test_missing_alsa_device_blinks_fault_and_retries(
+def test_missing_alsa_device_keeps_the_daemon_up_and_is_reported_once(
     tmp_path: Path, linetap_bin: Path, notify_socket
 ):
     path, sock = notify_socket
@@ -116,13 +124,110 @@ def test_missing_alsa_device_blinks_fault_and_retries(
         assert "READY=1" in messages  # up and showing its fault, not crash-looping
         time.sleep(1.0)
         assert proc.poll() is None, "daemon must keep retrying, not exit"
+        status = json.loads((tmp_path / "run" / "recorder.json").read_text())
         stderr = stop_with_sigterm(proc)
     assert proc.returncode == 0
+    # What the status file (uploader telemetry, `linetap status`) says meanwhile.
+    assert status["status_led"] == "fast_blink"
+    assert [line["led"] for line in status["lines"]] == ["fast_blink"]
+    assert "hw:CARD=nosuchcard" in status["faults"]["audio"]
     errors = [line for line in stderr.splitlines() if line.startswith("ERROR")]
     # Reported once (not once per retry), on one line, naming the device and the fix.
     assert len(errors) == 1, stderr
     assert "hw:CARD=nosuchcard" in errors[0] and "arecord -L" in errors[0]
     assert "Traceback" not in stderr
+
+
+def test_missing_alsa_device_blinks_fault_and_retries(tmp_path: Path):
+    """The recorder over real alsa-lib and the sim GPIO backend: while the card is missing
+    it tries to open it every reopen_s, and every LED blinks the 4 Hz fault pattern."""
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(
+        config_text(
+            tmp_path / "out",
+            lines=1,
+            alsa_device="hw:CARD=nosuchcard",
+            extra_audio="reopen_s = 0.2",
+        )
+    )
+    cfg = load_config(conf)
+    attempts: list[int] = []  # monotonic ns of each open of the PCM
+
+    def counted_open(**kwargs: Any) -> Any:
+        attempts.append(time.monotonic_ns())
+        return alsaaudio.PCM(**kwargs)  # alsa-lib itself finds no such card
+
+    capture = AlsaCapture(
+        device=cfg.audio.device,
+        sample_rate=cfg.audio.sample_rate,
+        channels=cfg.audio.channels,
+        sample_format=SampleFormat(cfg.audio.sample_format),
+        period_frames=cfg.audio.period_frames,
+        periods=cfg.audio.periods,
+        pcm_opener=counted_open,
+    )
+    pins = SimPinFactory(clock=time.monotonic_ns)  # LED changes stamped as they happen
+    stop = threading.Event()
+    recorder = Recorder(
+        cfg,
+        capture,
+        pins,
+        WavSink(tmp_path / "out"),
+        stop=stop,
+        clock=time.monotonic_ns,
+        wall_offset_ns=0,
+        device_id="t",
+    )
+    runner = threading.Thread(target=recorder.run, name="test-recorder")
+    start = time.monotonic_ns()
+    runner.start()
+    time.sleep(1.5)
+    stop.set()
+    runner.join(5)
+    assert not runner.is_alive(), "the recorder must stop while retrying"
+    capture.close()
+    # Retries: one open at start, then one per reopen_s (0.2 s), never faster.
+    assert 4 <= len(attempts) <= 9, attempts
+    gaps_s = [(b - a) / NS_PER_S for a, b in itertools.pairwise(attempts)]
+    assert all(0.19 <= g < 0.6 for g in gaps_s), gaps_s
+    assert recorder.audio_fault is not None and "hw:CARD=nosuchcard" in recorder.audio_fault
+    status_led, line_led = cfg.gpio.status_led_pin, cfg.lines[0].led_pin
+    assert status_led is not None and line_led is not None
+    for pin in (status_led, line_led):
+        history = [(t, lit) for t, lit in pins.pin(pin).history if t >= start]
+        assert len(history) >= 2, f"GPIO{pin}: the LED did not change while the fault lasted"
+        *blinking, (_, last) = history
+        assert last is False  # off once stopped
+        # 4 Hz, 50 % duty, seen through updates 50 ms apart (and a busy machine's slack).
+        ons = [t for t, lit in blinking if lit]
+        assert len(ons) >= 4, history
+        period_s = statistics.median(b - a for a, b in itertools.pairwise(ons)) / NS_PER_S
+        assert 0.2 <= period_s <= 0.3, history
+        lit_ns = sum(b[0] - a[0] for a, b in itertools.pairwise(blinking) if a[1])
+        assert 0.3 <= lit_ns / (blinking[-1][0] - blinking[0][0]) <= 0.7, history
+
+
+@pytest.mark.parametrize(("keep_acked_days", "kept"), [(3, True), (1, False)])
+def test_keep_acked_days_counts_days_from_the_ack(tmp_path: Path, keep_acked_days: int, kept: bool):
+    """linetap.toml's storage.keep_acked_days, through the daemon's retention pass: a
+    recording acked 2 days ago outlives 3 days of keeping and not 1; one acked 4 days ago
+    outlives neither; an unacked one is never touched."""
+    text = config_text(tmp_path / "out", lines=1, data_dir=tmp_path / "data")
+    storage = f"[storage]\nkeep_acked_days = {keep_acked_days}\nmin_free_mb = 0\n"
+    conf = tmp_path / "linetap.toml"
+    conf.write_text(text.replace("[storage]\n", storage, 1))
+    cfg = load_config(conf)
+    outbox = Outbox(cfg.storage.outbox_dir)
+    now = time.time()
+    for seq, (rid, days_ago) in enumerate([("four-days", 4), ("two-days", 2)], start=1):
+        outbox.add(seq, rid, {"recording.age": b"x"})
+        outbox.mark_acked(rid, acked_at=now - days_ago * 86400)
+    outbox.add(3, "unacked", {"recording.age": b"x"})
+    health = StorageHealth()
+    apply_retention(cfg, health)
+    left = [e.recording_id for e in outbox.entries()]
+    assert left == (["two-days", "unacked"] if kept else ["unacked"])
+    assert health.fault is None
 
 
 def test_retention_runs_in_a_thread_of_its_own_until_stopped(tmp_path: Path):

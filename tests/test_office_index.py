@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,6 +27,8 @@ from headoffice.store import FileBlobStore
 from sealedrec.manifest import GENESIS_HASH, ManifestError, manifest_hash, sign_manifest
 
 SOCKET_DIRS = ("/var/run/postgresql", "/run/postgresql", "/tmp")
+
+
 def reset_pg(dsn: str) -> None:
     """Empty the test database: every table and function, whoever added it (the public
     schema is dropped and made again)."""
@@ -46,6 +49,24 @@ def _admin_dsns() -> list[str]:
     return [*dsns, "postgresql://127.0.0.1:5432/postgres"]
 
 
+def postgres_required(env: Mapping[str, str]) -> bool:
+    """On CI (CI=true) or with LINETAP_REQUIRE_PG=1 a PostgreSQL server is part of the
+    test machine: skipping its tests there would pass a run that never tried them."""
+    return env.get("LINETAP_REQUIRE_PG") == "1" or env.get("CI", "").lower() == "true"
+
+
+def no_postgres(reasons: list[str], env: Mapping[str, str] = os.environ) -> NoReturn:
+    """Skip the PostgreSQL tests where no server is expected; fail them where one is."""
+    where = "; ".join(reasons)
+    if postgres_required(env):
+        pytest.fail(
+            f"PostgreSQL not reachable ({where}) but required here (CI=true or "
+            "LINETAP_REQUIRE_PG=1): start it on /var/run/postgresql or 127.0.0.1:5432",
+            pytrace=False,
+        )
+    pytest.skip(f"PostgreSQL not reachable: {where}")
+
+
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
     """A fresh database for this test run, dropped at the end."""
@@ -60,7 +81,7 @@ def pg_dsn() -> Iterator[str]:
             continue
         break
     else:
-        pytest.skip(f"PostgreSQL not reachable: {'; '.join(reasons)}")
+        no_postgres(reasons)
     name = f"linetap_test_{secrets.token_hex(6)}"
     with conn:
         conn.execute(f"CREATE DATABASE {name}")
@@ -196,6 +217,22 @@ def test_gap_alarm_and_gap_closed(index: Index):
     assert index.gaps() == []
     assert [a.kind for a in index.alarms()] == ["gap", "gap_closed", "gap_closed"]
     assert index.devices()[0].last_seq == 7  # never goes back
+
+
+def test_a_gap_of_exactly_one_seq_and_of_none(index: Index):
+    dev = Device()
+    ms = [dev.manifest() for _ in range(5)]
+    for m in ms[:3]:  # seq 1, 2, 3: in order, no gap
+        assert index.add(m, "p").alarms == ()
+    assert index.alarms() == [] and index.gaps() == []
+    result = index.add(ms[4], "p")  # seq 5: only seq 4 missing
+    [gap] = result.alarms
+    assert (gap.kind, gap.seq) == ("gap", 5)
+    assert gap.message == "device dev-a: seq 4 missing before seq 5"
+    assert index.gaps() == [Gap("dev-a", 4, 4)]
+    assert [a.kind for a in index.add(ms[3], "p").alarms] == ["gap_closed"]
+    assert index.gaps() == []
+    assert [a.kind for a in index.alarms()] == ["gap", "gap_closed"]
 
 
 def test_first_recording_seen_with_a_later_seq_is_a_gap(index: Index):
@@ -436,6 +473,28 @@ def test_sqlite_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with open_index(f"sqlite:////{tmp_path}/abs.sqlite3"):
         pass
     assert (tmp_path / "abs.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "required"),
+    [
+        ({}, False),
+        ({"CI": "false", "LINETAP_REQUIRE_PG": "0"}, False),
+        ({"CI": "true"}, True),
+        ({"CI": "TRUE"}, True),
+        ({"LINETAP_REQUIRE_PG": "1"}, True),
+    ],
+)
+def test_an_unreachable_postgres_fails_where_it_is_required_and_skips_elsewhere(
+    env: dict[str, str], required: bool
+):
+    reasons = ["postgresql://127.0.0.1:5432/postgres: connection refused"]
+    # Catch both: a skip escaping this test would pass for a skip of the test itself.
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception)) as raised:
+        no_postgres(reasons, env)
+    assert raised.type is (pytest.fail.Exception if required else pytest.skip.Exception)
+    assert "PostgreSQL not reachable" in str(raised.value)
+    assert "127.0.0.1:5432/postgres: connection refused" in str(raised.value)
 
 
 def test_postgres_reconnects_after_the_server_dropped_it(pg_dsn: str):

@@ -239,6 +239,39 @@ def test_signed_manifests_with_bad_fields_are_rejected_before_writing(
     office.honest_still_served()
 
 
+# -- an init whose blob is not the one its signed manifest names --------------------------
+@pytest.mark.parametrize("differs", ["sha256", "size"])
+def test_an_init_for_another_blob_than_its_signed_manifest_is_rejected(
+    office: Office, differs: str
+):
+    """A thief with the card signs one blob's manifest and uploads another blob under it:
+    chunks and fin can agree with such an init, so only the manifest can give it away.
+    Each field alone: the same size with another sha256, or the signed sha256 with
+    another size."""
+    dev = office.devices[HOSTILE]
+    signed_blob = os.urandom(6000)
+    manifest = dev.manifest("swapped", signed_blob)
+    if differs == "sha256":
+        sent_blob = os.urandom(len(signed_blob))
+        init = Init(
+            "swapped", manifest, len(sent_blob), hashlib.sha256(sent_blob).hexdigest(), CHUNK
+        )
+    else:
+        sent_blob = signed_blob + b"x"
+        init = Init("swapped", manifest, len(sent_blob), manifest["blob_sha256"], CHUNK)
+    for _ in range(2):  # a resend gets the same answer
+        ack = ack_of(office.send(init_topic(HOSTILE, "swapped"), init.encode()))
+        assert ack.status is AckStatus.REJECTED, ack
+        assert ack.reason == "init's blob size/sha256 differ from the signed manifest"
+        for chunk in dev.chunks("swapped", sent_blob):
+            assert office.send(*chunk) == []  # no init parked: not kept
+        assert ack_of(office.send(*dev.fin("swapped", sent_blob))).status is AckStatus.REJECTED
+    assert office.files("parking") == [] and office.files("blobs") == []
+    assert office.index.get("swapped") is None and office.index.uploads() == []
+    assert [a.kind for a in office.index.alarms(device=HOSTILE)] == ["manifest"]
+    office.honest_still_served()
+
+
 # -- chunks for recordings the office never saw an init of --------------------------------
 def test_chunks_without_an_init_are_never_parked(office: Office):
     dev = office.devices[HOSTILE]

@@ -97,6 +97,7 @@ class Responder:
         reject: set[str] | None = None,
         drop_first_init: set[str] | None = None,
         garbage_acks: bool = False,
+        other_sha_in_stored_ack: set[str] | None = None,
         on_chunk: Callable[[Responder, str, int], None] | None = None,
         tls: tuple[Path, Path, Path] | None = None,  # (ca, cert, key)
         client_id: str = "office-test",
@@ -105,6 +106,9 @@ class Responder:
         self.reject = reject or set()
         self.drop_first_init = drop_first_init or set()
         self.garbage_acks = garbage_acks
+        # Recordings whose "stored" ack names another blob's sha256 (a store that kept
+        # something else, or an ack for another upload under this id).
+        self.other_sha_in_stored_ack = other_sha_in_stored_ack or set()
         self.on_chunk = on_chunk
         self.lock = threading.Lock()
         self.inits: dict[str, Init] = {}
@@ -230,6 +234,8 @@ class Responder:
             self._ack(topic.device, Ack(rec, AckStatus.REJECTED, reason="blob hash mismatch"))
             return
         self.stored[rec] = blob  # "durably stored" before the ack goes out
+        if rec in self.other_sha_in_stored_ack:
+            sha = hashlib.sha256(b"another blob " + blob).hexdigest()
         self._ack(topic.device, Ack(rec, AckStatus.STORED, blob_sha256=sha))
 
     def wait_stored(self, recs: set[str], timeout: float = WAIT_S) -> None:
@@ -486,6 +492,29 @@ def test_a_rejected_recording_goes_back_to_sealed_and_the_rest_is_acked(
     assert recs[1] not in outbox.acked_calls
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("rejected seq 2" in m and "test store says no" in m for m in errors), errors
+
+
+def test_a_stored_ack_naming_another_sha256_leaves_the_recording_unacked(
+    tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture
+):
+    """Only the store's word that it holds *this* blob may cost the device its copy."""
+    caplog.set_level(logging.INFO, logger="uploader")
+    outbox = SpyOutbox(tmp_path / "outbox")
+    recs = [add_entry(outbox, seq, 20_000)[0] for seq in (1, 2)]
+    with Responder(broker, other_sha_in_stored_ack={recs[0]}) as store:
+        outbox.responder = store
+        with Running(outbox, settings(broker, chunk_kib=8)) as run:
+            store.wait_stored(set(recs))
+            wait_until(
+                lambda: run.uploader.stats().rejected + run.uploader.stats().acked == 2,
+                "both answered",
+            )
+    assert (run.uploader.stats().rejected, run.uploader.stats().acked) == (1, 1)
+    assert states(outbox) == {recs[0]: OutboxState.SEALED, recs[1]: OutboxState.ACKED}
+    assert recs[0] not in outbox.acked_calls
+    assert store.problems == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("seq 1" in m and "the store acknowledged blob sha256" in m for m in errors), errors
 
 
 def test_a_dropped_init_times_out_and_is_sent_again(
