@@ -18,10 +18,19 @@ from typing import TYPE_CHECKING
 from buffers.outbox import Outbox
 from drivers.audio import CaptureSource
 from drivers.audio.factory import open_capture
+from drivers.audio.playback import AlsaPlayback
 from drivers.gpio import PinFactory
 from drivers.gpio.factory import make_pin_factory
 from drivers.gpio.sim import ScriptedLevel
 from drivers.serial.reader import SerialCallerIdReader
+from firmware.announce import Prompt
+from firmware.announce_config import (
+    PROMPT_MODES,
+    PromptError,
+    announce_device,
+    announcing_lines,
+    read_prompt_file,
+)
 from firmware.callstate import EndReason
 from firmware.config import AudioConfig, LinetapConfig
 from firmware.events import events_to_pin_script, load_events
@@ -32,6 +41,7 @@ from firmware.runstate import write_status_file
 from firmware.sdnotify import Notifier
 from firmware.sealing import ChainState, SealingSettings, SealingSink
 from firmware.sinks import RecordingSink, WavSink
+from runtime.errors import ConfigError
 from runtime.process import stop_on_signals
 from sealedrec.age import parse_recipient
 from sealedrec.keys import create_device_key, load_device_key
@@ -118,6 +128,41 @@ def capture_source(audio: AudioConfig, *, stop: threading.Event | None = None) -
     )
 
 
+def announce_playback(cfg: LinetapConfig, *, blocking: bool = False) -> AlsaPlayback | None:
+    """The playback of the recording announcement (not yet opened), or None when no line
+    announces. ``blocking`` is for ``linetap check``'s test tone (the recorder never waits)."""
+    if not announcing_lines(cfg):
+        return None
+    dev = announce_device(cfg)
+    return AlsaPlayback(
+        device=dev.device,
+        sample_rate=dev.sample_rate,
+        channels=dev.channels,
+        period_frames=dev.period_frames,
+        periods=dev.periods,
+        # Half the buffer: the capture loop may be that late without an underrun, and that
+        # early (a card clock running slow) without a full buffer.
+        prefill_frames=max(1, dev.periods // 2) * dev.period_frames,
+        blocking=blocking,
+    )
+
+
+def announce_prompts(cfg: LinetapConfig) -> dict[str, Prompt]:
+    """The prompt of every line in a file mode, by line name (checked again: the file may
+    have changed since the config was validated)."""
+    prompts: dict[str, Prompt] = {}
+    for index, line in enumerate(cfg.lines):
+        if line.announce not in PROMPT_MODES or line.announce_file is None:
+            continue
+        try:
+            prompts[line.name] = Prompt.of(
+                read_prompt_file(line.announce_file, cfg.audio.sample_rate)
+            )
+        except PromptError as exc:
+            raise ConfigError([f"lines[{index}].announce_file: {exc}"]) from None
+    return prompts
+
+
 def pin_script(cfg: LinetapConfig) -> list[ScriptedLevel]:
     if cfg.gpio.backend != "sim" or cfg.gpio.script is None:
         return []
@@ -172,8 +217,17 @@ def run_daemon(cfg: LinetapConfig) -> int:
         serial_units = serial_caller_id_readers(cfg)
         for unit in serial_units:
             cleanup.callback(unit.close)
+        playback = announce_playback(cfg)
+        if playback is not None:
+            cleanup.callback(playback.close)
         _record_until_stopped(
-            cfg, stop, notifier=notifier, capture=capture, pins=pins, serial_units=serial_units
+            cfg,
+            stop,
+            notifier=notifier,
+            capture=capture,
+            pins=pins,
+            serial_units=serial_units,
+            playback=playback,
         )
     return 0
 
@@ -186,6 +240,7 @@ def _record_until_stopped(
     capture: CaptureSource,
     pins: PinFactory,
     serial_units: list[SerialCallerIdReader],
+    playback: AlsaPlayback | None,
 ) -> None:
     ready = False
     health = StorageHealth()
@@ -215,6 +270,8 @@ def _record_until_stopped(
         on_tick=tick,
         storage_health=health,
         serial_caller_ids=serial_units,
+        playback=playback,
+        prompts=announce_prompts(cfg),
     )
     log.info(
         "recorder starting device=%s lines=%s audio=%s:%s gpio=%s",
@@ -258,6 +315,13 @@ def run_replay(
 
     ``sealed`` writes the device's data layout under ``out`` (journal/, outbox/, state/,
     keys/ with a replay-only device key made on first use); ``wav`` plain files.
+
+    The recording announcement is played as the config says, to ``announce.device``
+    (default ``audio.device``, the config's, not the replayed file): a replay records what
+    the unit would have recorded, announcement events included. Point announce.device at
+    an ALSA ``file`` PCM to keep what was played; a missing device makes the events say
+    ``played: false`` (and logs the fault) without changing the recordings; a real card
+    drops most of it, as the replay runs faster than real time.
     """
     replay_cfg = cfg.model_copy(
         update={
@@ -279,6 +343,7 @@ def run_replay(
     capture: CaptureSource = capture_source(replay_cfg.audio, stop=stop)
     pins: PinFactory = make_pin_factory("sim", script=pin_script(replay_cfg))
     serial_units = serial_caller_id_readers(replay_cfg, replay=True)
+    playback = announce_playback(replay_cfg)
     try:
         recorder = Recorder(
             replay_cfg,
@@ -292,6 +357,8 @@ def run_replay(
             wall_offset_ns=round(start_utc.timestamp() * NS_PER_S),
             device_id=cfg.device_id,
             serial_caller_ids=serial_units,
+            playback=playback,
+            prompts=announce_prompts(replay_cfg),
         )
         reason = recorder.run()
         return ReplayResult(
@@ -305,3 +372,5 @@ def run_replay(
         pins.close()
         for unit in serial_units:
             unit.close()
+        if playback is not None:
+            playback.close()

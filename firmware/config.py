@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from firmware.announce_config import CONFIG_DIR, AnnounceConfig, LineAnnounceKeys, announce_problems
 from runtime.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/linetap/linetap.toml")
@@ -318,7 +319,7 @@ class SerialCallerIdConfig(_Model):
     )
 
 
-class LineConfig(_Model):
+class LineConfig(LineAnnounceKeys):  # announce, announce_file, announce_channel
     name: str = Field(
         pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
         description="line name: lower-case letters, digits, '-' or '_', up to 32 characters",
@@ -394,6 +395,9 @@ class LinetapConfig(_Model):
     )
     upload: UploadConfig = Field(
         default_factory=UploadConfig, description="MQTT upload to the head office"
+    )
+    announce: AnnounceConfig = Field(
+        default_factory=AnnounceConfig, description="recording announcement playback and tone"
     )
     development: DevelopmentConfig = Field(
         default_factory=DevelopmentConfig,
@@ -518,7 +522,7 @@ def cross_field_problems(cfg: LinetapConfig) -> list[tuple[tuple[str | int, ...]
                     )
                 )
             serial_devices[unit.device] = f"line {line.name}"
-    return out
+    return out + announce_problems(cfg)
 
 
 # --------------------------------------------------------------------------------------
@@ -618,8 +622,9 @@ def _problem_text(err: Any) -> tuple[tuple[str | int, ...], str]:
     return loc, message + (f"; {desc}" if desc else "")
 
 
-def parse_config(text: str, source: str = "<config>") -> LinetapConfig:
-    """Validate TOML ``text``; raises :class:`ConfigError` with one line per problem."""
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> LinetapConfig:
+    """Validate TOML ``text`` (relative prompt files are taken from ``base``); raises
+    :class:`ConfigError` with one line per problem."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -627,7 +632,7 @@ def parse_config(text: str, source: str = "<config>") -> LinetapConfig:
         at = f":{match.group(1)}" if match else ""
         raise ConfigError([f"{source}{at}: not valid TOML ({exc}); fix the syntax"]) from None
     try:
-        return LinetapConfig.model_validate(data)
+        return LinetapConfig.model_validate(data, context={CONFIG_DIR: base})
     except ValidationError as exc:
         where = _key_lines(text)
         problems: list[str] = []
@@ -652,7 +657,9 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> LinetapConfig:
-    """Read and validate the config file; relative paths inside it are taken from its folder."""
+    """Read and validate the config file; relative paths inside it are taken from its folder
+    (the real one: an appliance's /etc/linetap/linetap.toml is a link into the data
+    partition, where first boot puts the files the config names)."""
     file = config_path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -664,8 +671,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LinetapConfig:
         raise ConfigError(
             [f"{file}: cannot read ({exc}); check the path and its permissions"]
         ) from None
-    cfg = parse_config(text, str(file))
-    return _resolve_paths(cfg, file.parent)
+    folder = file.resolve().parent
+    cfg = parse_config(text, str(file), folder)
+    return _resolve_paths(cfg, folder)
 
 
 def _resolve_paths(cfg: LinetapConfig, base: Path) -> LinetapConfig:

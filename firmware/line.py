@@ -21,6 +21,7 @@ import numpy.typing as npt
 from buffers.ring import PrerollRing
 from drivers.audio import AudioBlock
 from drivers.gpio.devices import SwitchInput
+from firmware.announce import Announcement, LineAnnouncer
 from firmware.callstate import (
     Action,
     CallMachine,
@@ -34,6 +35,7 @@ from firmware.callstate import (
     Pause,
     Resume,
     Start,
+    Trigger,
 )
 from firmware.config import LineConfig, LinetapConfig
 from firmware.dsp.analyser import LineAnalyser, caller_id_record
@@ -104,6 +106,7 @@ class _CallInfo:
 
     caller_id: dict[str, object] | None = None
     direction: str = "unknown"
+    announced: dict[str, int] = field(default_factory=dict)  # announcements made, per kind
 
 
 @dataclass(slots=True)
@@ -112,6 +115,7 @@ class _Recording:
     first_frame: int
     cursor: int  # next stream frame to write
     trigger_frame: int = 0
+    decided_frame: int = 0  # where the Start was decided (the debounce after the trigger)
     call: _CallInfo = field(default_factory=_CallInfo)
     audio_frames: int = 0
     paused: bool = False
@@ -138,6 +142,9 @@ class LineRunner:
     storage_status: Callable[[StorageError | None], None]
     analyser: LineAnalyser | None = None
     telephony: Telephony | None = None
+    # The recording announcement (None: announce = "off") and the playback's fault now.
+    announcer: LineAnnouncer | None = None
+    announce_fault: Callable[[], str | None] = field(default=lambda: None)
     machine: CallMachine | None = None
     recording: _Recording | None = None
     recordings_started: int = 0
@@ -175,6 +182,8 @@ class LineRunner:
         self._apply(self.machine.advance(edges, end_frame))
         self._take_digits()
         self._flush(end_frame)
+        if self.recording is not None:
+            self._announce_due(self.recording, end_frame)
 
     def finish(self, frame: int, reason: EndReason) -> None:
         if self.machine is not None:
@@ -197,7 +206,10 @@ class LineRunner:
         rec = self.recording
         if isinstance(action, Start):
             self._start(action)
+            if self.announcer is not None and action.trigger is not Trigger.ROLLOVER:
+                self.announcer.begin(action.trigger_frame, prompt=True)
             return
+        self._announce_action(rec, action)
         if rec is None:
             return
         self._take_digits()
@@ -258,6 +270,7 @@ class LineRunner:
             first_frame=first,
             cursor=first,
             trigger_frame=action.trigger_frame,
+            decided_frame=action.frame,
             call=call,
             digit_seq=digit_seq,
         )
@@ -454,7 +467,51 @@ class LineRunner:
             self._mask(rec, settled, upto)
         return upto
 
-    def _event(self, rec: _Recording, kind: str, frame: int, **data: object) -> None:
+    def _announce_action(self, rec: _Recording | None, action: Action) -> None:
+        """Report the announcements due before ``action``, then start or stop them (also
+        when storage lost the recording: the call goes on)."""
+        announcer = self.announcer
+        if announcer is None:
+            return
+        stops = isinstance(action, Pause | Discard) or (
+            isinstance(action, End) and action.reason is not EndReason.ROLLOVER
+        )
+        if rec is not None:
+            if stops and action.frame == rec.decided_frame:
+                # Opted out before the call was answered: nothing is recorded, nothing told.
+                announcer.stop(rec.trigger_frame)
+            self._announce_due(rec, action.frame)
+        if stops:
+            announcer.stop(action.frame)
+        elif isinstance(action, Resume):
+            announcer.begin(action.frame, prompt=False)
+
+    def _announce_due(self, rec: _Recording, upto: int) -> None:
+        """An event for every announcement starting before ``upto`` (consent evidence:
+        ``played`` false, with the reason, when the playback is faulted)."""
+        if self.announcer is None:
+            return
+        for item in self.announcer.due(upto):
+            self._event(rec, "announce", item.frame, **self._announce_data(rec, item))
+
+    def _announce_data(self, rec: _Recording, item: Announcement) -> dict[str, object]:
+        n = rec.call.announced.get(item.kind, 0) + 1
+        rec.call.announced[item.kind] = n
+        program = self.announcer.program if self.announcer else None
+        data: dict[str, object] = {"kind": item.kind}
+        if item.kind == "tone" and program is not None and program.tone is not None:
+            data |= {"hz": program.tone.hz, "ms": program.tone.ms}
+        elif program is not None and program.prompt is not None:
+            prompt = program.prompt
+            data |= {"file": prompt.name, "sha256": prompt.sha256}
+            data["ms"] = round(prompt.frames * 1000 / self.rate)
+        fault = self.announce_fault()
+        data |= {"n": n, "played": fault is None}
+        if fault is not None:
+            data["error"] = fault
+        return data
+
+    def _event(self, rec: _Recording, kind: str, frame: int, /, **data: object) -> None:
         # Audio may be held back (masking): count the frames up to ``frame`` still to come.
         ahead = 0 if rec.paused or rec.discarded else max(0, frame - rec.cursor)
         rec.writer.event(

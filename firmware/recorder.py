@@ -3,28 +3,33 @@
 One thread does everything, once per capture period: read a block, poll the GPIO edges
 (timestamped by the backend) and serial caller-ID units, place them on the audio
 timeline, hand each line its block (:class:`~firmware.line.LineRunner`: call machine,
-detectors, masking, writing from the pre-roll ring), and refresh the LEDs. ``linetap record`` (the daemon)
-and ``linetap replay`` run this same code; only the capture source, pin backend and
-clock differ.
+detectors, masking, writing from the pre-roll ring, announcement events), play the
+recording announcement's block (:mod:`firmware.announce_output`), and refresh the LEDs.
+``linetap record`` (the daemon) and ``linetap replay`` run this same code; only the
+capture source, pin backend and clock differ.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from buffers.ring import PrerollRing
 from drivers.audio import AudioBlock, CaptureSource
+from drivers.audio.playback import Playback
 from drivers.gpio import PinFactory
 from drivers.gpio.devices import Led
 from drivers.serial.cid_text import SerialCallerId
 from drivers.serial.reader import SerialCallerIdReader
+from firmware.announce import LineAnnouncer, Prompt, line_program, tone_spec
+from firmware.announce_config import announce_device
+from firmware.announce_output import AnnounceOutput
 from firmware.callstate import (
     EndReason,
     LineState,
 )
-from firmware.config import LinetapConfig
+from firmware.config import LineConfig, LinetapConfig
 from firmware.dsp.analyser import LineAnalyser
 from firmware.dsp.cid_messages import CallerIdMessage
 from firmware.errors import AudioDeviceError, StorageError
@@ -78,7 +83,11 @@ class Recorder:
         on_tick: Callable[[], None] | None = None,
         storage_health: StorageHealth | None = None,
         serial_caller_ids: Sequence[SerialCallerIdReader] = (),
+        playback: Playback | None = None,
+        prompts: Mapping[str, Prompt] | None = None,
     ) -> None:
+        """``playback`` plays the recording announcement (needed when a line announces);
+        ``prompts`` are the file modes' prompts by line name."""
         self.config = config
         self.storage = storage_health or StorageHealth()
         self.capture = capture
@@ -95,6 +104,8 @@ class Recorder:
         ring_frames = self.timing.preroll + self.timing.debounce + round(RING_SLACK_S * rate)
         self.telephony = telephony_settings(config)
         self.audio_fault: str | None = None
+        self.announcers = _announcers(config, prompts or {})
+        self.announce = self._announce_output(playback)
         self.lines: list[LineRunner] = []
         self.inputs = LineInputs(config.lines, pins)
         line_leds: list[Led | None] = []
@@ -117,6 +128,8 @@ class Recorder:
                     storage_status=self.storage.report,
                     analyser=LineAnalyser(rate, fsk_caller_id=config.telephony.fsk_caller_id),
                     telephony=self.telephony,
+                    announcer=self.announcers.get(line.name),
+                    announce_fault=self._announce_fault,
                 )
             )
         status = config.gpio.status_led_pin
@@ -134,7 +147,28 @@ class Recorder:
 
     @property
     def fault(self) -> bool:
-        return self.audio_fault is not None or self.storage.fault is not None
+        return (
+            self.audio_fault is not None
+            or self.storage.fault is not None
+            or self._announce_fault() is not None
+        )
+
+    def _announce_fault(self) -> str | None:
+        return self.announce.fault if self.announce is not None else None
+
+    def _announce_output(self, playback: Playback | None) -> AnnounceOutput | None:
+        if not self.announcers:
+            return None
+        if playback is None:
+            raise ValueError("a line announces: the recorder needs the announcement playback")
+        return AnnounceOutput(
+            playback,
+            list(self.announcers.values()),
+            # Behind the capture by the debounce: a call's first announcement starts at the
+            # off-hook edge, which is known only once the debounce has confirmed it.
+            delay_frames=self.timing.debounce,
+            reopen_frames=round(announce_device(self.config).reopen_s * self.rate),
+        )
 
     @property
     def states(self) -> list[LineState]:
@@ -169,24 +203,36 @@ class Recorder:
     def status(self) -> dict[str, object]:
         """What the recorder is doing, for the status file (uploader telemetry, tools)."""
         stats = self.capture.stats
-        return {
+        faults: dict[str, str | None] = {"audio": self.audio_fault, "storage": self.storage.fault}
+        heard = self._announce_fault() is None  # a faulted playback plays nothing
+        out: dict[str, object] = {
             "lines": [
                 {
                     "name": line.config.name,
                     "state": line.state.value,
                     "led": pattern.value,
                     "levels": line.analyser.levels if line.analyser else None,
+                    # Only lines that announce: "prompt", "tone" (the tones run) or None.
+                    **(
+                        {"announce": line.announcer.playing() if heard else None}
+                        if line.announcer
+                        else {}
+                    ),
                 }
                 for line, pattern in zip(self.lines, self.leds.patterns, strict=True)
             ],
             "status_led": self.leds.status.value,
-            "faults": {"audio": self.audio_fault, "storage": self.storage.fault},
+            "faults": faults,
             "capture": {
                 "xruns": stats.xruns,
                 "lost_frames": stats.lost_frames,
                 "frames": stats.frames,
             },
         }
+        if self.announce is not None:
+            faults["announce"] = self.announce.fault
+            out["playback"] = self.announce.status()
+        return out
 
     def _open_capture(self) -> bool:
         """Open the capture source, retrying with the fault LED blinking until stopped."""
@@ -227,6 +273,8 @@ class Recorder:
             for line in self.lines:
                 line.boot(block.start_frame - block.gap_frames)
             self._booted = True
+        if self.announce is not None:
+            self.announce.prepare(block.start_frame)
         end_ns = self.timeline.ns_at(block.end_frame)
         per_line = self.inputs.route(
             self.pins.poll(end_ns), self.timeline.frame_at, block.end_frame
@@ -241,6 +289,8 @@ class Recorder:
                 per_line[index],
                 block.end_frame,
             )
+        if self.announce is not None:
+            self.announce.play(block.start_frame, block.end_frame)
         self.sink.poll()
         self._last_frame = block.end_frame
         self.leds.update(self.states, self.fault, end_ns)
@@ -278,5 +328,17 @@ class Recorder:
         if self._booted:
             for line in self.lines:
                 line.finish(self._last_frame, reason)
+        if self.announce is not None:
+            self.announce.close()
         self.sink.close()
         self.leds.all_off()
+
+
+def _announcers(config: LinetapConfig, prompts: Mapping[str, Prompt]) -> dict[str, LineAnnouncer]:
+    """The announcement state of every line that announces, by line name."""
+    tone = tone_spec(config)
+
+    def program(line: LineConfig) -> LineAnnouncer:
+        return LineAnnouncer(line_program(line, tone, prompts.get(line.name)))
+
+    return {line.name: program(line) for line in config.lines if line.announce != "off"}

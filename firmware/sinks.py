@@ -64,7 +64,10 @@ PROGRESS_EVENTS = frozenset({"digit", "mask"})
 
 @dataclass(slots=True)
 class RecordingEvent:
-    type: str  # pause / resume / discard / flash / gap; digit / mask (PROGRESS_EVENTS)
+    # pause / resume / discard / flash / gap / announce (a recording announcement started:
+    # kind tone {hz, ms} or prompt {file, sha256, ms}, n, played, error when not played);
+    # digit / mask (PROGRESS_EVENTS)
+    type: str
     at_s: float  # stream seconds since the recording's first frame
     audio_s: float  # position in the recorded audio
     data: dict[str, Any] = field(default_factory=dict)

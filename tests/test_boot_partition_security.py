@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
+from firmware.announce_config import AnnounceConfig
 from firmware.config import AudioConfig, LinetapConfig, load_config
 from firmware.tools import _boot_settings as bs
 from firmware.tools._provision_files import DevicePaths
@@ -480,6 +481,10 @@ HARMLESS = {
     *(f"upload.{k}" for k in ("chunk_kib", "window", "keepalive_s", "ack_timeout_s")),
     *(f"upload.{k}" for k in ("telemetry_s", "backoff_max_s")),
     "lines",
+    # Turning the announcement off (or pointing it at another device) exposes nothing; each
+    # call's signed manifest says what was played, so the office finds every call whose
+    # caller was not told (search: announced = no).
+    *(f"announce.{k}" for k in AnnounceConfig.model_fields),
 }
 
 

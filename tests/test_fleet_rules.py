@@ -160,6 +160,10 @@ def test_backlog_disk_clock_and_recorder():
     assert "100 MiB free" in k[(None, "disk_low")]
     fault = facts(status=status(recorder={"lines": [], "faults": {"audio": "no card hw:1"}}))
     assert kinds(fault)[(None, "recorder_fault")] == "audio fault: no card hw:1"
+    # A device whose announcement cannot play records calls whose callers are not told.
+    silent = "announce.device 'hw:CARD=linetap': cannot open playback device (No such device)"
+    fault = facts(status=status(recorder={"lines": [], "faults": {"announce": silent}}))
+    assert kinds(fault)[(None, "recorder_fault")] == f"announcement playback fault: {silent}"
 
 
 def test_receiver_events_surface_for_a_day_and_gaps_while_open():

@@ -29,6 +29,7 @@ PROMPT = {
     "played": True,
 }  # fmt: skip
 FAILED = "announce.device 'hw:CARD=linetap': cannot open playback device (No such device)"
+LONG = FAILED + "; " + "x" * 400
 
 
 def fill(idx: Index) -> dict[str, str]:
@@ -36,6 +37,7 @@ def fill(idx: Index) -> dict[str, str]:
     made = {
         "told": dev.manifest(events=[PROMPT, tone(1, 4200), tone(2, 19200)]),
         "failed": dev.manifest(events=[tone(1, 0, played=False, error=FAILED)]),
+        "long": dev.manifest(events=[tone(1, 0, played=False, error=LONG)]),
         "plain": dev.manifest(events=[{"type": "flash", "at_ms": 3000, "audio_ms": 3000}]),
         # Hostile or broken events: the recording is stored, the events are not indexed.
         "garbage": dev.manifest(
@@ -57,7 +59,7 @@ def test_announced_filter_and_show(index: Index):  # noqa: F811 - the fixture
     told = {r.recording_id for r in run(index, announced="true").rows}
     assert told == {rec["told"]}
     untold = {r.recording_id for r in run(index, announced="false").rows}
-    assert untold == {rec["failed"], rec["plain"], rec["garbage"]}
+    assert untold == {rec["failed"], rec["long"], rec["plain"], rec["garbage"]}
 
     out = io.StringIO()
     assert cmd_show(index, gate(index), rec["told"], out=out) == 0
@@ -89,6 +91,7 @@ def test_rows_match_the_manifest_and_bad_events_are_skipped(index: Index):  # no
         (rec["told"], "tone", 1, 4200, True, None),
         (rec["told"], "tone", 2, 19200, True, None),
         (rec["failed"], "tone", 1, 0, False, FAILED),
+        (rec["long"], "tone", 1, 0, False, LONG[: announcements.MAX_ERROR]),
     }
     stored = index.get(rec["garbage"])
     assert stored is not None and len(stored.manifest["events"]) == 4  # kept as signed

@@ -402,6 +402,7 @@ def test_everything_in_order_with_the_broker_accepting_the_device(
         expected := {
             "config": "WARN",  # gpio.backend = "sim"
             "hook.line1": "PASS",
+            "audio.card": "INFO",
             "audio": "PASS",
             "signal.line1": "PASS",
             "leds": "INFO",

@@ -19,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -504,6 +506,46 @@ def test_bad_boot_settings_are_listed_and_nothing_is_written(cli: Run, tmp_path:
     assert res.returncode == 2
     assert res.stderr.startswith(f"{dev.boot_file}: no such file; copy the device's settings")
     assert not dev.keys.exists()
+
+
+def write_prompt(path: Path, seconds: float = 1.0, rate: int = 8000) -> bytes:
+    t = np.arange(round(seconds * rate)) / rate
+    samples = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path.read_bytes()
+
+
+def test_first_boot_installs_a_prompt_named_beside_the_boot_file(
+    cli: Run, tmp_path: Path, office: OfficeSetup
+):
+    """The daemons cannot read the boot partition (umask=0077): a prompt named by its file
+    name is copied beside the installed config, where the daemons' config finds it."""
+    dev = Device(tmp_path)
+    text = device_config(tmp_path, office).replace(
+        "led_pin = 22", 'led_pin = 22\nannounce = "file+tone"\nannounce_file = "hello.wav"'
+    )
+    (dev.boot / "sub").mkdir()
+    write_prompt(dev.boot / "sub" / "hello.wav")
+    for bad, error in (
+        ("sub/hello.wav", "a prompt on the boot partition is given by its file name alone"),
+        ("hello.wav", "hello.wav: cannot read (No such file or directory)"),
+    ):
+        dev.boot_file.write_text(text.replace('"hello.wav"', f'"{bad}"'))
+        res = cli("provision", "--first-boot", "--boot-dir", dev.boot, "-c", dev.link)
+        assert res.returncode != 0 and error in res.stderr, res.stderr
+        assert not dev.target.exists() and not dev.marker.exists()
+    dev.boot_file.write_text(text)
+    prompt = write_prompt(dev.boot / "hello.wav")
+    res = cli("provision", "--first-boot", "--boot-dir", dev.boot, "-c", dev.link)
+    assert res.returncode == 0, res.stderr
+    installed = dev.target.parent / "hello.wav"
+    assert installed.read_bytes() == prompt
+    assert f"announcement prompt: {installed} from {dev.boot / 'hello.wav'}" in res.stdout
+    assert load_config(dev.link).lines[0].announce_file == installed
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

@@ -34,6 +34,7 @@ from firmware.tools._provision_files import (
     ProvisionError,
     commit,
     discard,
+    install_prompts,
     make_dirs,
     read_or_none,
     remove_leftovers,
@@ -187,7 +188,9 @@ def _validated_boot_config(fb: FirstBoot, data: bytes | None) -> bytes:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{fb.boot_file}: not UTF-8 text ({exc}); save it as UTF-8"]) from None
-    cfg = parse_config(text, str(fb.boot_file))
+    # A prompt named by its file name alone sits beside the boot file until
+    # install_prompts copies it to the config's folder.
+    cfg = parse_config(text, str(fb.boot_file), fb.boot_dir)
     if "device_id" not in cfg.model_fields_set:  # unset: it would default to the hostname
         raise ConfigError(
             [
@@ -210,7 +213,7 @@ def _data_dirs(fb: FirstBoot, boot_data: bytes | None) -> list[Path]:
         out.append(load_config(fb.config_link).storage.data_dir)
     if boot_data is not None:
         with contextlib.suppress(ConfigError, UnicodeDecodeError):
-            data_dir = parse_config(boot_data.decode("utf-8")).storage.data_dir
+            data_dir = parse_config(boot_data.decode("utf-8"), base=fb.boot_dir).storage.data_dir
             out.append(data_dir if data_dir.is_absolute() else fb.config_file.parent / data_dir)
     return list(dict.fromkeys(out))
 
@@ -302,6 +305,8 @@ def _provision(fb: FirstBoot, boot_data: bytes, settings: Settings) -> int:
         remove_leftovers(d)
     # Stage the config where it will live, and read it back as the daemons will (its
     # relative paths resolve against the config's own folder).
+    for prompt in install_prompts(fb.boot_dir, fb.config_file.parent, settings.config):
+        say(f"announcement prompt: {prompt} from {fb.boot_dir / prompt.name}")
     staged_config = stage(fb.config_file, settings.config, 0o644)
     try:
         cfg = load_config(staged_config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +144,38 @@ def read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except OSError:
         return None
+
+
+def install_prompts(boot_dir: Path, config_dir: Path, config: bytes) -> list[Path]:
+    """Copy the announcement prompts the config names by a plain file name (relative
+    ``lines.announce_file``) from the boot partition into the config's folder, where the
+    daemons read them (the boot partition is root's only: ``umask=0077``). Returns the
+    prompts installed. Absolute paths are left to be on the unit already."""
+    try:
+        lines = tomllib.loads(config.decode("utf-8")).get("lines", [])
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []  # the config's own check reports it
+    names = {
+        str(line["announce_file"])
+        for line in lines
+        if isinstance(line, dict) and isinstance(line.get("announce_file"), str)
+    }
+    installed: list[Path] = []
+    for name in sorted(n for n in names if not Path(n).is_absolute()):
+        if Path(name).name != name or name in (".", ".."):
+            raise ProvisionError(
+                f"lines.announce_file {name!r}: a prompt on the boot partition is given by its"
+                ' file name alone (e.g. "announce.wav" beside linetap.toml), or by an'
+                " absolute path on the unit"
+            )
+        data = read_or_none(boot_dir / name)
+        if data is None:
+            raise ProvisionError(
+                f"{boot_dir / name}: no such file; lines.announce_file names it: copy the"
+                " prompt WAV beside linetap.toml on the boot partition and boot again"
+            )
+        dest = config_dir / name
+        if read_or_none(dest) != data:
+            commit(stage(dest, data, 0o644), dest)
+        installed.append(dest)
+    return installed

@@ -33,7 +33,9 @@ from typing import Any
 
 from drivers.gpio import PinFactory
 from drivers.gpio.factory import make_pin_factory
-from firmware.app import capture_source, device_key_path, pin_script
+from firmware.announce import tone_spec
+from firmware.announce_config import announcing_lines
+from firmware.app import announce_playback, capture_source, device_key_path, pin_script
 from firmware.cli_options import config_arg
 from firmware.clock import ClockSync, read_clock_sync
 from firmware.config import LinetapConfig, config_path
@@ -53,6 +55,7 @@ from runtime.process import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 SKIPPABLE = (
     "audio",
     "signal",
+    "announce",
     "gpio",
     "leds",
     "clock",
@@ -75,7 +78,9 @@ STATUS  ID  what was found; fix: what to do.
   FAIL  will not record, seal or upload right: fix it before leaving the site
   SKIP  not run: it needs something that failed, the recorder holds it, or --skip
 
-Checks: config, hook.LINE, audio, signal.LINE (silence, clipping, mains hum), leds,
+Checks: config, hook.LINE, audio.card (the sound card behind audio.device and its row
+in the hardware table), audio, signal.LINE (silence, clipping, mains hum),
+announce.LINE (a 0.3 s test tone on each line that announces: listen for it), leds,
 clock, storage.free, storage.write, keys.device, recipients, tls.ca, tls.cert, tls.key,
 broker (a real MQTT CONNECT with the device certificate).
 
@@ -191,6 +196,7 @@ def _hardware(
             hooks = [] if pins is None else c.check_hooks(cfg.lines, pins, cfg.call.opt_out_mode)
             off_hook = _report(add, hooks)
         _audio(cfg, skip, add, recorder, off_hook)
+        _announce(cfg, skip, add, recorder)
         if "leds" in skip or "gpio" in skip:
             add(c.skipped("leds", f"--skip {'leds' if 'leds' in skip else 'gpio'}"))
         elif recorder is not None:
@@ -234,6 +240,7 @@ def _audio(
     if "audio" in skip:
         add(c.skipped("audio", "--skip audio"))
         return
+    add(c.check_card(cfg.audio))
     capture = capture_source(cfg.audio, stop=threading.Event())
     audio_check, samples = c.check_audio(capture, cfg.audio, recorder)
     add(audio_check)
@@ -246,6 +253,26 @@ def _audio(
         else:
             channel = samples[:, line.channel]
             add(c.check_signal(line, channel, cfg.audio.sample_rate, off_hook.get(line.name)))
+
+
+def _announce(
+    cfg: LinetapConfig,
+    skip: frozenset[str],
+    add: Callable[[Check], None],
+    recorder: Mapping[str, Any] | None,
+) -> None:
+    """A short tone on every line that announces (nothing when none does)."""
+    lines = announcing_lines(cfg)
+    playback = announce_playback(cfg, blocking=True)
+    if playback is None:
+        return
+    if "announce" in skip:
+        for line in lines:
+            add(c.skipped(f"announce.{line.name}", "--skip announce"))
+        return
+    tone = tone_spec(cfg, seconds=c.CHECK_TONE_S)
+    for check in c.check_announce(lines, playback, tone, recorder):
+        add(check)
 
 
 def _files(cfg: LinetapConfig, skip: frozenset[str], add: Callable[[Check], None]) -> None:

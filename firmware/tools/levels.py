@@ -2,8 +2,10 @@
 
 For every configured line: a dBFS bar (RMS, with the peak held for ~2 s), RMS, peak and
 held peak in dBFS, clipped samples since start, mains hum (50 and 60 Hz with their
-harmonics), a silence / clipping / hum note, and the hook (and opt-out) state read from
-the line's inputs, so lifting a handset shows at once. Refreshed ~7 times per second on
+harmonics), a silence / clipping / hum note, the hook (and opt-out) state read from
+the line's inputs, so lifting a handset shows at once, and what the running recorder
+announces on the line (from its status file: "announcing tone" or "announcing prompt";
+``announce=`` in the plain lines). Refreshed ~7 times per second on
 a terminal (plain ANSI, fine over SSH or a serial console); when stdout is not a
 terminal it prints one ``key=value`` line per line once a second instead, and
 ``--once`` measures for a moment (``--seconds``, default 1 s), prints one line per line
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -29,6 +32,8 @@ import numpy.typing as npt
 from firmware.cli_options import config_arg
 from firmware.config import LinetapConfig, load_config
 from firmware.dsp.levels import HUM_HZ, LevelStats, hum_is_noticeable, line_is_silent
+from firmware.runstate import read_recorder_status
+from firmware.tools._checks import recorder_running
 from firmware.tools._terminal import (
     LiveLines,
     LiveScreen,
@@ -70,12 +75,13 @@ class Reading:
     clipped_now: int
     silence_fraction: float
     hum_dbfs: dict[int, float]  # 50 / 60 -> dBFS (empty until 0.2 s were measured)
+    announcing: str | None = None  # the running recorder's "tone" / "prompt" on this line
 
     @property
     def notes(self) -> list[str]:
-        out: list[str] = []
+        out: list[str] = [f"announcing {self.announcing}"] if self.announcing else []
         if self.seconds == 0:
-            return ["no audio yet"]
+            return [*out, "no audio yet"]
         if line_is_silent(self.silence_fraction):
             out.append("silent")
         if self.clipped_now:
@@ -98,6 +104,7 @@ def _reading(
     *,
     hold_dbfs: float,
     clipped_total: int,
+    announcing: str | None = None,
 ) -> Reading:
     hum = {int(key.split("hz")[0]): float(v) for key, v in summary["hum"].items()}
     return Reading(
@@ -113,6 +120,7 @@ def _reading(
         clipped_now=int(summary["clipped_samples"]),
         silence_fraction=float(summary["silence_fraction"]),
         hum_dbfs=hum,
+        announcing=announcing,
     )
 
 
@@ -219,7 +227,9 @@ def plain_line(r: Reading, t_s: float) -> str:
         f"t={t_s:.2f} line={r.name} ch={r.channel} hook={hook_text(r.off_hook).lower()} "
         f"optout={optout} rms_dbfs={r.rms_dbfs + 0.0:.1f} peak_dbfs={r.peak_dbfs + 0.0:.1f} "
         f"hold_dbfs={r.hold_dbfs + 0.0:.1f} clipped={r.clipped_total} "
-        f"silence={r.silence_fraction:.2f}" + (f" {hum}" if hum else "") + f" notes={notes}"
+        f"silence={r.silence_fraction:.2f}"
+        + (f" {hum}" if hum else "")
+        + f" announce={r.announcing or '-'} notes={notes}"
     )
 
 
@@ -237,21 +247,41 @@ def screen_rows(live: LiveLines, readings: list[Reading], t_s: float) -> list[st
 # ---- the loop ------------------------------------------------------------------------
 
 
-def live_readings(live: LiveLines, meters: list[LineMeter], t_s: float) -> list[Reading]:
+def announcing(status: Mapping[str, Any]) -> dict[str, str]:
+    """What the running recorder announces on each line now, by line name, from its status
+    file (``firmware.runstate.read_recorder_status``): "tone" or "prompt"; a line that is
+    quiet, does not announce, or a recorder that is not running has no entry."""
+    if not recorder_running(status):
+        return {}
+    out: dict[str, str] = {}
+    for line in status["lines"]:
+        if isinstance(line, dict) and line.get("announce") in ("tone", "prompt"):
+            out[str(line.get("name"))] = str(line["announce"])
+    return out
+
+
+def live_readings(
+    live: LiveLines, meters: list[LineMeter], t_s: float, announced: Mapping[str, str]
+) -> list[Reading]:
     """Each line now: the last second's levels and the peak held over the last seconds."""
-    return _readings(live, meters, [meter.live_summary(t_s) for meter in meters])
+    return _readings(live, meters, [meter.live_summary(t_s) for meter in meters], announced)
 
 
-def once_readings(live: LiveLines, meters: list[LineMeter]) -> list[Reading]:
+def once_readings(
+    live: LiveLines, meters: list[LineMeter], announced: Mapping[str, str]
+) -> list[Reading]:
     """Each line over the whole run (``--once``): its peak is the held peak."""
     for meter in meters:
         meter.finish()
     totals = [meter.total.summary() for meter in meters]
-    return _readings(live, meters, [(t, float(t["peak_dbfs"])) for t in totals])
+    return _readings(live, meters, [(t, float(t["peak_dbfs"])) for t in totals], announced)
 
 
 def _readings(
-    live: LiveLines, meters: list[LineMeter], summaries: list[tuple[dict[str, Any], float]]
+    live: LiveLines,
+    meters: list[LineMeter],
+    summaries: list[tuple[dict[str, Any], float]],
+    announced: Mapping[str, str],
 ) -> list[Reading]:
     return [
         _reading(
@@ -262,6 +292,7 @@ def _readings(
             summary,
             hold_dbfs=hold,
             clipped_total=meter.total.clipped,
+            announcing=announced.get(inputs.config.name),
         )
         for inputs, meter, (summary, hold) in zip(live.lines, meters, summaries, strict=True)
     ]
@@ -275,8 +306,10 @@ def run_levels(
     terminal: bool,
     once: bool,
     seconds: float | None,
+    recorder_status: Callable[[], Mapping[str, Any]] = dict,
 ) -> int:
-    """Meter until stopped, ``seconds`` of audio have passed, or a file source ends."""
+    """Meter until stopped, ``seconds`` of audio have passed, or a file source ends.
+    ``recorder_status`` reads the running recorder's status file (what it announces)."""
     window = max(1, round(WINDOW_S * live.rate))
     meters = [LineMeter(live.rate, window) for _ in live.lines]
     limit = seconds if seconds is not None else (ONCE_DEFAULT_S if once else None)
@@ -301,7 +334,7 @@ def run_levels(
                 continue
             if t_s >= next_update or done:
                 next_update = t_s + period
-                readings = live_readings(live, meters, t_s)
+                readings = live_readings(live, meters, t_s, announcing(recorder_status()))
                 if screen is not None:
                     screen.draw(screen_rows(live, readings, t_s))
                 elif not _emit_all(out, [plain_line(r, t_s) for r in readings]):
@@ -309,7 +342,8 @@ def run_levels(
             if done:
                 break
     if once:
-        _emit_all(out, [plain_line(r, t_s) for r in once_readings(live, meters)])
+        readings = once_readings(live, meters, announcing(recorder_status()))
+        _emit_all(out, [plain_line(r, t_s) for r in readings])
     if ended:
         print(f"linetap levels: the audio file ended after {t_s:.1f} s", file=sys.stderr)
     return 0
@@ -331,6 +365,7 @@ def cmd_levels(args: argparse.Namespace) -> int:
             terminal=is_terminal(sys.stdout),
             once=args.once,
             seconds=args.seconds,
+            recorder_status=lambda: read_recorder_status(cfg.storage.status_file),
         )
 
 

@@ -377,7 +377,11 @@ def _recorder_fault(s: StatusDocument) -> str | None:
         return None
     faults = [
         f"{k} fault: {v[:200]}"
-        for k, v in (("audio", r.faults.audio), ("storage", r.faults.storage))
+        for k, v in (
+            ("audio", r.faults.audio),
+            ("storage", r.faults.storage),
+            ("announcement playback", r.faults.announce),
+        )
         if v
     ]
     return "; ".join(faults) or None

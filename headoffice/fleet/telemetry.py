@@ -126,6 +126,9 @@ class LineStatus(_Model):
 class Faults(_Model):
     audio: _Text | None = None
     storage: _Text | None = None
+    # The recording announcement's playback (firmware.announce_output): callers are not
+    # told their call is recorded while it is set.
+    announce: _Text | None = None
 
 
 class RecorderStatus(_Model):

@@ -21,7 +21,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from headoffice.index.records import Query
 
@@ -31,6 +38,7 @@ EVENT_TYPE = "announce"
 #: At most this many announcements of one recording are indexed (a 24 h call with a tone
 #: every 15 s has 5,760); the manifest keeps every one.
 MAX_ROWS = 10_000
+MAX_ERROR = 256
 
 _Short = Annotated[str, StringConstraints(max_length=256)]
 
@@ -47,7 +55,14 @@ class Announcement(BaseModel):
     hz: Annotated[int, Field(ge=1, le=100_000)] | None = None
     ms: Annotated[int, Field(ge=0, le=10**8)] | None = None
     file: _Short | None = None
-    error: _Short | None = None
+    # A device's fault text can be long (alsa-lib's reason and the fix): kept whole in the
+    # manifest, cut here, so a long reason never costs the row.
+    error: str | None = None
+
+    @field_validator("error")
+    @classmethod
+    def _cut(cls, value: str | None) -> str | None:
+        return value if value is None else value[:MAX_ERROR]
 
 
 def table(pg: bool) -> list[str]:

@@ -8,6 +8,12 @@ builds its own hardware, so tests feed them real backends or prepared inputs.
 
 from __future__ import annotations
 
+from firmware.tools._checks.announce import (
+    CHECK_TONE_S as CHECK_TONE_S,
+)
+from firmware.tools._checks.announce import (
+    check_announce as check_announce,
+)
 from firmware.tools._checks.audio import (
     _read_frames as _read_frames,
 )
@@ -109,6 +115,9 @@ from firmware.tools._checks.broker import (
 )
 from firmware.tools._checks.broker import (
     classify_connect_error as classify_connect_error,
+)
+from firmware.tools._checks.card import (
+    check_card as check_card,
 )
 from firmware.tools._checks.gpio import (
     _check_hook as _check_hook,
