@@ -5,10 +5,16 @@
 #
 #   image/check-host.sh          # what `make image` needs
 #   image/check-host.sh --test   # plus what the qemu smoke test needs
+#   image/check-host.sh --deb    # only what `make deb-test` needs (tests/test_deb.py)
 set -u
 
 want_test=false
+want_deb=false
 [ "${1:-}" = "--test" ] && want_test=true
+[ "${1:-}" = "--deb" ] && want_deb=true
+# The .deb's chroot test: an arm64 root by mmdebstrap and qemu-user, age to decrypt the
+# recording made there, lintian; none of the image's partition and firmware tools.
+deb_test_tools=" mmdebstrap qemu-aarch64-static update-binfmts arch-test age age-keygen lintian dpkg-deb "
 problems=0
 missing_debs=""
 
@@ -18,6 +24,9 @@ problem() {
 }
 
 need_tool() {  # need_tool COMMAND DEBIAN-PACKAGE
+    if $want_deb && [[ $deb_test_tools != *" $1 "* ]]; then
+        return 0
+    fi
     if ! command -v "$1" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$1" ] && ! [ -x "/sbin/$1" ]; then
         problem "missing '$1' (Debian package $2)"
         case " $missing_debs " in *" $2 "*) ;; *) missing_debs="$missing_debs $2" ;; esac
@@ -38,10 +47,21 @@ need_tool qemu-aarch64-static qemu-user-static
 need_tool update-binfmts binfmt-support
 need_tool xz xz-utils
 need_tool arch-test arch-test
+# check-hardware.py: the HAT overlays compiled and applied, the kernel's modules looked up
+need_tool python3 python3
+need_tool dtc device-tree-compiler
+need_tool fdtoverlay device-tree-compiler
+need_tool modinfo kmod
 if $want_test; then
     need_tool qemu-system-aarch64 qemu-system-arm
     need_tool age age
     need_tool age-keygen age
+fi
+if $want_deb; then
+    need_tool age age
+    need_tool age-keygen age
+    need_tool lintian lintian
+    need_tool dpkg-deb dpkg
 fi
 
 # qemu-user binfmt: the kernel must hand arm64 ELF files to qemu-aarch64.

@@ -127,6 +127,14 @@ in_root update-initramfs -c -k all
 sed -i 's/ rw / ro /' "$ROOT/boot/firmware/cmdline.txt"
 grep -q ' ro ' "$ROOT/boot/firmware/cmdline.txt" || { echo "customize: cmdline.txt lacks ro" >&2; exit 1; }
 say "cmdline.txt: $(cat "$ROOT/boot/firmware/cmdline.txt")"
+say "capture hardware: the kernel's sound modules and the HAT overlays (check-hardware.py)"
+# After the hook: it copies device trees and writes config.txt (with the commented
+# dtoverlay= lines of /etc/default/raspi-firmware-custom) but leaves overlays/ alone.
+# The build fails here if the kernel lacks a module the hardware table needs or an
+# overlay does not compile or apply.
+python3 "$HERE/check-hardware.py" --install "$ROOT/boot/firmware/overlays" "$ROOT"
+grep -q '^#dtoverlay=linetap-' "$ROOT/boot/firmware/config.txt" \
+    || { echo "customize: config.txt lacks the commented dtoverlay= lines" >&2; exit 1; }
 # The example device config field techs edit before first boot (the project's own).
 example=$(in_root "$VENV/bin/python" -c \
     'import firmware, pathlib; print(pathlib.Path(firmware.__file__).parent / "linetap.example.toml")')
