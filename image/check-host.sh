@@ -56,6 +56,13 @@ if $want_test; then
     need_tool qemu-system-aarch64 qemu-system-arm
     need_tool age age
     need_tool age-keygen age
+    # tests/test_powercut.py: the card's write log (qemu-img, qemu-io), the office's
+    # broker reached from the guest (mosquitto, socat), e2fsck on the data read back
+    need_tool qemu-img qemu-utils
+    need_tool qemu-io qemu-utils
+    need_tool socat socat
+    need_tool mosquitto mosquitto
+    need_tool e2fsck e2fsprogs
 fi
 if $want_deb; then
     need_tool age age
