@@ -452,9 +452,11 @@ def test_refusals_name_no_office_paths(world: World):
 # --------------------------------------------------------------------------- the bench
 
 
+@pytest.mark.slow
 def test_office_flood_bench_quick_runs(tmp_path: Path):
     """``bench/office_flood.py --quick`` runs to the end and prints its figures (~13 s
-    here; the full bench is ``make bench`` material, this only keeps it working)."""
+    here, so in the slow suite: the default one keeps to its time budget; the full bench
+    is ``make bench`` material, this only keeps it working)."""
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "office_flood.py"), "--quick"],
         capture_output=True,
