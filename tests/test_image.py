@@ -25,12 +25,9 @@ import os
 import re
 import shlex
 import shutil
-import struct
 import subprocess
 import sys
-import time
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,87 +36,27 @@ import soundfile
 
 from sealedrec.keys import public_key_from_b64
 from sealedrec.verify import read_manifest, verify_entry
+from tests.vm import (
+    Partition,
+    boot,
+    debugfs,
+    extract,
+    fat_names,
+    fat_read,
+    fat_write,
+    partitions,
+    run,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_DIR = REPO / "image"
 IMAGE = Path(os.environ.get("LINETAP_IMAGE", IMAGE_DIR / "build" / "linetap.img"))
 BUILD_TIMEOUT_S = 3 * 3600
-BOOT_TIMEOUT_S = 1800  # TCG emulation on a loaded 2-core machine: minutes, not seconds
 GROW_BY = 256 * 1024 * 1024  # the test copy grows by this; first boot must claim it
-SECTOR = 512
 DEVICE_ID = "smoke-appliance"
 # sample_call.events: off-hook at 2.5 s (pre-roll: all 2.5 s before it), on-hook at
 # 12.5 s, held 1 s; the recording also keeps the tail until the on-hook is confirmed.
 CALL_MIN_S, CALL_MAX_S = 11.0, 20.0
-
-
-@dataclass(frozen=True)
-class Partition:
-    number: int
-    kind: int
-    offset: int
-    size: int
-
-
-def partitions(image: Path) -> list[Partition]:
-    """The MBR's primary partitions (the image has no extended ones)."""
-    with image.open("rb") as fh:
-        mbr = fh.read(SECTOR)
-    assert mbr[510:512] == b"\x55\xaa", f"{image}: no MBR boot signature"
-    found = []
-    for i in range(4):
-        entry = mbr[446 + 16 * i : 446 + 16 * (i + 1)]
-        kind = entry[4]
-        start, count = struct.unpack("<II", entry[8:16])
-        if kind:
-            found.append(Partition(i + 1, kind, start * SECTOR, count * SECTOR))
-    return found
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-
-
-def fat_read(image: Path, part: Partition, name: str) -> bytes:
-    out = subprocess.run(
-        ["mcopy", "-n", "-i", f"{image}@@{part.offset}", f"::{name}", "-"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return out.stdout
-
-
-def fat_write(image: Path, part: Partition, source: Path, name: str) -> None:
-    run(["mcopy", "-o", "-i", f"{image}@@{part.offset}", str(source), f"::{name}"])
-
-
-def fat_names(image: Path, part: Partition, directory: str = "") -> list[str]:
-    out = run(["mdir", "-b", "-i", f"{image}@@{part.offset}", f"::{directory}"]).stdout
-    return [line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines() if line.strip()]
-
-
-def extract(image: Path, part: Partition, dest: Path) -> Path:
-    """The partition as a file of its own, for debugfs (sparse-aware enough: 1 MiB holes)."""
-    chunk = 1024 * 1024
-    zero = bytes(chunk)
-    with image.open("rb") as src, dest.open("wb") as out:
-        src.seek(part.offset)
-        left = part.size
-        while left:
-            block = src.read(min(chunk, left))
-            if block == zero[: len(block)]:
-                out.seek(len(block), os.SEEK_CUR)
-            else:
-                out.write(block)
-            left -= len(block)
-        out.truncate(part.size)
-    return dest
-
-
-def debugfs(fs: Path, request: str) -> str:
-    out = run(["debugfs", "-R", request, str(fs)])
-    return out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -191,69 +128,6 @@ hook_pin = 17
 led_pin = 22
 opt_out_pin = 27
 """
-
-
-def boot_command(image: Path, boot: Partition, work: Path, console: Path) -> list[str]:
-    """qemu-system-aarch64 booting what the Pi's firmware would boot: config.txt's kernel
-    and initramfs, cmdline.txt's arguments (console moved to the virt machine's UART)."""
-    config = fat_read(image, boot, "config.txt").decode()
-    kernel = re.search(r"^kernel=(\S+)", config, re.M)
-    initrd = re.search(r"^initramfs (\S+)", config, re.M)
-    assert kernel and initrd, f"config.txt names no kernel/initramfs:\n{config}"
-    (work / "vmlinuz").write_bytes(fat_read(image, boot, kernel.group(1)))
-    (work / "initrd.img").write_bytes(fat_read(image, boot, initrd.group(1)))
-    cmdline = fat_read(image, boot, "cmdline.txt").decode().split()
-    assert "ro" in cmdline and "root=LABEL=linetap-root" in cmdline, cmdline
-    args = [a for a in cmdline if not a.startswith("console=")] + [
-        "console=ttyAMA0",
-        "systemd.show_status=1",
-        "systemd.status_unit_format=combined",
-        # The FAT partition gives its files the x bit: the script runs as it is.
-        "systemd.run=/boot/firmware/smoke-check.sh",
-        # systemd.run= makes its own default target; the appliance's units hang off
-        # multi-user.target, so pull that in too.
-        "systemd.wants=multi-user.target",
-        "systemd.run_success_action=poweroff",
-        "systemd.run_failure_action=poweroff",
-    ]
-    return [
-        "qemu-system-aarch64",
-        "-M", "virt",
-        "-cpu", "cortex-a72",
-        "-smp", "2",
-        "-m", "1024",
-        "-kernel", str(work / "vmlinuz"),
-        "-initrd", str(work / "initrd.img"),
-        "-append", " ".join(args),
-        "-drive", f"file={image},if=virtio,format=raw",
-        "-nic", "user,model=virtio-net-pci,restrict=on",  # nothing leaves this machine
-        "-display", "none",
-        "-monitor", "none",
-        "-serial", f"file:{console}",
-        "-no-reboot",
-    ]  # fmt: skip
-
-
-def boot(disk: Path, boot_part: Partition, work: Path) -> tuple[str, float, list[str]]:
-    """Boot the disk until the guest powers off; (console text, wall seconds, command)."""
-    console = work / "console.log"
-    cmd = boot_command(disk, boot_part, work, console)
-    started = time.monotonic()
-    qemu = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        qemu_out, _ = qemu.communicate(timeout=BOOT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        qemu.kill()
-        qemu.communicate()
-        tail = "\n".join(console.read_text(errors="replace").splitlines()[-60:])
-        pytest.fail(f"the guest did not power off within {BOOT_TIMEOUT_S} s; console:\n{tail}")
-    wall_s = time.monotonic() - started
-    text = console.read_text(errors="replace")
-    end = "\n".join(text.splitlines()[-80:])
-    assert qemu.returncode == 0, f"qemu: {qemu_out.decode(errors='replace')[-2000:]}\n{end}"
-    return text, wall_s, cmd
 
 
 def check_console(text: str) -> dict[str, float]:
