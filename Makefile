@@ -94,6 +94,15 @@ test-powercut: $(BIN)/.installed
 	@image/check-host.sh --test
 	$(BIN)/pytest -m slow -s tests/test_powercut.py
 
+# The drivers on the image's own kernel (tests/test_vm_kernel.py, slow: about 5 min here,
+# plus about 15 min once to build gpio-sim.ko, cached in image/build/gpio-sim/): the gpiod
+# contract suite on gpio-sim lines and the snd-aloop capture tests, run by pytest in the
+# guest. LINETAP_VM_SOURCE=<tree> runs another tree's drivers and tests there.
+.PHONY: test-vm-kernel
+test-vm-kernel: $(BIN)/.installed
+	@image/check-host.sh --test
+	$(BIN)/pytest -m slow -s tests/test_vm_kernel.py
+
 # Debian package for Raspberry Pi OS (trixie, arm64): image/deb/build.sh with dpkg-deb,
 # offline, into image/build/deb/. deb-test installs, upgrades and purges it in a Debian
 # trixie arm64 root (mmdebstrap + qemu-user, as root; the root is cached in image/build/).

@@ -15,7 +15,9 @@ lets everything upload, and powers off. Then, from the disk read back (debugfs, 
 never a mount) and the office's store: every recording the recorder started is present
 exactly once (sealed or recovered, on the card or at the office), each cut lost at most
 `sealing.journal_sync_s` + the masking hold-back (+ timing slack, below) of the call it
-hit (audio compared sample by sample with the line's file), no plain audio on the card,
+hit (audio compared sample by sample with the line's file, from the call's off-hook to
+the cut; what the emulated recorder had not yet read when the power went, because TCG on
+a busy host runs it late, is reported but not held against it), no plain audio on the card,
 the chain intact (sealedrec.verify), `e2fsck -fn` clean. After each cut: e2fsck finds
 nothing but a journal to replay, and what a daemon reported done before the cut
 (sealed into the outbox, acked) is still done after it.
@@ -359,10 +361,9 @@ def under_way(boot: BootRecord, calls: Sequence[verdict.Call]) -> str:
     """What the guest was doing when its power was cut, from what it had said."""
     texts = boot.texts()
     what = []
-    if any(re.search(r"Starting .*linetap-(grow-data|firstboot)", t) for t in texts) and not any(
-        re.search(r"Finished .*linetap-firstboot", t) for t in texts
-    ):
-        what.append("provisioning")
+    if any(re.search(r"Starting .*linetap-(grow-data|firstboot)", t) for t in texts):
+        done = any(re.search(r"Finished .*linetap-firstboot", t) for t in texts)
+        what.append("provisioned" if done else "provisioning")
     position = boot.cut_position_s
     if position is not None:
         what.append(f"line at {position:.2f} s")
@@ -449,6 +450,10 @@ class Card:
             AudioClock(RATE),
             upload_topic=f"'linetap/{DEVICE_ID}/up/",
             timeout_s=CUT_TIMEOUT_S if plan else FINAL_TIMEOUT_S,
+        )
+        errors = [t for t in record.texts() if "I/O error" in t]
+        assert not errors, f"boot {number}: the guest's disk failed (the test's setup):\n" + (
+            "\n".join(errors[:10])
         )
         rng = random.Random(f"{SEED}-{number}")
         keep = plan.keep_unflushed if plan else 1.0

@@ -33,7 +33,7 @@ SOURCE_PACKAGE=linux-source-6.12
 
 die() { echo "build-gpio-sim: $*" >&2; exit 1; }
 
-[ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 KERNEL_VERSION [REFERENCE_MODULE]"
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then die "usage: $0 KERNEL_VERSION [REFERENCE_MODULE]"; fi
 KVER=$1
 REFERENCE=${2:-}
 [[ $KVER =~ ^6\.12\.[0-9]+\+deb13-arm64$ ]] \
