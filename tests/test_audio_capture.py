@@ -109,6 +109,21 @@ class ScriptedPcm:
         self.script = script
         self.stall_ns = stall_ns
         self.reads = 0
+        self.drops = 0
+        self.stalled: set[int] = set()
+
+    def state(self) -> int:
+        # "silent-overrun": pyalsaaudio 0.10's overrun, seen only as the stream's state
+        # before the read; the read itself then returns the next period as usual.
+        if self.script.get(self.reads) == "silent-overrun" and self.reads not in self.stalled:
+            self.stalled.add(self.reads)
+            self.clock.advance(self.stall_ns)
+            return int(alsaaudio.PCM_STATE_XRUN)
+        return int(self.pcm.state())
+
+    def drop(self) -> None:
+        self.drops += 1
+        self.pcm.drop()
 
     def read(self) -> tuple[int, bytes]:
         action = self.script.get(self.reads)
@@ -286,6 +301,27 @@ class TestAlsaCapture:
         # 2 x 50 ms stalled + one period to read the block = 960 frames, 160 of them here.
         assert abs(gaps[2] - 800) <= period
         assert cap.stats.xruns == 2 and cap.stats.lost_frames == gaps[2]
+
+    def test_overrun_seen_only_in_the_stream_state_becomes_a_gap(self, file_pcm: FilePcm) -> None:
+        # pyalsaaudio 0.10 re-prepares an overrun stream inside read() and reports nothing:
+        # only pcm.state() before the read says XRUN. That must still count and leave a gap.
+        rate, period = 8000, 160
+        data = pattern(20 * period, 1)
+        file_pcm.load(data)
+        clock = FakeClock()
+        opener, opened = scripted_opener(
+            clock, period * NS // rate, {3: "silent-overrun"}, stall_ns=100_000_000
+        )
+        cap = file_pcm.capture(rate=rate, channels=1, clock=clock, pcm_opener=opener)
+        cap.open()
+        blocks = [cap.read() for _ in range(6)]
+        cap.close()
+        gaps = [b.gap_frames for b in blocks if b is not None]
+        assert len(gaps) == 6
+        assert gaps[:3] == [0, 0, 0] and gaps[4:] == [0, 0]
+        assert abs(gaps[3] - 800) <= period
+        assert cap.stats.xruns == 1 and cap.stats.lost_frames == gaps[3]
+        assert opened[0].drops == 1  # the stale frames of the overrun stream are dropped
 
     def test_zero_length_reads_are_retried_not_returned(self, file_pcm: FilePcm) -> None:
         data = pattern(10 * 160, 2)

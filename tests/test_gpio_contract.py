@@ -317,6 +317,10 @@ class GpioSimDriver:
 
     def set_input(self, pin: int, level: bool) -> None:
         self.chip.set_pull(pin, level)
+        # gpio-sim raises the edge's interrupt through irq_work: on a slow (emulated)
+        # CPU two quick pull changes can reach gpiolib merged or out of order, which no
+        # real contact does. Hardware edges are at least a debounce apart anyway.
+        time.sleep(0.02)
 
     def output_level(self, pin: int) -> bool:
         return self.chip.value(pin)
@@ -331,6 +335,10 @@ def gpio_sim() -> Iterator[GpioSimChip]:
     if reason is not None:
         pytest.skip(reason)
     chip = GpioSimChip()
+    # gpio-sim returns a released line to its pull. The LEDs are wired active low, so
+    # their lines get the board's pull-up: released, they stay dark, as on the HAT.
+    for pin in (LED, LED2):
+        chip.set_pull(pin, True)
     try:
         yield chip
     finally:

@@ -2,7 +2,8 @@
 
 One ``pcm.read()`` returns one period (blocking up to one period on real hardware).
 Overruns do not raise: pyalsaaudio 0.11 already re-prepares the stream when
-``snd_pcm_readi`` fails with ``-EPIPE`` and reports it as ``(-EPIPE, b"")``; we count
+``snd_pcm_readi`` fails with ``-EPIPE`` and reports it as ``(-EPIPE, b"")``; 0.10 (the
+image's) re-prepares silently, so the stream's state is checked before each read. We count
 the xrun and, because the frames discarded by the driver are gone for good, estimate
 how many were lost from the clock and put that gap on the stream timeline, so that
 every later frame keeps its true position in time.
@@ -176,6 +177,14 @@ class AlsaCapture:
         empty_since: int | None = None
         while True:
             try:
+                if pcm.state() == alsaaudio.PCM_STATE_XRUN:
+                    # pyalsaaudio 0.10 (Debian trixie, the image) re-prepares an overrun
+                    # stream inside read() and returns the next period as if nothing
+                    # happened; only the state before the read tells. Count it, drop the
+                    # stale frames and measure the gap on the next block, as for -EPIPE.
+                    self._stats.xruns += 1
+                    self._resync = True
+                    pcm.drop()
                 size, data = pcm.read()
             except alsaaudio.ALSAAudioError as exc:
                 raise AudioDeviceError(
