@@ -18,9 +18,11 @@ exactly once (sealed or recovered, on the card or at the office), each cut lost 
 hit (audio compared sample by sample with the line's file, from the call's off-hook to
 the cut; what the emulated recorder had not yet read when the power went, because TCG on
 a busy host runs it late, is reported but not held against it), no plain audio on the card,
-the chain intact (sealedrec.verify), `e2fsck -fn` clean. After each cut: e2fsck finds
-nothing but a journal to replay, and what a daemon reported done before the cut
-(sealed into the outbox, acked) is still done after it.
+the chain intact (sealedrec.verify), `e2fsck -fn` clean. After each cut: `e2fsck -fp`
+(what systemd-fsck does at the next boot: replay the journal, fix only what is safe)
+succeeds and `-fn` then finds nothing; what a daemon reported done before the cut
+(sealed into the outbox, acked) is still done after it; once provisioned, the device's
+enrolment request on LTBOOT is readable. About 20 min here (6 cuts, ~2.5 min a cycle).
 
 What is modelled: SIGKILL loses the guest's RAM (its page cache, ext4's uncommitted
 journal), but what qemu had written to a disk file survives in the host's page cache,
@@ -47,12 +49,10 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +62,9 @@ import soundfile
 
 from firmware.dsp.analyser import BATCH_S
 from firmware.dsp.dtmf import DEFAULT_GUARD_S, WINDOW_S
-from headoffice import enroll
 from headoffice.index import open_index
 from sealedrec.age import load_identities
 from sealedrec.keys import public_key_from_b64
-from tests.conftest import VENV_BIN
-from tests.mqtt_broker import Broker, run_mosquitto
 from tests.powercut import verdict
 from tests.powercut.boots import (
     ACKED_RE,
@@ -83,14 +80,22 @@ from tests.powercut.boots import (
     Tail,
     run_boot,
 )
+from tests.powercut.card import (
+    DEVICE_ID,
+    GUEST_BROKER,
+    GUEST_FILES,
+    JOURNAL_SYNC_S,
+    MUTANTS,
+    RATE,
+    Office,
+    guest_disk,
+    prepare_card,
+    venv_site_packages,
+)
 from tests.vm import (
-    Partition,
     boot_command,
     debugfs,
     extract,
-    fat_names,
-    fat_read,
-    fat_write,
     logged_drive,
     partitions,
     read_write_log,
@@ -99,20 +104,14 @@ from tests.vm import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-GUEST_FILES = REPO / "tests" / "powercut"
 IMAGE = Path(os.environ.get("LINETAP_IMAGE", REPO / "image" / "build" / "linetap.img"))
 SEED = int(os.environ.get("LINETAP_POWERCUT_SEED", "20"))
 CUTS = int(os.environ.get("LINETAP_POWERCUT_CUTS", "6"))
 MUTANT = os.environ.get("LINETAP_POWERCUT_MUTANT", "")
-DEVICE_ID = "powercut-appliance"
-RATE = 8000
 LINE_S = 96.0
-GROW_BY = 256 * 1024 * 1024
-GUEST_BROKER = "10.0.2.100"
 CUT_TIMEOUT_S = 900  # TCG on a shared 2-core machine: a boot to the recorder takes minutes
 FINAL_TIMEOUT_S = 1800
 PROVISIONING_WINDOW_S = 60.0  # cuts land up to this long after grow-data starts (~70 s)
-JOURNAL_SYNC_S = 1.0
 # Audio waits for the DTMF detector before it is written: up to one analysis batch, the
 # two windows a tone could still be starting in, the mask guard, and a capture period.
 HOLDBACK_S = BATCH_S + 2 * WINDOW_S + DEFAULT_GUARD_S + 0.020
@@ -121,43 +120,6 @@ HOLDBACK_S = BATCH_S + 2 * WINDOW_S + DEFAULT_GUARD_S + 0.020
 # tens of ms under TCG. Measured loss above the promise by more than this is a failure.
 TIMING_SLACK_S = 0.25
 LOSS_BOUND_S = JOURNAL_SYNC_S + HOLDBACK_S + TIMING_SLACK_S
-
-
-@dataclass(frozen=True)
-class Mutant:
-    """A planted bug: exact text edits of one module, each original occurring once."""
-
-    module: str  # path under site-packages
-    edits: tuple[tuple[str, str], ...]
-
-    def apply(self, source: str) -> str:
-        for original, replacement in self.edits:
-            assert source.count(original) == 1, f"{self.module} changed: {original!r}"
-            source = source.replace(original, replacement)
-        return source
-
-
-MUTANTS = {
-    "journal-fsync": Mutant(
-        "buffers/journal.py",
-        (("            if self._durable:\n                os.fsync(self._fd)\n", ""),),
-    ),
-    "outbox-dirsync": Mutant(
-        "buffers/outbox.py",
-        (
-            (
-                "                os.rename(staged, target)\n"
-                "                fsync_dir(self._tmp)\n                fsync_dir(target.parent)\n",
-                "                os.rename(staged, target)\n",
-            ),
-            (
-                "        os.rename(entry.path, target)\n"
-                "        fsync_dir(entry.path.parent)\n        fsync_dir(target.parent)\n",
-                "        os.rename(entry.path, target)\n",
-            ),
-        ),
-    ),
-}
 
 
 def plan_cuts(seed: int, count: int, calls: Sequence[verdict.Call]) -> list[CutPlan]:
@@ -188,170 +150,6 @@ def line_audio(seconds: float, seed: int) -> npt.NDArray[np.int16]:
     rng = np.random.default_rng(seed)
     noise = rng.normal(0.0, 3000.0, round(seconds * RATE))
     return np.clip(np.round(noise), -32768, 32767).astype(np.int16)
-
-
-def device_config(recipient: str) -> str:
-    return f"""\
-device_id = "{DEVICE_ID}"
-log_level = "info"
-
-[audio]
-backend = "file"
-file = "/run/powercut/line.flac"
-file_realtime = true
-sample_rate = {RATE}
-channels = 1
-
-[gpio]
-backend = "sim"
-script = "/run/powercut/line.events"
-
-[call]
-preroll_s = 5.0
-
-[storage]
-format = "sealed"
-keep_acked_days = 0
-min_free_mb = 16
-
-[sealing]
-recipients = ["{recipient}"]
-codec = "flac"
-journal_sync_s = {JOURNAL_SYNC_S}
-
-[upload]
-host = "{GUEST_BROKER}"
-port = 1883
-tls = false
-chunk_kib = 16
-window = 2
-ack_timeout_s = 10
-backoff_max_s = 2
-telemetry_s = 5
-
-[[lines]]
-name = "line1"
-channel = 0
-hook_pin = 17
-led_pin = 22
-"""
-
-
-class Office:
-    """The head office on the host: a plain mosquitto (logging every PUBLISH, which the
-    upload cut counts) and, once the device is enrolled, `linetap-office serve`."""
-
-    def __init__(self, work: Path, stack: contextlib.ExitStack) -> None:
-        self.root = work / "office"
-        self.setup = enroll.init_ca(self.root, "Power-cut test office")
-        conf = (
-            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stdout\n"
-            "log_type all\nconnection_messages true\nset_tcp_nodelay true\n"
-        )
-        self.broker: Broker = stack.enter_context(run_mosquitto(work, conf, name="broker"))
-        self.log = work / "receiver.log"
-        self._stack = stack
-        self.enrolled = False
-
-    def enroll_from(self, disk: Path, boot: Partition, card: verdict.CardState) -> list[str]:
-        """Enrol the device once its first boot is complete (the marker on the data
-        partition, written last), from the request first boot left on LTBOOT. If that
-        request is unreadable, say so, and enrol as an installer would after running
-        `linetap provision init` on the unit: from the request kept on the data partition."""
-        marker = card.files.get("provisioned.json")
-        if self.enrolled or marker is None:
-            return []
-        problems = []
-        request = "linetap-request"
-        names = fat_names(disk, boot, request) if request in fat_names(disk, boot) else []
-        csr_name, key_name = f"{DEVICE_ID}.csr", f"{DEVICE_ID}.signing-key"
-        csr = fat_read(disk, boot, f"{request}/{csr_name}") if csr_name in names else b""
-        key = fat_read(disk, boot, f"{request}/{key_name}") if key_name in names else b""
-        if b"CERTIFICATE REQUEST" not in csr or not key.strip():
-            problems.append(
-                f"provisioned (the data partition's marker says so), but LTBOOT/{request}/ "
-                f"holds {csr_name} of {len(csr)} B and {key_name} of {len(key)} B: the "
-                "request for the office did not survive the cut"
-            )
-            csr = card.files[f"keys/{csr_name}"]
-            key = json.loads(card.files["provisioned.json"])["signing_key"].encode()
-        enroll.enroll_device(self.root, csr, key.decode().strip())
-        conf = self.root.parent / "office.toml"
-        conf.write_text(
-            f'root = "{self.root}"\n[broker]\nhost = "127.0.0.1"\n'
-            f"port = {self.broker.port}\ntls = false\nkeepalive_s = 5\n"
-        )
-        self._stack.enter_context(
-            _process([str(VENV_BIN / "linetap-office"), "serve", "--config", str(conf)], self.log)
-        )
-        self.enrolled = True
-        return problems
-
-
-@contextlib.contextmanager
-def _process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def venv_site_packages(disk: Path, root: Partition, work: Path) -> str:
-    root_fs = extract(disk, root, work / "root.ext4")
-    try:
-        libs = debugfs(root_fs, "ls -p /opt/linetap/venv/lib")
-    finally:
-        root_fs.unlink()
-    pythons = sorted(set(re.findall(r"/(python3\.\d+)/", libs)))
-    assert pythons, f"no python3.X in the image's /opt/linetap/venv/lib: {libs}"
-    return f"/opt/linetap/venv/lib/{pythons[-1]}/site-packages"
-
-
-def prepare_card(work: Path, recipient: str) -> tuple[Path, list[Partition]]:
-    """A grown copy of the image ("the card") with the test's config on its boot partition."""
-    disk = work / "card.img"
-    run(["cp", "--sparse=always", str(IMAGE), str(disk)])
-    parts = partitions(disk)
-    assert [(p.number, p.kind) for p in parts] == [(1, 0x0C), (2, 0x83), (3, 0x83)], parts
-    config = work / "linetap.toml"
-    config.write_text(device_config(recipient))
-    fat_write(disk, parts[0], config, "linetap.toml")
-    with disk.open("r+b") as fh:  # a bigger card: first boot grows the data partition
-        fh.truncate(disk.stat().st_size + GROW_BY)
-    return disk, parts
-
-
-def guest_disk(work: Path, line: Path, site: str, *, final: bool) -> tuple[Path, list[str]]:
-    """The test's own disk (ext4, label LTPOWERCUT, read-only in the guest) and the
-    kernel arguments that mount it at /run/powercut and bind the mutant, if any."""
-    tree = work / "guest-disk"
-    shutil.rmtree(tree, ignore_errors=True)
-    tree.mkdir()
-    shutil.copy2(GUEST_FILES / "guest.sh", tree / "guest.sh")
-    shutil.copy2(GUEST_FILES / "line.events", tree / "line.events")
-    shutil.copy2(line, tree / "line.flac")
-    args = ["systemd.mount-extra=LABEL=LTPOWERCUT:/run/powercut:ext4:ro"]
-    if MUTANT:
-        mutant = MUTANTS[MUTANT]
-        (tree / "mutant").mkdir()
-        name = Path(mutant.module).name
-        (tree / "mutant" / name).write_text(mutant.apply((REPO / mutant.module).read_text()))
-        target = f"{site}/{mutant.module}"
-        (tree / "mutant.list").write_text(f"/run/powercut/mutant/{name} {target}\n")
-        args.append(f"systemd.mount-extra=/run/powercut/mutant/{name}:{target}:none:bind,ro")
-    if final:
-        (tree / "final").write_text("")
-    image = work / "guest-disk.ext4"
-    image.unlink(missing_ok=True)
-    run(["mke2fs", "-q", "-t", "ext4", "-L", "LTPOWERCUT", "-d", str(tree), str(image), "32M"])
-    return image, args
 
 
 INIT_RE = re.compile(r"'linetap/[^/]+/up/([^/]+)/init'")
@@ -407,7 +205,7 @@ class Card:
     def __init__(self, work: Path, office: Office) -> None:
         self.work = work
         self.office = office
-        self.disk, self.parts = prepare_card(work, office.setup.recipient)
+        self.disk, self.parts = prepare_card(IMAGE, work, office.setup.recipient)
         self.site = venv_site_packages(self.disk, self.parts[1], work)
         self.line = line_audio(LINE_S, SEED)
         self.line_flac = work / "line.flac"
@@ -420,7 +218,10 @@ class Card:
         """One boot, cut as ``plan`` says (None: until it powers off), and then what the
         card keeps: the logged writes up to the last flush, and a share of the rest."""
         number = len(self.boots) + 1
-        disk_image, kernel_args = guest_disk(self.work, self.line_flac, self.site, final=not plan)
+        mutant = MUTANTS[MUTANT] if MUTANT else None
+        disk_image, kernel_args = guest_disk(
+            self.work, self.line_flac, self.site, mutant, final=not plan
+        )
         overlay, log = self.work / "overlay.qcow2", self.work / "writes.log"
         console = self.work / f"console-{number}.log"
         console.unlink(missing_ok=True)
@@ -575,6 +376,9 @@ def report(card: Card, calls: Sequence[verdict.Call], figures: dict[str, object]
 def test_power_cuts_lose_at_most_the_last_second(card_image: Path) -> None:
     # Not tmp_path: the run takes many minutes and other pytest sessions on this machine
     # prune old basetemp folders; image/build/ is ours (git-ignored) and keeps the evidence.
+    assert not MUTANT or MUTANT in MUTANTS, (
+        f"LINETAP_POWERCUT_MUTANT={MUTANT}: not a planted bug; use one of {', '.join(MUTANTS)}"
+    )
     work = card_image.parent / ("powercut" + (f"-{MUTANT}" if MUTANT else ""))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
