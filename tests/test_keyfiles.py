@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from sealedrec.durable import replace_file, write_new_file
+from firmware.tools._provision_files import commit, stage
+from sealedrec.durable import atomic_file, replace_file, write_new_file
 from sealedrec.keys import DeviceKeyError, create_device_key, load_device_key
 from sealedrec.tlskeys import TlsKeyError, load_or_create_tls_key
 
@@ -49,6 +50,40 @@ def test_replace_file_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     replace_file(target, b"v2", 0o600)
     assert target.read_bytes() == b"v2" and _mode(target) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]
+
+
+def fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The path each fsync'd descriptor names at the time of the fsync, in order."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
+@pytest.mark.parametrize("how", ["replace_file", "atomic_file", "provision_commit"])
+def test_a_renamed_file_is_synced_under_its_new_name_before_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # On FAT (the boot partition) a rename leaves the new directory entry at size 0 until
+    # the file itself is synced again; fsyncing the folder does not write it (the power-cut
+    # test in the VM lost the provisioning request that way). The file's own sync under
+    # the new name must come after the rename and before the folder's.
+    target = tmp_path / "request.csr"
+    synced = fsynced_paths(monkeypatch)
+    if how == "replace_file":
+        replace_file(target, b"csr")
+    elif how == "atomic_file":
+        with atomic_file(target) as fh:
+            fh.write(b"csr")
+    else:
+        commit(stage(target, b"csr", None), target)
+    assert target.read_bytes() == b"csr"
+    assert synced[-2:] == [str(target), str(tmp_path)], synced
 
 
 def test_replace_file_failure_keeps_the_old_file(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ from firmware.tools._provision_keys import (
     unset_tls_keys,
 )
 from runtime.process import EXIT_FAILURE, EXIT_OK
-from sealedrec.durable import fsync_dir
+from sealedrec.durable import fsync_dir, rename_durably
 from sealedrec.keys import load_device_key
 from sealedrec.tlskeys import load_or_create_tls_key
 
@@ -140,8 +140,7 @@ def _applied_name(boot_file: Path) -> Path:
 
 def _retire_boot_file(fb: FirstBoot) -> Path:
     applied = _applied_name(fb.boot_file)
-    os.rename(fb.boot_file, applied)
-    fsync_dir(fb.boot_dir)
+    rename_durably(fb.boot_file, applied)  # on FAT: see rename_durably
     return applied
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from firmware.app import device_key_path
 from firmware.config import LinetapConfig
 from firmware.errors import LinetapError
-from sealedrec.durable import fsync_dir, replace_file_via
+from sealedrec.durable import fsync_dir, rename_durably, replace_file_via
 
 STAGE_PREFIX = ".provision-"  # temp files beside their destination: <dir>/.provision-<name>.tmp
 
@@ -113,11 +113,10 @@ def stage(dest: Path, data: bytes, mode: int | None) -> Path:
 def commit(tmp: Path, dest: Path) -> None:
     """Rename a staged file into place (atomic) and make the rename durable."""
     try:
-        os.replace(tmp, dest)
+        rename_durably(tmp, dest)
     except BaseException:
         discard(tmp)
         raise
-    fsync_dir(dest.parent)
 
 
 def discard(tmp: Path) -> None:
