@@ -44,6 +44,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/upload_receiver_capacity.py
 	$(BIN)/python bench/office_scaleout.py
 	$(BIN)/python bench/office_flood.py
+	$(BIN)/python bench/dsp_rtf.py
 	$(BIN)/python bench/dtmf_accuracy.py
 	$(BIN)/python bench/cid_accuracy.py
 

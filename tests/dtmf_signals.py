@@ -14,6 +14,7 @@ import math
 import shutil
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import Executor
 
 import numpy as np
 import numpy.typing as npt
@@ -183,3 +184,91 @@ TALK_OFF_SENTENCES = (
     "We open at half past eight, Monday to Friday, and at ten on Saturdays. Sunday closed.",
     "Account number three three, four four, five five, six six. Sort code twelve, thirty four.",
 )
+
+
+# Chords (semitones from A4) of a I-V-vi-IV-ish progression, played by several waveforms.
+CHORDS = ((-9, -5, -2, 3), (-2, 2, 5, 10), (0, 3, 7, 12), (-7, -3, 0, 5), (-4, 0, 3, 8),
+          (1, 5, 8, 13), (3, 7, 10, 15), (-12, -5, 4, 7))  # fmt: skip
+
+
+def synth_music(rate: int, transpose: int = 0) -> Int16s:
+    """About 2 minutes of sox-synthesised "music" at ``rate`` (made at 48 kHz: pluck):
+    chords by several waveforms, sweeps, noises and an arpeggio over a bass, all
+    ``transpose`` semitones up (the sweeps by as much). For talk-off: tests/test_dtmf.py
+    and bench/dtmf_accuracy.py (which transposes it for more than 2 minutes)."""
+    t = transpose
+    shift = 2 ** (t / 12)
+    parts: list[Int16s] = []
+    for i, chord in enumerate(CHORDS):
+        for kind in ("pluck", "sine", "triangle", "square", "sawtooth"):
+            tones = [a for s in chord for a in (kind, f"%{s + 12 * (i % 2) + t}")]
+            mix = ",".join(f"{k + 1}v0.2" for k in range(len(chord)))
+            parts.append(
+                sox_raw(["-c", str(len(chord)), "-r", "48000", "-n", *raw_out(rate), "synth",
+                      "0.8", *tones, "remix", mix, "fade", "0.01", "0.8", "0.1"])
+            )  # fmt: skip
+    for kind in ("sine", "square", "triangle"):
+        for a, b in ((300, 3400), (3400, 300), (600, 1700), (1700, 600)):
+            lo, hi = round(a * shift), round(b * shift)
+            for sweep in (f"{lo}-{hi}", f"{lo}:{hi}"):  # linear, exponential
+                parts.append(
+                    sox_raw(["-r", str(rate), "-n", *raw_out(rate), "synth", "3", kind, sweep,
+                          "vol", "0.3"])
+                )  # fmt: skip
+    for kind in ("whitenoise", "pinknoise", "brownnoise"):
+        parts.append(
+            sox_raw(["-r", str(rate), "-n", *raw_out(rate), "synth", "5", kind, "vol", "0.3"])
+        )
+    for n in [0, 4, 7, 12, 16, 19, 24, 19, 16, 12, 7, 4] * 3:  # arpeggio over a bass
+        parts.append(
+            sox_raw(["-c", "2", "-r", "48000", "-n", *raw_out(rate), "synth", "0.15", "pluck",
+                  f"%{n + t}", "sine", f"%{n + t - 24}", "remix", "1v0.4,2v0.3"])
+        )  # fmt: skip
+    return np.concatenate(parts)
+
+
+TALK_OFF_VOICES = (
+    "en-gb", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-029", "en+f1",
+    "en+f2", "en+f3", "en+f4", "en+m1", "en+m3", "en+m7", "en-us+f5", "en+klatt",
+    "en+klatt2", "en+klatt4", "en+croak", "en+whisper", "en+Tweaky", "en+Annie", "en+belinda",
+    "de", "fr", "es", "it", "nl", "pl", "pt", "hi",
+)  # fmt: skip
+TALK_OFF_PITCHES = (25, 45, 65, 85)
+
+
+def talk_off_speech(minutes: float, pool: Executor) -> Int16s:
+    """``minutes`` of espeak-ng speech at 8 kHz in the telephone band (sox ``sinc
+    300-3400``): every voice at every pitch, two sentences each (then played again
+    reversed if that is not enough). bench/dtmf_accuracy.py and the hour-long talk-off
+    test (tests/test_dtmf_talk.py) use it."""
+    jobs = [
+        (text, voice, pitch)
+        for i, (voice, pitch) in enumerate(
+            (v, p) for v in TALK_OFF_VOICES for p in TALK_OFF_PITCHES
+        )
+        for text in (
+            TALK_OFF_SENTENCES[i % len(TALK_OFF_SENTENCES)],
+            TALK_OFF_SENTENCES[(i + 5) % len(TALK_OFF_SENTENCES)],
+        )
+    ]
+
+    def one(job: tuple[str, str, int]) -> Int16s:
+        text, voice, pitch = job
+        wav = subprocess.run(
+            ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", "160", "--stdout", text],
+            capture_output=True, check=True, timeout=120,
+        ).stdout  # fmt: skip
+        return sox_raw(["-t", "wav", "-", *raw_out(8000), "sinc", "300-3400"], stdin=wav)
+
+    target = round(minutes * 60 * 8000)
+    parts: list[Int16s] = []
+    total = 0
+    for piece in pool.map(one, jobs):
+        if total >= target:
+            break
+        parts.append(piece)
+        total += piece.size
+    speech = np.concatenate(parts)
+    while speech.size < target:  # not enough sentences: play them again, reversed
+        speech = np.concatenate([speech, speech[::-1]])
+    return speech[:target]

@@ -47,6 +47,7 @@ from tests.dtmf_signals import (
     raw_out,
     sox_raw,
     sox_tone,
+    synth_music,
 )
 
 Int16s = npt.NDArray[np.int16]
@@ -119,43 +120,10 @@ def speech() -> dict[int, Int16s]:
     return out
 
 
-# Chords (semitones from A4) of a I-V-vi-IV-ish progression, played by several waveforms.
-CHORDS = ((-9, -5, -2, 3), (-2, 2, 5, 10), (0, 3, 7, 12), (-7, -3, 0, 5), (-4, 0, 3, 8),
-          (1, 5, 8, 13), (3, 7, 10, 15), (-12, -5, 4, 7))  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def music() -> dict[int, Int16s]:
     """About 2 minutes of sox-synthesised "music" at each rate (made at 48 kHz: pluck)."""
-    out: dict[int, Int16s] = {}
-    for rate in RATES:
-        parts = []
-        for i, chord in enumerate(CHORDS):
-            for kind in ("pluck", "sine", "triangle", "square", "sawtooth"):
-                tones = [a for s in chord for a in (kind, f"%{s + 12 * (i % 2)}")]
-                mix = ",".join(f"{k + 1}v0.2" for k in range(len(chord)))
-                parts.append(
-                    sox_raw(["-c", str(len(chord)), "-r", "48000", "-n", *raw_out(rate), "synth",
-                          "0.8", *tones, "remix", mix, "fade", "0.01", "0.8", "0.1"])
-                )  # fmt: skip
-        for kind in ("sine", "square", "triangle"):
-            for a, b in ((300, 3400), (3400, 300), (600, 1700), (1700, 600)):
-                for sweep in (f"{a}-{b}", f"{a}:{b}"):  # linear, exponential
-                    parts.append(
-                        sox_raw(["-r", str(rate), "-n", *raw_out(rate), "synth", "3", kind, sweep,
-                              "vol", "0.3"])
-                    )  # fmt: skip
-        for kind in ("whitenoise", "pinknoise", "brownnoise"):
-            parts.append(
-                sox_raw(["-r", str(rate), "-n", *raw_out(rate), "synth", "5", kind, "vol", "0.3"])
-            )
-        for n in [0, 4, 7, 12, 16, 19, 24, 19, 16, 12, 7, 4] * 3:  # arpeggio over a bass
-            parts.append(
-                sox_raw(["-c", "2", "-r", "48000", "-n", *raw_out(rate), "synth", "0.15", "pluck",
-                      f"%{n}", "sine", f"%{n - 24}", "remix", "1v0.4,2v0.3"])
-            )  # fmt: skip
-        out[rate] = np.concatenate(parts)
-    return out
+    return {rate: synth_music(rate) for rate in RATES}
 
 
 # --------------------------------------------------------------------------- detection

@@ -7,6 +7,11 @@ what it heard, on the capture stream's frame timeline, so the recorder can ask a
 start or end of a call "which caller ID preceded this off-hook" and "which digits were
 dialled since". It also keeps the levels of the last second for telemetry and tools.
 
+The detectors hear the line through a mains-hum high-pass (:mod:`firmware.dsp.highpass`),
+so 50/60 Hz hum and its harmonics on a badly earthed tap cost no digits; the levels are
+measured on the unfiltered line (they report the hum). DTMF runs on ``BATCH_S`` batches,
+FSK caller ID on ``FSK_BATCH_S`` stretches (decoded early when a caller ID is asked for).
+
 No I/O and no clock: frames in, facts out.
 """
 
@@ -24,6 +29,7 @@ from firmware.dsp.blocks import BlockGatherer
 from firmware.dsp.cid_messages import CallerIdMessage, parse_dtmf_clip
 from firmware.dsp.dtmf import DtmfDetector, DtmfEvent
 from firmware.dsp.fsk import CallerIdDecoder
+from firmware.dsp.highpass import HumFilter
 from firmware.dsp.levels import LevelStats
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,10 @@ LEVEL_WINDOW_S = 1.0
 # gathered to this length first (measured: 20 ms -> 100 ms blocks halves the CPU time).
 # The recorder calls catch_up() before it needs everything analysed (end of a call).
 BATCH_S = 0.1
+# FSK caller ID is asked for only when a call starts (caller_id_before analyses what is
+# still held), so it can take longer stretches than DTMF, whose progress gates what a
+# masking recorder may write: per-call numpy overhead was most of its cost at 0.1 s.
+FSK_BATCH_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +82,15 @@ class LineAnalyser:
     ) -> None:
         self.rate = rate
         self._batch = BlockGatherer(max(1, round(BATCH_S * rate)))
+        # The detectors hear the line through a mains-hum high-pass; the levels do not
+        # (they report the hum).
+        self._hum_filter = HumFilter(rate)
         self.dtmf = DtmfDetector(rate)
         self.fsk = CallerIdDecoder(rate) if fsk_caller_id else None
+        self._fsk_batch = max(1, round(FSK_BATCH_S * rate))
+        self._fsk_held: list[npt.NDArray[np.float64]] = []  # filtered, not yet decoded
+        self._fsk_held_start = 0
+        self._fsk_held_frames = 0
         self._history = round(history_s * rate)
         self._digits: deque[HeardDigit] = deque()
         self._next_seq = 0
@@ -97,29 +114,49 @@ class LineAnalyser:
         """Analyse every frame taken so far (the recorder calls this before it must know
         whether a key press is under way, e.g. at the end of a call)."""
         batch = self._batch.flush()
-        return [] if batch is None else self._analyse(*batch)
+        events = [] if batch is None else self._analyse(*batch)
+        self._decode_caller_id()
+        return events
 
     def _analyse(self, samples: npt.NDArray[np.int16], start_frame: int) -> list[DtmfEvent]:
-        events = self.dtmf.process(samples, start_frame)
+        if self._end_frame is not None and start_frame != self._end_frame:
+            self._hum_filter.reset()  # after a gap: audio that was never adjacent
+        filtered = self._hum_filter.filter(samples)
+        events = self.dtmf.process(filtered, start_frame)
         for event in events:
             self._digits.append(HeardDigit(self._next_seq, event))
             self._next_seq += 1
         if self.fsk is not None:
-            self._caller_ids.extend(self.fsk.process(samples, start_frame))
-            for error in self.fsk.pop_errors():
-                # One line per rejected message: support staff look for these when a
-                # caller ID is missing (a bad checksum is a line problem, not ours).
-                log.info(
-                    "caller ID rejected at frame %d: %s %s (%s)",
-                    error.start_frame,
-                    error.standard,
-                    error.reason,
-                    error.detail,
-                )
+            if self._fsk_held_start + self._fsk_held_frames != start_frame:
+                self._decode_caller_id()  # what came before a gap is decoded on its own
+                self._fsk_held_start = start_frame
+            self._fsk_held.append(filtered)
+            self._fsk_held_frames += filtered.shape[0]
+            if self._fsk_held_frames >= self._fsk_batch:
+                self._decode_caller_id()
         self._end_frame = start_frame + samples.shape[0]
         self._levels(samples, start_frame)
         self._prune()
         return events
+
+    def _decode_caller_id(self) -> None:
+        """Run the FSK decoder over the filtered audio held for it."""
+        if self.fsk is None or not self._fsk_held:
+            return
+        held = self._fsk_held[0] if len(self._fsk_held) == 1 else np.concatenate(self._fsk_held)
+        self._caller_ids.extend(self.fsk.process(held, self._fsk_held_start))
+        self._fsk_held_start += held.shape[0]
+        self._fsk_held, self._fsk_held_frames = [], 0
+        for error in self.fsk.pop_errors():
+            # One line per rejected message: support staff look for these when a caller ID
+            # is missing (a bad checksum is a line problem, not ours).
+            log.info(
+                "caller ID rejected at frame %d: %s %s (%s)",
+                error.start_frame,
+                error.standard,
+                error.reason,
+                error.detail,
+            )
 
     def add_caller_id(self, message: CallerIdMessage) -> None:
         """A caller ID from another source (a serial unit), placed on this line's timeline."""
@@ -178,6 +215,7 @@ class LineAnalyser:
         """The caller ID that announced a call answered at ``frame``: the latest message
         (FSK, serial, or a DTMF CLIP among the digits heard before ``frame``) starting in
         ``[frame - window_frames, frame + after_frames]``."""
+        self._decode_caller_id()
         lo, hi = frame - window_frames, frame + after_frames
         found: list[CallerIdMessage] = [m for m in self._caller_ids if lo <= m.start_frame <= hi]
         before = [d.event for d in self._digits if lo <= d.event.start_frame < frame]

@@ -8,8 +8,12 @@ Signal path (vectorised per block, numpy only)
 * **Tone correlators.** Every sample is mixed with the four tones of both standards (Bell
   202 mark 1200 / space 2200 Hz, V.23 mark 1300 / space 2100 Hz) and summed over one bit
   (a boxcar of ``round(rate / 1200)`` samples: 7 at 8 kHz, 13 at 16 kHz): the non-coherent
-  matched filter of each tone. The oscillators are indexed by absolute frame, so the sums
-  run on seamlessly across block boundaries (the boxcar carries its tail).
+  matched filter of each tone: every sample's one-bit window correlated with the tones'
+  cos/sin (the magnitude of a window's sum does not depend on the tone's
+  starting phase), the window running on across block boundaries (the last bit carried).
+  While hunting through a block too quiet to hold a mark (the one-bit power, smoothed as
+  below, never above ``min_level_dbfs``), only the soft decisions the smoothing carries
+  into the next block are computed.
 * **Soft decision** per standard and sample: ``(|M|^2 - |S|^2) / (|M|^2 + |S|^2)`` in
   [-1, 1], positive for mark (1). It does not depend on the level.
 
@@ -63,7 +67,6 @@ from firmware.dsp.cid_messages import (
 )
 
 Floats = npt.NDArray[np.float64]
-Complexes = npt.NDArray[np.complex128]
 Bools = npt.NDArray[np.bool_]
 
 BAUD = 1200.0
@@ -96,49 +99,60 @@ class FskDemodulator:
         tones = sorted({f for s in standards for f in (s.mark, s.space)})
         self._mark_idx = [tones.index(s.mark) for s in standards]
         self._space_idx = [tones.index(s.space) for s in standards]
-        # exp(-j 2 pi f n / rate) repeats every `rate` samples for whole-Hz tones
-        self._osc: Complexes = np.exp(-2j * np.pi * np.outer(tones, np.arange(rate)) / rate)
+        self._tones = len(tones)
+        phase = 2 * np.pi * np.outer(tones, np.arange(self.taps)) / rate  # (tones, taps)
+        self._basis: Floats = np.vstack((np.cos(phase), np.sin(phase)))  # cos rows, sin rows
         self._dc_len = round(rate * 0.020)
         self.reset()
 
     def reset(self) -> None:
-        self._tail_mix: Complexes = np.zeros((self._osc.shape[0], self.taps - 1), np.complex128)
+        self._tail_x: Floats = np.zeros(self.taps - 1)
         self._tail_pow: Floats = np.zeros(self.taps - 1)
         self._tail_dc: Floats = np.zeros(self._dc_len - 1)
 
-    def oscillator(self, tone: int, start_frame: int, count: int) -> Complexes:
-        n = (start_frame + np.arange(count)) % self.rate
-        out: Complexes = np.exp(-2j * np.pi * tone * n / self.rate)
-        return out
-
-    def process(self, raw: Floats, start_frame: int) -> tuple[Floats, Floats, Floats]:
+    def process(self, raw: Floats) -> tuple[Floats, Floats, Floats]:
         """``(x, soft, power)`` for one block.
 
         ``x`` is the block less its DC (the mean of the last 20 ms, which holds a whole
         number of cycles of every tone here, so the tones pass untouched). ``soft`` has one
         row per standard; ``power`` is the mean square of ``x`` over the same one-bit
         window. Sample ``i`` of ``soft`` and ``power`` covers ``x[i - taps + 1 .. i]``."""
+        x, power = self.dc_and_power(raw)
+        return x, self.soft(x), power
+
+    def dc_and_power(self, raw: Floats) -> tuple[Floats, Floats]:
+        """``(x, power)`` of :meth:`process`: the cheap, real-valued half."""
         count = len(raw)
         ext = np.concatenate((self._tail_dc, raw))
         self._tail_dc = ext[count:]
         dsum = np.concatenate(([0.0], np.cumsum(ext)))
         x = raw - (dsum[self._dc_len :] - dsum[:count]) / self._dc_len
-        idx = (start_frame + np.arange(count)) % self.rate
-        mixed = np.concatenate((self._tail_mix, self._osc[:, idx] * x), axis=1)
         sq = np.concatenate((self._tail_pow, x * x))
-        self._tail_mix = mixed[:, count:]
         self._tail_pow = sq[count:]
-        taps = self.taps
-        csum = np.cumsum(mixed, axis=1)
-        csum = np.concatenate((np.zeros((csum.shape[0], 1), np.complex128), csum), axis=1)
-        sums = csum[:, taps:] - csum[:, :count]
-        energy = sums.real**2 + sums.imag**2
         psum = np.concatenate(([0.0], np.cumsum(sq)))
-        power = (psum[taps:] - psum[:count]) / taps
+        power = (psum[self.taps :] - psum[:count]) / self.taps
+        return x, power
+
+    def soft(self, x: Floats, soft_from: int = 0) -> Floats:
+        """``soft`` of :meth:`process` for ``x`` from :meth:`dc_and_power`; only samples
+        from ``soft_from`` on are computed (the earlier ones are 0), which skips most of the
+        cost when the caller knows it will not look at them."""
+        count = len(x)
+        ext = np.concatenate((self._tail_x, x))
+        self._tail_x = ext[count:]
+        first = min(max(soft_from, 0), count)  # first output computed
+        # Every output's one-bit window against each tone's cos and sin: a correlation
+        # per row of the basis (faster than a product with the windows as rows, which
+        # numpy cannot hand to BLAS). |sum| does not depend on where a tone's phase
+        # starts, so every window starts its oscillators at 0.
+        seg = ext[first:]
+        proj = np.stack([np.correlate(seg, row, "valid") for row in self._basis])
+        energy = proj[: self._tones] ** 2 + proj[self._tones :] ** 2  # (tones, outputs)
         mark = energy[self._mark_idx]
         space = energy[self._space_idx]
-        soft = (mark - space) / (mark + space + 1e-9)
-        return x, soft, power
+        soft: Floats = np.zeros((len(self.standards), count))
+        soft[:, first:] = (mark - space) / (mark + space + 1e-9)
+        return soft
 
 
 @dataclass
@@ -177,6 +191,10 @@ class CallerIdDecoder:
         self._min_purity = min_purity
         self._max_gap = max_gap_bits
         self._purity_len = round(rate * 0.010)  # 10 ms: 1200 and 1300 Hz in each other's null
+        phase = 2 * np.pi * np.outer(np.arange(self._purity_len), [s.mark for s in STANDARDS])
+        self._purity_basis: Floats = np.stack(
+            (np.cos(phase / rate), np.sin(phase / rate)), axis=2
+        ).reshape(self._purity_len, -1)  # columns: cos, sin of each standard's mark
         self._seizure_span = round(100 * self.bit)
         self._keep = self._min_mark + self._smooth + self._seizure_span + 4 * self._taps
         self._reset(None)
@@ -200,15 +218,26 @@ class CallerIdDecoder:
         self._pos = math.ceil(at)
         self._run = 0  # length of the run of "looks like mark" samples ending at _pos
 
-    def _append(self, raw: Floats, start_frame: int) -> None:
-        x, soft, power = self._demod.process(raw, start_frame)
+    def _append(self, raw: Floats) -> None:
+        x, power = self._demod.dc_and_power(raw)
         w = self._smooth
-        h = np.concatenate((self._tail_h, soft.max(axis=0)))
         p = np.concatenate((self._tail_p, power))
-        self._tail_h, self._tail_p = h[len(x) :], p[len(x) :]
-        hc = np.concatenate(([0.0], np.cumsum(h)))
         pc = np.concatenate(([0.0], np.cumsum(p)))
-        ok = ((hc[w:] - hc[: len(x)]) > 0.5 * w) & ((pc[w:] - pc[: len(x)]) > self._floor * w)
+        loud = (pc[w:] - pc[: len(x)]) > self._floor * w
+        # Hunting on a quiet stretch (no sample loud enough to be mark), the soft decisions
+        # are needed only for the smoothing that runs on into the next block; the rest are
+        # left 0 (the tone correlators are most of the cost). Only a channel-seizure check
+        # could look back at them, and it finds no seizure in a quiet stretch either way.
+        any_loud = bool(loud.any())
+        quiet = self._state == "hunt" and not any_loud
+        soft = self._demod.soft(x, len(x) - (w - 1) if quiet else 0)
+        h = np.concatenate((self._tail_h, soft.max(axis=0)))
+        self._tail_h, self._tail_p = h[len(x) :], p[len(x) :]
+        if any_loud:
+            hc = np.concatenate(([0.0], np.cumsum(h)))
+            ok = ((hc[w:] - hc[: len(x)]) > 0.5 * w) & loud
+        else:
+            ok = loud  # all False
         self._x = np.concatenate((self._x, x))
         self._soft = np.concatenate((self._soft, soft), axis=1)
         self._ok = np.concatenate((self._ok, ok))
@@ -238,7 +267,7 @@ class CallerIdDecoder:
             self._reset(start_frame)
         if len(x) == 0:
             return []
-        self._append(x, start_frame)
+        self._append(x)
         found: list[CallerIdMessage] = []
         while self._step(found):
             pass
@@ -260,20 +289,30 @@ class CallerIdDecoder:
         seg = self._ok[lo:]
         if len(seg) == 0:
             return False
+        if not seg.any():  # most of the time: no mark anywhere
+            self._run, self._pos = 0, self._end
+            return False
         i = np.arange(len(seg))
         last_false = np.maximum.accumulate(np.where(seg, -1, i))
         run = np.where(last_false >= 0, i - last_false, i + 1 + self._run)
         hits = np.flatnonzero(run >= self._min_mark)
-        if len(hits) == 0:
-            self._run = int(run[-1])
+        # A rejected candidate restarts the run after it, so the next candidate is the
+        # first hit at least min_mark samples on (the run then still reaches back that
+        # far); walking the hits found here saves rescanning the rest for each one.
+        k, rejected = 0, -1
+        while k < len(hits):
+            at = self._pos + int(hits[k])  # the mark has lasted long enough here
+            first = at - self._min_mark + 1
+            std, purity = self._classify(first, at - self._taps)
+            if purity >= self._min_purity:
+                break
+            rejected = int(hits[k])  # not a mark; look again further on
+            k = int(np.searchsorted(hits, rejected + self._min_mark))
+        else:
+            last = len(seg) - 1
+            self._run = int(run[-1]) if rejected < 0 else min(int(run[-1]), last - rejected)
             self._pos = self._end
             return False
-        at = self._pos + int(hits[0])  # the mark has lasted long enough here
-        first = at - self._min_mark + 1
-        std, purity = self._classify(first, at - self._taps)
-        if purity < self._min_purity:
-            self._pos, self._run = at + 1, 0  # not a mark; look again further on
-            return True
         self._std = std
         self._seizure = self._seizure_before(first - self._smooth, std)
         self._state = "start"
@@ -290,14 +329,13 @@ class CallerIdDecoder:
         energy = float(np.sum(seg * seg))
         if energy <= 0 or len(seg) < count * size:
             return 0, 0.0
-        best, best_purity = 0, -1.0
-        for k, std in enumerate(STANDARDS):
-            osc = self._demod.oscillator(std.mark, first, count * size)
-            sums = (seg * osc).reshape(count, size).sum(axis=1)
-            purity = 2 * float(np.sum(np.abs(sums) ** 2)) / (size * energy)
-            if purity > best_purity:
-                best, best_purity = k, purity
-        return best, best_purity
+        # Each window's |sum| against a mark tone does not depend on the tone's starting
+        # phase, so one product with the tones' cos/sin over a window does every window.
+        proj = seg.reshape(count, size) @ self._purity_basis  # (count, 2 * standards)
+        power = (proj**2).sum(axis=0)
+        purity = 2 * (power[0::2] + power[1::2]) / (size * energy)
+        best = int(np.argmax(purity))
+        return best, float(purity[best])
 
     def _seizure_before(self, end: int, std: int) -> bool:
         a = max(0, end - self._seizure_span - self._base)
@@ -374,21 +412,37 @@ class CallerIdDecoder:
         marks = np.interp(at, np.arange(len(self._x)), self._soft[self._std]) > 0
         return bool(marks[0] and marks[1] and np.count_nonzero(marks) >= 3)
 
+    def _mark_until(self, hi: float) -> tuple[npt.NDArray[np.int64], float | None]:
+        """(the frames up to ``hi`` where the mark is seen, from the last one before the
+        search position; where it went away: 30 bits after the first gap that long, or
+        None). The mark going away ends the search for the type byte, wherever the
+        blocks happen to end."""
+        lo_i, hi_i = self._pos - self._base, math.floor(hi) - self._base
+        found = np.flatnonzero(self._ok[max(lo_i, 0) : max(hi_i, lo_i)]) + self._pos
+        oks = np.concatenate(([self._last_ok], found))
+        oks = oks[np.concatenate(([True], oks[1:] > self._last_ok))]
+        span = 30 * self.bit
+        gaps = np.flatnonzero(np.diff(oks) > span)
+        if len(gaps):
+            return oks[: gaps[0] + 1], float(oks[gaps[0]] + span)
+        if math.floor(hi) - oks[-1] > span:
+            return oks, float(oks[-1] + span)
+        return oks, None
+
     def _step_start(self) -> bool:
         """Look for the start bit of the message type byte after the mark."""
-        hi = self._end - 10.5 * self.bit - 3  # a frame (and its refinement) fits
-        lo_i, hi_i = self._pos - self._base, math.floor(hi) - self._base
-        if hi_i > lo_i:
-            oks = np.flatnonzero(self._ok[lo_i:hi_i])
-            if len(oks):
-                self._last_ok = self._pos + int(oks[-1])
-        edge = self._falling_edge(self._pos, hi)
+        end = self._end - 10.5 * self.bit - 3  # a frame (and its refinement) fits
+        hi = min(end, self._pos + 64 * self.bit)  # a stretch at a time: long blocks
+        oks, gone = self._mark_until(hi)
+        edge = self._falling_edge(self._pos, hi if gone is None else min(hi, gone))
         if edge is None:
-            self._pos = max(self._pos, math.floor(hi))
-            if self._pos > self._last_ok + 30 * self.bit:
-                self._hunt(self._pos)  # the mark went away without a message
+            if gone is not None:
+                self._hunt(gone)  # the mark went away without a message
                 return True
-            return False
+            self._pos = max(self._pos, math.floor(hi))
+            self._last_ok = int(oks[-1])
+            return hi < end
+        self._last_ok = int(oks[max(int(np.searchsorted(oks, edge, side="right")) - 1, 0)])
         start, frame = self._read_frame(edge)
         if (
             frame.start_ok
