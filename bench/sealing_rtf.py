@@ -10,7 +10,8 @@ outbox; median of ``--repeats`` runs after one warm-up run.
 
 Our sink does more than encode and encrypt: it also keeps the power-safe journal, i.e.
 every ``journal_sync_s`` of audio (default 1.0 s) is encoded again as a small FLAC,
-age-encrypted on its own and fsynced (see firmware/sealing.py); that work is included.
+sealed as an age file of its own (one file key and header per call, a fresh payload
+nonce per segment) and fsynced (see firmware/sealwriter.py); that work is included.
 
 Peers, on the same audio (a WAV file) in the same run: ``flac -s -c in.wav | age -r R``
 and ``opusenc --bitrate 16 --quiet in.wav - | age -r R`` (Popen chain, no shell); their
@@ -23,7 +24,18 @@ pauses and a little line noise. It is cached in ``$TMPDIR/linetap-bench/`` (keye
 its parameters; ``--fresh-audio`` rebuilds it); everything else lives in a temporary
 directory removed at exit.
 
+With ``--vs-head`` it measures instead our tree against HEAD's (bench/head_compare.py):
+bench/sealing_worker.py in fresh processes, alternating the trees, ``--repeats`` per
+side, each warming up with one call and then sealing one call of the sample (FLAC);
+start-up is excluded on both sides alike. It prints CPU real-time factors (min and
+median) and the bytes the sealing path writes per call-hour (write(2) bytes, and bytes
+sent to the disk: run it where the data partition would be, ``--dir``). It also times
+the journal's own per-second work in this process, interleaved: the FLAC segment and its
+age sealing as HEAD does it (an X25519 exchange per segment) and as we do (one per call).
+
 Run: .venv/bin/python bench/sealing_rtf.py [--seconds 60] [--repeats 5] [--profile]
+     .venv/bin/python bench/sealing_rtf.py --vs-head [--repeats 7] [--dir /var/tmp]
+         [--ours-tree DIR]   (e.g. HEAD's tree with only some files changed)
 """
 
 from __future__ import annotations
@@ -40,11 +52,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import soundfile
 from bench_common import children_cpu_s, print_table_header, pstats_table
+from head_compare import REPO, head_tree, min_median, run_worker
 
 from buffers.outbox import Outbox
 from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink
@@ -376,8 +390,8 @@ def report(rows: list[Row], wav: Path, audio_s: float, repeats: int, wall: float
     print(
         "ours = SealingSink from open until the recording is in the outbox (a sink poll per "
         "period, close, polls until sealed): encoder -> age stream, PLUS the power-safe journal "
-        f"(journal_sync_s={JOURNAL_SYNC_S}: each second again as its own FLAC, age-encrypted "
-        "and fsynced), the signed manifest and the move into the outbox; process CPU time. "
+        f"(journal_sync_s={JOURNAL_SYNC_S}: each second again as its own FLAC in its own age "
+        "file, one file key per call, fsynced), the signed manifest and the move into the outbox; process CPU time. "
         "ours wall RTF = the same runs by the wall clock (fsyncs included). "
         "peer = `flac -s -c in.wav | age -r R` / "
         f"`opusenc --bitrate {OPUS_BPS // 1000} --quiet in.wav - | age -r R`, CPU of both "
@@ -392,6 +406,68 @@ def report(rows: list[Row], wav: Path, audio_s: float, repeats: int, wall: float
             print(r.profile)
 
 
+# --------------------------------------------------------------------------- vs HEAD
+
+WORKER = Path(__file__).resolve().parent / "sealing_worker.py"
+JOURNAL_WORKER = Path(__file__).resolve().parent / "journal_cost.py"
+HOUR_S = 3600
+
+
+def vs_head(wav: Path, repeats: int, data_dir: Path, ours_tree: Path) -> None:
+    head = head_tree()
+    args = ["--audio", str(wav), "--calls", "1", "--dir", str(data_dir)]
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "HEAD": []}
+    wall = time.monotonic()
+    for n in range(repeats):
+        sides = [("ours", ours_tree), ("HEAD", head)]
+        for name, tree in sides if n % 2 == 0 else sides[::-1]:
+            runs[name].append(run_worker(WORKER, tree, args))
+    journal = run_worker(JOURNAL_WORKER, REPO, ["--audio", str(wav), "--rounds", str(repeats)])
+    journal_head, journal_ours = journal["head_s"], journal["ours_s"]
+    wall = time.monotonic() - wall
+    audio_s = float(runs["ours"][0]["audio_s"])
+    print(
+        f"sealing, ours ({ours_tree}) vs HEAD ({head}): FLAC, {audio_s:.0f} s of speech per call, "
+        f"{repeats} worker runs per side, interleaved; data dir under {data_dir}"
+    )
+    print_table_header(
+        f"{'side':<5}  {'RTF min':>8}  {'RTF med':>8}  {'write(2) MB/call-h':>18}  "
+        f"{'to disk MB/call-h min':>21}  {'to disk med':>11}"
+    )
+    medians: dict[str, tuple[float, float, float]] = {}
+    for name, results in runs.items():
+        cpu = [r["cpu_s"][0] for r in results]
+        wchar = [r["wchar"][0] * HOUR_S / audio_s / 1e6 for r in results]
+        disk = [r["write_bytes"][0] * HOUR_S / audio_s / 1e6 for r in results]
+        best, med = min_median(cpu)
+        disk_min, disk_med = min_median(disk)
+        medians[name] = (med, statistics.median(wchar), disk_med)
+        print(
+            f"{name:<5}  {audio_s / best:>8,.0f}  {audio_s / med:>8,.0f}  "
+            f"{statistics.median(wchar):>18,.2f}  {disk_min:>21,.2f}  {disk_med:>11,.2f}"
+        )
+    ours_m, head_m = medians["ours"], medians["HEAD"]
+    print(
+        f"ours/HEAD: speed {head_m[0] / ours_m[0]:.2f}x (median CPU), write(2) bytes "
+        f"{ours_m[1] / head_m[1]:.3f}x, disk bytes {ours_m[2] / head_m[2]:.3f}x"
+    )
+    jh, jo = min_median(journal_head), min_median(journal_ours)
+    print(
+        f"journal per second of audio (FLAC segment + age seal), one process, {repeats} "
+        f"interleaved rounds: HEAD's way min {jh[0] * 1e6:.0f} / med {jh[1] * 1e6:.0f} us, "
+        f"ours min {jo[0] * 1e6:.0f} / med {jo[1] * 1e6:.0f} us: {jh[1] / jo[1]:.2f}x"
+    )
+    print(
+        "RTF = audio s / CPU s of one sealed call (open to in the outbox), in a worker "
+        "after a warm-up call; worker start-up and imports excluded on both sides. "
+        "write(2) = /proc/self/io wchar; to disk = write_bytes - cancelled_write_bytes "
+        "(pages the journal's per-second fsync rewrites count each time). 'ours' is the "
+        "whole tree given (--ours-tree, default the working tree: other work in progress "
+        "included). "
+        f"Total {wall:.1f} s wall."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=60, help="audio per call (default 60)")
@@ -400,8 +476,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="also print a cProfile (top 10) of our path"
     )
+    parser.add_argument("--vs-head", action="store_true", help="ours against HEAD's tree")
+    parser.add_argument(
+        "--dir", type=Path, default=Path(tempfile.gettempdir()), help="data dir (--vs-head)"
+    )
+    parser.add_argument(
+        "--ours-tree", type=Path, default=REPO, help="the tree --vs-head calls ours"
+    )
     args = parser.parse_args(argv)
     wav = speech_wav(args.seconds, fresh=args.fresh_audio)
+    if args.vs_head:
+        vs_head(wav, args.repeats, args.dir, args.ours_tree)
+        return 0
     wall = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="linetap-bench-") as tmp:
         rows = [measure(c, Path(tmp), wav, args.repeats, profile=args.profile) for c in CODECS]

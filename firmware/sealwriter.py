@@ -5,8 +5,9 @@ Per recording, a journal directory on the data partition holds, while the call r
 - ``start.json``: the recording's metadata (no audio);
 - ``stream.age.partial``: the recording itself, FLAC or Ogg Opus encoded as it goes and
   age-encrypted to the office's keys on the way out (constant memory);
-- ``segments.jrn``: every ``journal_sync_s`` of audio again, as a small FLAC sealed on
-  its own and fsynced (:mod:`buffers.journal`): what survives a power cut;
+- ``segments.jrn``: every ``journal_sync_s`` of audio again, as a small FLAC in an age
+  file of its own (all under one file key per call) and fsynced
+  (:mod:`buffers.journal`): what survives a power cut;
 - ``events.jsonl``: consent and line events, fsynced as they happen.
 
 :meth:`SealingWriter.close` ends the recording (``stream.age``, and ``end.json`` once
@@ -43,7 +44,7 @@ from firmware.sinks import (
     RecordingStart,
     write_json_atomic,
 )
-from sealedrec.age import AgeWriter, encrypt_bytes
+from sealedrec.age import AgeWriter, SegmentSealer
 from sealedrec.durable import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,9 @@ class SealingWriter:
             directory / START_FILE, {**asdict(start), "codec": s.codec, "sample_rate": self._rate}
         )
         self._journal = JournalWriter(directory / SEGMENTS_FILE)
+        # One file key and header for all the call's segments: one X25519 exchange per
+        # call, each segment still a standard age file (see SegmentSealer).
+        self._segment_sealer = SegmentSealer(s.recipients)
         self._stream_fh = open(directory / STREAM_PARTIAL, "w+b")  # noqa: SIM115 - closed in close()
         self._age = AgeWriter(self._stream_fh, s.recipients)
         self._plain = _PlainToAge(self._age)
@@ -254,9 +258,7 @@ class SealingWriter:
                 self._stream_failed(exc)
             if self._plain.error is not None and self._stream_ok:
                 self._stream_failed(self._plain.error)
-        sealed = encrypt_bytes(
-            encode_flac(self._pending[:frames], self._rate), self._settings.recipients
-        )
+        sealed = self._segment_sealer.seal(encode_flac(self._pending[:frames], self._rate))
         self._pending_n = 0
         self._ram_segments.append((sealed, frames))
         self._drain_ram()
@@ -332,6 +334,7 @@ class SealingWriter:
         self._discarded = True
         self._pending_n = 0
         self._ram_segments.clear()
+        self._segment_sealer.forget()
         self._close_stream(finish=False)
         self._journal.close()
         try:
@@ -367,6 +370,7 @@ class SealingWriter:
             self._flush_segment()
             summary = self._levels.summary()
             self._levels_summary = summary.model_dump() if summary is not None else None
+        self._segment_sealer.forget()  # the call's last segment is sealed
         self._journal_complete = self._dropped_frames == 0
         stream_ok = self._stream_ok
         try:

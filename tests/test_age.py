@@ -731,3 +731,21 @@ def test_constant_memory_50mb(tmp_path: Path) -> None:
     print(f"tracemalloc peaks: encrypt {enc_peak} B, decrypt {dec_peak} B")
     assert enc_peak < 1_000_000
     assert dec_peak < 1_000_000
+
+
+@needs_age
+def test_segment_sealer_files_share_a_header_and_each_opens_with_age(tool_key: ToolKey) -> None:
+    """Sizes around the chunk edges, each a standard age file the tool opens alone."""
+    sealer = age.SegmentSealer([age.parse_recipient(tool_key.recipient)])
+    plains = [os.urandom(n) for n in (0, 1, 9000, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE)]
+    files = [sealer.seal(p) for p in plains]
+    for plain, data in zip(plains, files, strict=True):
+        assert data.startswith(sealer.header)
+        assert len(data) == expected_length(len(sealer.header), len(plain))
+        assert age_decrypt(tool_key, data) == plain
+        assert age.decrypt_bytes(data, [tool_key.identity]) == plain
+    nonces = {data[len(sealer.header) : len(sealer.header) + 16] for data in files}
+    assert len(nonces) == len(files)
+    sealer.forget()
+    with pytest.raises(AgeError, match="after forget"):
+        sealer.seal(b"late")

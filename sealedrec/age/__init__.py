@@ -28,7 +28,8 @@ The package, by layer (each module imports only those above it):
   (strict base64, HKDF, header MAC, chunk nonces, X25519 wrap key);
 - ``armor``: strict PEM armor (:func:`dearmor`);
 - ``keys``: parse/format recipients and identities, load them from files, generate them;
-- ``writer``: :class:`AgeWriter` and :func:`encrypt_bytes`;
+- ``writer``: :class:`AgeWriter`, :class:`SegmentSealer` (many small files under one
+  header: the journal's segments of a call) and :func:`encrypt_bytes`;
 - ``reader``: :class:`AgeReader` and :func:`decrypt_bytes`.
 
 Import the public names from ``sealedrec.age`` itself; the modules are its internals.
@@ -60,7 +61,7 @@ from sealedrec.age.keys import (
     parse_recipient,
 )
 from sealedrec.age.reader import AgeReader, decrypt_bytes
-from sealedrec.age.writer import AgeWriter, encrypt_bytes
+from sealedrec.age.writer import AgeWriter, SegmentSealer, encrypt_bytes
 
 __all__ = [
     "ARMOR_BEGIN",
@@ -79,6 +80,7 @@ __all__ = [
     "AgeReader",
     "AgeWriter",
     "NoIdentityMatch",
+    "SegmentSealer",
     "bech32_decode",
     "bech32_encode",
     "dearmor",

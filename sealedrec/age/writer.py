@@ -216,6 +216,61 @@ class AgeWriter:
             self.abort()
 
 
+class SegmentSealer:
+    """Many complete age files under one file key and one header: the journal's segments
+    of one call, sealed with a single X25519 exchange per recipient instead of one per
+    segment.
+
+    Why this is sound (age v1, c2sp.org/age): a file's payload key is
+    ``HKDF-SHA-256(ikm=file key, salt=nonce, info="payload")`` with a fresh random
+    16-byte ``nonce`` written after the header. Every segment gets its own nonce, so
+    each has its own payload key, pseudo-random and independent of the others (HKDF
+    keyed by the same secret file key, with distinct salts); the STREAM chunk nonces
+    (counter, final flag) then never repeat under one ChaCha20-Poly1305 key. Two
+    segments share a payload key only if two 128-bit random nonces collide (about
+    2**-64 after 2**32 segments). The header, identical in every segment, carries only
+    the file key wrapped to the recipients and a MAC keyed by it: it reveals nothing
+    more than one header does, and links the segments of one call, which sit in the
+    same journal file anyway. Each segment stays a standard age file (``age -d`` opens
+    it on its own); a stolen file key opens one call, as the call's ``stream.age``
+    (which holds the whole call under one file key) already does.
+
+    The file key lives in this object only (RAM, never written); :meth:`forget` drops
+    it at the end of the call, after which :meth:`seal` refuses.
+    """
+
+    def __init__(
+        self,
+        recipients: Sequence[X25519PublicKey],
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not recipients:
+            raise AgeError("age: at least one recipient is needed to encrypt")
+        self._rng = rng
+        self._file_key: bytes | None = rng(_FILE_KEY_SIZE)
+        self.header = _build_header(self._file_key, recipients, rng)
+
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        """``data`` as one complete age file: the shared header, a fresh payload nonce
+        (hence a fresh payload key) and the STREAM chunks."""
+        if self._file_key is None:
+            raise AgeError("age: SegmentSealer used after forget() (the call has ended)")
+        nonce = self._rng(_NONCE_SIZE)
+        aead = ChaCha20Poly1305(_hkdf(self._file_key, nonce, b"payload"))
+        view = memoryview(data).cast("B")
+        last = max(0, (len(view) - 1) // CHUNK_SIZE)  # an empty file is one empty final chunk
+        parts = [self.header, nonce]
+        for index in range(last + 1):
+            chunk = view[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+            parts.append(aead.encrypt(_chunk_nonce(index, index == last), chunk, None))
+        return b"".join(parts)
+
+    def forget(self) -> None:
+        """Drop the file key (the end of the call). Idempotent."""
+        self._file_key = None
+
+
 def encrypt_bytes(
     data: bytes,
     recipients: Sequence[X25519PublicKey],
