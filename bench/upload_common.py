@@ -14,7 +14,10 @@ upload_receiver_capacity): the whole chain for real, as tests/test_office_e2e.py
 - :func:`start_single_device_chain`: all of the above for one device and one receiver,
   as the latency and throughput benches run it;
 - the options and report lines every upload bench has (:func:`parse_chain_args`,
-  :func:`print_what_if`).
+  :func:`print_what_if`);
+- before/after runs: :func:`before_tree` (a copy of another commit's code, by default
+  ``git archive HEAD``) and the ``tree`` argument of :func:`start_receiver` /
+  :func:`start_uploader`, which runs that code (``PYTHONPATH``) with this venv.
 
 Every process started through :class:`Processes` is stopped (SIGTERM, then SIGKILL) when
 its ``with`` block ends, also on errors, Ctrl-C and SIGTERM (see :func:`exit_on_sigterm`).
@@ -42,6 +45,7 @@ from types import FrameType
 
 from bench_common import pstats_table
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from head_compare import head_tree
 
 # The benches share the tests' signed-manifest and free-port helpers; run as scripts they
 # need the repo root on the path to import them.
@@ -134,16 +138,20 @@ class Processes:
         self.procs: list[Proc] = []
         logdir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: Sequence[str | Path]) -> Proc:
+    def start(self, name: str, argv: Sequence[str | Path], *, tree: Path | None = None) -> Proc:
+        """Start ``argv``; with ``tree``, importing linetap's packages from that code tree."""
         log = self.logdir / f"{name}.log"
+        env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
         with log.open("ab") as fh:
-            fh.write(f"=== {' '.join(map(str, argv))}\n".encode())
+            where = "" if tree is None else f"PYTHONPATH={tree} "
+            fh.write(f"=== {where}{' '.join(map(str, argv))}\n".encode())
             fh.flush()
             popen = subprocess.Popen(
                 [str(a) for a in argv],
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -361,7 +369,7 @@ def add_synthetic(device: Device, sizes: Sequence[int], *, prefix: str = "syn") 
 
 
 def start_broker(
-    procs: Processes, office: Office, workdir: Path, attempts: int = 3
+    procs: Processes, office: Office, workdir: Path, attempts: int = 3, name: str = "mosquitto"
 ) -> tuple[int, Proc]:
     """mosquitto with the office's config (mTLS, ACL) on a free port: (port, process)."""
     for attempt in range(attempts):
@@ -373,7 +381,7 @@ def start_broker(
             bind_address=HOST,
             run_as_user=getpass.getuser(),
         )
-        proc = procs.start("mosquitto", [MOSQUITTO, "-c", conf])
+        proc = procs.start(name, [MOSQUITTO, "-c", conf])
         deadline = time.monotonic() + START_TIMEOUT_S
         while proc.running() and not _accepts(port) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -404,12 +412,13 @@ def start_single_device_chain(
     settings: UploadSettings,
     *,
     other_clients: Sequence[str] = (),
+    broker_name: str = "mosquitto",
 ) -> SingleDeviceChain:
     """A fresh office under ``workdir`` (client certificates for :data:`RECEIVER` and
     ``other_clients``), :data:`DEVICE` enrolled, the broker started, the configs written."""
     office = make_office(workdir / "office", [RECEIVER, *other_clients])
     device = enroll_device(office, DEVICE, workdir / "device")
-    port, broker = start_broker(procs, office, workdir)
+    port, broker = start_broker(procs, office, workdir, name=broker_name)
     return SingleDeviceChain(
         office=office,
         device=device,
@@ -449,8 +458,10 @@ def start_receiver(
     *,
     prof: Path | None = None,
     nodelay: bool = False,
+    tree: Path | None = None,
 ) -> Proc:
-    """``linetap-office serve``; returns once it has connected and sent its SUBSCRIBE."""
+    """``linetap-office serve`` (of ``tree``'s code if given); returns once it has
+    connected and sent its SUBSCRIBE."""
     argv: list[str | Path]
     if nodelay:
         wrapper = procs.logdir / "receiver_nodelay.py"
@@ -461,17 +472,34 @@ def start_receiver(
         argv.append(wrapper)
     else:
         argv = [LINETAP_OFFICE] if prof is None else profile_argv("headoffice.cli", prof)
-    proc = procs.start(name, [*argv, "serve", "--config", office_toml])
+    proc = procs.start(name, [*argv, "serve", "--config", office_toml], tree=tree)
     wait_until(lambda: log_has(proc, "subscribing"), START_TIMEOUT_S, f"{name} to connect", procs)
     time.sleep(0.3)  # SUBSCRIBE → SUBACK (not logged): loopback takes well under this
     return proc
 
 
 def start_uploader(
-    procs: Processes, device_toml: Path, name: str, *, prof: Path | None = None
+    procs: Processes,
+    device_toml: Path,
+    name: str,
+    *,
+    prof: Path | None = None,
+    tree: Path | None = None,
 ) -> Proc:
+    """``linetap upload`` (of ``tree``'s code if given)."""
     argv: list[str | Path] = [LINETAP] if prof is None else profile_argv("firmware.cli", prof)
-    return procs.start(name, [*argv, "upload", "--config", device_toml])
+    return procs.start(name, [*argv, "upload", "--config", device_toml], tree=tree)
+
+
+def before_tree(given: Path | None) -> tuple[Path, str]:
+    """The code to compare against: ``given``, or HEAD's (:func:`head_compare.head_tree`);
+    with a line saying which it is."""
+    if given is not None:
+        if not (given / "headoffice").is_dir() or not (given / "uploader").is_dir():
+            raise BenchError(f"--before {given}: not a linetap source tree")
+        return given, f"before = the tree at {given}"
+    tree = head_tree()
+    return tree, f"before = git archive HEAD ({tree.name}); after = this working tree"
 
 
 def index_count(office: Office) -> int:

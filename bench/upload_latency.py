@@ -1,14 +1,23 @@
-"""Hang-up → ack latency of a 5-minute call over the real mTLS chain, in parts.
+"""Hang-up → ack latency of a 5-minute call over the real mTLS chain, in parts, before vs after.
 
-One process plays the recorder's sink: a :class:`firmware.sealing.SealingSink` made from
-the device's config (``firmware.app.make_sealing_sink``: the enrolled device key, the
-office's age recipient, the device's journal, chain and outbox). ``linetap-office serve``
-and ``linetap upload`` run as subprocesses, connected and idle. Then per call:
+Two chains run side by side: "before" (``linetap upload`` and ``linetap-office serve`` of
+the code in ``--before DIR``, default ``git archive HEAD``) and "after" (this tree's),
+each with its own broker, office and device. The calls alternate between them (before,
+after, then after, before, …), so machine load hits both alike. Start-up is outside
+every figure on both sides: all processes are started, connected and idle before the
+first call (a warm-up call per side is not counted).
+
+This process plays each device's recorder sink: a :class:`firmware.sealing.SealingSink`
+made from the device's config (``firmware.app.make_sealing_sink``: the enrolled device
+key, the office's age recipient, the device's journal, chain and outbox) — this tree's
+sealing code on both sides, so the sink's part is the same code and the comparison is
+of delivery. Then per call:
 
 1. ``sink.open``, ``--seconds`` of speech written in 20 ms periods with a ``sink.poll()``
    each, as the recorder does (not timed; the uploader is idle meanwhile);
 2. a random pause of 0..``--jitter`` s, so the hang-up falls at a random phase of the
-   uploader's idle outbox rescan;
+   uploader's idle outbox rescan (before: every 1 s; after: the uploader is woken by
+   inotify on ``outbox/sealed``);
 3. hang-up: ``writer.close(end)`` and then one ``sink.poll()`` per 20 ms period, paced in
    real time, until the sink has sealed the recording into ``outbox/sealed`` — the
    sink's part (stream finished + fsynced, blob hashed in 256 KiB slices per poll,
@@ -16,7 +25,7 @@ and ``linetap upload`` run as subprocesses, connected and idle. Then per call:
 4. the bench watches the entry (every 1 ms) move to ``uploading/`` (the uploader's claim)
    and to ``acked/``; times are the outbox's own ``sealed_at`` / ``acked_at`` (wall clock).
 
-The first call is a warm-up and not counted. Before step 3 the recorder has already
+The first call per side is a warm-up and not counted. Before step 3 the recorder has already
 waited ``call.flash_max_ms`` after the on-hook edge (a shorter on-hook is a hook flash,
 not a hang-up) plus up to one capture period; that constant is added for the
 edge-to-ack figure.
@@ -24,7 +33,8 @@ edge-to-ack figure.
 The speech is espeak-ng tiled to ``--seconds``, band-limited and at 8 kHz (built and cached
 by bench/sealing_rtf.py in ``$TMPDIR/linetap-bench/``); without espeak-ng/sox, noise.
 
-Run: .venv/bin/python bench/upload_latency.py [--calls 20] [--seconds 300] [--codec flac]
+Run: .venv/bin/python bench/upload_latency.py [--calls 100] [--seconds 300] [--codec flac]
+     [--before DIR]
 """
 
 from __future__ import annotations
@@ -35,8 +45,10 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -52,10 +64,10 @@ from sealing_rtf import (
 )
 from upload_common import (
     DEVICE,
-    RECEIVER,
     BenchError,
     Processes,
     UploadSettings,
+    before_tree,
     cores,
     log_has,
     parse_chain_args,
@@ -73,7 +85,6 @@ from firmware.config import CallConfig, load_config
 from firmware.recorder import StorageHealth
 from firmware.sealing import SealingSink
 from sealedrec.manifest import BLOB_AGE
-from uploader.client import IDLE_RESCAN_S
 
 PERIOD_S = PERIOD / RATE
 PREROLL_S = 5.0
@@ -90,6 +101,15 @@ class Call:
     outbox_to_ack_s: float  # acked_at - sealed_at
     close_to_ack_s: float  # acked_at - hang-up
     blob_bytes: int
+
+
+@dataclass
+class Side:
+    """One chain: its code tree (None: this one), the sink feeding its outbox, its calls."""
+
+    name: str
+    sink: SealingSink
+    calls: list[Call] = field(default_factory=list)
 
 
 def _iso(ts: float) -> str:
@@ -171,76 +191,119 @@ def p99(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=20, help="measured calls (20)")
+    parser.add_argument("--calls", type=int, default=100, help="measured calls per side (100)")
     parser.add_argument("--seconds", type=int, default=300, help="call length in s (300)")
     parser.add_argument("--codec", choices=["flac", "opus"], default="flac")
     parser.add_argument("--jitter", type=float, default=1.0, help="random pause 0..J s (1.0)")
     parser.add_argument("--fresh-audio", action="store_true", help="rebuild the speech sample")
+    parser.add_argument(
+        "--before", type=Path, default=None, help="code tree to compare (git archive HEAD)"
+    )
     args = parse_chain_args(parser, argv)
     audio, what = _audio(args.seconds, args.fresh_audio)
     rng = random.Random(1)
-    calls: list[Call] = []
     wall = time.monotonic()
     with workdir(args.keep, "linetap-upload-lat-") as tmp, Processes(tmp / "logs") as procs:
-        chain = start_single_device_chain(procs, tmp, UploadSettings(codec=args.codec))
-        sink = make_sealing_sink(load_config(chain.device_toml), StorageHealth(), chain.device.key)
-        start_receiver(procs, chain.office_toml, RECEIVER, nodelay=args.receiver_nodelay)
-        uploader = start_uploader(procs, chain.device_toml, "uploader")
-        wait_until(lambda: log_has(uploader, "connected to"), 20, "the uploader", procs)
+        old_tree, trees_line = before_tree(args.before)
+        sides = [
+            _start_side(procs, tmp, name, tree, args)
+            for name, tree in (("before", old_tree), ("after", None))
+        ]
         for n in range(args.calls + 1):
-            call = one_call(sink, audio, f"call-{n:03d}", jitter=args.jitter, procs=procs, rng=rng)
-            if n:  # call 0 warms up (first index write, first TLS session use, caches)
-                calls.append(call)
-        sink.close()
+            for side in sides if n % 2 == 0 else reversed(sides):
+                call = one_call(
+                    side.sink,
+                    audio,
+                    f"call-{n:03d}-{side.name}",
+                    jitter=args.jitter,
+                    procs=procs,
+                    rng=rng,
+                )
+                if n:  # call 0 warms up (first index write, first TLS session use, caches)
+                    side.calls.append(call)
+        for side in sides:
+            side.sink.close()
     wall = time.monotonic() - wall
-    report(args, calls, what, wall)
+    print(trees_line)
+    report(args, sides, what, wall)
     return 0
 
 
-def report(args: argparse.Namespace, calls: list[Call], audio: str, wall: float) -> None:
+def _start_side(
+    procs: Processes, tmp: Path, name: str, tree: Path | None, args: argparse.Namespace
+) -> Side:
+    """A chain for one side, connected and idle; its sink made in this process."""
+    chain = start_single_device_chain(
+        procs, tmp / name, UploadSettings(codec=args.codec), broker_name=f"mosquitto-{name}"
+    )
+    sink = make_sealing_sink(load_config(chain.device_toml), StorageHealth(), chain.device.key)
+    start_receiver(
+        procs, chain.office_toml, f"receiver-{name}", nodelay=args.receiver_nodelay, tree=tree
+    )
+    uploader = start_uploader(procs, chain.device_toml, f"uploader-{name}", tree=tree)
+    wait_until(lambda: log_has(uploader, "connected to"), 20, f"the {name} uploader", procs)
+    return Side(name, sink)
+
+
+def report(args: argparse.Namespace, sides: list[Side], audio: str, wall: float) -> None:
     flash_ms = CallConfig.model_fields["flash_max_ms"].default
-    sizes = [c.blob_bytes for c in calls]
+    sizes = [c.blob_bytes for side in sides for c in side.calls]
     print(
-        f"hang-up -> ack latency: {len(calls)} calls of {args.seconds} s ({args.codec}), "
-        f"sealed size median {statistics.median(sizes) / 1e6:.2f} MB "
-        f"({min(sizes):,}-{max(sizes):,} bytes); loopback mTLS broker, uploader and "
-        f"receiver already connected; {cores()} CPU cores"
+        f"hang-up -> ack latency: {len(sides[0].calls)} calls of {args.seconds} s "
+        f"({args.codec}) per side, interleaved; sealed size median "
+        f"{statistics.median(sizes) / 1e6:.2f} MB ({min(sizes):,}-{max(sizes):,} bytes); "
+        f"loopback mTLS broker, uploader and receiver already connected (start-up outside "
+        f"the figures on both sides); {cores()} CPU cores"
     )
     print(f"audio: {audio}")
     print_what_if(args)
-    print_table_header(f"{'part (ms)':<40}{'median':>9}{'p99':>9}{'min':>9}{'max':>9}")
+    print_table_header(f"{'part (ms)':<44}{'side':>7}{'min':>8}{'median':>8}{'p99':>8}{'max':>8}")
 
-    def row(label: str, values: list[float]) -> None:
-        ms = [v * 1000 for v in values]
-        print(
-            f"{label:<40}{statistics.median(ms):>9.0f}{p99(ms):>9.0f}{min(ms):>9.0f}{max(ms):>9.0f}"
-        )
+    def rows(label: str, pick: Callable[[Call], float | None]) -> None:
+        for side in sides:
+            ms = [v * 1000 for c in side.calls if (v := pick(c)) is not None]
+            if not ms:
+                continue
+            print(
+                f"{label:<44}{side.name:>7}{min(ms):>8.0f}{statistics.median(ms):>8.0f}"
+                f"{p99(ms):>8.0f}{max(ms):>8.0f}"
+            )
+            label = ""
 
-    row("sink: close -> in outbox/sealed", [c.seal_s for c in calls])
-    row("  (sink CPU for that)", [c.seal_cpu_s for c in calls])
-    claimed = [c for c in calls if c.pickup_s is not None and c.transfer_s is not None]
-    if claimed:
-        row("outbox -> uploader claims it", [c.pickup_s for c in claimed if c.pickup_s is not None])
-        row(
-            "claim -> acked (init..fin, store, ack)",
-            [c.transfer_s for c in claimed if c.transfer_s is not None],
-        )
-    row("outbox -> acked (sealed_at -> acked_at)", [c.outbox_to_ack_s for c in calls])
-    row("close -> acked", [c.close_to_ack_s for c in calls])
-    row(
+    rows("sink: close -> in outbox/sealed", lambda c: c.seal_s)
+    rows("  (sink CPU for that)", lambda c: c.seal_cpu_s)
+    rows("outbox -> uploader claims it", lambda c: c.pickup_s)
+    rows("claim -> acked (init..fin, store, ack)", lambda c: c.transfer_s)
+    rows("outbox -> acked (sealed_at -> acked_at)", lambda c: c.outbox_to_ack_s)
+    rows("close -> acked (hang-up known -> ack)", lambda c: c.close_to_ack_s)
+    rows(
         f"on-hook edge -> acked (+{flash_ms} ms flash_max)",
-        [c.close_to_ack_s + flash_ms / 1000 for c in calls],
+        lambda c: c.close_to_ack_s + flash_ms / 1000,
     )
-    polls = [c.seal_polls for c in calls]
+    by = {side.name: side for side in sides}
+    if "before" in by and "after" in by:
+        ratios: list[tuple[str, Callable[[Call], float]]] = [
+            ("outbox -> acked", lambda c: c.outbox_to_ack_s),
+            ("close -> acked", lambda c: c.close_to_ack_s),
+        ]
+        for what, pick in ratios:
+            before = [pick(c) for c in by["before"].calls]
+            after = [pick(c) for c in by["after"].calls]
+            print(
+                f"after/before, {what}: median {statistics.median(after) / statistics.median(before):.2f}, "
+                f"p99 {p99(after) / p99(before):.2f}"
+            )
+    polls = [c.seal_polls for side in sides for c in side.calls]
     print(
         f"\nThe sink sealed each call in {min(polls)}-{max(polls)} capture periods "
-        f"(one poll per {PERIOD_S * 1000:.0f} ms, 256 KiB of blob hashed per poll). "
-        f"The uploader looks at an idle outbox every {IDLE_RESCAN_S:g} s "
-        "(uploader.client.IDLE_RESCAN_S): the pickup part is uniform over that. "
+        f"(one poll per {PERIOD_S * 1000:.0f} ms, as the recorder polls it). "
+        "Before, the uploader looks at an idle outbox every 1 s (the pickup part is uniform "
+        "over that); after, inotify on outbox/sealed wakes it. "
         f"The recorder ends a call {flash_ms} ms after the on-hook edge (call.flash_max_ms; "
         "shorter on-hooks are hook flashes), plus up to one 20 ms period; that is the "
         "constant in the last row. p99 of "
-        f"{len(calls)} samples is interpolated next to the largest. Total {wall:.1f} s wall."
+        f"{len(sides[0].calls)} samples per side is interpolated next to the largest. "
+        f"Total {wall:.1f} s wall."
     )
 
 

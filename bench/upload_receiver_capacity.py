@@ -15,17 +15,32 @@ and the index's own first-to-last ``stored_at`` span (steady state). CPU seconds
 process are read at the end, so it shows which one was busy.
 
 All processes share this machine's CPU cores (printed), uploaders and broker included:
-with few cores, a second worker mostly competes with the uploaders for them.
+with few cores, a second worker mostly competes with the uploaders for them. The
+devices' data (keys, outboxes) live on a tmpfs (``--device-root``, default /dev/shm):
+each real device fsyncs its own SD card, and here the uploaders' outbox fsyncs (claim,
+mark acked: several per recording) would otherwise queue on the office's disk and be
+measured as the office's capacity. The office's root (store, index) is on disk.
+
+Before vs after: every run is made twice, with the receivers (``linetap-office serve``)
+of the code before (``--before DIR``, default ``git archive HEAD``) and of this tree; the
+uploaders are this tree's on both sides. Runs are interleaved (before/after, then
+after/before, …) ``--repeats`` times per worker count, so machine load hits both sides
+alike; min and median are printed. Start-up is treated the same on both sides: the
+workers are started and subscribed before the clock starts, the uploaders' start-up is
+inside "wall" on both sides and outside "steady".
 
 Run: .venv/bin/python bench/upload_receiver_capacity.py [--devices 4] [--small 200]
-     [--small-kb 20] [--large 2] [--large-mib 4] [--workers 1,2] [--profile]
+     [--small-kb 20] [--large 2] [--large-mib 4] [--workers 1,2] [--repeats 3]
+     [--before DIR] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +54,7 @@ from upload_common import (
     Office,
     Processes,
     add_synthetic,
+    before_tree,
     cores,
     enroll_device,
     index_count,
@@ -65,6 +81,7 @@ RUN_TIMEOUT_S = 180.0
 
 @dataclass(frozen=True)
 class Result:
+    side: str  # "before" / "after"
     workers: int
     wall_s: float  # uploaders started → index complete
     span_s: float  # first → last stored_at in the index
@@ -88,12 +105,15 @@ def run(
     devices: list[Device],
     total: int,
     run_dir: Path,
+    device_dir: Path,
     profile: bool,
     nodelay: bool,
+    side: str,
+    tree: Path | None,
 ) -> Result:
     with Processes(run_dir / "logs") as procs:
         off = relocated(office, run_dir / "office")
-        devs = [relocated_device(d, run_dir / d.device_id) for d in devices]
+        devs = [relocated_device(d, device_dir / d.device_id) for d in devices]
         port, broker = start_broker(procs, off, run_dir)
         tomls = [write_device_toml(d, off, run_dir / f"{d.device_id}.toml", port) for d in devs]
         receivers = []
@@ -101,7 +121,9 @@ def run(
             name = f"office-receiver-{k}"
             toml = off.write_office_toml(run_dir / f"{name}.toml", port, name)
             prof = run_dir / f"{name}.prof" if profile else None
-            receivers.append(start_receiver(procs, toml, name, prof=prof, nodelay=nodelay))
+            receivers.append(
+                start_receiver(procs, toml, name, prof=prof, nodelay=nodelay, tree=tree)
+            )
         broker0 = proc_cpu_s(broker.pid)
         t0 = time.monotonic()
         uploaders = [
@@ -135,7 +157,7 @@ def run(
     rows, span = index_stored_span(off)
     if rows != total:
         raise BenchError(f"index has {rows} recordings, expected {total}")
-    return Result(workers, t_done - t0, span, cpu, stored, fin_retries)
+    return Result(side, workers, t_done - t0, span, cpu, stored, fin_retries)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=2, help="large recordings per device (2)")
     parser.add_argument("--large-mib", type=float, default=4, help="large size, MiB (4)")
     parser.add_argument("--workers", default="1,2", help="worker counts to run (1,2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side and count (3)")
+    parser.add_argument(
+        "--before", type=Path, default=None, help="code tree to compare (git archive HEAD)"
+    )
+    parser.add_argument(
+        "--device-root",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="where the devices' data go (default /dev/shm: a tmpfs); none: the work dir",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile the workers")
     args = parse_chain_args(parser, argv)
     counts = [int(w) for w in args.workers.split(",")]
@@ -154,38 +186,65 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[Result] = []
     wall = time.monotonic()
-    with workdir(args.keep, "linetap-upload-cap-") as tmp:
+    with (
+        workdir(args.keep, "linetap-upload-cap-") as tmp,
+        tempfile.TemporaryDirectory(prefix="linetap-cap-dev-", dir=args.device_root) as dev_tmp,
+    ):
+        dev_root = Path(dev_tmp)
+        old_tree, trees_line = before_tree(args.before)
+        trees: dict[str, Path | None] = {"before": old_tree, "after": None}
         names = [f"office-receiver-{k}" for k in range(1, max(counts) + 1)]
         office = make_office(tmp / "pristine" / "office", names)
         devices = []
         for i in range(1, args.devices + 1):
-            device = enroll_device(office, f"dev-{i:02d}", tmp / "pristine" / f"dev-{i:02d}")
+            device = enroll_device(office, f"dev-{i:02d}", dev_root / "pristine" / f"dev-{i:02d}")
             add_synthetic(device, sizes, prefix=device.device_id)  # ids unique office-wide
             devices.append(device)
         total = len(sizes) * len(devices)
-        for w in counts:
-            run_dir = tmp / f"workers-{w}"
-            results.append(
-                run(
-                    w,
-                    office=office,
-                    devices=devices,
-                    total=total,
-                    run_dir=run_dir,
-                    profile=args.profile,
-                    nodelay=args.receiver_nodelay,
-                )
-            )
-            if args.profile:
-                for k in range(1, w + 1):
-                    print_profile(
-                        run_dir / f"office-receiver-{k}.prof", f"{w} worker(s): receiver {k}"
+        for repeat in range(args.repeats):
+            for w in counts:
+                order = ["before", "after"] if (repeat + w) % 2 == 0 else ["after", "before"]
+                for side in order:
+                    run_dir = tmp / f"{side}-workers-{w}-{repeat}"
+                    device_dir = dev_root / run_dir.name
+                    results.append(
+                        run(
+                            w,
+                            office=office,
+                            devices=devices,
+                            total=total,
+                            run_dir=run_dir,
+                            device_dir=device_dir,
+                            profile=args.profile,
+                            nodelay=args.receiver_nodelay,
+                            side=side,
+                            tree=trees[side],
+                        )
                     )
-            if not args.keep:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                    if args.profile:
+                        for k in range(1, w + 1):
+                            print_profile(
+                                run_dir / f"office-receiver-{k}.prof",
+                                f"{side}, {w} worker(s): receiver {k}",
+                            )
+                    shutil.rmtree(device_dir, ignore_errors=True)
+                    if not args.keep:
+                        shutil.rmtree(run_dir, ignore_errors=True)
         wall = time.monotonic() - wall
+        print(trees_line)
+        print(f"devices' data under {dev_root.parent} (tmpfs: {_is_tmpfs(dev_root)})")
         report(args, results, total, sum(sizes) * len(devices), wall)
     return 0
+
+
+def _is_tmpfs(path: Path) -> bool:
+    """Whether ``path`` is on a tmpfs (from /proc/self/mounts, longest mount point)."""
+    best, kind = "", ""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _dev, mount, fstype, *_ = line.split()
+        if str(path).startswith(mount) and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind == "tmpfs"
 
 
 def report(
@@ -196,38 +255,58 @@ def report(
         f"{args.small_kb:g} KB + {args.large} x {args.large_mib:g} MiB = {total} recordings, "
         f"{total_bytes / MB:.1f} MB; loopback mTLS broker, SQLite index; this machine has "
         f"{cores()} CPU cores, shared by the workers, the {args.devices} uploaders and "
-        "the broker"
+        f"the broker; {args.repeats} interleaved runs per side and worker count"
     )
     print_what_if(args)
     print_table_header(
-        f"{'workers':>7}  {'rec/s':>7}  {'MB/s':>6}  {'rec/s steady':>12}  {'MB/s steady':>11}"
-        f"  {'wall s':>6}  {'stored per worker':>18}  {'fin retries':>11}"
+        f"{'side':<7}{'workers':>7}  {'rec/s min':>9}  {'rec/s med':>9}  {'rec/s max':>9}"
+        f"  {'steady min':>10}"
+        f"  {'steady med':>10}  {'MB/s med':>8}  {'fin retries':>11}"
     )
-    for r in results:
-        print(
-            f"{r.workers:>7}  {total / r.wall_s:>7.1f}  {total_bytes / MB / r.wall_s:>6.1f}  "
-            f"{total / r.span_s:>12.1f}  {total_bytes / MB / r.span_s:>11.1f}  "
-            f"{r.wall_s:>6.1f}  {'/'.join(str(n) for n in r.stored.values()):>18}  "
-            f"{r.fin_retries:>11}"
-        )
-    by = {r.workers: r for r in results}
-    if 1 in by and 2 in by:
-        print(
-            f"ratio 2/1 workers: {by[1].wall_s / by[2].wall_s:.2f} (wall), "
-            f"{by[1].span_s / by[2].span_s:.2f} (steady)"
-        )
+    counts = sorted({r.workers for r in results})
+    medians: dict[tuple[str, int], tuple[float, float]] = {}
+    for w in counts:
+        for side in ("before", "after"):
+            runs = [r for r in results if r.side == side and r.workers == w]
+            if not runs:
+                continue
+            rate = [total / r.wall_s for r in runs]
+            steady = [total / r.span_s for r in runs]
+            mbs = statistics.median(total_bytes / MB / r.wall_s for r in runs)
+            medians[(side, w)] = (statistics.median(rate), statistics.median(steady))
+            print(
+                f"{side:<7}{w:>7}  {min(rate):>9.1f}  {statistics.median(rate):>9.1f}  "
+                f"{max(rate):>9.1f}  {min(steady):>10.1f}  {statistics.median(steady):>10.1f}  "
+                f"{mbs:>8.1f}  {sum(r.fin_retries for r in runs):>11}"
+            )
+    print()
+    for w in counts:
+        if ("before", w) in medians and ("after", w) in medians:
+            (b_rate, b_steady), (a_rate, a_steady) = medians[("before", w)], medians[("after", w)]
+            print(
+                f"after/before, {w} worker(s): {a_rate / b_rate:.2f}x (wall), "
+                f"{a_steady / b_steady:.2f}x (steady), medians"
+            )
+    for side in ("before", "after"):
+        if (side, 1) in medians and (side, 2) in medians:
+            one, two = medians[(side, 1)], medians[(side, 2)]
+            print(
+                f"{side}: 2 workers / 1 worker: {two[0] / one[0]:.2f} (wall), "
+                f"{two[1] / one[1]:.2f} (steady), medians"
+            )
     print()
     for r in results:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r.cpu.items())
         busy = sum(r.cpu.values()) / r.wall_s
         print(
-            f"CPU s with {r.workers} worker(s): {parts}; all together {busy:.2f} cores busy "
-            f"on average over {r.wall_s:.1f} s"
+            f"CPU s, {r.side}, {r.workers} worker(s): {parts}; {busy:.2f} cores busy over "
+            f"{r.wall_s:.1f} s; stored per worker {'/'.join(map(str, r.stored.values()))}"
         )
     print(
         "\nrec/s, MB/s = from the moment every uploader process is started until the index "
-        "has every recording; steady = over the index's first-to-last stored_at. A recording "
-        "counts once its blob and manifest are fsynced and the index committed. "
+        "has every recording (uploader start-up included, on both sides); steady = over "
+        "the index's first-to-last stored_at. A recording counts once its blob and "
+        "manifest are fsynced and the index committed. "
         "fin retries = uploader warnings 'store still lacks N chunk(s) ... after fin (round "
         "2+)', each followed by a 0.25-0.5 s backoff: with a shared subscription a fin can "
         "reach one worker before another has parked the recording's last chunk. "

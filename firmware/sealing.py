@@ -17,10 +17,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -62,10 +63,12 @@ __all__ = ["ChainState", "Codec", "SealingSettings", "SealingSink"]
 
 log = logging.getLogger(__name__)
 
-# Sealing hashes the finished file in slices of this many bytes per capture period, so a
-# 2-hour call never stalls capture (SHA-256 of 256 KiB takes a few ms even on a Pi 3).
+# The finished file is hashed on a thread of its own (hashlib lets go of the GIL), so the
+# recording is in the outbox a few ms after the hash is done, and a 2-hour call never
+# stalls capture. A poll waits for the hash only when its budget covers the whole blob:
+# a blob of at most this many bytes, or close() and recover() (an unbounded budget).
 SEAL_BYTES_PER_POLL = 256 * 1024
-HASH_CHUNK = 64 * 1024
+HASH_CHUNK = 1024 * 1024
 _DONE, _BLOCKED, _WORKING = "done", "blocked", "working"
 
 
@@ -124,13 +127,24 @@ class _Recording:
 
 @dataclass(eq=False)
 class _Progress:
-    """A job being sealed: the blob settled, and how far its hashing has got."""
+    """A job being sealed: the blob settled, and its hashing (on ``hashing``'s thread)."""
 
     job: SealJob
     blob: Blob | None = None
-    reader: BinaryIO | None = None
+    hashing: threading.Thread | None = None
+    error: OSError | None = None  # what the hashing thread met
     digest: Any = field(default_factory=hashlib.sha256)
     size: int = 0
+
+    def hash_blob(self, path: Path) -> None:
+        """The hashing thread: ``digest`` and ``size`` of the blob (or ``error``)."""
+        try:
+            with open(path, "rb") as fh:
+                while block := fh.read(HASH_CHUNK):
+                    self.digest.update(block)
+                    self.size += len(block)
+        except OSError as exc:
+            self.error = exc
 
 
 class SealingSink:
@@ -168,10 +182,11 @@ class SealingSink:
         self._jobs.append(_Progress(job))
 
     def poll(self, budget: int = SEAL_BYTES_PER_POLL) -> None:
-        """Advance the sealing queue by about ``budget`` bytes of hashing.
+        """Advance the sealing queue; wait for a blob's hash only if ``budget`` (bytes)
+        covers the whole blob, else leave it to its thread and look again next time.
 
-        Called once per capture period, so sealing a long call never stalls capture for
-        more than a slice; a full disk blocks the queue (and shows as a fault) until
+        Called once per capture period, so sealing a long call never stalls capture; a
+        full disk blocks the queue (and shows as a fault) until
         space is back.
         """
         blocked = False
@@ -187,8 +202,9 @@ class SealingSink:
             if state == _BLOCKED:
                 blocked = True
                 break
-            if state == _DONE:
-                self._jobs.pop(0)
+            if state == _WORKING:  # hashing in the background
+                break
+            self._jobs.pop(0)
         if blocked:
             job = self._jobs[0]
             self._report(
@@ -295,20 +311,29 @@ class SealingSink:
             return _BLOCKED, 0
         if job.blob is None:
             job.blob = self._prepare_blob(job.job.directory)
-            job.reader = open(job.blob.path, "rb") if job.blob.path else None  # noqa: SIM115
+            if job.blob.path:
+                job.hashing = threading.Thread(
+                    target=job.hash_blob, args=(job.blob.path,), name="seal-hash", daemon=True
+                )
+                job.hashing.start()
+                # The hash is looked at from the next poll on, however fast the thread
+                # is, unless this poll may take the whole blob: each poll does a
+                # predictable amount (a crash can come between settling and manifest).
+                if budget < job.blob.path.stat().st_size:
+                    return _WORKING, 0
         used = 0
-        if job.reader is not None:
-            while used < budget:
-                chunk = job.reader.read(min(HASH_CHUNK, budget - used))
-                if not chunk:
-                    job.reader.close()
-                    job.reader = None
-                    break
-                job.digest.update(chunk)
-                job.size += len(chunk)
-                used += len(chunk)
-            if job.reader is not None:
-                return _WORKING, used
+        if job.hashing is not None:
+            if job.hashing.is_alive():
+                assert job.blob.path is not None
+                if budget < job.blob.path.stat().st_size:
+                    return _WORKING, 0
+                job.hashing.join()
+                used = job.size
+            job.hashing = None
+        if job.error is not None:
+            error, job.error = job.error, None
+            job.blob, job.digest, job.size = None, hashlib.sha256(), 0  # start over
+            raise error
         self._finalize(job)
         return _DONE, used
 

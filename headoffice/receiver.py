@@ -9,7 +9,10 @@ chunks are parked in the shared store, so with a shared subscription any worker 
 any message, and whichever worker sees the set complete finishes the recording under the
 store's file lock and the index's finish lock. A recording is acknowledged ``stored``
 only after its blob and manifest are fsynced and the index transaction committed; a
-resend of anything already stored gets the same ack and changes nothing.
+resend of anything already stored gets the same ack and changes nothing. What is
+parked before that is not fsynced (the device still holds it all): the durability
+argument is in :mod:`headoffice.store` (three fsyncs per recording there, plus the
+index's one synced commit, which also ends the upload's row and appends the audit leaf).
 
 Every device is hostile until its bytes are verified (an enrolled device's keys are on
 an SD card anyone can pull), so:
@@ -36,14 +39,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from headoffice.blobstore import BlobStore, StoreError
 from headoffice.config import LimitsConfig
-from headoffice.index import Index, IndexConflictError, now_iso
+from headoffice.index import Index, IndexConflictError, Query, now_iso
 from headoffice.ledger.leaves import IngestLeaf
 from headoffice.ledger.store import Ledger
 from sealedrec.errors import LinetapError
@@ -286,9 +289,14 @@ class Receiver:
 
     def poll_waiting(self) -> list[Reply]:
         """Answer the fins whose chunks have all arrived or whose grace is over."""
+        return list(self.answer_waiting())
+
+    def answer_waiting(self) -> Iterator[Reply]:
+        """:meth:`poll_waiting`, each answer yielded as soon as it is made: with several
+        fins waiting, the first recording's ack must not wait for the others to be
+        stored (the service publishes as it iterates)."""
         with self._mutex:
             pending = list(self.waiting.items())
-        replies: list[Reply] = []
         now = self.clock()
         for (device, rec), (init, deadline) in pending:
             if not (self.stop.is_set() or now >= deadline or self._complete(device, init)):
@@ -296,10 +304,9 @@ class Receiver:
             with self._mutex:
                 self.waiting.pop((device, rec), None)
             try:
-                replies.extend(self._progress(device, init))
+                yield from self._progress(device, init)
             except _Refusal as refusal:
-                replies.append(self._refuse(device, rec, refusal))
-        return replies
+                yield self._refuse(device, rec, refusal)
 
     def _complete(self, device: str, init: Init) -> bool:
         return len(self.store.parked(device, init.recording_id)) >= init.chunk_count
@@ -367,7 +374,7 @@ class Receiver:
                     manifest,
                     os.fspath(path),
                     stamp,
-                    on_insert=lambda q: self.ledger.append_in(q, leaf),
+                    on_insert=lambda q: self._indexed_in(q, leaf),
                 )
             except IndexConflictError as exc:
                 log.error("recording %s of %s not indexed: %s", rec, device, exc)
@@ -382,7 +389,8 @@ class Receiver:
                 log.warning("ALARM device=%s kind=%s: %s", device, alarm.kind, alarm.message)
             self._check_recipients(device, rec, model)
             self.store.drop_parking(device, rec)
-            self.index.drop_upload(device, rec)
+            if not result.created:  # indexed before (a worker killed after its commit)
+                self.index.drop_upload(device, rec)
         self.count("stored")
         log.info(
             "stored recording device=%s id=%s seq=%d bytes=%d",
@@ -392,6 +400,12 @@ class Receiver:
             init.blob_bytes,
         )
         return self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=init.blob_sha256))
+
+    def _indexed_in(self, q: Query, leaf: IngestLeaf) -> None:
+        """In the transaction indexing a new recording: its audit leaf, and the end of
+        its upload row (one commit, so one database sync, for both)."""
+        self.ledger.append_in(q, leaf)
+        self.index.drop_upload_in(q, leaf.device_id, leaf.recording_id)
 
     # -- checks -------------------------------------------------------------------------
     def _check_size(self, init: Init) -> None:

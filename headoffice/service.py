@@ -1,8 +1,9 @@
 """`linetap-office serve`: the receiver on MQTT.
 
 One paho client; messages are handled in the client's callback, so a chunk is parked
-(fsynced) before its PUBACK goes out, and an ack is published only after the store and
-the index are durable. Several workers share the load through an MQTT 5 shared
+before its PUBACK goes out (not fsynced: the device keeps everything until ``stored``;
+see :mod:`headoffice.store`), and an ack is published only after the store and the
+index are durable. Several workers share the load through an MQTT 5 shared
 subscription (``$share/{group}/linetap/+/up/#``); none keeps state in memory.
 
 Each message is isolated: whatever goes wrong handling it is logged with its device and
@@ -162,7 +163,7 @@ class Housekeeper(threading.Thread):
                 # Nothing waits: sleep until a fin parks (or stop, noticed within IDLE_S).
                 r.fin_parked.wait(min(IDLE_S, max(0.0, next_expiry - r.clock())))
             r.fin_parked.clear()
-            self._guarded(lambda: [self.publish(reply) for reply in r.poll_waiting()])
+            self._guarded(lambda: [self.publish(reply) for reply in r.answer_waiting()])
             if r.clock() >= next_expiry:
                 next_expiry = r.clock() + r.limits.housekeeping_s
                 self._guarded(r.expire)

@@ -12,10 +12,28 @@ Layout under ``root``::
     lifecycle/{device}/{yyyy}/{mm}/{dd}/{rec}.json  retention date and legal hold
     tmp/                                      files being written; renamed into place
 
-The date is the recording's ``started_utc``. Every file is written to ``tmp/``, fsynced
-and renamed into place, and every directory that gains an entry is fsynced, so a crash
-leaves either the old state or the new one, never half a file. Every operation is
-idempotent: a resent chunk or a second ``commit`` of the same blob changes nothing.
+The date is the recording's ``started_utc``. Every file is written to ``tmp/`` and
+renamed into place, so no reader ever sees half a file. Every operation is idempotent: a
+resent chunk or a second ``commit`` of the same blob changes nothing.
+
+Durability — what is on disk when the receiver acks ``stored`` (it acks only after
+:meth:`FileBlobStore.commit` has returned and the index transaction has committed):
+
+- :meth:`~FileBlobStore.commit` fsyncs the blob's data, then the manifest's data (both
+  still under ``tmp/``), renames both into the day's directory and fsyncs that directory
+  once; a directory it had to create has its parent fsynced as well (the first recording
+  of a device and day). Three fsyncs per recording; one more per new directory. The
+  receiver then commits the index row (with the audit leaf and the end of the upload's
+  row) in one synced transaction: SQLite fdatasyncs its WAL once. The upload's row
+  noted at init is committed unsynced (bookkeeping the device's resend rebuilds).
+- Parking (init, chunks, their folders, dropping them) is *not* fsynced. It is a cache
+  of what the device still holds: the device deletes nothing before the ``stored`` ack,
+  so a parked file a crash loses or truncates is only asked for again. A torn chunk
+  cannot be stored: :meth:`~FileBlobStore.assemble` checks the joined blob's size and
+  SHA-256 against the signed init (the receiver then drops the parking and asks for
+  every chunk again); a torn init fails to decode, goes unanswered, and the device's
+  next init (sent after any unanswered request) replaces it.
+  Renames still make each parked file appear whole to other workers at once.
 
 Everything under the root is the office's alone: directories 0700, files 0600 (the
 manifests carry caller numbers and names). A write that fails for want of space is a
@@ -47,7 +65,7 @@ from typing import Any, BinaryIO
 
 from headoffice.blobstore import Lifecycle, StoreError, check_range
 from headoffice.store_lifecycle import FileLifecycle
-from sealedrec.durable import atomic_file, fsync_dir
+from sealedrec.durable import fsync_dir
 
 PARKING = "parking"
 BLOBS = "blobs"
@@ -75,8 +93,9 @@ def _io_error(exc: OSError, message: str) -> StoreError:
     return StoreError(f"{message} ({exc.strerror or exc})", reason="full" if full else "io")
 
 
-def _makedirs_durable(path: Path) -> None:
-    """``mkdir -p`` that fsyncs the parent of every directory it creates."""
+def _makedirs_durable(path: Path, *, durable: bool = True) -> None:
+    """``mkdir -p`` (mode 0700) that fsyncs the parent of every directory it creates
+    (with ``durable`` False: not, for parking)."""
     missing: list[Path] = []
     p = path
     while not p.is_dir():
@@ -87,7 +106,8 @@ def _makedirs_durable(path: Path) -> None:
             d.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue  # another worker made it; it fsyncs the parent
-        fsync_dir(d.parent)
+        if durable:
+            fsync_dir(d.parent)
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -207,14 +227,35 @@ class FileBlobStore:
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.root / TMP)
         return os.fdopen(fd, "w+b"), Path(name)
 
-    def _write_durable(self, target: Path, data: bytes, prefix: str) -> None:
-        """Write ``data`` through a temp file under ``tmp/`` onto ``target``, durably."""
-        with atomic_file(target, tmp_dir=self.root / TMP, prefix=prefix) as fh:
-            fh.write(data)
+    def _write_parked(self, target: Path, data: bytes, prefix: str) -> None:
+        """Write ``data`` through a temp file under ``tmp/`` onto ``target``: whole or not
+        at all for every reader, but not fsynced (parking is not durable: module doc)."""
+        fh, tmp = self._tmp_file(prefix)
+        try:
+            with fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_synced(self, data: bytes, prefix: str) -> Path:
+        """A new temp file under ``tmp/`` holding ``data``, fsynced; the caller renames
+        it into place and fsyncs that directory (once for all it places there)."""
+        fh, tmp = self._tmp_file(prefix)
+        try:
+            with fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
     # -- chunks --------------------------------------------------------------------------
     def park_chunk(self, device: str, rec: str, index: int, data: bytes) -> Path:
-        """Park chunk ``index`` durably. The same bytes again change nothing; different
+        """Park chunk ``index`` (whole, not fsynced: module doc). The same bytes again change nothing; different
         bytes replace the chunk (the device's latest send wins; assembly checks the
         whole blob's SHA-256 anyway)."""
         if not 0 <= index <= 9_999_999:
@@ -222,13 +263,13 @@ class FileBlobStore:
         directory = self.parking_dir(device, rec)
         target = directory / f"{index:07d}{CHUNK_SUFFIX}"
         try:
-            _makedirs_durable(directory)
+            _makedirs_durable(directory, durable=False)
             try:
                 if target.stat().st_size == len(data) and target.read_bytes() == data:
                     return target
             except FileNotFoundError:
                 pass
-            self._write_durable(target, data, f"chunk-{index:07d}-")
+            self._write_parked(target, data, f"chunk-{index:07d}-")
         except OSError as exc:
             raise _io_error(exc, f"recording {rec}: cannot park chunk {index}") from exc
         return target
@@ -238,8 +279,8 @@ class FileBlobStore:
         and the only licence to park chunks for it."""
         directory = self.parking_dir(device, rec)
         try:
-            _makedirs_durable(directory)
-            self._write_durable(directory / INIT_FILE, data, "init-")
+            _makedirs_durable(directory, durable=False)
+            self._write_parked(directory / INIT_FILE, data, "init-")
         except OSError as exc:
             raise _io_error(exc, f"recording {rec}: cannot park its init") from exc
 
@@ -271,9 +312,9 @@ class FileBlobStore:
     def assemble(
         self, device: str, rec: str, chunk_count: int, blob_bytes: int, blob_sha256: str | None
     ) -> Path:
-        """Join the parked chunks 0..chunk_count-1 into a temp file under ``tmp/``, fsync
-        it and check it against the init's size and SHA-256. The caller passes the
-        returned path to :meth:`commit` (or deletes it)."""
+        """Join the parked chunks 0..chunk_count-1 into a temp file under ``tmp/`` and
+        check it against the init's size and SHA-256. The caller passes the returned
+        path to :meth:`commit` (which fsyncs it) or deletes it."""
         directory = self.parking_dir(device, rec)
         check_all_parked(rec, chunk_count, self.parked(device, rec))
         fh, tmp = self._tmp_file(f"blob-{rec}-")
@@ -287,8 +328,6 @@ class FileBlobStore:
                             digest.update(block)
                             size += len(block)
                             fh.write(block)
-                fh.flush()
-                os.fsync(fh.fileno())
             if size != blob_bytes:
                 raise StoreError(
                     f"recording {rec}: assembled blob is {size} bytes, the init says {blob_bytes}",
@@ -341,7 +380,6 @@ class FileBlobStore:
             return
         except OSError as exc:
             raise StoreError(f"{directory}: cannot remove parked chunks ({exc.strerror})") from exc
-        fsync_dir(directory.parent)
 
     # -- finished recordings -------------------------------------------------------------
     def commit(  # noqa: PLR0917 - the receiver's call mirrors the init message
@@ -380,6 +418,10 @@ class FileBlobStore:
             if container is not None:
                 self._place_blob(rec, target, blob_tmp, want_sha, want_bytes)
             self._place_manifest(rec, manifest_file, manifest)
+            # One directory fsync makes both renames durable; also when both files were
+            # there already: a worker killed between its renames and this fsync left
+            # them in the page cache only.
+            fsync_dir(target.parent)
         except OSError as exc:
             raise _io_error(exc, f"recording {rec}: cannot store") from exc
         return target
@@ -387,6 +429,8 @@ class FileBlobStore:
     def _place_blob(
         self, rec: str, target: Path, blob_tmp: Path | None, want_sha: Any, want_bytes: Any
     ) -> None:
+        """Rename the checked, fsynced blob onto ``target`` (kept when there already).
+        The caller fsyncs the directory."""
         if target.exists():
             sha, _ = _sha256_file(target)
             if sha != want_sha:
@@ -424,14 +468,20 @@ class FileBlobStore:
                 tmp.unlink(missing_ok=True)
                 raise
             blob_tmp.unlink()
-        fsync_dir(target.parent)
 
     def _place_manifest(self, rec: str, path: Path, manifest: Mapping[str, Any]) -> None:
+        """Write the manifest (fsynced) onto ``path`` unless it is there already.
+        The caller fsyncs the directory."""
         data = manifest_bytes(manifest)
         try:
             existing = path.read_bytes()
         except FileNotFoundError:
-            self._write_durable(path, data, f"manifest-{rec}-")
+            tmp = self._write_synced(data, f"manifest-{rec}-")
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             return
         if existing == data:
             return

@@ -14,6 +14,12 @@ one), following :mod:`sealedrec.protocol`::
                   ack(rejected) → release to sealed, skip it for a while (never delete)
                   no ack within ack_timeout_s → init again (the store says where it stands)
 
+New work is found without polling: the daemon's outbox watch
+(:class:`buffers.outbox_watch.SealedWatch`, inotify on ``sealed/``) calls :meth:`Uploader.wake`
+when sealing commits an entry, which ends the idle wait at once. The outbox is listed
+again then, after every upload, and — a safety net — every ``rescan_s`` while idle (see
+:data:`SAFETY_RESCAN_S`; without a watch, :data:`IDLE_RESCAN_S`).
+
 A lost connection abandons the round; after reconnecting, the entry (still in
 ``uploading/``) is resumed by sending init again, so only the chunks the store lacks
 travel twice. A recording is marked acked only on a ``stored`` ack whose blob sha256 is
@@ -55,7 +61,12 @@ __all__ = ["ClientFactory", "UploadStats", "Uploader"]  # ClientFactory, UploadS
 log = logging.getLogger(__name__)
 
 STOP_DRAIN_S = 5.0  # on stop: wait this long for PUBACKs of what is in flight
-IDLE_RESCAN_S = 1.0  # nothing to upload: look at the outbox again this often
+IDLE_RESCAN_S = 1.0  # idle, no outbox watch (inotify unavailable): look this often
+# Idle with the outbox watch: look anyway this often. Not how new recordings are found
+# (the watch's wake-up is, at once); it covers what inotify cannot see: a set-aside
+# entry whose SKIP_AFTER_REJECT_S has passed (nothing moves in the outbox then), and a
+# watch that died (sealed/ removed or moved under a running uploader).
+SAFETY_RESCAN_S = 60.0
 STATUS_MIN_INTERVAL_S = 1.0  # state-change telemetry at most this often
 BACKLOG_LOG_INTERVAL_S = 5.0  # "backlog: …" progress line at most this often
 SKIP_AFTER_REJECT_S = 3600.0  # a rejected / locally broken entry is retried after this
@@ -76,13 +87,16 @@ class Uploader:
         client_factory: ClientFactory | None = None,
         on_tick: Callable[[], None] | None = None,
         head_source: Callable[[], dict[str, Any] | None] | None = None,
+        rescan_s: float = IDLE_RESCAN_S,
     ) -> None:
         """``client_factory`` (tests only) makes one paho client per connection attempt;
         it must use CallbackAPIVersion.VERSION2, MQTT v5 and reconnect_on_failure=False.
         ``on_tick`` (the daemon's watchdog) is called from the upload loop at least every
         second, the first time after the first connection attempt has finished.
         ``head_source`` gives the recorder's signed device head for the telemetry
-        (:func:`uploader.telemetry.read_device_head`).
+        (:func:`uploader.telemetry.read_device_head`). ``rescan_s``: how often an idle
+        uploader lists the outbox unwoken (:data:`SAFETY_RESCAN_S` when something calls
+        :meth:`wake` on every new entry, else :data:`IDLE_RESCAN_S`).
         """
         protocol.status_topic(device_id)  # validates the id (ProtocolError)
         self._outbox = outbox
@@ -92,6 +106,7 @@ class Uploader:
         self._head_source = head_source
         self._stop = stop
         self._on_tick = on_tick
+        self._rescan_s = rescan_s
         self._chunk_size = settings.chunk_kib * 1024
         self._lock = threading.Lock()  # guards the counters read by stats()
         self._link = Link(
@@ -179,6 +194,10 @@ class Uploader:
         finally:
             self._shutdown()
 
+    def wake(self) -> None:
+        """The outbox has something new: list it now (any thread; the outbox watch)."""
+        self._link.wake()
+
     def telemetry(self) -> dict[str, Any]:
         """The status document published (retained) on ``linetap/{device}/status``."""
         return status_document(
@@ -250,17 +269,24 @@ class Uploader:
     def _work(self) -> None:
         entry = self._next_entry()
         if entry is None:
-            deadline = time.monotonic() + IDLE_RESCAN_S
-            while (remaining := deadline - time.monotonic()) > 0:
-                if self._stop.is_set():
-                    raise Stopping
-                self._tick()
-                self._link.pump(min(remaining, POLL_S))
+            self._idle()
             return
         self._upload(entry)
 
+    def _idle(self) -> None:
+        """Nothing to upload: wait for a wake-up, or ``rescan_s`` (ticking, handling
+        the broker's events meanwhile)."""
+        deadline = time.monotonic() + self._rescan_s
+        while not self._link.woken and (remaining := deadline - time.monotonic()) > 0:
+            if self._stop.is_set():
+                raise Stopping
+            self._tick()
+            self._link.pump(min(remaining, POLL_S))
+
     def _next_entry(self) -> OutboxEntry | None:
         if not self._queue:
+            # Cleared before listing: an entry sealed while we list wakes us again.
+            self._link.woken = False
             now = time.monotonic()
             for rec, until in list(self._skip.items()):
                 if until <= now:

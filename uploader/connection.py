@@ -6,7 +6,9 @@ reconnect). paho's own reconnect is off: the uploader reconnects with exponentia
 backoff and jitter (:class:`Backoff`), waiting on the stop event.
 
 Everything here runs in the upload thread; paho's thread only feeds the event queue
-(:mod:`firmware.mqttlink`), which :meth:`Link.pump` drains.
+(:mod:`firmware.mqttlink`), which :meth:`Link.pump` drains. :meth:`Link.wake` (any
+thread: the outbox watch) puts a :class:`Wakeup` in the same queue, so a wait in
+:meth:`Link.pump` ends the moment a recording is sealed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -59,6 +61,11 @@ class Lost(Exception):
 
 class Stopping(Exception):
     """The stop event is set."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """Queued by :meth:`Link.wake`: the outbox has something new."""
 
 
 # -- state owned by the upload thread -------------------------------------------------
@@ -149,7 +156,9 @@ class Link:
         self._on_refused = on_refused
         self._on_message = on_message
         self._chunk_size = settings.chunk_kib * 1024
-        self._events: queue.Queue[Event] = queue.Queue()
+        self._events: queue.Queue[Event | Wakeup] = queue.Queue()
+        # Set by a Wakeup, cleared by the uploader when it lists the outbox.
+        self.woken = False
         self._gen = 0
         self.conn: Connection | None = None
         self.backoff = Backoff(settings, announce=True)  # between connection attempts
@@ -166,8 +175,10 @@ class Link:
         self._gen += 1
         where = f"{s.host}:{s.port}"
         try:
+            # paho's thread puts only Events; the queue also carries our Wakeups.
+            events = cast("queue.Queue[Event]", self._events)
             client = make_client(
-                self._gen, self._events, self.device, self._settings, self._client_factory
+                self._gen, events, self.device, self._settings, self._client_factory
             )
             client.connect_timeout = CONNECT_TIMEOUT_S
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -321,7 +332,15 @@ class Link:
             except queue.Empty:
                 return
 
-    def _handle(self, ev: Event) -> None:
+    def wake(self) -> None:
+        """Make the upload thread's current or next :meth:`pump` return with
+        :attr:`woken` set (thread-safe)."""
+        self._events.put(Wakeup())
+
+    def _handle(self, ev: Event | Wakeup) -> None:
+        if isinstance(ev, Wakeup):
+            self.woken = True
+            return
         conn = self.conn
         if conn is None or ev.gen != conn.gen:
             return  # a previous connection's leftovers

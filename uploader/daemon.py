@@ -6,6 +6,10 @@ is a normal state for it), WATCHDOG pings from the upload loop, STOPPING on SIGT
 Every LOCAL_STATUS_INTERVAL_S it also writes ``runtime_dir/uploader.json`` (the status
 document plus the broker link's state) for ``linetap status``; a last one on exit says
 ``stopped``.
+
+New recordings wake it through an inotify watch on ``outbox/sealed``
+(:class:`buffers.outbox_watch.SealedWatch`); where inotify cannot be had (the per-user
+watch limit) it says so and lists the outbox every second instead.
 Also runnable as ``python -m uploader.daemon --config C``.
 """
 
@@ -16,9 +20,11 @@ import logging
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from buffers.outbox import Outbox
+from buffers.outbox import Outbox, OutboxState
+from buffers.outbox_watch import SealedWatch, WatchError
 from firmware.cli_options import config_arg
 from firmware.config import LinetapConfig, load_config
 from firmware.runstate import read_recorder_status, uploader_status_path
@@ -27,7 +33,7 @@ from firmware.tlsfiles import tls_file_problems
 from runtime.errors import ConfigError
 from runtime.process import setup_logging, stop_on_signals
 from sealedrec.errors import LinetapError
-from uploader.client import Uploader
+from uploader.client import IDLE_RESCAN_S, SAFETY_RESCAN_S, Uploader
 from uploader.telemetry import LocalStatus, ProblemLog, read_device_head
 
 log = logging.getLogger(__name__)
@@ -70,26 +76,44 @@ def _upload_until_stopped(cfg: LinetapConfig, stop: threading.Event) -> int:
 
     status_file = cfg.storage.status_file
     head_file = cfg.storage.head_file
-    uploader = Uploader(
-        Outbox(cfg.storage.outbox_dir),
-        cfg.device_id,
-        cfg.upload,
-        status_source=lambda: read_recorder_status(status_file),
-        stop=stop,
-        on_tick=tick,
-        head_source=lambda: read_device_head(head_file),
-    )
-    uploader_log = logging.getLogger("uploader")
-    uploader_log.addHandler(problem_log)
-    try:
-        local.write(uploader.telemetry(), phase="starting")
-        uploader.run()
-    finally:
-        notifier.stopping()
-        notifier.close()
-        local.write(uploader.telemetry(), phase="stopped")
-        uploader_log.removeHandler(problem_log)
+    outbox = Outbox(cfg.storage.outbox_dir)
+    with ExitStack() as stack:
+        watch = _watch_sealed(outbox)
+        if watch is not None:
+            stack.callback(watch.close)
+        uploader = Uploader(
+            outbox,
+            cfg.device_id,
+            cfg.upload,
+            status_source=lambda: read_recorder_status(status_file),
+            stop=stop,
+            on_tick=tick,
+            head_source=lambda: read_device_head(head_file),
+            rescan_s=IDLE_RESCAN_S if watch is None else SAFETY_RESCAN_S,
+        )
+        if watch is not None:
+            watch.start(uploader.wake)
+        uploader_log = logging.getLogger("uploader")
+        uploader_log.addHandler(problem_log)
+        try:
+            local.write(uploader.telemetry(), phase="starting")
+            uploader.run()
+        finally:
+            notifier.stopping()
+            notifier.close()
+            local.write(uploader.telemetry(), phase="stopped")
+            uploader_log.removeHandler(problem_log)
     return 0
+
+
+def _watch_sealed(outbox: Outbox) -> SealedWatch | None:
+    """The inotify watch on ``outbox/sealed`` (not started), or None where there is none."""
+    sealed = outbox.state_dir(OutboxState.SEALED)
+    try:
+        return SealedWatch(sealed)
+    except WatchError as exc:
+        log.warning("no outbox watch (%s); listing the outbox every %g s", exc, IDLE_RESCAN_S)
+        return None
 
 
 def cmd_upload(args: argparse.Namespace) -> int:

@@ -54,6 +54,12 @@ class Index:
     def _transaction(self, write: bool) -> AbstractContextManager[Query]:
         raise NotImplementedError
 
+    def _unsynced_transaction(self) -> AbstractContextManager[Query]:
+        """A write transaction whose commit is not flushed to disk (a power cut may
+        undo it, never half of it; the next synced commit makes it durable too): for
+        bookkeeping the receiver can lose, such as an upload in progress."""
+        raise NotImplementedError
+
     def finish_lock(
         self, device: str, rec: str, timeout: float = DEFAULT_LOCK_TIMEOUT_S
     ) -> AbstractContextManager[None]:
@@ -448,8 +454,10 @@ class Index:
         chunk_count: int,
         received: int = 0,
     ) -> None:
-        """Record (or refresh) an upload in progress: its init message and progress."""
-        with self._transaction(True) as q:
+        """Record (or refresh) an upload in progress: its init message and progress.
+        Not synced: the device still holds the recording and sends init again after a
+        crash of the office (see :meth:`_unsynced_transaction`)."""
+        with self._unsynced_transaction() as q:
             q(
                 "INSERT INTO uploads (device_id, recording_id, init, chunk_count, received, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, recording_id) "
@@ -476,7 +484,13 @@ class Index:
 
     def drop_upload(self, device: str, rec: str) -> None:
         with self._transaction(True) as q:
-            q("DELETE FROM uploads WHERE device_id = ? AND recording_id = ?", (device, rec))
+            self.drop_upload_in(q, device, rec)
+
+    @staticmethod
+    def drop_upload_in(q: Query, device: str, rec: str) -> None:
+        """:meth:`drop_upload` inside the caller's write transaction (the receiver drops
+        the upload row in the transaction that indexes the recording: one commit)."""
+        q("DELETE FROM uploads WHERE device_id = ? AND recording_id = ?", (device, rec))
 
     def uploads(self, device: str | None = None) -> list[PendingUpload]:
         sql = "SELECT device_id, recording_id, init, chunk_count, received, updated_at FROM uploads"

@@ -75,6 +75,12 @@ class PostgresIndex(Index):
             ) from None
 
     @contextmanager
+    def _unsynced_transaction(self) -> Iterator[Query]:
+        with self._transaction(True) as q:
+            q("SET LOCAL synchronous_commit = off", ())
+            yield q
+
+    @contextmanager
     def _transaction(self, write: bool) -> Iterator[Query]:
         import psycopg
 

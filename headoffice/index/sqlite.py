@@ -82,6 +82,24 @@ class SqliteIndex(Index):
                 raise IndexStoreError(f"index {self.display}: {exc}") from exc
 
     @contextmanager
+    def _unsynced_transaction(self) -> Iterator[Query]:
+        # WAL with synchronous=NORMAL: the commit is not fsynced, the WAL is at the next
+        # FULL commit or checkpoint. The level cannot change inside a transaction.
+        with self._mutex:
+            self._set_synchronous("NORMAL")
+            try:
+                with self._transaction(True) as q:
+                    yield q
+            finally:
+                self._set_synchronous("FULL")
+
+    def _set_synchronous(self, level: str) -> None:
+        try:
+            self._conn.execute(f"PRAGMA synchronous={level}")
+        except sqlite3.Error as exc:
+            raise IndexStoreError(f"index {self.display}: {exc}") from exc
+
+    @contextmanager
     def _no_lock(self) -> Iterator[None]:
         yield
 
