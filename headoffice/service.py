@@ -141,6 +141,7 @@ def _device_of(topic: str) -> str:
 
 
 IDLE_S = 1.0  # how long the housekeeper sleeps when no fin waits (also: stop noticed)
+NETWORK_CHECK_S = 1.0  # serve: how often the main thread looks at stop and the network thread
 
 
 class Housekeeper(threading.Thread):
@@ -222,6 +223,26 @@ def prepare_store(receiver: Receiver) -> None:
     )
 
 
+def run_network_thread(client: mqtt.Client, stop: threading.Event) -> None:
+    """paho's own network thread (``loop_start``) until ``stop``, then a clean disconnect.
+
+    Not ``loop_forever`` in this thread: then paho has no network thread of its own, and
+    a ``publish`` from another thread (the housekeeper's acks) writes to the TLS socket
+    itself while the loop reads from it. OpenSSL then fails the connection ("decryption
+    failed or bad record mac" in mosquitto's log) and the messages in flight are lost: a
+    device waited out its 30 s ack timeout (bench/upload_receiver_capacity.py, two
+    workers). With the network thread running, ``publish`` only queues the packet."""
+    before = set(threading.enumerate())
+    client.loop_start()
+    network = set(threading.enumerate()) - before
+    while not stop.wait(NETWORK_CHECK_S):
+        if not any(t.is_alive() for t in network):
+            log.error("MQTT network thread ended unexpectedly; stopping")
+            stop.set()
+    client.disconnect()
+    client.loop_stop()
+
+
 def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
     client = make_client(cfg)
     fleet = FleetRunner.start(cfg, receiver.index, receiver.stop)
@@ -235,7 +256,7 @@ def serve(cfg: OfficeConfig, receiver: Receiver) -> int:
     with stop_on_signals(receiver.stop, log=log, on_stop=client.disconnect):
         housekeeper.start()
         client.connect_async(cfg.broker.host, cfg.broker.port, keepalive=cfg.broker.keepalive_s)
-        client.loop_forever(retry_first_connection=True)
+        run_network_thread(client, receiver.stop)
     receiver.stop.set()
     housekeeper.join(timeout=10)
     fleet.close()
