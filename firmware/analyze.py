@@ -19,6 +19,7 @@ import soundfile
 from firmware.dsp.cid_messages import CallerIdMessage, parse_dtmf_clip
 from firmware.dsp.dtmf import DtmfDetector, DtmfEvent
 from firmware.dsp.fsk import CallerIdDecoder
+from firmware.dsp.highpass import HumFilter
 from firmware.dsp.levels import levels
 from firmware.errors import AudioFileError
 
@@ -66,11 +67,14 @@ def analyze_channel(samples: npt.NDArray[np.int16], rate: int) -> dict[str, Any]
     x = resample(samples, rate, drate)
     dtmf = DtmfDetector(drate)
     cid = CallerIdDecoder(drate)
+    # The detectors hear what the recorder's do: the line through the mains-hum high-pass
+    # (firmware.dsp.analyser); the levels below see the raw line (they report the hum).
+    hum_filter = HumFilter(drate)
     block = round(BLOCK_S * drate)
     digits: list[DtmfEvent] = []
     messages: list[CallerIdMessage] = []
     for start in range(0, x.shape[0], block):
-        chunk = x[start : start + block]
+        chunk = hum_filter.filter(x[start : start + block])
         digits += dtmf.process(chunk, start)
         messages += cid.process(chunk, start)
     digits += dtmf.flush()

@@ -272,3 +272,16 @@ def talk_off_speech(minutes: float, pool: Executor) -> Int16s:
     while speech.size < target:  # not enough sentences: play them again, reversed
         speech = np.concatenate([speech, speech[::-1]])
     return speech[:target]
+
+
+# Harmonic number -> amplitude relative to the fundamental (odd ones dominate on mains).
+HARMONICS = {1: 1.0, 2: 0.25, 3: 0.4, 5: 0.15}
+
+
+def hum(mains_hz: float, dbfs: float, frames: int, rate: int) -> npt.NDArray[np.float64]:
+    """Mains hum with harmonics, total mean-square power ``dbfs`` (int16 scale)."""
+    t = np.arange(frames) / rate
+    x = sum(a * np.sin(2 * np.pi * mains_hz * k * t + 0.3 * k) for k, a in HARMONICS.items())
+    assert isinstance(x, np.ndarray)
+    scaled: npt.NDArray[np.float64] = x * 32768.0 * 10 ** (dbfs / 20) / np.sqrt(np.mean(x**2))
+    return scaled

@@ -18,24 +18,13 @@ from firmware.dsp.analyser import LineAnalyser
 from firmware.dsp.dtmf import DtmfEvent, window_frames
 from firmware.dsp.highpass import HumFilter, attenuation_db, impulse_response
 from firmware.dsp.levels import levels
-from tests.dtmf_signals import SOX, dial
+from tests.dtmf_signals import SOX, dial, hum
 
 pytestmark = pytest.mark.skipif(SOX is None, reason="sox is needed")
 
 Int16s = npt.NDArray[np.int16]
 DIGITS = "0123456789*#ABCD"
 BLOCK_S = 0.020  # the recorder's capture period
-# Harmonic number -> amplitude relative to the fundamental (odd ones dominate on mains).
-HARMONICS = {1: 1.0, 2: 0.25, 3: 0.4, 5: 0.15}
-
-
-def hum(mains_hz: float, dbfs: float, frames: int, rate: int) -> npt.NDArray[np.float64]:
-    """Mains hum with harmonics, total mean-square power ``dbfs`` (int16 scale)."""
-    t = np.arange(frames) / rate
-    x = sum(a * np.sin(2 * np.pi * mains_hz * k * t + 0.3 * k) for k, a in HARMONICS.items())
-    assert isinstance(x, np.ndarray)
-    scaled: npt.NDArray[np.float64] = x * 32768.0 * 10 ** (dbfs / 20) / np.sqrt(np.mean(x**2))
-    return scaled
 
 
 def analyse(audio: Int16s, rate: int) -> list[DtmfEvent]:
