@@ -133,6 +133,7 @@ class _Progress:
     blob: Blob | None = None
     hashing: threading.Thread | None = None
     error: OSError | None = None  # what the hashing thread met
+    blob_bytes: int = 0  # the settled blob's size (the hash's whole work)
     digest: Any = field(default_factory=hashlib.sha256)
     size: int = 0
 
@@ -312,6 +313,7 @@ class SealingSink:
         if job.blob is None:
             job.blob = self._prepare_blob(job.job.directory)
             if job.blob.path:
+                job.blob_bytes = job.blob.path.stat().st_size
                 job.hashing = threading.Thread(
                     target=job.hash_blob, args=(job.blob.path,), name="seal-hash", daemon=True
                 )
@@ -319,13 +321,12 @@ class SealingSink:
                 # The hash is looked at from the next poll on, however fast the thread
                 # is, unless this poll may take the whole blob: each poll does a
                 # predictable amount (a crash can come between settling and manifest).
-                if budget < job.blob.path.stat().st_size:
+                if budget < job.blob_bytes:
                     return _WORKING, 0
         used = 0
         if job.hashing is not None:
             if job.hashing.is_alive():
-                assert job.blob.path is not None
-                if budget < job.blob.path.stat().st_size:
+                if budget < job.blob_bytes:
                     return _WORKING, 0
                 job.hashing.join()
                 used = job.size

@@ -162,21 +162,7 @@ def boot(disk: Path, boot_part: Partition, work: Path) -> tuple[str, float, list
     """Boot the disk until the guest powers off; (console text, wall seconds, command)."""
     console = work / "console.log"
     cmd = boot_command(disk, boot_part, work, console)
-    started = time.monotonic()
-    qemu = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        qemu_out, _ = qemu.communicate(timeout=BOOT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        qemu.kill()
-        qemu.communicate()
-        tail = "\n".join(console.read_text(errors="replace").splitlines()[-60:])
-        pytest.fail(f"the guest did not power off within {BOOT_TIMEOUT_S} s; console:\n{tail}")
-    wall_s = time.monotonic() - started
-    text = console.read_text(errors="replace")
-    end = "\n".join(text.splitlines()[-80:])
-    assert qemu.returncode == 0, f"qemu: {qemu_out.decode(errors='replace')[-2000:]}\n{end}"
+    text, wall_s = run_until_poweroff(cmd, console)
     return text, wall_s, cmd
 
 
@@ -294,7 +280,8 @@ def run_until_poweroff(
 ) -> tuple[str, float]:
     """Run a boot_command() until the guest powers off; (console text, wall seconds).
 
-    Like boot(), for a command the caller made (its own script, drives, kernel args)."""
+    boot() runs its own standard command through this; callers with their own script,
+    drives or kernel args pass theirs."""
     started = time.monotonic()
     qemu = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
