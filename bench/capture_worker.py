@@ -47,7 +47,6 @@ from tests.alsa_pcm import FilePcm, PacedClock, make_file_pcm  # noqa: E402
 from tests.helpers import config_text  # noqa: E402
 
 RATE = 8000
-PERIOD = 160  # 20 ms, the config default
 WARMUP_S = 3
 LINE_NOISE_RMS = 40.0  # about -58 dBFS, as in the speech sample's pauses
 LINE_OFFSET_S = 7  # each line's speech starts this much further into the sample
@@ -84,8 +83,10 @@ def run_recorder(
     )
     create_device_key(device_key_path(cfg))
     sink = make_sealing_sink(cfg, StorageHealth())
+    # The tree's own default capture period, as its daemon would run.
+    period = cfg.audio.period_frames
     capture = pcm.capture(
-        rate=RATE, channels=lines, period=PERIOD, clock=PacedClock(PERIOD * NS_PER_S // RATE)
+        rate=RATE, channels=lines, period=period, clock=PacedClock(period * NS_PER_S // RATE)
     )
     # Hooks are active low: level False is off-hook (a call all along), True on-hook.
     pins = SimPinFactory(script=[ScriptedLevel(0, 17 + n, not off_hook) for n in range(lines)])

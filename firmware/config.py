@@ -35,6 +35,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=False)
 
 
+# The capture period when nothing needs a short one: the recorder's cost is mostly per
+# period (an idle line at 100 ms costs a quarter of what it does at 20 ms, bench/capture_rtf.py),
+# hook edges are timestamped by the GPIO backend, and the LEDs' patterns are multiples of it.
+IDLE_PERIOD_MS = 100
+# A recording announcement is played a block per capture period behind half a buffer of
+# prefill (firmware/announce_output.py): with 20 ms it starts about 110 ms after the
+# off-hook, with 100 ms about 430 ms, over the caller's first words.
+ANNOUNCE_PERIOD_MS = 20
+
+
 class AudioConfig(_Model):
     backend: Literal["alsa", "file"] = Field(
         "alsa",
@@ -55,7 +65,11 @@ class AudioConfig(_Model):
         "S16_LE", description='capture sample format: "S16_LE" or "S32_LE"'
     )
     period_ms: int = Field(
-        20, ge=5, le=100, description="capture period in ms (5-100); the recorder's tick"
+        IDLE_PERIOD_MS,
+        ge=5,
+        le=100,
+        description=f"capture period in ms (5-100), the recorder's tick; default {IDLE_PERIOD_MS},"
+        f" or {ANNOUNCE_PERIOD_MS} when a line announces (the prompt starts a few periods late)",
     )
     periods: int = Field(
         8, ge=2, le=64, description="periods in the ALSA buffer (2-64); more survives longer stalls"
@@ -408,6 +422,21 @@ class LinetapConfig(_Model):
         max_length=MAX_LINES,
         description=f"the phone lines, 1 to {MAX_LINES} [[lines]] tables",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_period(cls, data: object) -> object:
+        """``audio.period_ms`` left out: short when a line announces (see ANNOUNCE_PERIOD_MS)."""
+        if not isinstance(data, dict):
+            return data
+        audio, lines = data.get("audio", {}), data.get("lines")
+        if not isinstance(audio, dict) or "period_ms" in audio or not isinstance(lines, list):
+            return data
+        announcing = any(
+            isinstance(line, dict) and line.get("announce", "off") != "off" for line in lines
+        )
+        period = ANNOUNCE_PERIOD_MS if announcing else IDLE_PERIOD_MS
+        return {**data, "audio": {**audio, "period_ms": period}}
 
     @model_validator(mode="after")
     def _cross_field(self) -> LinetapConfig:

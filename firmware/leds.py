@@ -18,7 +18,9 @@ from drivers.gpio.devices import Led
 from firmware.callstate import LineState
 
 SLOW_BLINK_PERIOD_NS = 1_000_000_000  # 1 Hz: calm, "paused"
-FAST_BLINK_PERIOD_NS = 250_000_000  # 4 Hz: urgent, "fault"
+# 5 Hz: urgent, "fault". 100 ms on, 100 ms off: whole capture periods at the default
+# 100 ms tick, so the pattern stays even (4 Hz seen through 100 ms ticks stutters).
+FAST_BLINK_PERIOD_NS = 200_000_000
 # A flash short and rare enough never to be read as "recording" or a blink pattern.
 HEARTBEAT_PERIOD_NS = 3_000_000_000
 HEARTBEAT_FLASH_NS = 100_000_000

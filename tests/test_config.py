@@ -48,7 +48,15 @@ def test_defaults_just_work():
     assert cfg.audio.sample_rate == 8000
     assert cfg.call.preroll_s == 5.0
     assert cfg.call.flash_max_ms == 1000
-    assert cfg.audio.period_frames == 160
+    assert cfg.audio.period_frames == 800  # 100 ms: nothing needs a shorter tick
+
+
+def test_capture_period_is_short_by_default_only_when_a_line_announces():
+    announcing = MINIMAL.replace('[[lines]]', '[[lines]]\nannounce = "tone"', 1)
+    assert parse_config(announcing).audio.period_ms == 20
+    assert parse_config(MINIMAL).audio.period_ms == 100
+    chosen = parse_config("[audio]\nperiod_ms = 50\n" + announcing)
+    assert chosen.audio.period_ms == 50  # a period set in the file is always kept
 
 
 def test_device_id_defaults_to_the_hostname_and_says_whether_the_file_set_it():

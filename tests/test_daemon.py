@@ -140,7 +140,7 @@ def test_missing_alsa_device_keeps_the_daemon_up_and_is_reported_once(
 
 def test_missing_alsa_device_blinks_fault_and_retries(tmp_path: Path):
     """The recorder over real alsa-lib and the sim GPIO backend: while the card is missing
-    it tries to open it every reopen_s, and every LED blinks the 4 Hz fault pattern."""
+    it tries to open it every reopen_s, and every LED blinks the 5 Hz fault pattern."""
     conf = tmp_path / "linetap.toml"
     conf.write_text(
         config_text(
@@ -198,7 +198,7 @@ def test_missing_alsa_device_blinks_fault_and_retries(tmp_path: Path):
         assert len(history) >= 2, f"GPIO{pin}: the LED did not change while the fault lasted"
         *blinking, (_, last) = history
         assert last is False  # off once stopped
-        # 4 Hz, 50 % duty, seen through updates 50 ms apart (and a busy machine's slack).
+        # 5 Hz, 50 % duty, seen through updates 50 ms apart (and a busy machine's slack).
         ons = [t for t, lit in blinking if lit]
         assert len(ons) >= 4, history
         period_s = statistics.median(b - a for a, b in itertools.pairwise(ons)) / NS_PER_S

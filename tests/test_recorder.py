@@ -75,7 +75,9 @@ def test_leds_follow_line_state(tmp_path: Path):
     status = pins.pin(5).history
     assert not lit_at(led1, 1 * s)  # idle: off
     assert all(lit_at(led1, t * s) for t in (3, 4, 5, 10, 12, 14))  # recording: solid
-    assert not toggles_between(led1, 2 * s + 40_000_000, 6 * s)
+    # The LED follows on the capture period after the debounce (30 ms) has decided.
+    tick = rec.config.audio.period_ms * 1_000_000
+    assert not toggles_between(led1, 2 * s + 30_000_000 + tick, 6 * s)
     # Opt-out (6.03 s .. 9.03 s): slow blink, one change per half period.
     flips = toggles_between(led1, 6 * s + 40_000_000, 9 * s)
     assert len(flips) == pytest.approx(3 * s / (SLOW_BLINK_PERIOD_NS / 2), abs=1)

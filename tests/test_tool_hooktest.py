@@ -97,9 +97,13 @@ def test_transitions_live_in_a_terminal(tmp_path: Path, pane: TmuxPane, linetap_
     pane.run(f"{linetap_bin} hooktest -c {conf}; echo EXIT=$?")
 
     # While line1 is on-hook in its call and flash_max_ms has not passed, the recorder
-    # cannot tell a flash from a hang-up yet: the row says so.
+    # cannot tell a flash from a hang-up yet: the row says so (once the debounce has
+    # passed; the tool redraws on the recorder's tick, which may show that first).
     def undecided(screen: str) -> bool:
-        return any(r["t"] == "0.800" and r["verdict"] == "..." for r in log_rows(screen))
+        return any(
+            r["t"] == "0.800" and r["verdict"] == "..." and "flash or hang-up?" in r["detail"]
+            for r in log_rows(screen)
+        )
 
     screen = pane.wait_for(undecided, what="the on-hook at 0.8 s waiting for its verdict")
     assert "flash or hang-up?" in screen

@@ -11,6 +11,9 @@ The detectors hear the line through a mains-hum high-pass (:mod:`firmware.dsp.hi
 so 50/60 Hz hum and its harmonics on a badly earthed tap cost no digits; the levels are
 measured on the unfiltered line (they report the hum). DTMF runs on ``BATCH_S`` batches,
 FSK caller ID on ``FSK_BATCH_S`` stretches (decoded early when a caller ID is asked for).
+A batch in which a detector provably cannot react (:mod:`firmware.dsp.quiet`: line noise,
+the pauses of a call) is not shown to it; it sees a gap there, as after an overrun. That
+makes an idle line nearly free and changes no detector's result.
 
 No I/O and no clock: frames in, facts out.
 """
@@ -31,6 +34,7 @@ from firmware.dsp.dtmf import DtmfDetector, DtmfEvent
 from firmware.dsp.fsk import CallerIdDecoder
 from firmware.dsp.highpass import HumFilter
 from firmware.dsp.levels import LevelStats
+from firmware.dsp.quiet import QuietBound
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,17 @@ class LineAnalyser:
         self._hum_filter = HumFilter(rate)
         self.dtmf = DtmfDetector(rate)
         self.fsk = CallerIdDecoder(rate) if fsk_caller_id else None
+        # Batches no detector could react to are neither filtered nor shown to them
+        # (firmware.dsp.quiet).
+        self._quiet = QuietBound(
+            self.dtmf.gate_limit,
+            self.fsk.hunt_limit if self.fsk else None,
+            self._hum_filter.taps,
+        )
+        self._dtmf_skipped = False  # the last batch was too quiet to show the DTMF detector
+        # The last batch not shown to FSK (the filter's input for it, its frame): shown
+        # after all when the next one is, since a message's start may straddle the two.
+        self._fsk_skipped: tuple[npt.NDArray[np.float64], int] | None = None
         self._fsk_batch = max(1, round(FSK_BATCH_S * rate))
         self._fsk_held: list[npt.NDArray[np.float64]] = []  # filtered, not yet decoded
         self._fsk_held_start = 0
@@ -97,7 +112,10 @@ class LineAnalyser:
         self._caller_ids: deque[CallerIdMessage] = deque()
         self._end_frame: int | None = None
         self._level_window = BlockGatherer(max(1, round(LEVEL_WINDOW_S * rate)))
-        self.levels: dict[str, Any] | None = None  # the last whole second's levels
+        # The last whole second, measured only when asked for (the status file, tools):
+        # most seconds are never looked at.
+        self._level_second: npt.NDArray[np.int16] | None = None
+        self._level_summary: dict[str, Any] | None = None
 
     # -- feeding -----------------------------------------------------------------------
     def process(self, samples: npt.NDArray[np.int16], start_frame: int) -> list[DtmfEvent]:
@@ -120,24 +138,52 @@ class LineAnalyser:
 
     def _analyse(self, samples: npt.NDArray[np.int16], start_frame: int) -> list[DtmfEvent]:
         if self._end_frame is not None and start_frame != self._end_frame:
-            self._hum_filter.reset()  # after a gap: audio that was never adjacent
-        filtered = self._hum_filter.filter(samples)
-        events = self.dtmf.process(filtered, start_frame)
+            # After a gap: audio that was never adjacent. What came before is decoded on
+            # its own.
+            self._decode_caller_id()
+            self._hum_filter.reset()
+            self._quiet.reset()
+            self._fsk_skipped = None
+        extended = self._hum_filter.extend(samples)  # filtered below only if needed
+        dtmf_audible, fsk_audible = self._quiet.audible(samples)
+        filtered: npt.NDArray[np.float64] | None = None
+        events: list[DtmfEvent] = []
+        # Never while a key press may be under way: its end must be seen.
+        self._dtmf_skipped = not dtmf_audible and not self.dtmf.tone_pending
+        if not self._dtmf_skipped:
+            filtered = self._hum_filter.apply(extended)
+            events = self.dtmf.process(filtered, start_frame)
         for event in events:
             self._digits.append(HeardDigit(self._next_seq, event))
             self._next_seq += 1
         if self.fsk is not None:
-            if self._fsk_held_start + self._fsk_held_frames != start_frame:
-                self._decode_caller_id()  # what came before a gap is decoded on its own
-                self._fsk_held_start = start_frame
-            self._fsk_held.append(filtered)
-            self._fsk_held_frames += filtered.shape[0]
-            if self._fsk_held_frames >= self._fsk_batch:
-                self._decode_caller_id()
+            if not fsk_audible:
+                self._fsk_skipped = (extended, start_frame)
+            else:
+                if self._fsk_skipped is not None:
+                    self._hold_for_fsk(
+                        self._hum_filter.apply(self._fsk_skipped[0]), self._fsk_skipped[1]
+                    )
+                    self._fsk_skipped = None
+                if filtered is None:
+                    filtered = self._hum_filter.apply(extended)
+                self._hold_for_fsk(filtered, start_frame)
         self._end_frame = start_frame + samples.shape[0]
         self._levels(samples, start_frame)
         self._prune()
         return events
+
+    def _hold_for_fsk(self, filtered: npt.NDArray[np.float64], start_frame: int) -> None:
+        """Hold ``filtered`` for the FSK decoder; decode once a stretch is long enough.
+        Held audio is one stretch: what was held before a jump is decoded on its own."""
+        if self._fsk_held and self._fsk_held_start + self._fsk_held_frames != start_frame:
+            self._decode_caller_id()
+        if not self._fsk_held:
+            self._fsk_held_start = start_frame
+        self._fsk_held.append(filtered)
+        self._fsk_held_frames += filtered.shape[0]
+        if self._fsk_held_frames >= self._fsk_batch:
+            self._decode_caller_id()
 
     def _decode_caller_id(self) -> None:
         """Run the FSK decoder over the filtered audio held for it."""
@@ -165,9 +211,16 @@ class LineAnalyser:
     def _levels(self, samples: npt.NDArray[np.int16], start_frame: int) -> None:
         for window, _start in self._level_window.push(samples, start_frame):
             if window.shape[0] == self._level_window.length:  # a gap cuts a second short
-                stats = LevelStats(self.rate)
-                stats.update(window)
-                self.levels = stats.summary()
+                self._level_second, self._level_summary = window, None
+
+    @property
+    def levels(self) -> dict[str, Any] | None:
+        """The levels of the last whole second heard (None before the first)."""
+        if self._level_summary is None and self._level_second is not None:
+            stats = LevelStats(self.rate)
+            stats.update(self._level_second)
+            self._level_summary = stats.summary()
+        return self._level_summary
 
     def _prune(self) -> None:
         if self._end_frame is None:
@@ -187,6 +240,9 @@ class LineAnalyser:
     @property
     def settled_frame(self) -> int | None:
         """No key press reported later can start before this frame."""
+        if self._dtmf_skipped:
+            # Not shown to the detector, which starts afresh after it: settled to its end.
+            return self._end_frame
         return self.dtmf.settled_frame
 
     @property

@@ -41,6 +41,11 @@ class BlockGatherer:
         blocks: list[Block] = []
         if self._fill and start_frame != self._start + self._fill:
             blocks.append(self._take())
+        if self._fill == 0 and samples.shape[0] == self.length:
+            # The common case when the capture period is the block length: a plain copy
+            # (the caller's array may be a view of a buffer its source reuses).
+            blocks.append((samples.copy(), start_frame))
+            return blocks
         pos = 0
         while pos < samples.shape[0]:
             if self._fill == 0:

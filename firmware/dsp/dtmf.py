@@ -101,6 +101,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from firmware.dsp.quiet import SpanLimit, dtmf_limit
+
 ROW_HZ: tuple[float, ...] = (697.0, 770.0, 852.0, 941.0)
 COL_HZ: tuple[float, ...] = (1209.0, 1336.0, 1477.0, 1633.0)
 KEYPAD = "123A456B789C*0#D"  # row-major: KEYPAD[4 * row + col]
@@ -363,6 +365,11 @@ class DtmfDetector:
     def window(self) -> int:
         """Samples per analysis window."""
         return self._window
+
+    @property
+    def gate_limit(self) -> SpanLimit:
+        """No window with less energy than this is looked at (:mod:`firmware.dsp.quiet`)."""
+        return dtmf_limit(self._window, self._analyser.min_total)
 
     @property
     def active_digit(self) -> str | None:

@@ -65,6 +65,7 @@ from firmware.dsp.cid_messages import (
     MessageError,
     parse_message,
 )
+from firmware.dsp.quiet import SpanLimit, fsk_limit
 
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
@@ -102,13 +103,13 @@ class FskDemodulator:
         self._tones = len(tones)
         phase = 2 * np.pi * np.outer(tones, np.arange(self.taps)) / rate  # (tones, taps)
         self._basis: Floats = np.vstack((np.cos(phase), np.sin(phase)))  # cos rows, sin rows
-        self._dc_len = round(rate * 0.020)
+        self.dc_len = round(rate * 0.020)
         self.reset()
 
     def reset(self) -> None:
         self._tail_x: Floats = np.zeros(self.taps - 1)
         self._tail_pow: Floats = np.zeros(self.taps - 1)
-        self._tail_dc: Floats = np.zeros(self._dc_len - 1)
+        self._tail_dc: Floats = np.zeros(self.dc_len - 1)
 
     def process(self, raw: Floats) -> tuple[Floats, Floats, Floats]:
         """``(x, soft, power)`` for one block.
@@ -126,7 +127,7 @@ class FskDemodulator:
         ext = np.concatenate((self._tail_dc, raw))
         self._tail_dc = ext[count:]
         dsum = np.concatenate(([0.0], np.cumsum(ext)))
-        x = raw - (dsum[self._dc_len :] - dsum[:count]) / self._dc_len
+        x = raw - (dsum[self.dc_len :] - dsum[:count]) / self.dc_len
         sq = np.concatenate((self._tail_pow, x * x))
         self._tail_pow = sq[count:]
         psum = np.concatenate(([0.0], np.cumsum(sq)))
@@ -255,6 +256,12 @@ class CallerIdDecoder:
             self._base += cut
 
     # ---- public --------------------------------------------------------------------------
+
+    @property
+    def hunt_limit(self) -> SpanLimit:
+        """A message can only start where a span holds at least this much energy (the
+        analyser does not show the decoder stretches that cannot: :mod:`firmware.dsp.quiet`)."""
+        return fsk_limit(self._taps, self._smooth, self._floor, self._min_mark, self._demod.dc_len)
 
     def pop_errors(self) -> list[CallerIdError]:
         """The errors reported so far, and forget them."""

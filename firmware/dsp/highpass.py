@@ -57,22 +57,45 @@ def attenuation_db(rate: int, hz: float) -> float:
     return 20.0 * math.log10(max(gain, 1e-300))
 
 
+def max_power_gain(taps: Floats) -> float:
+    """The largest power gain, ``max |H(f)|^2``, of the FIR ``taps`` (a fine grid, 1 % up
+    for what falls between its points)."""
+    response = np.fft.rfft(taps, max(_DESIGN_FFT, 8 * taps.size))
+    return float(np.max(np.abs(response)) ** 2 * 1.01)
+
+
 class HumFilter:
     """The high-pass for one stream, block after block (state carried across blocks).
 
     :meth:`filter` takes consecutive blocks; :meth:`reset` starts a new stream (after a
-    gap, so audio that was never adjacent is not filtered together)."""
+    gap, so audio that was never adjacent is not filtered together). The state is only the
+    last ``taps - 1`` input samples, so filtering can also be split in two:
+    :meth:`extend` moves the stream on and returns a block with the input it depends on,
+    which :meth:`apply` filters whenever (and if ever) the output is needed."""
 
     def __init__(self, rate: int) -> None:
         self._h = impulse_response(rate)
         self.reset()
 
+    @property
+    def taps(self) -> Floats:
+        return self._h
+
     def reset(self) -> None:
         self._history: Floats = np.zeros(self._h.size - 1)
 
-    def filter(self, samples: npt.NDArray[np.int16] | Floats) -> Floats:
-        """The filtered block (float64, int16 scale), as long as ``samples``."""
+    def extend(self, samples: npt.NDArray[np.int16] | Floats) -> Floats:
+        """``samples`` (float64) after the ``taps - 1`` input samples before them; the
+        stream moves on past ``samples``."""
         x = np.concatenate((self._history, np.asarray(samples, dtype=np.float64)))
         self._history = x[x.size - self._history.size :]
-        out: Floats = np.convolve(x, self._h, mode="valid")
+        return x
+
+    def apply(self, extended: Floats) -> Floats:
+        """The filtered block for an :meth:`extend` result (as long as the block)."""
+        out: Floats = np.convolve(extended, self._h, mode="valid")
         return out
+
+    def filter(self, samples: npt.NDArray[np.int16] | Floats) -> Floats:
+        """The filtered block (float64, int16 scale), as long as ``samples``."""
+        return self.apply(self.extend(samples))
