@@ -111,5 +111,8 @@ class QuietBound:
         if self._fsk is None:
             return dtmf, False
         near, wide = self._fsk_raw_spans
-        bound = (np.sqrt(self._gain * most(near)) + np.sqrt(self._mean_gain * most(wide))) ** 2
+        through_filter = self._gain * most(near)
+        if through_filter >= self._fsk.energy:
+            return dtmf, True  # loud enough without the mean's share (speech, mostly)
+        bound = (np.sqrt(through_filter) + np.sqrt(self._mean_gain * most(wide))) ** 2
         return dtmf, bool(bound >= self._fsk.energy)
