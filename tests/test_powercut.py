@@ -112,8 +112,10 @@ LINE_S = 96.0
 CUT_TIMEOUT_S = 900  # TCG on a shared 2-core machine: a boot to the recorder takes minutes
 FINAL_TIMEOUT_S = 1800
 PROVISIONING_WINDOW_S = 60.0  # cuts land up to this long after grow-data starts (~70 s)
-# Audio waits for the DTMF detector before it is written: up to one analysis batch, the
-# two windows a tone could still be starting in, the mask guard, and a capture period.
+# Audio waits for the DTMF detector before it is written: up to one analysis batch (the
+# capture period's audio still in the card's buffer included: the default 100 ms period is
+# the batch), the two windows a tone could still be starting in and the mask guard; 20 ms
+# to spare for a shorter period that does not divide the batch.
 HOLDBACK_S = BATCH_S + 2 * WINDOW_S + DEFAULT_GUARD_S + 0.020
 # The cut's position on the line is estimated from heartbeats (a few ms early), and the
 # emulated recorder encodes, seals and fsyncs each second of audio after it is complete:
