@@ -124,7 +124,7 @@ def test_full_disk_mid_call_holds_audio_in_ram_and_catches_up(
     assert after and not any(after), "the fault must clear once space is back"
     status = pins.pin(5).history
     flips = [t for t, _ in status if 20 * NS_PER_S < t < 40 * NS_PER_S]
-    assert len(flips) > 100, "status LED must blink fast (4 Hz) during the fault"
+    assert len(flips) > 100, "status LED must blink fast (5 Hz) during the fault"
 
     entries = entries_of(small_disk)
     assert len(entries) == 2 and sink.pending == 0

@@ -269,8 +269,8 @@ def test_a_recorder_fault_fails_the_status_and_shows_the_fault_leds(tmp_path: Pa
     res = linetap("status", "-c", conf)
     assert res.returncode == 1
     assert "recorder: running" in res.stdout and "1 call in progress" in res.stdout
-    assert re.search(r"line2\s+paused\s+LED blinking 4 Hz \(fault\)\s+call in progress", res.stdout)
-    assert f"status LED blinking 4 Hz (fault); faults: audio: {fault}" in res.stdout
+    assert re.search(r"line2\s+paused\s+LED blinking 5 Hz \(fault\)\s+call in progress", res.stdout)
+    assert f"status LED blinking 5 Hz (fault); faults: audio: {fault}" in res.stdout
     assert "broker: connected to broker.example:8883" in res.stdout
     assert "upload: idle; since start 4 acked, 1 rejected" in res.stdout
     assert "outbox: none yet (nothing recorded)" in res.stdout

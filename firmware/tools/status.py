@@ -44,7 +44,7 @@ LED_MEANING = {
     "off": "off",
     "solid": "solid (recording)",
     "slow_blink": "blinking 1 Hz (paused / opted out)",
-    "fast_blink": "blinking 4 Hz (fault)",
+    "fast_blink": "blinking 5 Hz (fault)",
     "heartbeat": "short flash every 3 s (running, all lines idle)",
 }
 IN_CALL_STATES = ("recording", "paused")
