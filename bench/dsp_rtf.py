@@ -44,6 +44,7 @@ from bench_common import print_table_header
 # The repository root, for the firmware and the tests' signals (run as a script).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from firmware.config import IDLE_PERIOD_MS
 from firmware.dsp import analyser as new_analyser
 from firmware.dsp.cid_messages import build_mdmf, build_sdmf
 from tests.cid_signals import BELL202, V23, at_level, make_burst
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 Int16s = npt.NDArray[np.int16]
 RATE = 8000
-BLOCK = 160  # 20 ms, the recorder's capture period
+BLOCK = RATE * IDLE_PERIOD_MS // 1000  # the recorder's default capture period
 VOICES = ("en-gb", "en-us", "en+f2", "en+m3", "de", "fr")
 IDLE_DBFS = -65.0
 SPEECH_DBFS = -20.0
