@@ -61,6 +61,7 @@ from bench_common import children_cpu_s, print_table_header, pstats_table
 from head_compare import REPO, head_tree, min_median, run_worker
 
 from buffers.outbox import Outbox
+from firmware.config import IDLE_PERIOD_MS
 from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink
 from firmware.sinks import RecordingEnd, RecordingStart, RecordingWriter
 from sealedrec.age import format_recipient, generate_identity
@@ -68,7 +69,7 @@ from sealedrec.keys import create_device_key
 from sealedrec.manifest import BLOB_AGE
 
 RATE = 8000
-PERIOD = 160  # 20 ms, the recorder's default period
+PERIOD = RATE * IDLE_PERIOD_MS // 1000  # the recorder's default capture period
 OPUS_BPS = 16_000
 JOURNAL_SYNC_S = 1.0  # SealingSettings' (and the config's) default
 CODECS: tuple[Codec, ...] = ("flac", "opus")

@@ -13,12 +13,13 @@ key, the office's age recipient, the device's journal, chain and outbox) — thi
 sealing code on both sides, so the sink's part is the same code and the comparison is
 of delivery. Then per call:
 
-1. ``sink.open``, ``--seconds`` of speech written in 20 ms periods with a ``sink.poll()``
-   each, as the recorder does (not timed; the uploader is idle meanwhile);
+1. ``sink.open``, ``--seconds`` of speech written in capture periods (the recorder's
+   default, 100 ms) with a ``sink.poll()`` each, as the recorder does (not timed; the
+   uploader is idle meanwhile);
 2. a random pause of 0..``--jitter`` s, so the hang-up falls at a random phase of the
    uploader's idle outbox rescan (before: every 1 s; after: the uploader is woken by
    inotify on ``outbox/sealed``);
-3. hang-up: ``writer.close(end)`` and then one ``sink.poll()`` per 20 ms period, paced in
+3. hang-up: ``writer.close(end)`` and then one ``sink.poll()`` per capture period, paced in
    real time, until the sink has sealed the recording into ``outbox/sealed`` — the
    sink's part (stream finished + fsynced, blob hashed in 256 KiB slices per poll,
    signed manifest, outbox commit);
@@ -300,7 +301,8 @@ def report(args: argparse.Namespace, sides: list[Side], audio: str, wall: float)
         "Before, the uploader looks at an idle outbox every 1 s (the pickup part is uniform "
         "over that); after, inotify on outbox/sealed wakes it. "
         f"The recorder ends a call {flash_ms} ms after the on-hook edge (call.flash_max_ms; "
-        "shorter on-hooks are hook flashes), plus up to one 20 ms period; that is the "
+        f"shorter on-hooks are hook flashes), plus up to one {PERIOD_S * 1000:.0f} ms period; "
+        "that is the "
         "constant in the last row. p99 of "
         f"{len(sides[0].calls)} samples per side is interpolated next to the largest. "
         f"Total {wall:.1f} s wall."

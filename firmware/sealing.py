@@ -63,11 +63,16 @@ __all__ = ["ChainState", "Codec", "SealingSettings", "SealingSink"]
 
 log = logging.getLogger(__name__)
 
-# The finished file is hashed on a thread of its own (hashlib lets go of the GIL), so the
-# recording is in the outbox a few ms after the hash is done, and a 2-hour call never
-# stalls capture. A poll waits for the hash only when its budget covers the whole blob:
-# a blob of at most this many bytes, or close() and recover() (an unbounded budget).
+# The finished file is hashed on a thread of its own (hashlib lets go of the GIL), so a
+# 2-hour call never stalls capture. A poll waits for the hash to the end only when its
+# budget covers the whole blob: a blob of at most this many bytes, or close() and
+# recover() (an unbounded budget).
 SEAL_BYTES_PER_POLL = 256 * 1024
+# Otherwise a poll waits up to this long for the hash in progress: a call of some minutes
+# hashes in a few ms, so it reaches the outbox in the poll after its close rather than a
+# capture period later (100 ms by default: most of the hang-up -> ack time), and a long
+# call holds capture up no longer than this (the ALSA buffer holds 8 periods).
+HASH_WAIT_S = 0.020
 HASH_CHUNK = 1024 * 1024
 _DONE, _BLOCKED, _WORKING = "done", "blocked", "working"
 
@@ -182,9 +187,10 @@ class SealingSink:
         """Queue an ended recording for sealing; :meth:`poll` does the work in slices."""
         self._jobs.append(_Progress(job))
 
-    def poll(self, budget: int = SEAL_BYTES_PER_POLL) -> None:
-        """Advance the sealing queue; wait for a blob's hash only if ``budget`` (bytes)
-        covers the whole blob, else leave it to its thread and look again next time.
+    def poll(self, budget: int = SEAL_BYTES_PER_POLL, wait_s: float = HASH_WAIT_S) -> None:
+        """Advance the sealing queue; wait for a blob's hash if ``budget`` (bytes) covers
+        the whole blob, else up to ``wait_s``, then leave it to its thread and look again
+        next time.
 
         Called once per capture period, so sealing a long call never stalls capture; a
         full disk blocks the queue (and shows as a fault) until
@@ -194,7 +200,7 @@ class SealingSink:
         while self._jobs and budget > 0:
             job = self._jobs[0]
             try:
-                state, used = self._advance(job, budget)
+                state, used = self._advance(job, budget, wait_s)
             except OSError as exc:
                 if exc.errno not in FULL_ERRNOS:
                     raise StorageError(f"sealing {job.job.directory.name}: {exc}") from exc
@@ -266,7 +272,7 @@ class SealingSink:
                 shutil.rmtree(directory)
                 continue
             job = _Progress(SealJob(directory))
-            while self._advance(job, 1 << 62)[0] != _DONE:
+            while self._advance(job, 1 << 62, 0.0)[0] != _DONE:
                 pass
             sealed.append(directory.name)
         return sealed
@@ -306,7 +312,7 @@ class SealingSink:
             head = (top.seq, top.sha256)
         return head
 
-    def _advance(self, job: _Progress, budget: int) -> tuple[str, int]:
+    def _advance(self, job: _Progress, budget: int, wait_s: float) -> tuple[str, int]:
         """One slice of sealing ``job``: (_DONE | _BLOCKED | _WORKING, bytes hashed)."""
         if job.job.pending is not None and not job.job.pending.flush_ended():
             return _BLOCKED, 0
@@ -318,16 +324,18 @@ class SealingSink:
                     target=job.hash_blob, args=(job.blob.path,), name="seal-hash", daemon=True
                 )
                 job.hashing.start()
-                # The hash is looked at from the next poll on, however fast the thread
-                # is, unless this poll may take the whole blob: each poll does a
-                # predictable amount (a crash can come between settling and manifest).
-                if budget < job.blob_bytes:
+                if budget < job.blob_bytes and wait_s <= 0:
+                    # No wait: the hash is looked at from the next poll on, however fast
+                    # the thread is (each poll a predictable step: a crash between
+                    # settling and manifest can be staged).
                     return _WORKING, 0
         used = 0
         if job.hashing is not None:
             if job.hashing.is_alive():
                 if budget < job.blob_bytes:
-                    return _WORKING, 0
+                    job.hashing.join(wait_s)
+                    if job.hashing.is_alive():
+                        return _WORKING, 0
                 job.hashing.join()
                 used = job.size
             job.hashing = None

@@ -302,16 +302,16 @@ def _sink_and_writer(tmp_path: Path, office, seconds: int):
 
 
 def test_sealing_is_spread_over_polls_so_capture_never_stalls(tmp_path: Path, office):
-    # Closing only queues the work; the capture loop's polls (one per 20 ms period) seal
+    # Closing only queues the work; the capture loop's polls (one per capture period) seal
     # it: the first settles the blob and starts its hash, a later one signs and queues it
-    # (test_sealing_hash_thread.py: no poll waits for the hash).
+    # (test_sealing_hash_thread.py: how long a poll may wait for the hash).
     _, sink, writer, end, data = _sink_and_writer(tmp_path, office, seconds=60)
     writer.close(end)
     assert sink.pending == 1
     polls = 0
     deadline = time.monotonic() + 60
     while sink.pending:
-        sink.poll(budget=64 * 1024)
+        sink.poll(budget=64 * 1024, wait_s=0.0)
         polls += 1
         assert time.monotonic() < deadline, "sealing never finished"
         time.sleep(0.001)
@@ -324,7 +324,7 @@ def test_sealing_is_spread_over_polls_so_capture_never_stalls(tmp_path: Path, of
 def test_crash_halfway_through_sealing_is_finished_at_the_next_start(tmp_path: Path, office):
     cfg, sink, writer, end, data = _sink_and_writer(tmp_path, office, seconds=20)
     writer.close(end)
-    sink.poll(budget=1)  # end record written, blob settled, hashing just begun... then a crash
+    sink.poll(budget=1, wait_s=0.0)  # end record written, blob settled, hashing begun... crash
     journal = tmp_path / "data" / "journal" / "rec-1"
     assert (journal / "recording.age").exists() and not (journal / "manifest.json").exists()
     recovered = make_sealing_sink(cfg, StorageHealth()).recover()
