@@ -8,6 +8,7 @@ import numpy.typing as npt
 import pytest
 
 from firmware.dsp.analyser import LineAnalyser
+from firmware.dsp.cid_messages import CallerIdMessage
 from firmware.dsp.dtmf import DtmfDetector, DtmfEvent
 from firmware.dsp.fsk import BELL202, CallerIdDecoder, FskDemodulator
 from firmware.dsp.highpass import HumFilter
@@ -110,9 +111,19 @@ def test_an_idle_line_is_not_shown_to_the_detectors(monkeypatch: pytest.MonkeyPa
         return real_dtmf(block, start)
 
     monkeypatch.setattr(line.dtmf, "process", counted)
+    assert line.fsk is not None
+    real_fsk = line.fsk.process
+
+    def counted_fsk(block: npt.NDArray[np.float64], start: int) -> list[CallerIdMessage]:
+        calls.append(start)
+        return real_fsk(block, start)
+
+    monkeypatch.setattr(line.fsk, "process", counted_fsk)
     noise = np.rint(np.random.default_rng(3).normal(0.0, 40.0, 10 * rate)).astype(np.int16)
     for start in range(0, noise.size, 800):
         line.process(noise[start : start + 800], start)
+    line.catch_up()
+    assert line.caller_id_before(noise.size, window_frames=noise.size) is None
     assert calls == []
     assert line.settled_frame == noise.size  # masking may write everything heard
     assert line.levels is not None and line.levels["rms_dbfs"] == pytest.approx(-58.3, abs=0.5)
@@ -121,10 +132,10 @@ def test_an_idle_line_is_not_shown_to_the_detectors(monkeypatch: pytest.MonkeyPa
 @pytest.mark.skipif(bool(missing_tools()) or SOX is None, reason="sox and minimodem are needed")
 def test_what_the_analyser_hears_is_what_ungated_detectors_hear() -> None:
     """Digits (down to -40 dBm0, the weakest in spec, and 40 ms ones) and caller IDs
-    (down to -48 dBFS, 2 dB over the decoder's floor) on a noisy line with quiet stretches between them: the analyser,
-    which skips the quiet batches, finds what the bare detectors find on the whole
-    filtered line. A bound that says "quiet" too early (e.g. one chunk short) loses the
-    weak digits' and bursts' onsets here."""
+    (down to -48 dBFS, 2 dB over the decoder's floor) on a noisy line with quiet stretches
+    between them: the analyser, which skips the quiet batches, finds what the bare
+    detectors find on the whole filtered line. A bound that says "quiet" too early loses
+    the weak digits' and bursts' onsets here (a bound 4x too low fails)."""
     rate = 8000
     rng = np.random.default_rng(11)
     parts: list[np.ndarray] = []
