@@ -99,6 +99,8 @@ class LineAnalyser:
             self._hum_filter.taps,
         )
         self._dtmf_skipped = False  # the last batch was too quiet to show the DTMF detector
+        self._dtmf_origin: int | None = None  # where the detector's window grid starts
+        self._previous: npt.NDArray[np.float64] | None = None  # the last batch, extended
         # The last batch not shown to FSK (the filter's input for it, its frame): shown
         # after all when the next one is, since a message's start may straddle the two.
         self._fsk_skipped: tuple[npt.NDArray[np.float64], int] | None = None
@@ -144,15 +146,19 @@ class LineAnalyser:
             self._hum_filter.reset()
             self._quiet.reset()
             self._fsk_skipped = None
+            self._dtmf_origin = self._previous = None
+        if self._dtmf_origin is None:
+            self._dtmf_origin = start_frame
         extended = self._hum_filter.extend(samples)  # filtered below only if needed
         dtmf_audible, fsk_audible = self._quiet.audible(samples)
         filtered: npt.NDArray[np.float64] | None = None
         events: list[DtmfEvent] = []
+        resuming = self._dtmf_skipped
         # Never while a key press may be under way: its end must be seen.
         self._dtmf_skipped = not dtmf_audible and not self.dtmf.tone_pending
         if not self._dtmf_skipped:
             filtered = self._hum_filter.apply(extended)
-            events = self.dtmf.process(filtered, start_frame)
+            events = self._show_dtmf(filtered, start_frame, resuming=resuming)
         for event in events:
             self._digits.append(HeardDigit(self._next_seq, event))
             self._next_seq += 1
@@ -168,10 +174,26 @@ class LineAnalyser:
                 if filtered is None:
                     filtered = self._hum_filter.apply(extended)
                 self._hold_for_fsk(filtered, start_frame)
+        self._previous = extended
         self._end_frame = start_frame + samples.shape[0]
         self._levels(samples, start_frame)
         self._prune()
         return events
+
+    def _show_dtmf(
+        self, filtered: npt.NDArray[np.float64], start_frame: int, *, resuming: bool
+    ) -> list[DtmfEvent]:
+        """Run the DTMF detector over a batch. After skipped batches it resumes on its
+        own window grid: the part of its window that began in the last skipped batch is
+        filtered now and shown first, so it sees exactly the windows it would have seen
+        (the ones it missed could not pass its gate, and it had no tone pending)."""
+        assert self._dtmf_origin is not None
+        lead = (start_frame - self._dtmf_origin) % self.dtmf.window if resuming else 0
+        if lead == 0 or self._previous is None:
+            return self.dtmf.process(filtered, start_frame)
+        taps = self._hum_filter.taps.size
+        lead_in = self._hum_filter.apply(self._previous[-(lead + taps - 1) :])
+        return self.dtmf.process(np.concatenate((lead_in, filtered)), start_frame - lead)
 
     def _hold_for_fsk(self, filtered: npt.NDArray[np.float64], start_frame: int) -> None:
         """Hold ``filtered`` for the FSK decoder; decode once a stretch is long enough.
