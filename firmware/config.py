@@ -149,10 +149,10 @@ class TelephonyConfig(_Model):
         description='what replaces a masked digit: "silence" or "comfort_noise" (low noise, -65 dBm0)',
     )
     mask_guard_ms: int = Field(
-        30,
+        35,
         ge=15,
         le=200,
-        description="ms masked before and after each detected digit (15-200); 30 leaves no tone",
+        description="ms masked before and after each detected digit (15-200); 35 leaves no tone",
     )
     fsk_caller_id: bool = Field(
         True, description="decode FSK caller ID (Bell 202 / V.23) heard on the line"
