@@ -24,14 +24,14 @@ Corpus (made fresh each run, seeded by ``--seed``):
 Each string is scored by aligning the digits heard with the digits sent (edit distance):
 missed, wrong and extra digits. Ours runs as the recorder runs it: a
 :class:`~firmware.dsp.analyser.LineAnalyser` (hum high-pass, DTMF in
-``analyser.BATCH_S`` batches, FSK caller ID and levels too) fed 20 ms capture blocks at the
-line's rate. multimon-ng (``-c -a DTMF -t raw``) needs 22 050 Hz input, so each string is
+``analyser.BATCH_S`` batches, FSK caller ID and levels too) fed capture blocks of the
+recorder's default period (100 ms) at the line's rate. multimon-ng (``-c -a DTMF -t raw``) needs 22 050 Hz input, so each string is
 resampled by sox first (one sox | multimon-ng pipeline per string).
 
 Real-time factor (audio seconds per CPU second, one line) on the same audio, all strings
 and the speech back to back, ours and multimon-ng interleaved (alternating which goes
 first) for ``--repeats`` rounds; min and median printed. Both exclude start-up: ours is
-``time.process_time`` around the 20 ms-block loop (the analyser built before); multimon-ng's
+``time.process_time`` around the block loop (the analyser built before); multimon-ng's
 is ``getrusage(RUSAGE_CHILDREN)`` of one run over a pre-resampled 22 050 Hz raw file less
 that of a run over 50 ms of it in the same round (its start-up). It processes 2.76x (8 kHz)
 or 1.38x (16 kHz) as many samples as we do, and does no caller ID; the resampling is not
@@ -63,6 +63,7 @@ from bench_common import children_cpu_s
 # The repository root, for the shared test signals (run as `python bench/dtmf_accuracy.py`).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from firmware.config import IDLE_PERIOD_MS
 from firmware.dsp.analyser import LineAnalyser
 from firmware.dsp.dtmf import KEYPAD
 from tests.dtmf_signals import (
@@ -80,7 +81,7 @@ from tests.dtmf_signals import (
 )
 
 Int16s = npt.NDArray[np.int16]
-BLOCK_S = 0.020  # the recorder's default period
+BLOCK_S = IDLE_PERIOD_MS / 1000  # the recorder's default capture period
 RATES = (8000, 16000)
 
 
@@ -178,7 +179,7 @@ def make_music(minutes: float, pool: ThreadPoolExecutor) -> Int16s:
 
 
 def ours(audio: Int16s, rate: int) -> str:
-    """The digits the recorder's line analyser hears, fed 20 ms capture blocks."""
+    """The digits the recorder's line analyser hears, fed capture blocks."""
     line = LineAnalyser(rate)
     block = round(BLOCK_S * rate)
     events = []
