@@ -159,7 +159,7 @@ class Housekeeper(threading.Thread):
         next_expiry = r.clock()
         while not r.stop.is_set():
             if r.waiting:
-                r.stop.wait(FIN_POLL_S)
+                r.fin_parked.wait(FIN_POLL_S)  # set when a waiting fin's chunk comes here
             else:
                 # Nothing waits: sleep until a fin parks (or stop, noticed within IDLE_S).
                 r.fin_parked.wait(min(IDLE_S, max(0.0, next_expiry - r.clock())))

@@ -374,7 +374,10 @@ def test_a_waiting_fin_is_answered_as_soon_as_its_chunks_are_in(tmp_path: Path):
     for chunk in first:
         office.send(*chunk)
     assert office.send(*dev.fin("overtaken", blob)) == []
+    office.receiver.fin_parked.clear()  # the housekeeper saw the fin park
     office.send(*last)  # the chunk the fin overtook (another worker, on a $share)
+    # Here, in this worker: the housekeeper is woken at once, not at its next poll.
+    assert office.receiver.fin_parked.is_set()
     assert ack_of(office.receiver.poll_waiting()).status is AckStatus.STORED
     office.index.close()
 
