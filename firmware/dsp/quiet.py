@@ -99,9 +99,33 @@ class QuietBound:
         they start in."""
         # Squares of int16 fit int32 and their sums int64: exact, and cheaper than floats.
         x = raw.astype(np.int32)
-        squares = np.concatenate((self._tail, x * x))
-        self._tail = squares[squares.size - self._tail_len :]
-        csum = np.cumsum(squares, dtype=np.int64)
+        squares = x * x
+        heard = self._loud_throughout(int(squares.sum(dtype=np.int64)), x.size)
+        if heard is None:
+            heard = self._span_bounds(squares)
+        elif x.size >= self._tail_len:
+            self._tail = squares[x.size - self._tail_len :]
+        else:
+            self._tail = np.concatenate((self._tail, squares))[x.size :]
+        return heard
+
+    def _loud_throughout(self, energy: int, size: int) -> tuple[bool, bool] | None:
+        """Both answers "yes" from the batch's energy alone, or None: spans of ``L``
+        covering the batch hold all of it, so the loudest holds at least a
+        ``ceil(size / L)``-th (speech, mostly: no cumulative sum needed)."""
+        dtmf = self._gain * energy / -(-size // self._dtmf_raw_span) >= self._dtmf.energy
+        if not dtmf:
+            return None
+        if self._fsk is None:
+            return True, False
+        near = self._fsk_raw_spans[0]
+        return (True, True) if self._gain * energy / -(-size // near) >= self._fsk.energy else None
+
+    def _span_bounds(self, squares: npt.NDArray[np.int32]) -> tuple[bool, bool]:
+        """The bounds from the loudest span of each length ending in the batch."""
+        ext = np.concatenate((self._tail, squares))
+        self._tail = ext[ext.size - self._tail_len :]
+        csum = np.cumsum(ext, dtype=np.int64)
         first = self._tail_len  # csum index of the batch's first sample
 
         def most(span: int) -> float:
@@ -113,6 +137,6 @@ class QuietBound:
         near, wide = self._fsk_raw_spans
         through_filter = self._gain * most(near)
         if through_filter >= self._fsk.energy:
-            return dtmf, True  # loud enough without the mean's share (speech, mostly)
+            return dtmf, True  # loud enough without the mean's share
         bound = (np.sqrt(through_filter) + np.sqrt(self._mean_gain * most(wide))) ** 2
         return dtmf, bool(bound >= self._fsk.energy)
