@@ -100,10 +100,12 @@ class LineAnalyser:
         )
         self._dtmf_skipped = False  # the last batch was too quiet to show the DTMF detector
         self._dtmf_origin: int | None = None  # where the detector's window grid starts
-        self._previous: npt.NDArray[np.float64] | None = None  # the last batch, extended
-        # The last batch not shown to FSK (the filter's input for it, its frame): shown
-        # after all when the next one is, since a message's start may straddle the two.
-        self._fsk_skipped: tuple[npt.NDArray[np.float64], int] | None = None
+        # The last batch (the filter's input for it, its frame): what a detector did not
+        # see of it is filtered when the next batch needs it.
+        self._previous: tuple[npt.NDArray[np.float64], int] | None = None
+        # The last batch was not shown to FSK: it is after all when the next one is,
+        # since a message's start may straddle the two.
+        self._fsk_skipped = False
         self._fsk_batch = max(1, round(FSK_BATCH_S * rate))
         self._fsk_held: list[npt.NDArray[np.float64]] = []  # filtered, not yet decoded
         self._fsk_held_start = 0
@@ -145,7 +147,6 @@ class LineAnalyser:
             self._decode_caller_id()
             self._hum_filter.reset()
             self._quiet.reset()
-            self._fsk_skipped = None
             self._dtmf_origin = self._previous = None
         if self._dtmf_origin is None:
             self._dtmf_origin = start_frame
@@ -162,19 +163,15 @@ class LineAnalyser:
         for event in events:
             self._digits.append(HeardDigit(self._next_seq, event))
             self._next_seq += 1
-        if self.fsk is not None:
-            if not fsk_audible:
-                self._fsk_skipped = (extended, start_frame)
-            else:
-                if self._fsk_skipped is not None:
-                    self._hold_for_fsk(
-                        self._hum_filter.apply(self._fsk_skipped[0]), self._fsk_skipped[1]
-                    )
-                    self._fsk_skipped = None
-                if filtered is None:
-                    filtered = self._hum_filter.apply(extended)
-                self._hold_for_fsk(filtered, start_frame)
-        self._previous = extended
+        if self.fsk is not None and fsk_audible:
+            if self._fsk_skipped and self._previous is not None:
+                previous, previous_start = self._previous
+                self._hold_for_fsk(self._hum_filter.apply(previous), previous_start)
+            if filtered is None:
+                filtered = self._hum_filter.apply(extended)
+            self._hold_for_fsk(filtered, start_frame)
+        self._fsk_skipped = not fsk_audible
+        self._previous = (extended, start_frame)
         self._end_frame = start_frame + samples.shape[0]
         self._levels(samples, start_frame)
         self._prune()
@@ -192,7 +189,7 @@ class LineAnalyser:
         if lead == 0 or self._previous is None:
             return self.dtmf.process(filtered, start_frame)
         taps = self._hum_filter.taps.size
-        lead_in = self._hum_filter.apply(self._previous[-(lead + taps - 1) :])
+        lead_in = self._hum_filter.apply(self._previous[0][-(lead + taps - 1) :])
         return self.dtmf.process(np.concatenate((lead_in, filtered)), start_frame - lead)
 
     def _hold_for_fsk(self, filtered: npt.NDArray[np.float64], start_frame: int) -> None:
