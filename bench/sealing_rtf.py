@@ -9,9 +9,10 @@ process CPU time (``time.process_time``) from open until the recording is in the
 outbox; median of ``--repeats`` runs after one warm-up run.
 
 Our sink does more than encode and encrypt: it also keeps the power-safe journal, i.e.
-every ``journal_sync_s`` of audio (default 1.0 s) is encoded again as a small FLAC,
-sealed as an age file of its own (one file key and header per call, a fresh payload
-nonce per segment) and fsynced (see firmware/sealwriter.py); that work is included.
+about every ``journal_sync_s`` of audio (default 1.0 s) the FLAC frames encoded since
+the last record are sealed as an age file of their own (one file key and header per
+call, a fresh payload nonce per record) and fsynced (see firmware/sealwriter.py); that
+work is included. For FLAC the stream and the journal share the call's one encoder.
 
 Peers, on the same audio (a WAV file) in the same run: ``flac -s -c in.wav | age -r R``
 and ``opusenc --bitrate 16 --quiet in.wav - | age -r R`` (Popen chain, no shell); their
@@ -30,8 +31,8 @@ side, each warming up with one call and then sealing one call of the sample (FLA
 start-up is excluded on both sides alike. It prints CPU real-time factors (min and
 median) and the bytes the sealing path writes per call-hour (write(2) bytes, and bytes
 sent to the disk: run it where the data partition would be, ``--dir``). It also times
-the journal's own per-second work in this process, interleaved: the FLAC segment and its
-age sealing as HEAD does it (an X25519 exchange per segment) and as we do (one per call).
+the journal's own work in this process, interleaved (bench/journal_cost.py): a FLAC
+encoder per second's segment (the way before) against the call's one encoder.
 
 Run: .venv/bin/python bench/sealing_rtf.py [--seconds 60] [--repeats 5] [--profile]
      .venv/bin/python bench/sealing_rtf.py --vs-head [--repeats 7] [--dir /var/tmp]
@@ -391,7 +392,7 @@ def report(rows: list[Row], wav: Path, audio_s: float, repeats: int, wall: float
     print(
         "ours = SealingSink from open until the recording is in the outbox (a sink poll per "
         "period, close, polls until sealed): encoder -> age stream, PLUS the power-safe journal "
-        f"(journal_sync_s={JOURNAL_SYNC_S}: each second again as its own FLAC in its own age "
+        f"(journal_sync_s={JOURNAL_SYNC_S}: the frames of about each second in their own age "
         "file, one file key per call, fsynced), the signed manifest and the move into the outbox; process CPU time. "
         "ours wall RTF = the same runs by the wall clock (fsyncs included). "
         "peer = `flac -s -c in.wav | age -r R` / "
@@ -454,9 +455,11 @@ def vs_head(wav: Path, repeats: int, data_dir: Path, ours_tree: Path) -> None:
     )
     jh, jo = min_median(journal_head), min_median(journal_ours)
     print(
-        f"journal per second of audio (FLAC segment + age seal), one process, {repeats} "
-        f"interleaved rounds: HEAD's way min {jh[0] * 1e6:.0f} / med {jh[1] * 1e6:.0f} us, "
-        f"ours min {jo[0] * 1e6:.0f} / med {jo[1] * 1e6:.0f} us: {jh[1] / jo[1]:.2f}x"
+        f"journal per second of audio (FLAC + age seal + record), one process, {repeats} "
+        f"interleaved rounds: an encoder per second min {jh[0] * 1e6:.0f} / med "
+        f"{jh[1] * 1e6:.0f} us, one encoder per call min {jo[0] * 1e6:.0f} / med "
+        f"{jo[1] * 1e6:.0f} us: {jh[1] / jo[1]:.2f}x; journal bytes "
+        f"{journal['ours_bytes'] / journal['head_bytes']:.3f}x"
     )
     print(
         "RTF = audio s / CPU s of one sealed call (open to in the outbox), in a worker "

@@ -5,9 +5,10 @@ Per recording, a journal directory on the data partition holds, while the call r
 - ``start.json``: the recording's metadata (no audio);
 - ``stream.age.partial``: the recording itself, FLAC or Ogg Opus encoded as it goes and
   age-encrypted to the office's keys on the way out (constant memory);
-- ``segments.jrn``: every ``journal_sync_s`` of audio again, as a small FLAC in an age
-  file of its own (all under one file key per call) and fsynced
-  (:mod:`buffers.journal`): what survives a power cut;
+- ``segments.jrn``: about every ``journal_sync_s``, the FLAC frames encoded since the
+  last record, in an age file of their own (all under one file key per call) and
+  fsynced (:mod:`buffers.journal`, :mod:`sealedrec.segments`): what survives a power
+  cut;
 - ``events.jsonl``: consent and line events, fsynced as they happen.
 
 :meth:`SealingWriter.close` ends the recording (``stream.age``, and ``end.json`` once
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from buffers.journal import JournalWriter
 from firmware.dsp.calllevels import CallLevelMeter
 from firmware.errors import StorageError
+from firmware.flacstream import FlacStreamEncoder, journal_blocksize
 from firmware.sinks import (
     PROGRESS_EVENTS,
     RecordingEnd,
@@ -79,17 +81,10 @@ def write_json_durable(path: Path, payload: Any) -> None:
     write_json_atomic(path, payload, indent=None)
 
 
-def encode_flac(samples: npt.NDArray[np.int16], rate: int) -> bytes:
-    buf = io.BytesIO()
-    with soundfile.SoundFile(buf, "w", rate, 1, format="FLAC", subtype="PCM_16") as f:
-        f.write(samples)
-    return buf.getvalue()
-
-
 class _PlainToAge(io.RawIOBase):
-    """What libsndfile writes to, as a seekable file: appends flow into the age stream;
-    the encoder's final rewrite of its header (FLAC STREAMINFO) becomes an AgeWriter
-    patch of the still-unencrypted first chunk."""
+    """What libsndfile's Opus encoder writes to, as a seekable file: appends flow into
+    the age stream; a rewrite of its header becomes an AgeWriter patch of the
+    still-unencrypted first chunk."""
 
     def __init__(self, age: AgeWriter) -> None:
         super().__init__()
@@ -183,6 +178,14 @@ class SealingWriter:
         self._storage_status = storage_status
         self._rate = start.sample_rate
         self._sync_frames = max(1, round(s.journal_sync_s * self._rate))
+        block = journal_blocksize(self._sync_frames)
+        # The encoder emits a block only once the next one has begun, so its frames lag
+        # the input by up to one block; a record due a block early keeps the audio not
+        # yet durable within one sync interval, as a record per sync of input did.
+        self._record_frames = max(1, self._sync_frames - block)
+        self._record = bytearray()  # FLAC emitted since the last record
+        self._record_n = 0  # samples in it
+        # Opus only: its (libsndfile) encoder is fed a sync interval at a time.
         self._pending = np.zeros(self._sync_frames, dtype=np.int16)
         self._pending_n = 0
         self._pcm_hash = hashlib.sha256()
@@ -209,12 +212,8 @@ class SealingWriter:
         self._stream_fh = open(directory / STREAM_PARTIAL, "w+b")  # noqa: SIM115 - closed in close()
         self._age = AgeWriter(self._stream_fh, s.recipients)
         self._plain = _PlainToAge(self._age)
-        if s.codec == "flac":
-            self._encoder = soundfile.SoundFile(
-                self._plain, "w", self._rate, 1, format="FLAC", subtype="PCM_16"
-            )
-        else:
-            self._encoder = soundfile.SoundFile(
+        self._opus = (
+            soundfile.SoundFile(
                 self._plain,
                 "w",
                 self._rate,
@@ -223,6 +222,12 @@ class SealingWriter:
                 subtype="OPUS",
                 compression_level=opus_compression_level(s.opus_bitrate),
             )
+            if s.codec == "opus"
+            else None
+        )
+        # The call's one FLAC encoder: its frames make the journal's records and, for a
+        # FLAC recording, the stream too (the same bytes, encoded once).
+        self._flac = FlacStreamEncoder(self._rate, block, self._on_flac, self._on_flac_patch)
 
     @property
     def recording_id(self) -> str:
@@ -236,6 +241,38 @@ class SealingWriter:
         self._pcm_hash.update(pcm.tobytes())
         self._levels.update(pcm)
         self._frames += pcm.shape[0]
+        self._flac.process(pcm)
+        if self._record_n >= self._record_frames:
+            self._flush_record()
+        if self._opus is not None:
+            self._feed_opus(pcm)
+
+    # -- the FLAC encoder's output -------------------------------------------------------
+    def _on_flac(self, data: bytes, samples: int) -> None:
+        self._record += data
+        self._record_n += samples
+        if self._opus is None and self._stream_ok:
+            try:
+                self._age.write(data)
+            except OSError as exc:
+                self._stream_failed(exc)
+
+    def _on_flac_patch(self, offset: int, data: bytes) -> None:
+        """libFLAC's final rewrite of STREAMINFO: the stream's copy only (the journal's
+        records are durable already; the office fills their total in)."""
+        if self._opus is None and self._stream_ok:
+            self._age.patch(offset, data)
+
+    def _flush_record(self) -> None:
+        if self._record_n == 0:
+            return
+        sealed = self._segment_sealer.seal(self._record)
+        self._ram_segments.append((sealed, self._record_n))
+        self._record = bytearray()
+        self._record_n = 0
+        self._drain_ram()
+
+    def _feed_opus(self, pcm: npt.NDArray[np.int16]) -> None:
         done = 0
         while done < pcm.shape[0]:
             take = min(pcm.shape[0] - done, self._sync_frames - self._pending_n)
@@ -243,25 +280,21 @@ class SealingWriter:
             self._pending_n += take
             done += take
             if self._pending_n == self._sync_frames:
-                self._flush_segment()
+                self._flush_opus()
 
-    def _flush_segment(self) -> None:
-        if self._pending_n == 0:
+    def _flush_opus(self) -> None:
+        # A sync interval per call instead of one per period saves most of soundfile's
+        # per-call overhead.
+        if self._pending_n == 0 or self._opus is None:
             return
-        frames = self._pending_n
-        # The stream encoder gets the audio in the journal's rhythm too: one call per
-        # second instead of one per period saves most of soundfile's per-call overhead.
         if self._stream_ok:
             try:
-                self._encoder.write(self._pending[:frames])
+                self._opus.write(self._pending[: self._pending_n])
             except (OSError, RuntimeError) as exc:
                 self._stream_failed(exc)
             if self._plain.error is not None and self._stream_ok:
                 self._stream_failed(self._plain.error)
-        sealed = self._segment_sealer.seal(encode_flac(self._pending[:frames], self._rate))
         self._pending_n = 0
-        self._ram_segments.append((sealed, frames))
-        self._drain_ram()
 
     def _drain_ram(self) -> None:
         """Write RAM-held segments to the journal; keep them in RAM while the disk is full."""
@@ -333,6 +366,9 @@ class SealingWriter:
         """Opt-out (discard mode): destroy the audio, keep the metadata."""
         self._discarded = True
         self._pending_n = 0
+        self._flac.close()
+        self._record = bytearray()
+        self._record_n = 0
         self._ram_segments.clear()
         self._segment_sealer.forget()
         self._close_stream(finish=False)
@@ -353,9 +389,10 @@ class SealingWriter:
         self._stream_ok = False
         try:
             if finish:
-                self._encoder.close()
-                if self._plain.error is not None:
-                    raise self._plain.error
+                if self._opus is not None:
+                    self._opus.close()
+                    if self._plain.error is not None:
+                        raise self._plain.error
                 self._age.close()
                 self._stream_fh.flush()
                 os.fsync(self._stream_fh.fileno())
@@ -367,7 +404,9 @@ class SealingWriter:
         end record is still to be written: the sealer retries :meth:`flush_ended`)."""
         self._end = end
         if not self._discarded:
-            self._flush_segment()
+            self._flac.finish()
+            self._flush_record()
+            self._flush_opus()
             summary = self._levels.summary()
             self._levels_summary = summary.model_dump() if summary is not None else None
         self._segment_sealer.forget()  # the call's last segment is sealed

@@ -26,7 +26,12 @@ from sealedrec.manifest import (
     verify_chain,
     verify_signature,
 )
-from sealedrec.segments import JournalFormatError, iter_segments
+from sealedrec.segments import (
+    JournalFormatError,
+    flac_with_total,
+    iter_segments,
+    journal_version,
+)
 
 _BLOCK = 1024 * 1024
 
@@ -62,18 +67,29 @@ def decode_audio(encoded: bytes) -> npt.NDArray[np.int16]:
     return np.asarray(samples, dtype=np.int16)
 
 
+def decrypt_segments(path: Path, identities: Sequence[X25519PrivateKey]) -> list[bytes]:
+    """A segments journal's audio as FLAC files: version 2, the one stream its records
+    make (STREAMINFO's total filled in from them); version 1, one file per record. Empty
+    if no record holds audio."""
+    with open(path, "rb") as fh:
+        version = journal_version(fh)
+        fh.seek(0)
+        segments = [segment for segment, _ in iter_segments(fh)]
+    plains = [decrypt_bytes(segment.payload, identities) for segment in segments]
+    if version == 1:
+        return plains
+    total = sum(segment.frames for segment in segments)
+    return [flac_with_total(b"".join(plains), total)] if total else []
+
+
 def decrypt_samples(
     path: Path, container: str, identities: Sequence[X25519PrivateKey]
 ) -> npt.NDArray[np.int16]:
-    """A blob's samples: one age file (FLAC or Opus inside), or a segments journal whose
-    every record is an age file holding a FLAC."""
+    """A blob's samples: one age file (FLAC or Opus inside), or a segments journal."""
     if container == "age":
         with open(path, "rb") as fh:
             return decode_audio(AgeReader(fh, identities).read())
-    parts = []
-    with open(path, "rb") as fh:
-        for segment, _ in iter_segments(fh):
-            parts.append(decode_audio(decrypt_bytes(segment.payload, identities)))
+    parts = [decode_audio(flac) for flac in decrypt_segments(path, identities)]
     return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
 

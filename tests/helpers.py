@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from buffers.outbox import Outbox
 from drivers.serial.cid_text import SerialCallerId
 from sealedrec.manifest import sign_manifest
+from sealedrec.segments import iter_segments
 
 RATE = 8000
 START_UTC = "2026-11-25T10:00:00+00:00"  # the wall clock replays start at
@@ -348,3 +349,27 @@ def reaped(proc: subprocess.Popen[AnyStr]) -> Iterator[subprocess.Popen[AnyStr]]
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+def journal_pcm_by_tools(journal: Path, key_file: Path, work: Path) -> npt.NDArray[np.int16]:
+    """A version-2 journal's audio as tools nobody here wrote see it: each record
+    decrypted on its own by the real ``age -d``, the pieces joined, and the stream decoded
+    by the reference ``flac -d`` (which reads a stream whose total is unknown)."""
+    pieces = []
+    with open(journal, "rb") as fh:
+        for i, (segment, _) in enumerate(iter_segments(fh)):
+            sealed = work / f"record{i}.age"
+            sealed.write_bytes(segment.payload)
+            plain = subprocess.run(
+                ["age", "-d", "-i", str(key_file), str(sealed)], check=True, capture_output=True
+            ).stdout
+            if i == 0:
+                assert plain[:4] == b"fLaC", "the first record starts the FLAC stream"
+            pieces.append(plain)
+    raw = subprocess.run(
+        ["flac", "-d", "-s", "-c", "--force-raw-format", "--endian=little", "--sign=signed", "-"],
+        input=b"".join(pieces),
+        check=True,
+        capture_output=True,
+    ).stdout
+    return np.frombuffer(raw, dtype="<i2").astype(np.int16)

@@ -23,10 +23,8 @@ import soundfile
 
 from firmware.analyze import analyze_file
 from firmware.samples import __file__ as samples_init
-from sealedrec.segments import iter_segments
-from sealedrec.verify import decode_audio
 from tests.conftest import VENV_BIN as BIN
-from tests.helpers import ready_recorder, replay_argv
+from tests.helpers import journal_pcm_by_tools, ready_recorder, replay_argv
 
 SAMPLES = Path(samples_init).parent
 CARD_KEYS = 17  # 4111111111111111#
@@ -134,19 +132,11 @@ def test_crash_after_the_card_number_keeps_digits_and_masked_spans(tmp_path: Pat
     assert recovered["caller_id"]["number"] == "02079460123"
     assert recovered["events"] == [] and recovered["consent_events"] == []
 
-    # The recovered audio, each segment decrypted by the real age: it reaches past the
-    # first key press (9.5 s), and no digit can be detected in it.
+    # The recovered audio, each record decrypted by the real age and the FLAC stream
+    # decoded by the real flac: it reaches past the first key press (9.5 s), and no digit
+    # can be detected in it.
     entry = next((tmp_path / "data" / "outbox" / "sealed").iterdir())
-    parts = []
-    with open(entry / "recording.segments", "rb") as fh:
-        for i, (segment, _) in enumerate(iter_segments(fh)):
-            sealed = tmp_path / f"seg{i}.age"
-            sealed.write_bytes(segment.payload)
-            flac = subprocess.run(
-                ["age", "-d", "-i", str(key), str(sealed)], check=True, capture_output=True
-            ).stdout
-            parts.append(decode_audio(flac))
-    recovered_pcm = np.concatenate(parts)
+    recovered_pcm = journal_pcm_by_tools(entry / "recording.segments", key, tmp_path)
     assert len(recovered_pcm) / 8000 > 10.0, len(recovered_pcm) / 8000
     wav = tmp_path / "recovered.wav"
     soundfile.write(wav, recovered_pcm, 8000, subtype="PCM_16")

@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sealedrec.age import decrypt_bytes, load_identities
+from sealedrec.age import load_identities
 from sealedrec.keys import load_device_key
-from sealedrec.segments import iter_segments
-from sealedrec.verify import decode_audio, decrypt_recording, verify_entries
+from sealedrec.verify import decrypt_recording, decrypt_samples, verify_entries
 from tests.conftest import VENV_BIN as BIN
-from tests.helpers import RATE, ready_recorder, write_capture
+from tests.helpers import RATE, journal_pcm_by_tools, ready_recorder, write_capture
 
 SYNC_S = 0.5
 SLACK_S = 0.35  # process scheduling between the kill and the last period read
@@ -183,22 +182,12 @@ def test_kill_mid_call_recovers_segments_readable_by_real_age(
     assert (
         m["recovered"] is True and m["container"] == "segments" and m["end_reason"] == "recovered"
     )
-    # Each segment is a complete age file the real tool opens; the FLACs join to the input.
-    parts = []
-    with open(entry / "recording.segments", "rb") as fh:
-        for i, (segment, _) in enumerate(iter_segments(fh)):
-            seg_file = tmp_path / f"seg{i}.age"
-            seg_file.write_bytes(segment.payload)
-            flac = subprocess.run(
-                ["age", "-d", "-i", str(office[0]), str(seg_file)], check=True, capture_output=True
-            ).stdout
-            assert flac[:4] == b"fLaC"
-            parts.append(decode_audio(flac))
-            assert (
-                decode_audio(decrypt_bytes(segment.payload, load_identities(office[0]))).tolist()
-                == parts[-1].tolist()
-            )
-    samples = np.concatenate(parts)
+    # Each record is a complete age file the real tool opens; the real flac decodes the
+    # stream they make, and our own reader (the office's) agrees.
+    samples = journal_pcm_by_tools(entry / "recording.segments", office[0], tmp_path)
+    ours = decrypt_samples(entry / "recording.segments", "segments", load_identities(office[0]))
+    np.testing.assert_array_equal(ours, samples)
+    assert len(samples) == m["audio_frames"]
     # Off-hook at 0.2 s with 0.5 s of pre-roll: the recording starts at the first frame.
     np.testing.assert_array_equal(samples, data[: len(samples), 0])
     assert len(samples) >= (1.2 - SYNC_S - SLACK_S) * RATE

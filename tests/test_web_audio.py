@@ -2,9 +2,9 @@
 
 The recordings are made by the real recorder (`linetap replay --format sealed`, FLAC and
 Opus) from espeak-ng speech and sox DTMF, sealed to an office key made by the real
-age-keygen; a recovered (``segments``) recording is built from the same audio with the
-device's own segment sealing (firmware.sealwriter.encode_flac, age encryption, the
-journal writer). Everything is decrypted with the office identity through
+age-keygen; a recovered (``segments``) recording is built from the same audio by the
+device's own in-call writer (firmware.sealwriter), and as older firmware journalled it
+(a FLAC file per second). Everything is decrypted with the office identity through
 ``sealedrec.age`` and compared with ``sealedrec.verify.decrypt_samples``.
 """
 
@@ -29,9 +29,9 @@ import pytest
 import soundfile
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from buffers.journal import JournalWriter
 from firmware.cli import main
-from firmware.sealwriter import encode_flac
+from firmware.sealwriter import SealingSettings, SealingWriter
+from firmware.sinks import RecordingEnd, RecordingStart
 from headoffice.web.audio import (
     PlayableAudio,
     PlaybackCache,
@@ -45,6 +45,7 @@ from headoffice.web.audio import (
     range_response_headers,
 )
 from sealedrec.age import AgeReader, encrypt_bytes, load_identities, parse_recipient
+from sealedrec.segments import FILE_MAGIC_V1, encode_record
 from sealedrec.verify import decrypt_samples
 from tests.cid_signals import missing_tools
 from tests.dtmf_signals import dial
@@ -108,25 +109,49 @@ def opus_rec(
     return _record(tmp_path_factory.mktemp("opus"), office[1], "opus")
 
 
-@pytest.fixture(scope="module")
+def _journal_v1(path: Path, samples: np.ndarray, recipient: str) -> None:
+    """A version-1 journal (firmware before 2026-12): a whole FLAC file per second, each
+    in an age file of its own."""
+    with open(path, "wb") as fh:
+        fh.write(FILE_MAGIC_V1)
+        for start in range(0, samples.size, RATE):
+            part = samples[start : start + RATE]
+            flac = io.BytesIO()
+            soundfile.write(flac, part, RATE, format="FLAC", subtype="PCM_16")
+            sealed = encrypt_bytes(flac.getvalue(), [parse_recipient(recipient)])
+            fh.write(encode_record(sealed, part.size))
+
+
+def _journal_v2(folder: Path, samples: np.ndarray, recipient: str) -> Path:
+    """The journal the device's own writer leaves (one FLAC stream across its records)."""
+    start = RecordingStart("recovered-1", "dev", "line1", 0, RATE, "offhook", START_UTC, 0, 0, 0.0)
+    writer = SealingWriter(
+        folder / "journal", start, SealingSettings((parse_recipient(recipient),))
+    )
+    for at in range(0, samples.size, RATE // 10):
+        writer.write(samples[at : at + RATE // 10])
+    writer.close(RecordingEnd("onhook", START_UTC, samples.size, samples.size / RATE, samples.size))
+    return folder / "journal" / "segments.jrn"
+
+
+@pytest.fixture(scope="module", params=["v2", "v1"])
 def segments_rec(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     office: tuple[Path, str],
     flac_rec: tuple[Path, dict[str, Any]],
     keys: list[X25519PrivateKey],
 ) -> tuple[Path, dict[str, Any], np.ndarray]:
-    """A recovered recording: the FLAC call's audio as the device journals it (one sealed
-    FLAC per second, the last one short), with a manifest naming its size and hash."""
+    """A recovered recording: the FLAC call's audio as the device journals it (both
+    journal versions the office reads), with a manifest naming its size and hash."""
     entry, manifest = flac_rec
     samples = decrypt_samples(entry / "recording.age", "age", keys)
     folder = tmp_path_factory.mktemp("segments")
     path = folder / "recording.segments"
-    journal = JournalWriter(path)
-    recipients = [parse_recipient(office[1])]
-    for start in range(0, samples.size, RATE):
-        part = samples[start : start + RATE]
-        journal.append(encrypt_bytes(encode_flac(part, RATE), recipients), part.size)
-    journal.close()
+    if request.param == "v1":
+        _journal_v1(path, samples, office[1])
+    else:
+        _journal_v2(folder, samples, office[1]).rename(path)
     blob = path.read_bytes()
     recovered = {
         **manifest,

@@ -6,9 +6,10 @@ blob and returns the whole playable file in memory (:class:`PlayableAudio`):
 
 - a FLAC-in-age recording: the decrypted FLAC as it was sealed;
 - an Opus recording: the decrypted Ogg Opus as it was sealed;
-- a recovered recording (container ``segments``: each record an age file holding a FLAC
-  of about a second): the records decoded, joined and encoded again as one FLAC, in a
-  :class:`io.BytesIO` (libsndfile's virtual I/O: no temp file).
+- a recovered recording (container ``segments``, :mod:`sealedrec.segments`): from a
+  version-2 journal the one FLAC stream its records make, as it is; from a version-1
+  journal (one FLAC file per record) the records decoded, joined and encoded again as
+  one FLAC, in a :class:`io.BytesIO` (libsndfile's virtual I/O: no temp file).
 
 :class:`PlaybackCache` keeps recently played recordings in RAM (bounded by total bytes,
 least recently used out first), so the browser's Range requests for one playback do not
@@ -38,10 +39,10 @@ import numpy.typing as npt
 import soundfile
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from sealedrec.age import AgeError, AgeReader, decrypt_bytes
+from sealedrec.age import AgeError, AgeReader
 from sealedrec.errors import LinetapError
-from sealedrec.segments import JournalFormatError, iter_segments
-from sealedrec.verify import check_blob, decode_audio
+from sealedrec.segments import JournalFormatError
+from sealedrec.verify import check_blob, decode_audio, decrypt_segments
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -146,13 +147,15 @@ def decrypt_playable(
                 data = AgeReader(fh, keys).read()
             rate, duration = _info(data)
             return PlayableAudio(data, MIME_TYPES[codec], rate, duration)
-        parts: list[npt.NDArray[np.int16]] = []
+        flacs = decrypt_segments(blob_path, keys)
+        if len(flacs) == 1:  # one FLAC stream (a version-2 journal): playable as it is
+            rate, duration = _info(flacs[0])
+            return PlayableAudio(flacs[0], MIME_TYPES["flac"], rate, duration)
         rate = int(manifest.get("sample_rate") or 0)
-        with open(blob_path, "rb") as fh:
-            for segment, _ in iter_segments(fh):
-                flac = decrypt_bytes(segment.payload, keys)
-                rate = soundfile.info(io.BytesIO(flac)).samplerate
-                parts.append(decode_audio(flac))
+        parts: list[npt.NDArray[np.int16]] = []
+        for flac in flacs:
+            rate = soundfile.info(io.BytesIO(flac)).samplerate
+            parts.append(decode_audio(flac))
     except (AgeError, JournalFormatError, RuntimeError, OSError) as exc:
         raise PlaybackError(f"recording {rec}: cannot decrypt/decode: {exc}") from exc
     if not parts or rate <= 0:
