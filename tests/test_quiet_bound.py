@@ -12,7 +12,7 @@ from firmware.dsp.cid_messages import CallerIdMessage
 from firmware.dsp.dtmf import DtmfDetector, DtmfEvent
 from firmware.dsp.fsk import BELL202, CallerIdDecoder, FskDemodulator
 from firmware.dsp.highpass import HumFilter
-from firmware.dsp.quiet import QuietBound
+from firmware.dsp.quiet import QuietBound, blocks_met
 from tests.cid_signals import at_level, missing_tools, to_int16
 from tests.dtmf_signals import SOX, dial
 from tests.test_caller_id import MESSAGES, burst
@@ -26,17 +26,14 @@ def span_energies(x: npt.NDArray[np.float64], span: int) -> npt.NDArray[np.float
     return c[ends] - c[np.maximum(ends - span, 0)]
 
 
+BLOCK = 40  # the analyser's: 5 ms at 8 kHz
+
+
 def quiet_said(seed: int) -> dict[str, list[float]]:
-    """One random line through the bound, checked against the oracle: the filtered line
-    and FSK's own DC-free input (its demodulator) over the whole stream. Wherever the
-    bound says a batch is quiet for a detector, no span ending in that batch may reach
-    that detector's gate energy. Returns, per detector, the loudest span of each batch
-    said quiet, as a share of the gate."""
+    """One random line through the bound, checked against the oracle (:func:`oracle`)."""
     rate = 8000
     rng = np.random.default_rng(seed)
     dtmf, fsk = DtmfDetector(rate).gate_limit, CallerIdDecoder(rate).hunt_limit
-    hum = HumFilter(rate)
-    bound = QuietBound(dtmf, fsk, hum.taps)
     seconds = 6
     t = np.arange(seconds * rate) / rate
     line = rng.normal(0.0, 1.0, t.size) * np.repeat(rng.uniform(1, 50, 4 * seconds), rate // 4)
@@ -46,7 +43,19 @@ def quiet_said(seed: int) -> dict[str, list[float]]:
         at, length = int(rng.integers(0, t.size)), int(rng.integers(20, 1500))
         tone = np.sqrt(2 * power) * np.sin(2 * np.pi * rng.uniform(500, 3500) * t)
         line[at : at + length] += tone[at : at + length]
-    raw = np.rint(line).astype(np.int16)
+    return oracle(np.rint(line).astype(np.int16))
+
+
+def oracle(raw: npt.NDArray[np.int16]) -> dict[str, list[float]]:
+    """``raw`` through the bound, checked against the filtered line and FSK's own DC-free
+    input (its demodulator) over the whole stream. Wherever the bound says a batch is
+    quiet for a detector, no span ending in that batch may reach that detector's gate
+    energy. Returns, per detector, the loudest span of each batch said quiet, as a share
+    of the gate."""
+    rate = 8000
+    dtmf, fsk = DtmfDetector(rate).gate_limit, CallerIdDecoder(rate).hunt_limit
+    hum = HumFilter(rate)
+    bound = QuietBound(dtmf, fsk, hum.taps, block=BLOCK)
     filtered = hum.filter(raw)
     dc_free, _ = FskDemodulator(rate).dc_and_power(filtered)
     truths = {"dtmf": span_energies(filtered, dtmf.span), "fsk": span_energies(dc_free, fsk.span)}
@@ -81,6 +90,34 @@ def test_quiet_is_said_close_to_the_gates() -> None:
     assert all(share > 0.5 for share in closest.values()), closest
 
 
+@pytest.mark.parametrize(("span", "block"), [(166, 40), (359, 40), (518, 40), (40, 40), (41, 40)])
+def test_blocks_met_is_the_most_blocks_a_span_overlaps(span: int, block: int) -> None:
+    most = max(len({i // block for i in range(at, at + span)}) for at in range(2 * block))
+    assert blocks_met(span, block) == most
+
+
+@pytest.mark.parametrize("detector", ["dtmf", "fsk"])
+def test_spike_trains_the_coarse_tests_worst_case_stay_bounded(detector: str) -> None:
+    """The block test's worst case: spikes, one per 5 ms block, placed so that one span
+    meets as many blocks as it can, each holding a block's whole energy. From well under
+    to well over the level where the block test turns, it never says quiet over a gate,
+    and the bound still says quiet within a factor of about two of the gate (the filter
+    spreads each spike, so the detectors' spans hold less than the raw spans)."""
+    rate = 8000
+    limit = (DtmfDetector(rate).gate_limit, CallerIdDecoder(rate).hunt_limit)[detector == "fsk"]
+    blocks = 6 * rate // BLOCK
+    spikes = np.zeros(blocks * BLOCK)
+    # Last sample of even blocks, first of odd ones: a span from one's end meets the most.
+    spikes[np.arange(blocks) * BLOCK + np.where(np.arange(blocks) % 2 == 0, BLOCK - 1, 0)] = 1
+    closest = 0.0
+    for scale in np.linspace(0.5, 3.0, 26):
+        met = blocks_met(limit.span + 64, BLOCK)
+        amplitude = np.sqrt(scale * limit.energy / met)
+        said = oracle(np.rint(spikes * min(amplitude, 32767)).astype(np.int16))
+        closest = max(closest, *said[detector], 0.0)
+    assert closest > 0.45, closest
+
+
 def test_the_bound_is_tight_enough_for_an_idle_line_to_be_quiet() -> None:
     """Line noise at -58 dBFS (the speech sample's pauses): neither detector can react,
     and the bound says so. With hum or at -40 dBFS it cannot tell (nothing is skipped)."""
@@ -89,7 +126,7 @@ def test_the_bound_is_tight_enough_for_an_idle_line_to_be_quiet() -> None:
     rng = np.random.default_rng(7)
     dtmf, fsk = DtmfDetector(rate), CallerIdDecoder(rate)
     for rms, hum_level, quiet in ((40.0, 0.0, True), (330.0, 0.0, False), (40.0, 300.0, False)):
-        bound = QuietBound(dtmf.gate_limit, fsk.hunt_limit, HumFilter(rate).taps)
+        bound = QuietBound(dtmf.gate_limit, fsk.hunt_limit, HumFilter(rate).taps, block=BLOCK)
         line = rng.normal(0.0, rms, t.size) + hum_level * np.sin(2 * np.pi * 50 * t)
         raw = np.rint(line).astype(np.int16)
         said = {bound.audible(batch) for batch in raw.reshape(20, -1)}

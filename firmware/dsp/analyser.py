@@ -46,6 +46,8 @@ LEVEL_WINDOW_S = 1.0
 # gathered to this length first (measured: 20 ms -> 100 ms blocks halves the CPU time).
 # The recorder calls catch_up() before it needs everything analysed (end of a call).
 BATCH_S = 0.1
+# The quiet bound's coarse test sums the line in 5 ms blocks: 20 to a batch.
+QUIET_BLOCKS_PER_S = 200
 # FSK caller ID is asked for only when a call starts (caller_id_before analyses what is
 # still held), so it can take longer stretches than DTMF, whose progress gates what a
 # masking recorder may write: per-call numpy overhead was most of its cost at 0.1 s.
@@ -97,6 +99,7 @@ class LineAnalyser:
             self.dtmf.gate_limit,
             self.fsk.hunt_limit if self.fsk else None,
             self._hum_filter.taps,
+            block=max(1, rate // QUIET_BLOCKS_PER_S),
         )
         self._dtmf_skipped = False  # the last batch was too quiet to show the DTMF detector
         self._dtmf_origin: int | None = None  # where the detector's window grid starts

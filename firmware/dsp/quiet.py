@@ -26,12 +26,19 @@ triangle inequality ``|x - m| <= |x| + |m|``, with ``m`` bounded the same way th
 
 On the idle line of the benches (noise at -58 dBFS), the bounds are 6x (DTMF) and 2x (FSK)
 below the thresholds; with hum above that, the line is never quiet and everything runs.
-Cost: about 8 us per 100 ms batch, against 17 us for the high-pass, 14 us for DTMF and
-18 us for FSK on the same batch.
+
+Two shortcuts spare most batches the cumulative sums: a batch loud throughout (speech)
+is answered from its energy alone, and a quiet one from its loudest 5 ms block: a span
+of ``L`` meets at most ``ceil((L - 1) / b) + 1`` blocks of ``b``, each holding at most the
+loudest block's energy (that batch's blocks and the last batch's, which cover the tail).
+Coarser, so it only decides batches clearly quiet, as idle line noise is; the rest get
+the exact spans. Cost on an idle line: about 7 us per 100 ms batch (15 with the spans
+only), against 17 us for the high-pass, 14 us for DTMF and 18 us for FSK.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +81,9 @@ class QuietBound:
     """Per raw batch of one stream: can DTMF, can FSK react to it once filtered by
     ``hum_taps``? Batches follow on from each other; :meth:`reset` after a gap."""
 
-    def __init__(self, dtmf: SpanLimit, fsk: SpanLimit | None, hum_taps: Floats) -> None:
+    def __init__(
+        self, dtmf: SpanLimit, fsk: SpanLimit | None, hum_taps: Floats, *, block: int
+    ) -> None:
         extra = hum_taps.size - 1  # input samples before a span that its output depends on
         self._gain = max_power_gain(hum_taps)
         self._dtmf = dtmf
@@ -86,12 +95,22 @@ class QuietBound:
             self._fsk_raw_spans = (fsk.span + extra, fsk.span + extra + fsk.dc_len - 1)
         longest = max((self._dtmf_raw_span, *(self._fsk_raw_spans if fsk else ())))
         self._tail_len = longest
+        # The coarse test: a span of L samples meets at most ceil((L - 1) / b) + 1 blocks of
+        # b, so it holds at most that many times the loudest block's energy.
+        self._block = block
+        self._dtmf_blocks = blocks_met(self._dtmf_raw_span, block)
+        self._fsk_blocks = (
+            tuple(blocks_met(span, block) for span in self._fsk_raw_spans) if fsk else (0, 0)
+        )
         self.reset()
 
     def reset(self) -> None:
         # Squares of the last raw samples; one more than the longest span needs, so that
         # every span sum is a difference of two cumulative sums.
         self._tail: npt.NDArray[np.int32] = np.zeros(self._tail_len, dtype=np.int32)
+        # The loudest block of the last batch, when that batch's blocks cover the tail
+        # exactly (None: they do not, the coarse test waits for the next batch).
+        self._tail_block_max: int | None = 0
 
     def audible(self, raw: npt.NDArray[np.int16]) -> tuple[bool, bool]:
         """``(dtmf, fsk)``: whether each detector might react to this batch (FSK: False
@@ -101,13 +120,40 @@ class QuietBound:
         x = raw.astype(np.int32)
         squares = x * x
         heard = self._loud_throughout(int(squares.sum(dtype=np.int64)), x.size)
-        if heard is None:
-            heard = self._span_bounds(squares)
-        elif x.size >= self._tail_len:
-            self._tail = squares[x.size - self._tail_len :]
+        if heard is not None:
+            self._tail_block_max = None
+            self._keep_tail(squares)
+            return heard
+        tiled = x.size % self._block == 0 and x.size >= self._tail_len
+        if not tiled:
+            self._tail_block_max = None
+            return self._span_bounds(squares)
+        top = int(squares.reshape(-1, self._block).sum(axis=1, dtype=np.int64).max())
+        before, self._tail_block_max = self._tail_block_max, top
+        if before is not None and self._quiet_by_blocks(max(before, top)):
+            self._keep_tail(squares)
+            return False, False
+        return self._span_bounds(squares)
+
+    def _keep_tail(self, squares: npt.NDArray[np.int32]) -> None:
+        if squares.size >= self._tail_len:
+            self._tail = squares[squares.size - self._tail_len :]
         else:
-            self._tail = np.concatenate((self._tail, squares))[x.size :]
-        return heard
+            self._tail = np.concatenate((self._tail, squares))[squares.size :]
+
+    def _quiet_by_blocks(self, block_max: int) -> bool:
+        """Both answers "no" from the loudest block (of this batch and of the one whose
+        blocks cover the tail): a coarser bound than the spans', so it decides most of an
+        idle line's batches and leaves the close calls to :meth:`_span_bounds`."""
+        if self._gain * self._dtmf_blocks * block_max >= self._dtmf.energy:
+            return False
+        if self._fsk is None:
+            return True
+        near, wide = self._fsk_blocks
+        bound = (
+            math.sqrt(self._gain * near * block_max) + math.sqrt(self._mean_gain * wide * block_max)
+        ) ** 2
+        return bound < self._fsk.energy
 
     def _loud_throughout(self, energy: int, size: int) -> tuple[bool, bool] | None:
         """Both answers "yes" from the batch's energy alone, or None: spans of ``L``
@@ -140,3 +186,8 @@ class QuietBound:
             return dtmf, True  # loud enough without the mean's share
         bound = (np.sqrt(through_filter) + np.sqrt(self._mean_gain * most(wide))) ** 2
         return dtmf, bool(bound >= self._fsk.energy)
+
+
+def blocks_met(span: int, block: int) -> int:
+    """The most blocks of ``block`` samples a span of ``span`` samples can overlap."""
+    return -(-(span - 1) // block) + 1
