@@ -293,6 +293,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
                 [office, "serve", "--config", str(office_toml)], stdout=log, stderr=log
             )
         )
+        # The uploader only once the receiver subscribes: an init the broker takes before
+        # that reaches no one, and the uploader sends it again only after ack_timeout_s.
+        _wait(
+            lambda: (
+                "subscribing" in (out / "services.log").read_text(errors="replace")
+                or procs[-1].poll() is not None
+            ),
+            30,
+            "the office receiver to subscribe",
+        )
         procs.append(
             subprocess.Popen([lt, "upload", "--config", str(device_toml)], stdout=log, stderr=log)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import os
 import subprocess
 import threading
@@ -11,10 +12,35 @@ from pathlib import Path
 
 import pytest
 
+from tests.seaweed import Seaweed, run_seaweed
 from tests.tmux_pane import TmuxPane
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+
+
+# The packages the suite's subprocesses import (`linetap`, `linetap-office`, `python -m
+# demo`, ...): hundreds of them start during a run.
+_PACKAGES = (
+    "sealedrec",
+    "runtime",
+    "firmware",
+    "drivers",
+    "buffers",
+    "uploader",
+    "headoffice",
+    "demo",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile the project once, before any test. With PYTHONDONTWRITEBYTECODE set
+    (as on the CI machine) no process writes a .pyc, so every `linetap ...` subprocess
+    would compile each module it imports from source again (~0.3 s a start). The .pyc
+    files go where Python keeps them (``__pycache__``, git-ignored; packaging and the
+    image copy the sources without them) and are checked against their source as usual."""
+    for name in _PACKAGES:
+        compileall.compile_dir(REPO / name, quiet=1)
 
 
 def _children() -> set[int]:
@@ -82,3 +108,13 @@ def pane(tmp_path: Path) -> Iterator[TmuxPane]:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """One SeaweedFS (tests/seaweed.py) for the whole run: it takes seconds to start and
+    outlasts SIGTERM's grace. Each module makes buckets of its own in it (distinct names)
+    and each test its own bucket or key prefix, as they did with a server per module.
+    Killed at the end: nothing reads its data afterwards."""
+    with run_seaweed(tmp_path_factory.mktemp("seaweed"), kill_at_exit=True) as weed:
+        yield weed

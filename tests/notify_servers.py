@@ -187,7 +187,10 @@ class WebhookServer:
         self.httpd = ThreadingHTTPServer((HOST, 0), Handler)
         self.httpd.daemon_threads = False
         self.url = f"http://{HOST}:{self.httpd.server_address[1]}/hooks/T0KEN-in-path"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="webhook-server")
+        # shutdown() waits for serve_forever's next poll (0.5 s by default): close at once.
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="webhook-server"
+        )
         self._thread.start()
 
     def answer(self, *statuses: int) -> None:

@@ -227,9 +227,13 @@ def _wait_ready(weed: Seaweed) -> None:
 
 
 @contextlib.contextmanager
-def run_seaweed(tmp: Path, *, wrapper: Sequence[str] = ()) -> Iterator[Seaweed]:
+def run_seaweed(
+    tmp: Path, *, wrapper: Sequence[str] = (), kill_at_exit: bool = False
+) -> Iterator[Seaweed]:
     """A running SeaweedFS with its S3 gateway; stopped (and its sockets removed) after.
-    ``wrapper``: a command that runs it (e.g. ``strace -f -c -o FILE``), the benches'."""
+    ``wrapper``: a command that runs it (e.g. ``strace -f -c -o FILE``), the benches'.
+    ``kill_at_exit``: SIGKILL at the end instead of SIGTERM and its grace (which weed
+    always outlasts): for a server whose data nobody reads afterwards (the tests')."""
     tmp.mkdir(parents=True, exist_ok=True)
     data = tmp / "data"
     data.mkdir(exist_ok=True)
@@ -251,4 +255,4 @@ def run_seaweed(tmp: Path, *, wrapper: Sequence[str] = ()) -> Iterator[Seaweed]:
         _wait_ready(weed)
         yield weed
     finally:
-        weed.stop()
+        weed.stop(kill=kill_at_exit)

@@ -22,7 +22,7 @@ from headoffice.config import AccountsConfig, AuditConfig, OfficeConfig, StoreCo
 from headoffice.ledger.checkpoint import AuditError
 from headoffice.ledger.merkle import leaf_hash
 from headoffice.ledger.worm import WormCheckpoints, checkpoint_key, open_worm
-from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, run_seaweed
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 from tests.test_audit import ORIGIN, Audited
 
 PLAIN = "ledger-plain"
@@ -30,10 +30,9 @@ RETAIN_DAYS = 30
 
 
 @pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with run_seaweed(tmp_path_factory.mktemp("seaweed")) as weed:
-        weed.make_bucket(PLAIN, lock=False)
-        yield weed
+def seaweed(seaweed_server: Seaweed) -> Seaweed:
+    seaweed_server.make_bucket(PLAIN, lock=False)  # the session's server (tests/conftest.py)
+    return seaweed_server
 
 
 class WormOffice(Audited):

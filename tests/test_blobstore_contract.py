@@ -19,7 +19,6 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +33,7 @@ from headoffice.s3store import S3BlobStore
 from headoffice.store import FileBlobStore
 from headoffice.stores import open_s3_store, open_store
 from tests.mqtt_broker import free_port
-from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, run_seaweed
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 
 DEV = "dev-a"
 REC = "4f1c2a9e-0b7d-4c47-9a51-0d2f3b6a7c88"
@@ -47,14 +46,12 @@ MiB = 1024 * 1024
 # --------------------------------------------------------------------------------------
 # Backends
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    started = time.monotonic()
-    with run_seaweed(tmp_path_factory.mktemp("seaweed")) as weed:
-        weed.make_bucket(LOCKED_BUCKET, lock=True)
-        weed.make_bucket(PLAIN_BUCKET, lock=False)
-        print(f"SeaweedFS ready in {time.monotonic() - started:.1f} s")
-        yield weed
+@pytest.fixture(scope="module")
+def seaweed(seaweed_server: Seaweed) -> Seaweed:
+    # the session's server (tests/conftest.py)
+    seaweed_server.make_bucket(LOCKED_BUCKET, lock=True)
+    seaweed_server.make_bucket(PLAIN_BUCKET, lock=False)
+    return seaweed_server
 
 
 def s3_config(weed: Seaweed, **changes: Any) -> StoreConfig:

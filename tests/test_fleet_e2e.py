@@ -201,7 +201,7 @@ def test_fleet_health_over_the_real_parts(tmp_path: Path):
     intruder = enroll_hostile(s.root, tmp_path / "intruder", INTRUDER)
     with run_mosquitto(tmp_path, s.broker_conf) as broker:
         conf = device_config(s, broker.port)
-        s.enroll_device(conf)
+        s.enroll_device(conf, in_process=True)
         audio, events = tmp_path / "lines.wav", tmp_path / "events.txt"
         capture(audio)
         events.write_text(CALLS)
@@ -210,7 +210,7 @@ def test_fleet_health_over_the_real_parts(tmp_path: Path):
         office_conf.write_text(office_conf.read_text() + FLEET)
         index = open_index(f"sqlite:///{s.root / 'index.sqlite3'}")
         try:
-            with s.receiver(office_conf):
+            with s.subscribed_receiver(office_conf):
                 w = World(s, broker, index, conf, audio, events)
                 lines_are_judged_and_the_last_will_raises_offline(w)
                 held_back_recordings_put_the_head_ahead(w)

@@ -22,6 +22,7 @@ import numpy as np
 import soundfile
 
 from buffers.outbox import Outbox, OutboxState
+from firmware.cli import main as linetap_main
 from headoffice import enroll
 from headoffice.authz import Role, Scope
 from headoffice.index import open_index
@@ -98,15 +99,19 @@ class Setup:
         path.write_text(text)
         return path
 
-    def enroll_device(self, conf: Path) -> None:
-        lt = str(VENV_BIN / "linetap")
-        subprocess.run([lt, "keys", "init", "--config", str(conf)], check=True, capture_output=True)
+    def enroll_device(self, conf: Path, *, in_process: bool = False) -> None:
+        """``linetap keys init`` and ``keys csr`` as an installer runs them (subprocesses),
+        or, with ``in_process``, the same CLI called in this process (for tests about the
+        office, not the device's key commands: a second off a setup each test repeats)."""
         csr = self.tmp / "dev.csr"
-        subprocess.run(
-            [lt, "keys", "csr", "--config", str(conf), "--out", str(csr)],
-            check=True,
-            capture_output=True,
-        )
+        init = ["keys", "init", "--config", str(conf)]
+        request = ["keys", "csr", "--config", str(conf), "--out", str(csr)]
+        if in_process:
+            assert linetap_main(init) == 0 and linetap_main(request) == 0
+        else:
+            lt = str(VENV_BIN / "linetap")
+            subprocess.run([lt, *init], check=True, capture_output=True)
+            subprocess.run([lt, *request], check=True, capture_output=True)
         pub = load_device_key(self.data / "keys" / "device.key").public_key()
         from sealedrec.keys import public_key_b64
 
@@ -127,6 +132,26 @@ class Setup:
             [str(VENV_BIN / "linetap-office"), "serve", "--config", str(office_conf)], self.logs[0]
         )
 
+    @contextmanager
+    def subscribed_receiver(self, office_conf: Path) -> Iterator[subprocess.Popen[bytes]]:
+        """:meth:`receiver`, once it has connected and subscribes (its log says so). An
+        uploader started only then finds its first init taken, not dropped by a broker
+        with no subscriber yet, which costs an ``ack_timeout_s`` and a resend (that path
+        is tests/test_uploader.py's test_a_dropped_init_times_out_and_is_sent_again)."""
+        before = self._subscribing()
+        with self.receiver(office_conf) as proc:
+            wait_for(
+                lambda: proc.poll() is not None or self._subscribing() > before,
+                30,
+                "the receiver to subscribe",
+                self.logs,
+            )
+            yield proc
+
+    def _subscribing(self) -> int:
+        log = self.logs[0]
+        return log.read_text(errors="replace").count("subscribing") if log.exists() else 0
+
     def uploader(self, conf: Path):
         return process([str(VENV_BIN / "linetap"), "upload", "--config", str(conf)], self.logs[1])
 
@@ -146,7 +171,7 @@ def test_sealed_calls_reach_the_office_over_mtls(tmp_path: Path):
             [str(VENV_BIN / "linetap"), *inputs.argv(conf, s.data)], check=True, capture_output=True
         )
         assert len(Outbox(s.data / "outbox").entries(OutboxState.SEALED)) == 2
-        with s.receiver(s.office_config(broker.port)), s.uploader(conf):
+        with s.subscribed_receiver(s.office_config(broker.port)), s.uploader(conf):
             wait_for(lambda: s.acked() == 2, 60, "both recordings acked", s.logs)
             # Telemetry: retained status with the outbox counts.
     index = open_index(f"sqlite:///{s.root / 'index.sqlite3'}")
@@ -244,7 +269,7 @@ def test_broker_receiver_and_uploader_killed_mid_upload(tmp_path: Path):
             parking = s.root / "parking"
             return sum(1 for _ in parking.rglob("*.part")) if parking.exists() else 0
 
-        with s.receiver(office_conf) as receiver:
+        with s.subscribed_receiver(office_conf) as receiver:
             with s.uploader(conf) as uploader:
                 wait_for(lambda: store_parts() > 20, 60, "the first chunks", s.logs)
                 broker.stop(kill=True)  # 1. broker dies mid-upload (network gone)...
@@ -262,7 +287,7 @@ def test_broker_receiver_and_uploader_killed_mid_upload(tmp_path: Path):
             receiver.send_signal(signal.SIGKILL)  # 3. receiver dies too
             receiver.wait(timeout=10)
         assert s.acked() < len(ids), "the faults must hit before everything was done"
-        with s.receiver(office_conf), s.uploader(conf):
+        with s.subscribed_receiver(office_conf), s.uploader(conf):
             wait_for(lambda: s.acked() == len(ids), 120, "every recording acked", s.logs)
     index = open_index(f"sqlite:///{s.root / 'index.sqlite3'}")
     rows = index.search(device=DEVICE)
@@ -285,7 +310,7 @@ def test_two_hundred_small_recordings(tmp_path: Path):
         conf = s.device_config(broker.port)
         s.enroll_device(conf)
         ids = _add(s, _synthetic(s, [2_000 + 13 * i for i in range(200)]))
-        with s.receiver(s.office_config(broker.port)), s.uploader(conf):
+        with s.subscribed_receiver(s.office_config(broker.port)), s.uploader(conf):
             wait_for(lambda: s.acked() == 200, 120, "200 recordings acked", s.logs)
     index = open_index(f"sqlite:///{s.root / 'index.sqlite3'}")
     assert sorted(r.recording_id for r in index.search(device=DEVICE, limit=1000)) == ids

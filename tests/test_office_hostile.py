@@ -141,7 +141,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     hkeys = enroll_hostile(s.root, tmp_path / "hostile", HOSTILE)
     with run_mosquitto(tmp_path, office_broker_conf(s.root, tmp_path / "broker-data")) as broker:
         conf = s.device_config(broker.port)
-        s.enroll_device(conf)
+        s.enroll_device(conf, in_process=True)
         office_conf = s.office_config(broker.port)
         office_conf.write_text(office_conf.read_text() + LIMITS)
         with s.receiver(office_conf) as serve:

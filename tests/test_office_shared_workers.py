@@ -34,7 +34,7 @@ from headoffice.s3store import S3BlobStore
 from headoffice.s3support import ObjectLock
 from headoffice.stores import IndexFinishLock, open_store
 from sealedrec.protocol import AckStatus
-from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, run_seaweed
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed
 from tests.test_office_index import pg_dsn, reset_pg  # noqa: F401 - fixture
 from tests.test_receiver_hostile import CHUNK, Device, ack_of
 
@@ -43,10 +43,9 @@ LOCK_APP = "linetap-office finish-lock"  # the lock sessions' application_name
 
 
 @pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with run_seaweed(tmp_path_factory.mktemp("seaweed")) as weed:
-        weed.make_bucket(BUCKET, lock=True)
-        yield weed
+def seaweed(seaweed_server: Seaweed) -> Seaweed:
+    seaweed_server.make_bucket(BUCKET, lock=True)  # the session's server (tests/conftest.py)
+    return seaweed_server
 
 
 def store_config(weed: Seaweed, prefix: str, **changes: Any) -> StoreConfig:
