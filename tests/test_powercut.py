@@ -272,6 +272,16 @@ def save_records(path: Path, boots: Sequence[BootRecord]) -> None:
     path.write_text(json.dumps([dataclasses.asdict(b) for b in boots], indent=1) + "\n")
 
 
+def office_ids(root: Path) -> set[str]:
+    """The device's recordings the office has stored so far (its index, read beside the
+    running receiver)."""
+    index = open_index(f"sqlite:///{root / 'index.sqlite3'}")
+    try:
+        return {r.recording_id for r in index.search(device=DEVICE_ID, limit=100_000)}
+    finally:
+        index.close()
+
+
 def check_after_cut(card: Card, record: BootRecord) -> list[str]:
     """The card right after a cut: a journal to replay and nothing else to fix, and what
     the daemons reported done still done. Then enrol the device once it is provisioned."""
@@ -283,7 +293,9 @@ def check_after_cut(card: Card, record: BootRecord) -> list[str]:
     )
     problems = [f"after cut {record.number}: {p}" for p in state.fsck_problems]
     sealed, acked = verdict.reported(card.boots)
-    problems += verdict.durability_problems(record, state, sealed, acked)
+    problems += verdict.durability_problems(
+        record, state, sealed, acked, office_ids(card.office.root)
+    )
     console = "\n".join(record.texts())
     # The planted module is checked once the guest script runs; a cut before that (early
     # in the first boot) ran nothing of linetap either.
