@@ -34,7 +34,6 @@ an SD card anyone can pull), so:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -44,14 +43,16 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from headoffice.alarm_throttle import AlarmThrottle
 from headoffice.blobstore import BlobStore, StoreError
 from headoffice.config import LimitsConfig
 from headoffice.index import Index, IndexConflictError, Query, now_iso
 from headoffice.ledger.leaves import IngestLeaf
 from headoffice.ledger.store import Ledger
+from headoffice.parked_inits import ParkedInit, ParkedInits
 from sealedrec.errors import LinetapError
-from sealedrec.manifest import ManifestError, manifest_hash, verify_signature
-from sealedrec.model import Manifest, validate_manifest
+from sealedrec.manifest import ManifestError, verify_signature
+from sealedrec.model import CheckedManifest, Manifest, check_manifest
 from sealedrec.protocol import (
     MAX_MISSING_LISTED,
     SHA256_PROPERTY,
@@ -108,41 +109,6 @@ class _Refusal(Exception):
         self.alarm = alarm
 
 
-class AlarmThrottle:
-    """Raise an alarm in the index and the log, at most once per ``interval_s`` per device
-    and kind (a flood must not become a flood of alarm rows); counts what it held back."""
-
-    def __init__(self, index: Index, interval_s: float, clock: Callable[[], float]) -> None:
-        self._index = index
-        self._interval = interval_s
-        self._clock = clock
-        self._last: dict[tuple[str, str], float] = {}
-        self._held: dict[tuple[str, str], int] = {}
-        self._mutex = threading.Lock()
-
-    def raise_alarm(
-        self, device: str, kind: str, message: str, *, recording_id: str | None = None
-    ) -> bool:
-        """True when raised now, False when held back as a repeat."""
-        key = (device, kind)
-        now = self._clock()
-        with self._mutex:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._held[key] = self._held.get(key, 0) + 1
-                return False
-            self._last[key] = now
-            held = self._held.pop(key, 0)
-        if held:
-            message += f" ({held} more since the last alarm of this kind)"
-        log.warning("ALARM device=%s kind=%s: %s", device, kind, message)
-        try:
-            self._index.raise_alarm(device, kind, message[:2000], recording_id=recording_id)
-        except LinetapError as exc:  # the index may be on the full disk the alarm is about
-            log.error("could not record alarm %s for device %s: %s", kind, device, exc)
-        return True
-
-
 class Receiver:
     def __init__(
         self,
@@ -168,8 +134,11 @@ class Receiver:
         self.clock = clock
         self.counts = Counts()
         self.alarms = AlarmThrottle(index, self.limits.alarm_interval_s, clock)
-        # Fins that found chunks missing: (device, rec) -> (init, deadline).
-        self.waiting: dict[tuple[str, str], tuple[Init, float]] = {}
+        # Fins that found chunks missing: (device, rec) -> (parked init, deadline).
+        self.waiting: dict[tuple[str, str], tuple[ParkedInit, float]] = {}
+        # The inits this worker parked or read, decoded and checked: their chunks and fin
+        # need not do it again (each lookup still reads the parked bytes and compares).
+        self.parked_inits = ParkedInits()
         # Set when a fin starts waiting: wakes the service's housekeeper, which otherwise
         # sleeps (an idle office does not poll).
         self.fin_parked = threading.Event()
@@ -246,22 +215,24 @@ class Receiver:
         if stored is not None:
             return stored
         self._check_size(init)
-        self._check_manifest(device, init)
+        checked = self._check_manifest(device, init)
         self._check_quota(device, init)
+        data = init.encode()
         try:
-            self.store.park_init(device, rec, init.encode())
+            self.store.park_init(device, rec, data)
         except StoreError as exc:
             raise self._store_refusal(device, rec, exc) from None
-        parked = len(self.store.parked(device, rec))
-        self.index.note_upload(device, rec, json.loads(init.encode()), init.chunk_count, parked)
-        return self._progress(device, init)
+        entry = self.parked_inits.remember(device, rec, data, init, checked)
+        parked = self.store.parked(device, rec)
+        self.index.note_upload(device, rec, init.message(), init.chunk_count, len(parked))
+        return self._progress(device, entry, parked)
 
     def _chunk(self, device: str, rec: str, index: int, data: bytes, sha: str | None) -> None:
-        init = self._parked_init(device, rec)
-        if init is None:
+        entry = self._parked_init(device, rec)
+        if entry is None:
             # Parking is the licence of a checked init: without one, nothing is kept.
             raise ProtocolError(f"chunk {index} of {rec}: no init known for it (not parked)")
-        check_chunk(data, sha, init, index)
+        check_chunk(data, sha, entry.init, index)
         if self.index.get(rec) is not None:
             return  # already stored: a late duplicate
         try:
@@ -278,9 +249,10 @@ class Receiver:
         stored = self._stored_ack(device, rec, fin.blob_sha256)
         if stored is not None:
             return stored
-        init = self._parked_init(device, rec)
-        if init is None:
+        entry = self._parked_init(device, rec)
+        if entry is None:
             raise _Refusal(AckStatus.REJECTED, "unknown upload: send init first")
+        init = entry.init
         if fin.blob_sha256 != init.blob_sha256 or fin.chunk_count != init.chunk_count:
             raise _Refusal(AckStatus.REJECTED, "fin does not match init (sha256 or chunk count)")
         if self.fin_grace_s > 0 and not self._complete(device, init):
@@ -288,10 +260,10 @@ class Receiver:
             # worker is still parking: answer once they are in, or after the grace (a
             # "missing" costs the device a resend round). Many fins: one wait.
             with self._mutex:
-                self.waiting.setdefault((device, rec), (init, self.clock() + self.fin_grace_s))
+                self.waiting.setdefault((device, rec), (entry, self.clock() + self.fin_grace_s))
             self.fin_parked.set()
             return []
-        return self._progress(device, init)
+        return self._progress(device, entry)
 
     def poll_waiting(self) -> list[Reply]:
         """Answer the fins whose chunks have all arrived or whose grace is over."""
@@ -304,39 +276,45 @@ class Receiver:
         with self._mutex:
             pending = list(self.waiting.items())
         now = self.clock()
-        for (device, rec), (init, deadline) in pending:
-            if not (self.stop.is_set() or now >= deadline or self._complete(device, init)):
+        for (device, rec), (entry, deadline) in pending:
+            if not (self.stop.is_set() or now >= deadline or self._complete(device, entry.init)):
                 continue
             with self._mutex:
                 self.waiting.pop((device, rec), None)
             try:
-                yield from self._progress(device, init)
+                yield from self._progress(device, entry)
             except _Refusal as refusal:
                 yield self._refuse(device, rec, refusal)
 
     def _complete(self, device: str, init: Init) -> bool:
         return len(self.store.parked(device, init.recording_id)) >= init.chunk_count
 
-    def _progress(self, device: str, init: Init) -> list[Reply]:
+    def _progress(
+        self, device: str, entry: ParkedInit, parked: set[int] | None = None
+    ) -> list[Reply]:
+        """Ack ``missing`` or finish; ``parked``: the chunks just listed, if the caller did."""
+        init = entry.init
         rec = init.recording_id
-        missing = sorted(set(range(init.chunk_count)) - self.store.parked(device, rec))
+        if parked is None:
+            parked = self.store.parked(device, rec)
+        missing = sorted(set(range(init.chunk_count)) - parked)
         if missing:
             listed = tuple(missing[:MAX_MISSING_LISTED])
             return [self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))]
-        return [self._finish(device, init)]
+        return [self._finish(device, entry)]
 
-    def _finish(self, device: str, init: Init) -> Reply:
+    def _finish(self, device: str, entry: ParkedInit) -> Reply:
+        init = entry.init
         rec = init.recording_id
         manifest = init.manifest
         with self.store.lock(device, rec), self.index.finish_lock(device, rec):
             stored = self._stored_ack(device, rec, init.blob_sha256)
             if stored is not None:  # another worker finished it meanwhile
                 return stored[0]
-            try:  # checked at init; the parked copy again (it may predate these checks)
-                model = validate_manifest(manifest)
-            except ManifestError as exc:
-                self.store.drop_parking(device, rec)
-                raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="manifest") from None
+            checked = entry.checked
+            if checked is None:  # not checked by this worker: the parked copy again
+                checked = self._check_parked(device, rec, entry)
+            model = checked.model
             blob_tmp = None
             try:
                 if init.chunk_count:
@@ -349,35 +327,19 @@ class Receiver:
             except StoreError as exc:
                 if blob_tmp is not None:
                     blob_tmp.unlink(missing_ok=True)
-                if exc.reason == "missing":
-                    listed = exc.missing[:MAX_MISSING_LISTED]
-                    return self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))
-                if exc.reason in ("sha256", "size"):
-                    # A corrupt chunk slipped through: start over rather than store it.
-                    self.store.drop_parking(device, rec)
-                    self.store.park_init(device, rec, init.encode())
-                    listed = tuple(range(min(init.chunk_count, MAX_MISSING_LISTED)))
-                    return self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))
-                if exc.reason == "conflict":
-                    log.error("recording %s of %s not stored: %s", rec, device, exc)
-                    return self._refuse(
-                        device,
-                        rec,
-                        _Refusal(AckStatus.REJECTED, "recording id already stored differently"),
-                    )
-                return self._refuse(device, rec, self._store_refusal(device, rec, exc))
+                return self._not_committed(device, init, exc)
             try:
                 stamp = now_iso()
                 leaf = IngestLeaf(
                     device_id=device,
                     seq=model.seq,
                     recording_id=rec,
-                    manifest_sha256=manifest_hash(manifest),
+                    manifest_sha256=checked.sha256,
                     blob_sha256=model.blob_sha256,
                     at=stamp,
                 )
                 result = self.index.add(
-                    manifest,
+                    checked,
                     os.fspath(path),
                     stamp,
                     on_insert=lambda q: self._indexed_in(q, leaf),
@@ -395,6 +357,7 @@ class Receiver:
                 log.warning("ALARM device=%s kind=%s: %s", device, alarm.kind, alarm.message)
             self._check_recipients(device, rec, model)
             self.store.drop_parking(device, rec)
+            self.parked_inits.forget(device, rec)
             if not result.created:  # indexed before (a worker killed after its commit)
                 self.index.drop_upload(device, rec)
         self.count("stored")
@@ -407,11 +370,43 @@ class Receiver:
         )
         return self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=init.blob_sha256))
 
+    def _not_committed(self, device: str, init: Init, exc: StoreError) -> Reply:
+        """The answer to a recording the store could not assemble or commit."""
+        rec = init.recording_id
+        if exc.reason == "missing":
+            listed = exc.missing[:MAX_MISSING_LISTED]
+            return self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))
+        if exc.reason in ("sha256", "size"):
+            # A corrupt chunk slipped through: start over rather than store it.
+            self.store.drop_parking(device, rec)
+            self.store.park_init(device, rec, init.encode())
+            listed = tuple(range(min(init.chunk_count, MAX_MISSING_LISTED)))
+            return self._ack(device, Ack(rec, AckStatus.MISSING, missing=listed))
+        if exc.reason == "conflict":
+            log.error("recording %s of %s not stored: %s", rec, device, exc)
+            return self._refuse(
+                device,
+                rec,
+                _Refusal(AckStatus.REJECTED, "recording id already stored differently"),
+            )
+        return self._refuse(device, rec, self._store_refusal(device, rec, exc))
+
     def _indexed_in(self, q: Query, leaf: IngestLeaf) -> None:
-        """In the transaction indexing a new recording: its audit leaf, and the end of
-        its upload row (one commit, so one database sync, for both)."""
+        """In the transaction indexing a new recording (which also ends its upload row):
+        its audit leaf (one commit, so one database sync, for both)."""
         self.ledger.append_in(q, leaf)
-        self.index.drop_upload_in(q, leaf.device_id, leaf.recording_id)
+
+    def _check_parked(self, device: str, rec: str, entry: ParkedInit) -> CheckedManifest:
+        """The checks of a parked init this worker did not check itself (parked by another
+        worker, or before a restart by an older version): the model again."""
+        try:
+            checked = check_manifest(entry.init.manifest)
+        except ManifestError as exc:
+            self.store.drop_parking(device, rec)
+            self.parked_inits.forget(device, rec)
+            raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="manifest") from None
+        self.parked_inits.with_checked(device, rec, entry, checked)
+        return checked
 
     # -- checks -------------------------------------------------------------------------
     def _check_size(self, init: Init) -> None:
@@ -424,7 +419,7 @@ class Receiver:
                 alarm="oversize",
             )
 
-    def _check_manifest(self, device: str, init: Init) -> Manifest:
+    def _check_manifest(self, device: str, init: Init) -> CheckedManifest:
         manifest = init.manifest
         try:
             key = self.device_key(device)
@@ -440,16 +435,17 @@ class Receiver:
             # or a manifest was altered: a security event, not just a bad message.
             raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="signature") from None
         try:
-            model = validate_manifest(manifest)
+            checked = check_manifest(manifest)
         except ManifestError as exc:
             raise _Refusal(AckStatus.REJECTED, str(exc)[:300], alarm="manifest") from None
+        model = checked.model
         if model.blob_sha256 != init.blob_sha256 or model.blob_bytes != init.blob_bytes:
             raise _Refusal(
                 AckStatus.REJECTED,
                 "init's blob size/sha256 differ from the signed manifest",
                 alarm="manifest",
             )
-        return model
+        return checked
 
     def _check_quota(self, device: str, init: Init) -> None:
         others = [u for u in self.index.uploads(device) if u.recording_id != init.recording_id]
@@ -517,7 +513,9 @@ class Receiver:
     def _ack(self, device: str, ack: Ack) -> Reply:
         return Reply(ack_topic(device, ack.recording_id), ack.encode())
 
-    def _parked_init(self, device: str, rec: str) -> Init | None:
+    def _parked_init(self, device: str, rec: str) -> ParkedInit | None:
+        """The upload's parked init as on disk now; decoded only when these bytes are not
+        the ones this worker parked or decoded before."""
         try:
             payload = self.store.parked_init(device, rec)
         except StoreError as exc:
@@ -526,7 +524,11 @@ class Receiver:
             raise
         if payload is None:
             return None
-        return Init.decode(payload, Topic(Kind.INIT, device, rec))
+        entry = self.parked_inits.lookup(device, rec, payload)
+        if entry is None:
+            init = Init.decode(payload, Topic(Kind.INIT, device, rec))
+            entry = self.parked_inits.remember(device, rec, payload, init, None)
+        return entry
 
     # -- housekeeping -------------------------------------------------------------------
     def expire(self, now_wall: float | None = None) -> int:
@@ -548,6 +550,7 @@ class Receiver:
             with self.store.lock(device, rec), self.index.finish_lock(device, rec):
                 self.store.drop_parking(device, rec)
                 self.index.drop_upload(device, rec)
+            self.parked_inits.forget(device, rec)
             dropped += 1
             log.info(
                 "dropped upload device=%s id=%s: %s",

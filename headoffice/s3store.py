@@ -68,7 +68,7 @@ from botocore.exceptions import ClientError
 from headoffice.blobstore import Lifecycle, StoreError, check_range, retention_date
 from headoffice.s3objects import S3Transfer, b64_sha256
 from headoffice.s3support import FinishLock, ObjectLock, error_code, http_status, translated
-from headoffice.store import (
+from headoffice.storefiles import (
     BLOB_SUFFIXES,
     CHUNK_SUFFIX,
     DEFAULT_LOCK_TIMEOUT_S,

@@ -33,7 +33,9 @@ Durability — what is on disk when the receiver acks ``stored`` (it acks only a
   SHA-256 against the signed init (the receiver then drops the parking and asks for
   every chunk again); a torn init fails to decode, goes unanswered, and the device's
   next init (sent after any unanswered request) replaces it.
-  Renames still make each parked file appear whole to other workers at once.
+  Renames still make each parked file appear whole to other workers at once, and no
+  parked file is ever written in place: a one-chunk blob is its parked chunk's inode
+  (hard-linked by :meth:`~FileBlobStore.assemble`, then fsynced by ``commit``).
 
 Everything under the root is the office's alone: directories 0700, files 0600 (the
 manifests carry caller numbers and names). A write that fails for want of space is a
@@ -49,48 +51,53 @@ retention and legal hold live in a registry (:mod:`headoffice.store_lifecycle`).
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from headoffice.blobstore import Lifecycle, StoreError, check_range
 from headoffice.store_lifecycle import FileLifecycle
+from headoffice.storefiles import (
+    BLOB_SUFFIXES,
+    BLOBS,
+    CHUNK_NAME,
+    CHUNK_SUFFIX,
+    COPY_CHUNK,
+    DEFAULT_LOCK_TIMEOUT_S,
+    DIR_MODE,
+    FULL_ERRNOS,
+    INIT_FILE,
+    LOCKS,
+    MANIFEST_SUFFIX,
+    NO_LINK_ERRNOS,
+    PARKING,
+    TMP,
+    blob_date,
+    check_all_parked,
+    check_blob_file,
+    check_id,
+    check_joined,
+    cleanup_lock_files,
+    file_lock,
+    io_error,
+    manifest_bytes,
+    read_file,
+    remove_folder,
+    sha256_file,
+    unlink_quietly,
+)
 from sealedrec.durable import fsync_dir
 
-PARKING = "parking"
-BLOBS = "blobs"
-LOCKS = "locks"
-TMP = "tmp"
-CHUNK_SUFFIX = ".part"
-INIT_FILE = "init.json"
-DIR_MODE = 0o700
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-MANIFEST_SUFFIX = ".manifest.json"
-BLOB_SUFFIXES = {"age": ".age", "segments": ".segments"}
-DEFAULT_LOCK_TIMEOUT_S = 30.0
-_LOCK_POLL_S = 0.02
-_COPY_CHUNK = 1024 * 1024
-# The protocol's id grammar: no separators, never "." or "..", so an id is one path part.
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_CHUNK_NAME = re.compile(r"^(\d{7})\.part$")
-
-
-def _io_error(exc: OSError, message: str) -> StoreError:
-    """``exc`` as a StoreError; a full filesystem gets reason ``full``."""
-    if isinstance(exc, StoreError):
-        return exc
-    full = exc.errno in _FULL
-    return StoreError(f"{message} ({exc.strerror or exc})", reason="full" if full else "io")
+# Names other modules import from here (the layout's suffixes, the temp folder).
+__all__ = ["BLOB_SUFFIXES", "MANIFEST_SUFFIX", "TMP", "FileBlobStore"]
 
 
 def _makedirs_durable(path: Path, *, durable: bool = True) -> None:
@@ -110,69 +117,10 @@ def _makedirs_durable(path: Path, *, durable: bool = True) -> None:
             fsync_dir(d.parent)
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(_COPY_CHUNK):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
-
-def check_all_parked(rec: str, chunk_count: int, parked: set[int]) -> None:
-    """A StoreError (``missing``, naming the chunks) unless chunks 0..chunk_count-1 are
-    all in ``parked``: what every store checks before it assembles."""
-    missing = tuple(sorted(set(range(chunk_count)) - parked))
-    if missing:
-        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
-        raise StoreError(
-            f"recording {rec}: {len(missing)} of {chunk_count} chunks not parked ({shown})",
-            reason="missing",
-            missing=missing,
-        )
-
-
-def check_blob_file(rec: str, blob: Path, want_sha: object, want_bytes: object) -> str:
-    """``blob``'s SHA-256 when its size and hash are the manifest's (``blob_sha256``,
-    ``blob_bytes``), else a StoreError (``size`` / ``sha256``): what every store checks
-    before it commits a blob."""
-    sha, size = _sha256_file(blob)
-    if size != want_bytes:
-        raise StoreError(
-            f"recording {rec}: blob is {size} bytes, the manifest says {want_bytes}",
-            reason="size",
-        )
-    if sha != want_sha:
-        raise StoreError(
-            f"recording {rec}: blob sha256 {sha[:16]}… differs from the manifest's "
-            f"{str(want_sha)[:16]}…",
-            reason="sha256",
-        )
-    return sha
-
-
-def check_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
-        raise StoreError(f"{what} {str(value)[:80]!r} is not a valid id", reason="id")
-    return value
-
-
-def blob_date(started_utc: str) -> tuple[str, str, str]:
-    """(yyyy, mm, dd) of a manifest's ``started_utc`` in UTC."""
-    try:
-        when = datetime.fromisoformat(started_utc)
-    except (TypeError, ValueError):
-        raise StoreError(
-            f"started_utc {str(started_utc)[:40]!r} is not an ISO 8601 time", reason="date"
-        ) from None
-    if when.tzinfo is not None:
-        when = when.astimezone(UTC)
-    return f"{when.year:04d}", f"{when.month:02d}", f"{when.day:02d}"
-
-
-def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+def _parking_dir(path: str) -> None:
+    """A parking folder (0700, not fsynced: parking is not durable), with its device's."""
+    if not os.path.isdir(path):
+        _makedirs_durable(Path(path), durable=False)
 
 
 class FileBlobStore:
@@ -180,6 +128,9 @@ class FileBlobStore:
 
     def __init__(self, root: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.root = Path(root)
+        self._parking_root = os.fspath(self.root / PARKING)
+        self._tmp_root = os.fspath(self.root / TMP)
+        self._blobs_root = os.fspath(self.root / BLOBS)
         self.lock_timeout = lock_timeout
         self.registry = FileLifecycle(self.root, self.root / TMP)
         try:
@@ -195,28 +146,45 @@ class FileBlobStore:
         except OSError as exc:
             raise StoreError(
                 f"blob store {self.root}: cannot create its directories ({exc.strerror or exc})",
-                reason="full" if exc.errno in _FULL else "io",
+                reason="full" if exc.errno in FULL_ERRNOS else "io",
             ) from exc
 
     # -- paths ---------------------------------------------------------------------------
     def parking_dir(self, device: str, rec: str) -> Path:
-        return self.root / PARKING / check_id(device, "device") / check_id(rec, "recording")
+        return Path(self._parking(device, rec))
+
+    def _parking(self, device: str, rec: str) -> str:
+        # Strings, not Paths, on the paths every message takes (Path joins cost more
+        # than the system calls they name).
+        return os.path.join(
+            self._parking_root, check_id(device, "device"), check_id(rec, "recording")
+        )
 
     def blob_dir(self, device: str, started_utc: str) -> Path:
-        return self.root / BLOBS / check_id(device, "device") / Path(*blob_date(started_utc))
+        return Path(self._blob_day(device, started_utc))
+
+    def _blob_day(self, device: str, started_utc: str) -> str:
+        return os.path.join(self._blobs_root, check_id(device, "device"), *blob_date(started_utc))
 
     def blob_path(self, device: str, rec: str, started_utc: str, container: str | None) -> Path:
         """Where :meth:`commit` puts the blob (the manifest for a recording without one)."""
-        directory = self.blob_dir(device, started_utc)
-        check_id(rec, "recording")
-        if container is None:
-            return directory / f"{rec}{MANIFEST_SUFFIX}"
-        if container not in BLOB_SUFFIXES:
-            raise StoreError(f"recording {rec}: unknown container {container!r}", reason="id")
-        return directory / f"{rec}{BLOB_SUFFIXES[container]}"
+        return Path(self._blob_files(device, rec, started_utc, container)[1])
 
     def manifest_path(self, device: str, rec: str, started_utc: str) -> Path:
-        return self.blob_dir(device, started_utc) / f"{check_id(rec, 'recording')}{MANIFEST_SUFFIX}"
+        return Path(self._blob_files(device, rec, started_utc, None)[2])
+
+    def _blob_files(
+        self, device: str, rec: str, started_utc: str, container: str | None
+    ) -> tuple[str, str, str]:
+        """(day directory, blob path, manifest path) of a recording, as strings; the
+        blob path is the manifest's for a recording without a container."""
+        directory = self._blob_day(device, started_utc)
+        manifest = os.path.join(directory, f"{check_id(rec, 'recording')}{MANIFEST_SUFFIX}")
+        if container is None:
+            return directory, manifest, manifest
+        if container not in BLOB_SUFFIXES:
+            raise StoreError(f"recording {rec}: unknown container {container!r}", reason="id")
+        return directory, os.path.join(directory, f"{rec}{BLOB_SUFFIXES[container]}"), manifest
 
     def resolve(self, path: str | Path) -> Path:
         """An index's stored path (absolute, or relative to the store root) as a path."""
@@ -224,19 +192,23 @@ class FileBlobStore:
         return p if p.is_absolute() else self.root / p
 
     def _tmp_file(self, prefix: str) -> tuple[BinaryIO, Path]:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.root / TMP)
-        return os.fdopen(fd, "w+b"), Path(name)
+        fh, name = self._tmp_name(prefix)
+        return fh, Path(name)
 
-    def _write_parked(self, target: Path, data: bytes, prefix: str) -> None:
+    def _tmp_name(self, prefix: str) -> tuple[BinaryIO, str]:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self._tmp_root)
+        return os.fdopen(fd, "w+b"), name
+
+    def _write_parked(self, target: str, data: bytes, prefix: str) -> None:
         """Write ``data`` through a temp file under ``tmp/`` onto ``target``: whole or not
         at all for every reader, but not fsynced (parking is not durable: module doc)."""
-        fh, tmp = self._tmp_file(prefix)
+        fh, tmp = self._tmp_name(prefix)
         try:
             with fh:
                 fh.write(data)
             os.replace(tmp, target)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            unlink_quietly(tmp)
             raise
 
     def _write_synced(self, data: bytes, prefix: str) -> Path:
@@ -260,42 +232,42 @@ class FileBlobStore:
         whole blob's SHA-256 anyway)."""
         if not 0 <= index <= 9_999_999:
             raise StoreError(f"chunk index {index} out of range", reason="id")
-        directory = self.parking_dir(device, rec)
-        target = directory / f"{index:07d}{CHUNK_SUFFIX}"
+        directory = self._parking(device, rec)
+        target = os.path.join(directory, f"{index:07d}{CHUNK_SUFFIX}")
         try:
-            _makedirs_durable(directory, durable=False)
+            _parking_dir(directory)
             try:
-                if target.stat().st_size == len(data) and target.read_bytes() == data:
-                    return target
+                if os.stat(target).st_size == len(data) and read_file(target) == data:
+                    return Path(target)
             except FileNotFoundError:
                 pass
             self._write_parked(target, data, f"chunk-{index:07d}-")
         except OSError as exc:
-            raise _io_error(exc, f"recording {rec}: cannot park chunk {index}") from exc
-        return target
+            raise io_error(exc, f"recording {rec}: cannot park chunk {index}") from exc
+        return Path(target)
 
     def park_init(self, device: str, rec: str, data: bytes) -> None:
         """Park an upload's init message (its signed manifest): the first thing parked,
         and the only licence to park chunks for it."""
-        directory = self.parking_dir(device, rec)
+        directory = self._parking(device, rec)
         try:
-            _makedirs_durable(directory, durable=False)
-            self._write_parked(directory / INIT_FILE, data, "init-")
+            _parking_dir(directory)
+            self._write_parked(os.path.join(directory, INIT_FILE), data, "init-")
         except OSError as exc:
-            raise _io_error(exc, f"recording {rec}: cannot park its init") from exc
+            raise io_error(exc, f"recording {rec}: cannot park its init") from exc
 
     def parked_init(self, device: str, rec: str) -> bytes | None:
         """The parked init message of an upload, or None when there is none."""
-        path = self.parking_dir(device, rec) / INIT_FILE
+        path = os.path.join(self._parking(device, rec), INIT_FILE)
         try:
-            return path.read_bytes()
+            return read_file(path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _io_error(exc, f"recording {rec}: cannot read its parked init") from exc
+            raise io_error(exc, f"recording {rec}: cannot read its parked init") from exc
 
     def parked(self, device: str, rec: str) -> set[int]:
-        directory = self.parking_dir(device, rec)
+        directory = self._parking(device, rec)
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
@@ -304,7 +276,7 @@ class FileBlobStore:
             raise StoreError(f"{directory}: cannot list parked chunks ({exc.strerror})") from exc
         found = set()
         for name in names:
-            m = _CHUNK_NAME.match(name)
+            m = CHUNK_NAME.match(name)
             if m:
                 found.add(int(m.group(1)))
         return found
@@ -315,43 +287,34 @@ class FileBlobStore:
         """Join the parked chunks 0..chunk_count-1 into a temp file under ``tmp/`` and
         check it against the init's size and SHA-256. The caller passes the returned
         path to :meth:`commit` (which fsyncs it) or deletes it."""
-        directory = self.parking_dir(device, rec)
+        directory = self._parking(device, rec)
         check_all_parked(rec, chunk_count, self.parked(device, rec))
+        if chunk_count == 1:
+            linked = self._assemble_one(directory, rec, blob_bytes, blob_sha256)
+            if linked is not None:
+                return linked
         fh, tmp = self._tmp_file(f"blob-{rec}-")
         digest = hashlib.sha256()
         size = 0
         try:
             with fh:
                 for index in range(chunk_count):
-                    with open(directory / f"{index:07d}{CHUNK_SUFFIX}", "rb") as part:
-                        while block := part.read(_COPY_CHUNK):
+                    with open(os.path.join(directory, f"{index:07d}{CHUNK_SUFFIX}"), "rb") as part:
+                        while block := part.read(COPY_CHUNK):
                             digest.update(block)
                             size += len(block)
                             fh.write(block)
-            if size != blob_bytes:
-                raise StoreError(
-                    f"recording {rec}: assembled blob is {size} bytes, the init says {blob_bytes}",
-                    reason="size",
-                )
-            sha = digest.hexdigest()
-            if blob_bytes and sha != blob_sha256:
-                raise StoreError(
-                    f"recording {rec}: assembled blob sha256 {sha[:16]}… differs from the "
-                    f"init's {str(blob_sha256)[:16]}… (a chunk is corrupt)",
-                    reason="sha256",
-                )
         except FileNotFoundError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(
                 f"recording {rec}: a parked chunk vanished while assembling ({exc.filename})",
                 reason="missing",
             ) from exc
-        except StoreError:
-            tmp.unlink(missing_ok=True)
-            raise
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise _io_error(exc, f"recording {rec}: cannot assemble") from exc
+            raise io_error(exc, f"recording {rec}: cannot assemble") from exc
+        sha = digest.hexdigest()
+        check_joined(rec, os.fspath(tmp), size, sha, blob_bytes=blob_bytes, blob_sha256=blob_sha256)
         return tmp
 
     def list_parking(self) -> list[tuple[str, str, float]]:
@@ -372,10 +335,37 @@ class FileBlobStore:
                 found.append((device_dir.name, rec_dir.name, newest))
         return found
 
-    def drop_parking(self, device: str, rec: str) -> None:
-        directory = self.parking_dir(device, rec)
+    def _assemble_one(
+        self, directory: str, rec: str, blob_bytes: int, blob_sha256: str | None
+    ) -> Path | None:
+        """:meth:`assemble` of a one-chunk blob: the parked chunk is the blob, so the temp
+        file is a hard link to it, not a copy (a new file costs more than its bytes).
+        Parked files are never changed in place (replaced by rename), so the link keeps
+        exactly the bytes checked here. None where no link can be made: copy instead."""
+        part = os.path.join(directory, f"{0:07d}{CHUNK_SUFFIX}")
+        tmp = os.path.join(self._tmp_root, f"blob-{rec}-{os.urandom(6).hex()}.tmp")
         try:
-            shutil.rmtree(directory)
+            os.link(part, tmp)
+            data = read_file(tmp)
+        except FileNotFoundError as exc:
+            unlink_quietly(tmp)
+            raise StoreError(
+                f"recording {rec}: a parked chunk vanished while assembling ({exc.filename})",
+                reason="missing",
+            ) from exc
+        except OSError as exc:
+            unlink_quietly(tmp)
+            if exc.errno in NO_LINK_ERRNOS:
+                return None  # tmp/ on another filesystem, or one without hard links
+            raise io_error(exc, f"recording {rec}: cannot assemble") from exc
+        sha = hashlib.sha256(data).hexdigest()
+        check_joined(rec, tmp, len(data), sha, blob_bytes=blob_bytes, blob_sha256=blob_sha256)
+        return Path(tmp)
+
+    def drop_parking(self, device: str, rec: str) -> None:
+        directory = self._parking(device, rec)
+        try:
+            remove_folder(directory)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -404,8 +394,7 @@ class FileBlobStore:
                 f"{manifest.get('recording_id')}",
                 reason="conflict",
             )
-        target = self.blob_path(device, rec, started_utc, container)
-        manifest_file = self.manifest_path(device, rec, started_utc)
+        day, target, manifest_file = self._blob_files(device, rec, started_utc, container)
         want_sha = manifest.get("blob_sha256")
         want_bytes = manifest.get("blob_bytes")
         if container is None and blob_tmp is not None:
@@ -414,17 +403,18 @@ class FileBlobStore:
                 reason="conflict",
             )
         try:
-            _makedirs_durable(target.parent)
+            if not os.path.isdir(day):
+                _makedirs_durable(Path(day))
             if container is not None:
-                self._place_blob(rec, target, blob_tmp, want_sha, want_bytes)
+                self._place_blob(rec, Path(target), blob_tmp, want_sha, want_bytes)
             self._place_manifest(rec, manifest_file, manifest)
             # One directory fsync makes both renames durable; also when both files were
             # there already: a worker killed between its renames and this fsync left
             # them in the page cache only.
-            fsync_dir(target.parent)
+            fsync_dir(day)
         except OSError as exc:
-            raise _io_error(exc, f"recording {rec}: cannot store") from exc
-        return target
+            raise io_error(exc, f"recording {rec}: cannot store") from exc
+        return Path(target)
 
     def _place_blob(
         self, rec: str, target: Path, blob_tmp: Path | None, want_sha: Any, want_bytes: Any
@@ -432,7 +422,7 @@ class FileBlobStore:
         """Rename the checked, fsynced blob onto ``target`` (kept when there already).
         The caller fsyncs the directory."""
         if target.exists():
-            sha, _ = _sha256_file(target)
+            sha, _ = sha256_file(target)
             if sha != want_sha:
                 raise StoreError(
                     f"recording {rec}: {target} is already stored with sha256 {sha[:16]}…, "
@@ -460,7 +450,7 @@ class FileBlobStore:
             tmp_fh, tmp = self._tmp_file(f"blob-{rec}-")
             try:
                 with tmp_fh, open(blob_tmp, "rb") as src:
-                    shutil.copyfileobj(src, tmp_fh, _COPY_CHUNK)
+                    shutil.copyfileobj(src, tmp_fh, COPY_CHUNK)
                     tmp_fh.flush()
                     os.fsync(tmp_fh.fileno())
                 os.rename(tmp, target)
@@ -469,12 +459,12 @@ class FileBlobStore:
                 raise
             blob_tmp.unlink()
 
-    def _place_manifest(self, rec: str, path: Path, manifest: Mapping[str, Any]) -> None:
+    def _place_manifest(self, rec: str, path: str, manifest: Mapping[str, Any]) -> None:
         """Write the manifest (fsynced) onto ``path`` unless it is there already.
         The caller fsyncs the directory."""
         data = manifest_bytes(manifest)
         try:
-            existing = path.read_bytes()
+            existing = read_file(path)
         except FileNotFoundError:
             tmp = self._write_synced(data, f"manifest-{rec}-")
             try:
@@ -532,7 +522,7 @@ class FileBlobStore:
         except FileNotFoundError:
             raise StoreError(f"{stored}: no such stored blob", reason="missing") from None
         except OSError as exc:
-            raise _io_error(exc, f"{stored}: cannot read") from exc
+            raise io_error(exc, f"{stored}: cannot read") from exc
 
     def size(self, stored: str) -> int:
         try:
@@ -540,7 +530,7 @@ class FileBlobStore:
         except FileNotFoundError:
             raise StoreError(f"{stored}: no such stored blob", reason="missing") from None
         except OSError as exc:
-            raise _io_error(exc, f"{stored}: cannot read") from exc
+            raise io_error(exc, f"{stored}: cannot read") from exc
 
     # -- lifecycle (the registry is the enforcement; headoffice/store_lifecycle.py) -------
     def _recording(self, stored: str) -> tuple[str, list[Path]]:
@@ -581,75 +571,19 @@ class FileBlobStore:
         self.registry.delete(key, files, stored, datetime.now(UTC))
 
     # -- locking -------------------------------------------------------------------------
-    @contextmanager
-    def lock(self, device: str, rec: str, timeout: float | None = None) -> Iterator[None]:
+    def lock(
+        self, device: str, rec: str, timeout: float | None = None
+    ) -> AbstractContextManager[None]:
         """Exclusive ``flock`` on ``locks/{device}/{rec}.lock`` across processes and
-        threads (each call opens its own file description). Polls; raises
-        :class:`StoreError` (``lock``) after ``timeout`` seconds instead of hanging.
-        The lock file is removed on release; a waiter that locked the removed file
-        notices (its inode is no longer the path's) and tries again.
-
-        On NFS, Linux turns ``flock`` into a POSIX lock: it still excludes processes
-        on every client, but no longer threads of one process — run one finishing
-        thread per worker process there (the index's finish lock covers PostgreSQL)."""
-        directory = self.root / LOCKS / check_id(device, "device")
-        path = directory / f"{check_id(rec, 'recording')}.lock"
+        threads, :class:`StoreError` (``lock``) after ``timeout`` seconds (see
+        :func:`~headoffice.storefiles.file_lock`, also for NFS)."""
         wait = self.lock_timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        fd = -1
-        while fd < 0:
-            directory.mkdir(parents=True, exist_ok=True)
-            candidate = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(candidate)
-                if time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"recording {rec}: lock {path} still held after {wait:g} s "
-                        "(another worker is finishing it, or is stuck)",
-                        reason="lock",
-                    ) from None
-                time.sleep(_LOCK_POLL_S)
-                continue
-            try:
-                same = os.fstat(candidate).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                fd = candidate
-            else:
-                os.close(candidate)  # locked a file its holder just removed: retry
-        try:
-            yield
-        finally:
-            try:
-                path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
+        return file_lock(self.root / LOCKS, device, rec, wait)
 
     # -- housekeeping --------------------------------------------------------------------
     def cleanup_locks(self) -> int:
-        """Remove lock files nobody holds (left by killed workers); returns how many.
-        A file is removed only while this call holds its lock, so a live holder's lock
-        is never taken away."""
-        removed = 0
-        for device_dir in (self.root / LOCKS).iterdir():
-            for path in device_dir.glob("*.lock"):
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # held: a worker is finishing that recording
-                else:
-                    path.unlink(missing_ok=True)
-                    removed += 1
-                finally:
-                    os.close(fd)
-        return removed
+        """Remove lock files nobody holds (left by killed workers); returns how many."""
+        return cleanup_lock_files(self.root / LOCKS)
 
     def cleanup_tmp(self, older_than_s: float = 3600.0) -> int:
         """Remove temp files left by crashed workers; returns how many."""

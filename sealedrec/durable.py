@@ -30,7 +30,7 @@ def rename_durably(src: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
     """Make the entries of directory ``path`` (creates, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

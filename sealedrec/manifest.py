@@ -37,17 +37,27 @@ class ManifestError(LinetapError, ValueError):
     """A manifest is malformed, badly signed or out of chain."""
 
 
+# Exact types that need no look inside: checked with ``type(v) in`` rather than
+# isinstance against ABCs (every signed manifest is walked at the office; the generic
+# branches below still take subclasses and any other Mapping or sequence).
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def _check_value(value: Any, path: str) -> None:
+    if type(value) in _PLAIN:
+        return
     if isinstance(value, float):
         raise ManifestError(f"manifest field {path}: floats are not canonical; use integers")
     if isinstance(value, Mapping):
         for k, v in value.items():
-            if not isinstance(k, str):
+            if type(k) is not str and not isinstance(k, str):
                 raise ManifestError(f"manifest field {path}: keys must be strings")
-            _check_value(v, f"{path}.{k}")
+            if type(v) not in _PLAIN:
+                _check_value(v, f"{path}.{k}")
     elif isinstance(value, list | tuple):
         for i, v in enumerate(value):
-            _check_value(v, f"{path}[{i}]")
+            if type(v) not in _PLAIN:
+                _check_value(v, f"{path}[{i}]")
     elif value is not None and not isinstance(value, str | int | bool):
         raise ManifestError(f"manifest field {path}: unsupported type {type(value).__name__}")
 
@@ -79,10 +89,11 @@ def verify_signature(signed: Mapping[str, Any], public_key: Ed25519PublicKey) ->
     rec = signed.get("recording_id", "?")
     if not isinstance(sig, Mapping) or sig.get("alg") != "ed25519":
         raise ManifestError(f"recording {rec}: manifest has no ed25519 signature")
-    if sig.get("key_id") != key_id(public_key):
+    device_key_id = key_id(public_key)
+    if sig.get("key_id") != device_key_id:
         raise ManifestError(
             f"recording {rec}: signed by key {sig.get('key_id')}, not by the device's key "
-            f"{key_id(public_key)}"
+            f"{device_key_id}"
         )
     body = {k: v for k, v in signed.items() if k != SIGNATURE_FIELD}
     try:

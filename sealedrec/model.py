@@ -15,15 +15,17 @@ the model is checked on the same dict the signature covers, and never rewrites i
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from sealedrec.levels import CallLevels
-from sealedrec.manifest import ManifestError
+from sealedrec.manifest import ManifestError, canonical_json
 
 INT64_MAX = 2**63 - 1
 MAX_DEPTH = 8
@@ -183,3 +185,23 @@ def validate_manifest(manifest: Mapping[str, Any]) -> Manifest:
     if (model.blob_sha256 is None) != (model.blob_bytes == 0):
         raise ManifestError("manifest field blob_bytes: non-zero exactly when there is a blob")
     return model
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedManifest:
+    """A manifest that passed :func:`check_manifest`, with what every later step needs of
+    it computed once: the office's ledger leaf and index row both want its canonical
+    bytes and hash, and walking a manifest is most of the receiver's own CPU. Make it
+    with :func:`check_manifest` only; ``manifest`` is the dict as sent (not rewritten)."""
+
+    manifest: Mapping[str, Any]
+    model: Manifest
+    canonical: bytes  # canonical_json(manifest)
+    sha256: str  # manifest_hash(manifest): SHA-256 hex of ``canonical``
+
+
+def check_manifest(manifest: Mapping[str, Any]) -> CheckedManifest:
+    """:func:`validate_manifest`, plus the manifest's canonical bytes and hash."""
+    model = validate_manifest(manifest)
+    canonical = canonical_json(manifest)
+    return CheckedManifest(manifest, model, canonical, hashlib.sha256(canonical).hexdigest())

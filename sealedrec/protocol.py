@@ -229,17 +229,20 @@ class Init:
     def chunk_count(self) -> int:
         return chunk_count(self.blob_bytes, self.chunk_size)
 
+    def message(self) -> dict[str, Any]:
+        """The JSON object :meth:`encode` sends (the office keeps it with the upload)."""
+        return {
+            "v": PROTOCOL_VERSION,
+            "recording_id": self.recording_id,
+            "manifest": self.manifest,
+            "blob_bytes": self.blob_bytes,
+            "blob_sha256": self.blob_sha256,
+            "chunk_size": self.chunk_size,
+            "chunk_count": self.chunk_count,
+        }
+
     def encode(self) -> bytes:
-        return _dump(
-            {
-                "recording_id": self.recording_id,
-                "manifest": self.manifest,
-                "blob_bytes": self.blob_bytes,
-                "blob_sha256": self.blob_sha256,
-                "chunk_size": self.chunk_size,
-                "chunk_count": self.chunk_count,
-            }
-        )
+        return _dump(self.message())
 
     @classmethod
     def decode(cls, payload: bytes, topic: Topic) -> Init:

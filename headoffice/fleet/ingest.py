@@ -28,6 +28,7 @@ from typing import Any
 
 from cryptography import x509
 
+from headoffice.alarm_throttle import AlarmThrottle
 from headoffice.fleet.alarms import Enqueue, FleetAlarms, Transition
 from headoffice.fleet.config import FleetConfig
 from headoffice.fleet.rules import (
@@ -47,7 +48,6 @@ from headoffice.fleet.telemetry import TelemetryError, parse_status
 from headoffice.index import Index
 from headoffice.index.records import Query
 from headoffice.officeroot import CaLayout, device_signing_key
-from headoffice.receiver import AlarmThrottle
 from sealedrec.errors import LinetapError
 from sealedrec.head import HeadError, verify_head
 from sealedrec.protocol import Kind, ProtocolError, parse_topic

@@ -14,6 +14,7 @@ from typing import Any, Self
 from headoffice.index import announcements
 from headoffice.index.records import (
     _ALARM_COLUMNS,
+    _RECORD_COLUMNS,
     _SELECT_RECORD,
     AddResult,
     Alarm,
@@ -30,11 +31,12 @@ from headoffice.index.records import (
     _record,
     now_iso,
     redact_dsn,
-    row_from_manifest,
+    row_from_model,
     utc_iso,
 )
 from headoffice.index.schema import SCHEMA_VERSION
-from sealedrec.manifest import GENESIS_HASH, ChainStub, canonical_json, manifest_hash
+from sealedrec.manifest import GENESIS_HASH, ChainStub, manifest_hash
+from sealedrec.model import CheckedManifest, check_manifest
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 
@@ -120,7 +122,7 @@ class Index:
 
     def add(
         self,
-        manifest: Mapping[str, Any],
+        manifest: Mapping[str, Any] | CheckedManifest,
         path: str | Path,
         stored_at: str | datetime | None = None,
         on_insert: Callable[[Query], object] | None = None,
@@ -131,10 +133,12 @@ class Index:
         same id with a different manifest raises :class:`IndexConflictError` (after
         committing a ``conflict`` alarm). ``on_insert(q)`` runs inside the same
         transaction when the row is new (the receiver appends the ingest leaf of the audit
-        ledger there, so the recording and its leaf commit together or not at all)."""
-        row = row_from_manifest(manifest)
-        text = canonical_json(manifest).decode()
-        digest = manifest_hash(manifest)
+        ledger there, so the recording and its leaf commit together or not at all). A
+        :class:`~sealedrec.model.CheckedManifest` spares checking and hashing it again."""
+        checked = manifest if isinstance(manifest, CheckedManifest) else check_manifest(manifest)
+        row = row_from_model(checked.model)
+        text = checked.canonical.decode()
+        digest = checked.sha256
         rec, device, seq = row["recording_id"], row["device_id"], row["seq"]
         stamp = utc_iso(stored_at, "stored_at") if stored_at is not None else now_iso()
         alarms: list[Alarm] = []
@@ -177,7 +181,7 @@ class Index:
                 alarms.extend(
                     self._sequence_alarms(
                         q,
-                        manifest=manifest,
+                        manifest=checked,
                         row=row,
                         last_seq=int(last_seq),
                         last_hash=str(last_hash),
@@ -194,7 +198,7 @@ class Index:
                 names = ", ".join(values)
                 marks = ", ".join("?" for _ in values)
                 q(f"INSERT INTO recordings ({names}) VALUES ({marks})", tuple(values.values()))
-                announcements.insert(q, rec, manifest)
+                announcements.insert(q, rec, checked.manifest)
                 if on_insert is not None:
                     on_insert(q)
                 if seq > int(last_seq):
@@ -209,22 +213,22 @@ class Index:
                 )
         if conflict is not None:
             raise IndexConflictError(conflict)
-        stored = self.get(rec)
-        assert stored is not None
+        # The row as committed, without reading it back (what get() would return).
+        stored = _record(tuple(values[name] for name in _RECORD_COLUMNS))
         return AddResult(stored, True, tuple(alarms))
 
     def _sequence_alarms(
         self,
         q: Query,
         *,
-        manifest: Mapping[str, Any],
+        manifest: CheckedManifest,
         row: Mapping[str, Any],
         last_seq: int,
         last_hash: str,
         stamp: str,
     ) -> list[Alarm]:
         rec, device, seq = row["recording_id"], row["device_id"], row["seq"]
-        digest = manifest_hash(manifest)
+        digest = manifest.sha256
         alarms: list[Alarm] = []
 
         def alarm(kind: str, message: str) -> None:
@@ -268,7 +272,7 @@ class Index:
                 (device, seq - 1),
             )
             before = prev[0][0] if prev else None
-        if before is not None and manifest.get("prev_manifest_sha256") != before:
+        if before is not None and manifest.model.prev_manifest_sha256 != before:
             alarm(
                 "chain",
                 f"device {device}: seq {seq}: prev_manifest_sha256 does not match the stored "
@@ -483,14 +487,10 @@ class Index:
             )
 
     def drop_upload(self, device: str, rec: str) -> None:
+        """End an upload's row (:meth:`add` ends it in the transaction indexing the
+        recording: this is for uploads dropped without one)."""
         with self._transaction(True) as q:
-            self.drop_upload_in(q, device, rec)
-
-    @staticmethod
-    def drop_upload_in(q: Query, device: str, rec: str) -> None:
-        """:meth:`drop_upload` inside the caller's write transaction (the receiver drops
-        the upload row in the transaction that indexes the recording: one commit)."""
-        q("DELETE FROM uploads WHERE device_id = ? AND recording_id = ?", (device, rec))
+            q("DELETE FROM uploads WHERE device_id = ? AND recording_id = ?", (device, rec))
 
     def uploads(self, device: str | None = None) -> list[PendingUpload]:
         sql = "SELECT device_id, recording_id, init, chunk_count, received, updated_at FROM uploads"

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sealedrec.errors import LinetapError
 from sealedrec.manifest import ManifestError
-from sealedrec.model import validate_manifest
+from sealedrec.model import Manifest, validate_manifest
 
 Row = tuple[Any, ...]
 Query = Callable[[str, Sequence[Any]], list[Row]]
@@ -157,7 +157,11 @@ def _like(text: str) -> str:
 def row_from_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The searchable columns a signed manifest yields (raises ManifestError): through
     the one typed model, so the index never takes a value the receiver did not check."""
-    m = validate_manifest(manifest)
+    return row_from_model(validate_manifest(manifest))
+
+
+def row_from_model(m: Manifest) -> dict[str, Any]:
+    """:func:`row_from_manifest` of a manifest already through the model."""
     caller = m.caller_id
     return {
         "recording_id": m.recording_id,

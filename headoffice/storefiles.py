@@ -1,0 +1,233 @@
+"""The file store's names, checks and file primitives (:mod:`headoffice.store` has the
+layout and the durability argument): what :class:`~headoffice.store.FileBlobStore`
+and the S3 store share, and the finishing lock of the file store."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from headoffice.blobstore import StoreError
+
+PARKING = "parking"
+BLOBS = "blobs"
+LOCKS = "locks"
+TMP = "tmp"
+CHUNK_SUFFIX = ".part"
+INIT_FILE = "init.json"
+DIR_MODE = 0o700
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+MANIFEST_SUFFIX = ".manifest.json"
+BLOB_SUFFIXES = {"age": ".age", "segments": ".segments"}
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+_LOCK_POLL_S = 0.02
+COPY_CHUNK = 1024 * 1024
+# The protocol's id grammar: no separators, never "." or "..", so an id is one path part.
+# Where os.link fails but a copy works: another filesystem, or one without hard links.
+NO_LINK_ERRNOS = frozenset(
+    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+)
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+CHUNK_NAME = re.compile(r"^(\d{7})\.part$")
+
+
+def io_error(exc: OSError, message: str) -> StoreError:
+    """``exc`` as a StoreError; a full filesystem gets reason ``full``."""
+    if isinstance(exc, StoreError):
+        return exc
+    full = exc.errno in FULL_ERRNOS
+    return StoreError(f"{message} ({exc.strerror or exc})", reason="full" if full else "io")
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(COPY_CHUNK):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def check_all_parked(rec: str, chunk_count: int, parked: set[int]) -> None:
+    """A StoreError (``missing``, naming the chunks) unless chunks 0..chunk_count-1 are
+    all in ``parked``: what every store checks before it assembles."""
+    missing = tuple(sorted(set(range(chunk_count)) - parked))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+        raise StoreError(
+            f"recording {rec}: {len(missing)} of {chunk_count} chunks not parked ({shown})",
+            reason="missing",
+            missing=missing,
+        )
+
+
+def check_blob_file(rec: str, blob: Path, want_sha: object, want_bytes: object) -> str:
+    """``blob``'s SHA-256 when its size and hash are the manifest's (``blob_sha256``,
+    ``blob_bytes``), else a StoreError (``size`` / ``sha256``): what every store checks
+    before it commits a blob."""
+    sha, size = sha256_file(blob)
+    if size != want_bytes:
+        raise StoreError(
+            f"recording {rec}: blob is {size} bytes, the manifest says {want_bytes}",
+            reason="size",
+        )
+    if sha != want_sha:
+        raise StoreError(
+            f"recording {rec}: blob sha256 {sha[:16]}… differs from the manifest's "
+            f"{str(want_sha)[:16]}…",
+            reason="sha256",
+        )
+    return sha
+
+
+def check_joined(
+    rec: str, tmp: str, size: int, sha: str, *, blob_bytes: int, blob_sha256: str | None
+) -> None:
+    """The assembled blob ``tmp`` (``size`` bytes, SHA-256 ``sha``) against the init's,
+    else remove it and raise StoreError (``size`` / ``sha256``)."""
+    problem = None
+    if size != blob_bytes:
+        problem = StoreError(
+            f"recording {rec}: assembled blob is {size} bytes, the init says {blob_bytes}",
+            reason="size",
+        )
+    elif blob_bytes and sha != blob_sha256:
+        problem = StoreError(
+            f"recording {rec}: assembled blob sha256 {sha[:16]}… differs from the "
+            f"init's {str(blob_sha256)[:16]}… (a chunk is corrupt)",
+            reason="sha256",
+        )
+    if problem is not None:
+        unlink_quietly(tmp)
+        raise problem
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+
+
+def remove_folder(directory: str) -> None:
+    """``rm -r`` of a folder of files, such as a parking folder: unlink them and remove
+    it (rmtree's safe walk costs several times more); anything else gets the rmtree."""
+    try:
+        for name in os.listdir(directory):
+            unlink_quietly(os.path.join(directory, name))
+        os.rmdir(directory)
+    except FileNotFoundError:
+        raise
+    except OSError:  # a subfolder, or a file parked meanwhile: the thorough way
+        shutil.rmtree(directory)
+
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise StoreError(f"{what} {str(value)[:80]!r} is not a valid id", reason="id")
+    return value
+
+
+def blob_date(started_utc: str) -> tuple[str, str, str]:
+    """(yyyy, mm, dd) of a manifest's ``started_utc`` in UTC."""
+    try:
+        when = datetime.fromisoformat(started_utc)
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"started_utc {str(started_utc)[:40]!r} is not an ISO 8601 time", reason="date"
+        ) from None
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return f"{when.year:04d}", f"{when.month:02d}", f"{when.day:02d}"
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+@contextmanager
+def file_lock(locks: Path, device: str, rec: str, wait: float) -> Iterator[None]:
+    """Exclusive ``flock`` on ``locks/{device}/{rec}.lock`` across processes and
+    threads (each call opens its own file description). Polls; raises
+    :class:`StoreError` (``lock``) after ``wait`` seconds instead of hanging.
+    The lock file is removed on release; a waiter that locked the removed file
+    notices (its inode is no longer the path's) and tries again.
+
+    On NFS, Linux turns ``flock`` into a POSIX lock: it still excludes processes
+    on every client, but no longer threads of one process — run one finishing
+    thread per worker process there (the index's finish lock covers PostgreSQL)."""
+    directory = os.path.join(locks, check_id(device, "device"))
+    path = os.path.join(directory, f"{check_id(rec, 'recording')}.lock")
+    deadline = time.monotonic() + wait
+    fd = -1
+    while fd < 0:
+        if not os.path.isdir(directory):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        candidate = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(candidate)
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"recording {rec}: lock {path} still held after {wait:g} s "
+                    "(another worker is finishing it, or is stuck)",
+                    reason="lock",
+                ) from None
+            time.sleep(_LOCK_POLL_S)
+            continue
+        try:
+            same = os.fstat(candidate).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            fd = candidate
+        else:
+            os.close(candidate)  # locked a file its holder just removed: retry
+    try:
+        yield
+    finally:
+        try:
+            unlink_quietly(path)
+        finally:
+            os.close(fd)
+
+
+def cleanup_lock_files(locks: Path) -> int:
+    """Remove lock files nobody holds (left by killed workers); returns how many.
+    A file is removed only while this call holds its lock, so a live holder's lock
+    is never taken away."""
+    removed = 0
+    for device_dir in locks.iterdir():
+        for path in device_dir.glob("*.lock"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # held: a worker is finishing that recording
+            else:
+                path.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(fd)
+    return removed
