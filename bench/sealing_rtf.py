@@ -62,7 +62,11 @@ from bench_common import children_cpu_s, print_table_header, pstats_table
 from head_compare import REPO, head_tree, min_median, run_worker
 
 from buffers.outbox import Outbox
-from firmware.config import IDLE_PERIOD_MS
+
+try:
+    from firmware.config import IDLE_PERIOD_MS
+except ImportError:  # a compared tree from before the 100 ms default: feed it alike
+    IDLE_PERIOD_MS = 100
 from firmware.sealing import ChainState, Codec, SealingSettings, SealingSink
 from firmware.sinks import RecordingEnd, RecordingStart, RecordingWriter
 from sealedrec.age import format_recipient, generate_identity
