@@ -186,7 +186,7 @@ class SealingWriter:
         self._record = bytearray()  # FLAC emitted since the last record
         self._record_n = 0  # samples in it
         # Opus only: its (libsndfile) encoder is fed a sync interval at a time.
-        self._pending = np.zeros(self._sync_frames, dtype=np.int16)
+        self._pending = np.zeros(self._sync_frames if s.codec == "opus" else 0, dtype=np.int16)
         self._pending_n = 0
         self._pcm_hash = hashlib.sha256()
         self._frames = 0

@@ -50,7 +50,7 @@ def _check_value(value: Any, path: str) -> None:
         raise ManifestError(f"manifest field {path}: floats are not canonical; use integers")
     if isinstance(value, Mapping):
         for k, v in value.items():
-            if type(k) is not str and not isinstance(k, str):
+            if not isinstance(k, str):
                 raise ManifestError(f"manifest field {path}: keys must be strings")
             if type(v) not in _PLAIN:
                 _check_value(v, f"{path}.{k}")

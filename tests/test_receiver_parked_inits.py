@@ -18,10 +18,20 @@ from sealedrec.model import check_manifest
 from sealedrec.protocol import AckStatus, Init, Kind, Topic
 from tests.test_receiver import (
     DEVICE,
+    Device,
     ack_of,
     messages,
     office,  # noqa: F401 - the fixture
 )
+
+Message = tuple[str, bytes, list[tuple[str, str]]]
+
+
+def _upload(device: Device, size: int = 10_000) -> tuple[str, Message, list[Message], Message]:
+    """One new recording's messages: its id, init, chunks and fin."""
+    manifest, blob = device.recording(size)
+    init, *chunks, fin = messages(manifest, blob)
+    return manifest["recording_id"], init, chunks, fin
 
 
 def _init_of(payload: bytes, rec: str) -> Init:
@@ -30,8 +40,7 @@ def _init_of(payload: bytes, rec: str) -> Init:
 
 def test_an_upload_decodes_its_parked_init_only_on_arrival(office, monkeypatch):  # noqa: F811
     device, receiver, _, index, _, _ = office
-    manifest, blob = device.recording(10_000)
-    init, *chunks, fin = messages(manifest, blob)
+    rec, init, chunks, fin = _upload(device)
     assert ack_of(receiver.handle(*init)).status is AckStatus.MISSING
     decoded: list[bytes] = []
     real = Init.decode.__func__  # type: ignore[attr-defined]
@@ -46,7 +55,7 @@ def test_an_upload_decodes_its_parked_init_only_on_arrival(office, monkeypatch):
     assert ack_of(receiver.handle(*fin)).status is AckStatus.STORED
     assert decoded == []  # the chunks and the fin used what the init checked
     assert len(receiver.parked_inits) == 0  # forgotten once stored
-    assert index.get(manifest["recording_id"]) is not None
+    assert index.get(rec) is not None
 
 
 def _tamper(store, rec: str, **changes: object) -> None:
@@ -60,9 +69,7 @@ def _tamper(store, rec: str, **changes: object) -> None:
 
 def test_a_parked_init_altered_after_its_check_is_checked_again(office):  # noqa: F811
     device, receiver, store, index, _, _ = office
-    manifest, blob = device.recording(10_000)
-    rec = manifest["recording_id"]
-    init, *chunks, fin = messages(manifest, blob)
+    rec, init, chunks, fin = _upload(device)
     receiver.handle(*init)
     for msg in chunks:
         receiver.handle(*msg)
@@ -77,9 +84,7 @@ def test_a_parked_init_altered_after_its_check_is_checked_again(office):  # noqa
 
 def test_a_parked_init_from_another_worker_is_checked_at_the_fin(office):  # noqa: F811
     device, receiver, store, index, _, device_key = office
-    manifest, blob = device.recording(10_000)
-    rec = manifest["recording_id"]
-    init, *chunks, fin = messages(manifest, blob)
+    rec, init, chunks, fin = _upload(device)
     receiver.handle(*init)
     _tamper(store, rec, line="")  # a copy this worker never saw
     other = Receiver(store, index, device_key, fin_grace_s=0)  # a fresh memory
