@@ -138,8 +138,16 @@ class Processes:
         self.procs: list[Proc] = []
         logdir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: Sequence[str | Path], *, tree: Path | None = None) -> Proc:
-        """Start ``argv``; with ``tree``, importing linetap's packages from that code tree."""
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str | Path],
+        *,
+        tree: Path | None = None,
+        stdin_pipe: bool = False,
+    ) -> Proc:
+        """Start ``argv``; with ``tree``, importing linetap's packages from that code tree;
+        with ``stdin_pipe``, its stdin a pipe (``proc.popen.stdin``)."""
         log = self.logdir / f"{name}.log"
         env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
         with log.open("ab") as fh:
@@ -148,7 +156,7 @@ class Processes:
             fh.flush()
             popen = subprocess.Popen(
                 [str(a) for a in argv],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -21,6 +21,14 @@ each real device fsyncs its own SD card, and here the uploaders' outbox fsyncs (
 mark acked: several per recording) would otherwise queue on the office's disk and be
 measured as the office's capacity. The office's root (store, index) is on disk.
 
+Two loads (``--load``): ``uploaders`` (default), a ``linetap upload`` per device as
+in the field; or ``replay``, one process (bench/replay_load.py) speaking the same
+protocol for every device from messages prepared before the clock starts. An uploader
+costs about as much CPU per recording as a receiver, so on a small machine the
+uploaders' run measures the machine; the replay leaves the cores to the receivers and
+so measures their capacity. The replay connects and subscribes before the clock starts
+(both sides alike); its "wall" starts when it is told to go.
+
 Before vs after: every run is made twice, with the receivers (``linetap-office serve``)
 of the code before (``--before DIR``, default ``git archive HEAD``) and of this tree; the
 uploaders are this tree's on both sides. Runs are interleaved (before/after, then
@@ -31,12 +39,13 @@ inside "wall" on both sides and outside "steady".
 
 Run: .venv/bin/python bench/upload_receiver_capacity.py [--devices 4] [--small 200]
      [--small-kb 20] [--large 2] [--large-mib 4] [--workers 1,2] [--repeats 3]
-     [--before DIR] [--profile]
+     [--before DIR] [--profile] [--load uploaders|replay]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import sys
@@ -52,6 +61,7 @@ from upload_common import (
     BenchError,
     Device,
     Office,
+    Proc,
     Processes,
     add_synthetic,
     before_tree,
@@ -59,6 +69,7 @@ from upload_common import (
     enroll_device,
     index_count,
     index_stored_span,
+    log_has,
     make_office,
     parse_chain_args,
     print_profile,
@@ -110,6 +121,7 @@ def run(
     nodelay: bool,
     side: str,
     tree: Path | None,
+    replay: bool,
 ) -> Result:
     with Processes(run_dir / "logs") as procs:
         off = relocated(office, run_dir / "office")
@@ -124,12 +136,22 @@ def run(
             receivers.append(
                 start_receiver(procs, toml, name, prof=prof, nodelay=nodelay, tree=tree)
             )
-        broker0 = proc_cpu_s(broker.pid)
-        t0 = time.monotonic()
-        uploaders = [
-            start_uploader(procs, toml, f"uploader-{d.device_id}")
-            for d, toml in zip(devs, tomls, strict=True)
-        ]
+        if replay:
+            # Connected and subscribed before the clock starts; "go" on its stdin.
+            load = start_replay(procs, devs, off, port)
+            broker0 = proc_cpu_s(broker.pid)
+            t0 = time.monotonic()
+            assert load.popen.stdin is not None
+            load.popen.stdin.write(b"go\n")
+            load.popen.stdin.flush()
+            uploaders = [load]
+        else:
+            broker0 = proc_cpu_s(broker.pid)
+            t0 = time.monotonic()
+            uploaders = [
+                start_uploader(procs, toml, f"uploader-{d.device_id}")
+                for d, toml in zip(devs, tomls, strict=True)
+            ]
         t_done = wait_until(
             lambda: index_count(off) >= total,
             RUN_TIMEOUT_S,
@@ -138,10 +160,12 @@ def run(
             interval=0.05,
         )
         cpu = {f"receiver {k}": r.cpu_s() for k, r in enumerate(receivers, start=1)}
-        cpu["uploaders (sum)"] = sum(u.cpu_s() for u in uploaders)
+        cpu["replay load" if replay else "uploaders (sum)"] = sum(u.cpu_s() for u in uploaders)
         cpu["mosquitto"] = proc_cpu_s(broker.pid) - broker0
         wait_until(
-            lambda: sum(d.count(OutboxState.ACKED) for d in devs) >= total,
+            (lambda: log_has(uploaders[0], "done "))
+            if replay
+            else (lambda: sum(d.count(OutboxState.ACKED) for d in devs) >= total),
             60,
             "every recording acked on its device",
             procs,
@@ -149,7 +173,11 @@ def run(
         )
         for r in receivers:
             procs.stop(r)
-        fin_retries = sum(u.tail(1 << 24).count("after fin (round") for u in uploaders)
+        fin_retries = sum(
+            u.tail(1 << 24).count("after fin (round")
+            + sum(map(int, re.findall(r"resends=(\d+)", u.tail(1 << 24))))
+            for u in uploaders
+        )
         stored = {r.name: r.tail(1 << 24).count("stored recording ") for r in receivers}
         rejected = sum(r.tail(1 << 24).count("rejected recording ") for r in receivers)
         if rejected:
@@ -158,6 +186,23 @@ def run(
     if rows != total:
         raise BenchError(f"index has {rows} recordings, expected {total}")
     return Result(side, workers, t_done - t0, span, cpu, stored, fin_retries)
+
+
+def start_replay(procs: Processes, devs: list[Device], office: Office, port: int) -> Proc:
+    """bench/replay_load.py for every device, started and subscribed ("ready")."""
+    argv: list[str | Path] = [
+        sys.executable,
+        Path(__file__).with_name("replay_load.py"),
+        "--port",
+        str(port),
+        "--ca",
+        office.ca_file,
+    ]
+    for d in devs:
+        argv += ["--device", f"{d.device_id},{d.cert},{d.tls_key},{d.data / 'outbox'}"]
+    load = procs.start("replay-load", argv, stdin_pipe=True)
+    wait_until(lambda: log_has(load, "ready"), 60, "the replay load to connect", procs)
+    return load
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         help="where the devices' data go (default /dev/shm: a tmpfs); none: the work dir",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the workers")
+    parser.add_argument(
+        "--load",
+        choices=("uploaders", "replay"),
+        default="uploaders",
+        help="who sends: a 'linetap upload' per device (default), or one process "
+        "replaying the same messages prepared in advance (bench/replay_load.py): the "
+        "receivers' capacity, without uploaders taking half of a small machine's CPU",
+    )
     args = parse_chain_args(parser, argv)
     counts = [int(w) for w in args.workers.split(",")]
     sizes = device_sizes(
@@ -219,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                             nodelay=args.receiver_nodelay,
                             side=side,
                             tree=trees[side],
+                            replay=args.load == "replay",
                         )
                     )
                     if args.profile:
@@ -254,8 +308,9 @@ def report(
         f"receiver capacity: {args.devices} devices uploading at once, each {args.small} x "
         f"{args.small_kb:g} KB + {args.large} x {args.large_mib:g} MiB = {total} recordings, "
         f"{total_bytes / MB:.1f} MB; loopback mTLS broker, SQLite index; this machine has "
-        f"{cores()} CPU cores, shared by the workers, the {args.devices} uploaders and "
-        f"the broker; {args.repeats} interleaved runs per side and worker count"
+        f"{cores()} CPU cores, shared by the workers, "
+        + ("one replay load" if args.load == "replay" else f"the {args.devices} uploaders")
+        + f" and the broker; {args.repeats} interleaved runs per side and worker count"
     )
     print_what_if(args)
     print_table_header(
@@ -303,13 +358,15 @@ def report(
             f"{r.wall_s:.1f} s; stored per worker {'/'.join(map(str, r.stored.values()))}"
         )
     print(
-        "\nrec/s, MB/s = from the moment every uploader process is started until the index "
+        "\nrec/s, MB/s = from the moment every uploader process is started (with --load "
+        "replay: the replay, connected, is told to go) until the index "
         "has every recording (uploader start-up included, on both sides); steady = over "
         "the index's first-to-last stored_at. A recording counts once its blob and "
         "manifest are fsynced and the index committed. "
         "fin retries = uploader warnings 'store still lacks N chunk(s) ... after fin (round "
         "2+)', each followed by a 0.25-0.5 s backoff: with a shared subscription a fin can "
-        "reach one worker before another has parked the recording's last chunk. "
+        "reach one worker before another has parked the recording's last chunk; with "
+        "--load replay: inits sent again after 30 s without an ack. "
         "cores busy = all processes' CPU s / wall s: well below the core count means the "
         "run waits on round trips and fsyncs rather than CPU. "
         f"MB = 10^6 bytes. Total {wall:.1f} s wall."

@@ -4,6 +4,7 @@ and the S3 store share, and the finishing lock of the file store."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -23,6 +24,7 @@ from headoffice.blobstore import StoreError
 PARKING = "parking"
 BLOBS = "blobs"
 LOCKS = "locks"
+LOCK_FILE = "recordings.lock"  # under LOCKS: one byte per recording (range_lock)
 TMP = "tmp"
 CHUNK_SUFFIX = ".part"
 INIT_FILE = "init.json"
@@ -162,60 +164,70 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
-@contextmanager
-def file_lock(locks: Path, device: str, rec: str, wait: float) -> Iterator[None]:
-    """Exclusive ``flock`` on ``locks/{device}/{rec}.lock`` across processes and
-    threads (each call opens its own file description). Polls; raises
-    :class:`StoreError` (``lock``) after ``wait`` seconds instead of hanging.
-    The lock file is removed on release; a waiter that locked the removed file
-    notices (its inode is no longer the path's) and tries again.
+class _Flock(ctypes.Structure):
+    """``struct flock`` with 64-bit offsets: what ``F_OFD_SETLK`` takes on every Linux."""
 
-    On NFS, Linux turns ``flock`` into a POSIX lock: it still excludes processes
-    on every client, but no longer threads of one process — run one finishing
-    thread per worker process there (the index's finish lock covers PostgreSQL)."""
-    directory = os.path.join(locks, check_id(device, "device"))
-    path = os.path.join(directory, f"{check_id(rec, 'recording')}.lock")
+    _fields_ = (
+        ("l_type", ctypes.c_short),
+        ("l_whence", ctypes.c_short),
+        ("l_start", ctypes.c_int64),
+        ("l_len", ctypes.c_int64),
+        ("l_pid", ctypes.c_int),
+    )
+
+
+def lock_offset(device: str, rec: str) -> int:
+    """The byte of the lock file that stands for one recording (56 bits of a hash: two
+    recordings share a byte once in 2^56, and then only wait for each other)."""
+    key = f"{check_id(device, 'device')}/{check_id(rec, 'recording')}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:7], "big")
+
+
+@contextmanager
+def range_lock(lock_file: str, device: str, rec: str, wait: float) -> Iterator[None]:
+    """Exclusive lock of the recording's byte (:func:`lock_offset`) of ``lock_file``,
+    across processes and threads: an open-file-description lock (``F_OFD_SETLK``), so
+    each call, with its own descriptor, excludes every other, also within one process.
+    Polls; raises :class:`StoreError` (``lock``) after ``wait`` seconds instead of
+    hanging. Closing the descriptor releases it, also when the process dies.
+
+    One lock file for every recording, made once: a file per recording cost a new inode
+    per stored recording, the dearest system call on the receiver's path (about 0.3–1 ms
+    of kernel time on this machine's ext4, and it serialises between workers). On NFS,
+    Linux sends the byte-range lock to the server, so it excludes workers on every
+    client."""
+    offset = lock_offset(device, rec)
+    request = bytes(_Flock(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0))
     deadline = time.monotonic() + wait
-    fd = -1
-    while fd < 0:
-        if not os.path.isdir(directory):
-            Path(directory).mkdir(parents=True, exist_ok=True)
-        candidate = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(candidate)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
             if time.monotonic() >= deadline:
                 raise StoreError(
-                    f"recording {rec}: lock {path} still held after {wait:g} s "
-                    "(another worker is finishing it, or is stuck)",
+                    f"recording {rec}: lock (byte {offset} of {lock_file}) still held after "
+                    f"{wait:g} s (another worker is finishing it, or is stuck)",
                     reason="lock",
-                ) from None
+                )
             time.sleep(_LOCK_POLL_S)
-            continue
-        try:
-            same = os.fstat(candidate).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            fd = candidate
-        else:
-            os.close(candidate)  # locked a file its holder just removed: retry
-    try:
         yield
     finally:
-        try:
-            unlink_quietly(path)
-        finally:
-            os.close(fd)
+        os.close(fd)
 
 
 def cleanup_lock_files(locks: Path) -> int:
-    """Remove lock files nobody holds (left by killed workers); returns how many.
-    A file is removed only while this call holds its lock, so a live holder's lock
-    is never taken away."""
+    """Remove the per-recording lock files of older versions (``locks/{device}/*.lock``)
+    that nobody holds; returns how many. A file is removed only while this call holds
+    its ``flock``, so an older worker's lock is never taken away."""
     removed = 0
     for device_dir in locks.iterdir():
+        if not device_dir.is_dir():
+            continue  # the lock file of this version
         for path in device_dir.glob("*.lock"):
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -224,7 +236,7 @@ def cleanup_lock_files(locks: Path) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                continue  # held: a worker is finishing that recording
+                continue  # held: an older worker is finishing that recording
             else:
                 path.unlink(missing_ok=True)
                 removed += 1

@@ -52,7 +52,7 @@ def test_defaults_just_work():
 
 
 def test_capture_period_is_short_by_default_only_when_a_line_announces():
-    announcing = MINIMAL.replace('[[lines]]', '[[lines]]\nannounce = "tone"', 1)
+    announcing = MINIMAL.replace("[[lines]]", '[[lines]]\nannounce = "tone"', 1)
     assert parse_config(announcing).audio.period_ms == 20
     assert parse_config(MINIMAL).audio.period_ms == 100
     chosen = parse_config("[audio]\nperiod_ms = 50\n" + announcing)

@@ -419,7 +419,12 @@ def test_two_workers_finish_the_same_recording_once(index_url: str, tmp_path: Pa
         assert [r.recording_id for r in idx.search()] == [rec]
     files = sorted(p.relative_to(store.root) for p in store.root.rglob("*") if p.is_file())
     day = Path("blobs", "dev-a", "2026", "11", "25")
-    assert files == [day / f"{rec}.age", day / f"{rec}.manifest.json"]
+    # The finishing lock's one file for every recording stays; nothing else is left.
+    assert files == [
+        day / f"{rec}.age",
+        day / f"{rec}.manifest.json",
+        Path("locks/recordings.lock"),
+    ]
     assert (store.root / day / f"{rec}.age").read_bytes() == data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 
 import headoffice.store as store_mod
+from headoffice import parkingdirs
 from headoffice.blobstore import StoreError
 from headoffice.store import FileBlobStore
+from headoffice.storefiles import lock_offset
 from sealedrec import durable
 
 DEV = "dev-a"
@@ -111,6 +114,7 @@ def test_commit_places_blob_and_manifest_durably(
         real(path)
 
     monkeypatch.setattr(store_mod, "fsync_dir", spy)
+    monkeypatch.setattr(parkingdirs, "fsync_dir", spy)  # directories made for the day
     monkeypatch.setattr(durable, "fsync_dir", spy)  # files written through durable.atomic_file
     data = os.urandom(5000)
     m = manifest_for(data, started="2026-11-25T23:30:00.000-02:00")  # the 26th in UTC
@@ -125,6 +129,30 @@ def test_commit_places_blob_and_manifest_durably(
         assert d.parent in synced, d
     assert synced.count(day) == 1  # once, after the blob's and the manifest's renames
     assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_stored_one_chunk_recording_reuses_its_parked_inodes(store: FileBlobStore):
+    """The blob is the parked chunk's inode and the manifest the parked init's: a new
+    inode is the dearest call of a commit (store module doc)."""
+    data = os.urandom(3000)
+    m = manifest_for(data)
+    store.park_init(DEV, REC, b'{"init": "the upload\'s init message"}')
+    init_ino = (store.root / "parking" / DEV / REC / "init.json").stat().st_ino
+    chunk_ino = store.park_chunk(DEV, REC, 0, data).stat().st_ino
+    blob = store.assemble(DEV, REC, 1, len(data), m["blob_sha256"])
+    path = store.commit(DEV, REC, m["started_utc"], "age", blob, m)
+    manifest = store.manifest_path(DEV, REC, m["started_utc"])
+    assert path.stat().st_ino == chunk_ino and manifest.stat().st_ino == init_ino
+    assert store.stored_manifest(path) == m  # emptied before the manifest went in
+    assert (manifest.stat().st_mode & 0o777) == 0o600
+    assert store.parked_init(DEV, REC) is None and list((store.root / "tmp").iterdir()) == []
+    # Without a parked init (committed by hand, or the init expired): a new file.
+    m2 = manifest_for(data, rec="rec-2")
+    blob2 = store.assemble(
+        DEV, "rec-2", park_all(store, data, 1024, "rec-2"), 3000, m2["blob_sha256"]
+    )
+    store.commit(DEV, "rec-2", m2["started_utc"], "age", blob2, m2)
+    assert store.stored_manifest(store.manifest_path(DEV, "rec-2", m2["started_utc"])) == m2
 
 
 def test_commit_is_idempotent_and_refuses_conflicts(store: FileBlobStore):
@@ -219,7 +247,54 @@ def test_lock_excludes_threads_and_cleans_up(store: FileBlobStore):
     for t in threads:
         t.join(60)
     assert errors == [] and counter["n"] == 120 and counter["max"] == 1
-    assert list((store.root / "locks" / DEV).iterdir()) == []  # released locks leave no file
+    # One lock file for every recording: locking makes no file per recording.
+    assert [p.name for p in (store.root / "locks").iterdir()] == ["recordings.lock"]
+
+
+def test_locks_of_recordings_are_bytes_of_one_file(store: FileBlobStore, tmp_path: Path):
+    """Another recording's lock is free while one is held (its own byte), and a killed
+    holder's lock goes with its process."""
+    assert lock_offset(DEV, REC) != lock_offset(DEV, "another-rec")
+    assert lock_offset(DEV, REC) == lock_offset(DEV, REC) < 2**56
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from headoffice.store import FileBlobStore\n"
+            f"s = FileBlobStore(Path({str(store.root)!r}))\n"
+            f"with s.lock({DEV!r}, {REC!r}):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(StoreError, match="still held"), store.lock(DEV, REC, timeout=0.1):
+            pass
+        with store.lock(DEV, "another-rec", timeout=0.1):
+            pass
+    finally:
+        holder.kill()  # no release: the kernel drops the lock with the process
+        holder.wait(10)
+        holder.stdout.close()  # type: ignore[union-attr]
+    with store.lock(DEV, REC, timeout=2):
+        pass
+
+
+def test_cleanup_removes_unheld_lock_files_of_older_versions(store: FileBlobStore):
+    legacy = store.root / "locks" / DEV
+    legacy.mkdir()
+    (legacy / "old-rec.lock").write_bytes(b"")
+    held = legacy / "held-rec.lock"
+    held.write_bytes(b"")
+    with open(held, "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # an older worker finishing it
+        with store.lock(DEV, REC):
+            assert store.cleanup_locks() == 1  # this version's lock file stays
+    assert sorted(p.name for p in legacy.iterdir()) == ["held-rec.lock"]
+    assert (store.root / "locks" / "recordings.lock").exists()
 
 
 def test_lock_times_out_against_another_process(store: FileBlobStore):
@@ -265,6 +340,48 @@ def test_cleanup_tmp(store: FileBlobStore):
     (store.root / "tmp" / "new.tmp").write_bytes(b"y")
     assert store.cleanup_tmp(3600) == 1
     assert [p.name for p in (store.root / "tmp").iterdir()] == ["new.tmp"]
+
+
+def test_an_emptied_parking_folder_serves_the_devices_next_upload(store: FileBlobStore):
+    """A new folder costs as much as a new file (parkingdirs module doc): the folder a
+    stored recording emptied is the next upload's, emptied of anything that rode along."""
+    store.park_init(DEV, REC, b"{}")
+    store.park_chunk(DEV, REC, 0, b"x")
+    folder = store.root / "parking" / DEV / REC
+    ino = folder.stat().st_ino
+    store.drop_parking(DEV, REC)
+    assert not folder.exists()
+    (spare,) = (store.root / "parking" / DEV).iterdir()
+    assert spare.name.startswith(".spare-") and list(spare.iterdir()) == []
+    assert store.list_parking() == []  # a spare is no upload
+    (spare / "0000003.part").write_bytes(b"late")  # a late chunk parked as it was retired
+    store.park_init(DEV, "rec-2", b'{"next": 1}')
+    folder2 = store.root / "parking" / DEV / "rec-2"
+    assert folder2.stat().st_ino == ino
+    assert sorted(p.name for p in folder2.iterdir()) == ["init.json"]
+    assert store.parked(DEV, "rec-2") == set()
+    # Another device's upload does not take it; a spare someone removed is made anew.
+    store.drop_parking(DEV, "rec-2")
+    store.park_init("dev-b", REC, b"{}")
+    assert (store.root / "parking" / "dev-b" / REC).stat().st_ino != ino
+    for spare in (store.root / "parking" / DEV).iterdir():
+        spare.rmdir()
+    store.park_init(DEV, "rec-3", b"{}")
+    assert store.parked_init(DEV, "rec-3") == b"{}"
+
+
+def test_spare_parking_folders_are_bounded_and_cleaned(store: FileBlobStore):
+    recs = [f"rec-{i}" for i in range(parkingdirs.SPARES_PER_DEVICE + 3)]
+    for rec in recs:
+        store.park_init(DEV, rec, b"{}")
+    for rec in recs:
+        store.drop_parking(DEV, rec)
+    spares = list((store.root / "parking" / DEV).iterdir())
+    assert len(spares) == parkingdirs.SPARES_PER_DEVICE
+    old = time.time() - 7200
+    os.utime(spares[0], (old, old))
+    assert store.cleanup_tmp(3600) == 1  # a stopped worker's spare; the others are fresh
+    assert len(list((store.root / "parking" / DEV).iterdir())) == len(spares) - 1
 
 
 def test_unwritable_root_is_a_store_error(tmp_path: Path):
