@@ -140,6 +140,7 @@ def run(
             # Connected and subscribed before the clock starts; "go" on its stdin.
             load = start_replay(procs, devs, off, port)
             broker0 = proc_cpu_s(broker.pid)
+            receivers0 = [r.cpu_s() for r in receivers]
             t0 = time.monotonic()
             assert load.popen.stdin is not None
             load.popen.stdin.write(b"go\n")
@@ -147,6 +148,7 @@ def run(
             uploaders = [load]
         else:
             broker0 = proc_cpu_s(broker.pid)
+            receivers0 = [r.cpu_s() for r in receivers]
             t0 = time.monotonic()
             uploaders = [
                 start_uploader(procs, toml, f"uploader-{d.device_id}")
@@ -159,7 +161,11 @@ def run(
             procs,
             interval=0.05,
         )
-        cpu = {f"receiver {k}": r.cpu_s() for k, r in enumerate(receivers, start=1)}
+        # The receivers' CPU over the run only (their start-up is before the clock).
+        cpu = {
+            f"receiver {k}": r.cpu_s() - c0
+            for k, (r, c0) in enumerate(zip(receivers, receivers0, strict=True), start=1)
+        }
         cpu["replay load" if replay else "uploaders (sum)"] = sum(u.cpu_s() for u in uploaders)
         cpu["mosquitto"] = proc_cpu_s(broker.pid) - broker0
         wait_until(
@@ -349,6 +355,22 @@ def report(
             print(
                 f"after/before, {w} worker(s): {a_rate / b_rate:.2f}x (wall), "
                 f"{a_steady / b_steady:.2f}x (steady), medians"
+            )
+    for w in counts:
+        per_rec = {
+            side: statistics.median(
+                1000 * sum(v for k, v in r.cpu.items() if k.startswith("receiver")) / total
+                for r in results
+                if r.side == side and r.workers == w
+            )
+            for side in ("before", "after")
+            if any(r.side == side and r.workers == w for r in results)
+        }
+        if len(per_rec) == 2:
+            print(
+                f"receivers' CPU per stored recording, {w} worker(s): before "
+                f"{per_rec['before']:.2f} ms, after {per_rec['after']:.2f} ms "
+                f"({per_rec['before'] / per_rec['after']:.2f}x less), medians"
             )
     for side in ("before", "after"):
         if (side, 1) in medians and (side, 2) in medians:

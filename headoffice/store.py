@@ -68,13 +68,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from headoffice.blobstore import Lifecycle, StoreError, check_range
 from headoffice.parkingdirs import SpareFolders, is_spare, makedirs_durable, remove_stale_spares
@@ -95,6 +94,7 @@ from headoffice.storefiles import (
     NO_LINK_ERRNOS,
     PARKING,
     TMP,
+    TempFiles,
     blob_date,
     check_all_parked,
     check_blob_file,
@@ -124,6 +124,7 @@ class FileBlobStore:
         self._blobs_root = os.fspath(self.root / BLOBS)
         self._lock_file = os.path.join(self.root, LOCKS, LOCK_FILE)
         self._spares = SpareFolders()
+        self._tmp = TempFiles(self._tmp_root)
         self.lock_timeout = lock_timeout
         self.registry = FileLifecycle(self.root, self.root / TMP)
         try:
@@ -184,60 +185,6 @@ class FileBlobStore:
         p = Path(path)
         return p if p.is_absolute() else self.root / p
 
-    def _tmp_file(self, prefix: str) -> tuple[BinaryIO, Path]:
-        fh, name = self._tmp_name(prefix)
-        return fh, Path(name)
-
-    def _tmp_name(self, prefix: str) -> tuple[BinaryIO, str]:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self._tmp_root)
-        return os.fdopen(fd, "w+b"), name
-
-    def _claim(self, path: str, prefix: str) -> tuple[BinaryIO, Path] | None:
-        """``path``'s inode moved to a temp name under ``tmp/`` and emptied, or None when
-        there is no such file. A new inode is the dearest system call of a commit (about
-        0.3–1 ms of kernel time on ext4 here, serialised between workers); the parked
-        init, 0600 like every file of the store, is done with once its manifest is
-        stored, so its inode becomes the manifest's."""
-        tmp = os.path.join(self._tmp_root, f"{prefix}{os.urandom(6).hex()}.tmp")
-        try:
-            os.rename(path, tmp)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.EXDEV:
-                return None  # parking mounted apart from tmp/: a new file then
-            raise
-        fd = os.open(tmp, os.O_RDWR | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-        return os.fdopen(fd, "w+b"), Path(tmp)
-
-    def _write_parked(self, target: str, data: bytes, prefix: str) -> None:
-        """Write ``data`` through a temp file under ``tmp/`` onto ``target``: whole or not
-        at all for every reader, but not fsynced (parking is not durable: module doc)."""
-        fh, tmp = self._tmp_name(prefix)
-        try:
-            with fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
-
-    def _write_synced(self, data: bytes, prefix: str, *, reuse: str | None = None) -> Path:
-        """A temp file under ``tmp/`` holding ``data``, fsynced; the caller renames it
-        into place and fsyncs that directory (once for all it places there). It is the
-        file ``reuse`` (moved and emptied) if that exists, else a new one."""
-        claimed = None if reuse is None else self._claim(reuse, prefix)
-        fh, tmp = self._tmp_file(prefix) if claimed is None else claimed
-        try:
-            with fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp
-
     # -- chunks --------------------------------------------------------------------------
     def park_chunk(self, device: str, rec: str, index: int, data: bytes) -> Path:
         """Park chunk ``index`` (whole, not fsynced: module doc). The same bytes again change nothing; different
@@ -254,7 +201,7 @@ class FileBlobStore:
                     return Path(target)
             except FileNotFoundError:
                 pass
-            self._write_parked(target, data, f"chunk-{index:07d}-")
+            self._tmp.write_parked(target, data, f"chunk-{index:07d}-")
         except OSError as exc:
             raise io_error(exc, f"recording {rec}: cannot park chunk {index}") from exc
         return Path(target)
@@ -265,7 +212,7 @@ class FileBlobStore:
         directory = self._parking(device, rec)
         try:
             self._spares.ensure(directory)
-            self._write_parked(os.path.join(directory, INIT_FILE), data, "init-")
+            self._tmp.write_parked(os.path.join(directory, INIT_FILE), data, "init-")
         except OSError as exc:
             raise io_error(exc, f"recording {rec}: cannot park its init") from exc
 
@@ -306,7 +253,7 @@ class FileBlobStore:
             linked = self._assemble_one(directory, rec, blob_bytes, blob_sha256)
             if linked is not None:
                 return linked
-        fh, tmp = self._tmp_file(f"blob-{rec}-")
+        fh, tmp = self._tmp.new(f"blob-{rec}-")
         digest = hashlib.sha256()
         size = 0
         try:
@@ -463,7 +410,7 @@ class FileBlobStore:
             if exc.errno != errno.EXDEV:
                 raise
             # Given a file on another filesystem: copy it in (durably) first.
-            tmp_fh, tmp = self._tmp_file(f"blob-{rec}-")
+            tmp_fh, tmp = self._tmp.new(f"blob-{rec}-")
             try:
                 with tmp_fh, open(blob_tmp, "rb") as src:
                     shutil.copyfileobj(src, tmp_fh, COPY_CHUNK)
@@ -485,7 +432,7 @@ class FileBlobStore:
         try:
             existing = read_file(path)
         except FileNotFoundError:
-            tmp = self._write_synced(data, f"manifest-{rec}-", reuse=reuse)
+            tmp = self._tmp.write_synced(data, f"manifest-{rec}-", reuse=reuse)
             try:
                 os.replace(tmp, path)
             except BaseException:

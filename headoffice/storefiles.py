@@ -12,12 +12,13 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from headoffice.blobstore import StoreError
 
@@ -243,3 +244,61 @@ def cleanup_lock_files(locks: Path) -> int:
             finally:
                 os.close(fd)
     return removed
+
+
+class TempFiles:
+    """Files being written under the store's ``tmp/``, renamed into place by the caller
+    (so no reader ever sees half a file)."""
+
+    def __init__(self, tmp_root: str) -> None:
+        self.root = tmp_root
+
+    def new(self, prefix: str) -> tuple[BinaryIO, Path]:
+        """A new empty file (0600), open for writing."""
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=self.root)
+        return os.fdopen(fd, "w+b"), Path(name)
+
+    def claim(self, path: str, prefix: str) -> tuple[BinaryIO, Path] | None:
+        """``path``'s inode moved to a temp name and emptied, or None when there is no
+        such file. A new inode is the dearest system call of a commit (module doc of
+        :mod:`headoffice.store`); the parked init, 0600 like every file of the store,
+        is done with once its manifest is stored, so its inode becomes the manifest's."""
+        tmp = os.path.join(self.root, f"{prefix}{os.urandom(6).hex()}.tmp")
+        try:
+            os.rename(path, tmp)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return None  # parking mounted apart from tmp/: a new file then
+            raise
+        fd = os.open(tmp, os.O_RDWR | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return os.fdopen(fd, "w+b"), Path(tmp)
+
+    def write_parked(self, target: str, data: bytes, prefix: str) -> None:
+        """Write ``data`` through a temp file onto ``target``: whole or not at all for
+        every reader, but not fsynced (parking is not durable: :mod:`headoffice.store`)."""
+        fh, tmp = self.new(prefix)
+        try:
+            with fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            unlink_quietly(os.fspath(tmp))
+            raise
+
+    def write_synced(self, data: bytes, prefix: str, *, reuse: str | None = None) -> Path:
+        """A temp file holding ``data``, fsynced; the caller renames it into place and
+        fsyncs that directory (once for all it places there). It is the file ``reuse``
+        (moved and emptied) if that exists, else a new one."""
+        claimed = None if reuse is None else self.claim(reuse, prefix)
+        fh, tmp = self.new(prefix) if claimed is None else claimed
+        try:
+            with fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
