@@ -1,8 +1,8 @@
 """Folders of the file store: made durably (blobs) or not (parking), and parking folders
 kept for the next upload instead of removed and made again.
 
-A new directory costs as much as a new file: 0.3–1 ms of kernel time on this machine's
-ext4 (a rename costs ~20 µs), and creations by several workers serialise. Every upload
+A new directory costs as much as a new file: up to 0.85 ms of kernel time on this
+machine's ext4, a rename ~20 µs (module doc of :mod:`headoffice.store`). Every upload
 needs a parking folder and every stored recording empties one, so a worker keeps the
 folders it emptied, renamed to ``parking/{device}/.spare-{random}``, and the device's
 next upload gets one by renaming it to its recording id. Ids never start with ".", so

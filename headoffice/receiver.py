@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from headoffice.alarm_throttle import AlarmThrottle
 from headoffice.blobstore import BlobStore, StoreError
 from headoffice.config import LimitsConfig
-from headoffice.index import Index, IndexConflictError, Query, now_iso
+from headoffice.index import AddResult, Index, IndexConflictError, Query, now_iso
 from headoffice.ledger.leaves import IngestLeaf
 from headoffice.ledger.store import Ledger
 from headoffice.parked_inits import ParkedInit, ParkedInits
@@ -328,31 +328,9 @@ class Receiver:
                 if blob_tmp is not None:
                     blob_tmp.unlink(missing_ok=True)
                 return self._not_committed(device, init, exc)
-            try:
-                stamp = now_iso()
-                leaf = IngestLeaf(
-                    device_id=device,
-                    seq=model.seq,
-                    recording_id=rec,
-                    manifest_sha256=checked.sha256,
-                    blob_sha256=model.blob_sha256,
-                    at=stamp,
-                )
-                result = self.index.add(
-                    checked,
-                    os.fspath(path),
-                    stamp,
-                    on_insert=lambda q: self._indexed_in(q, leaf),
-                )
-            except IndexConflictError as exc:
-                log.error("recording %s of %s not indexed: %s", rec, device, exc)
-                return self._refuse(
-                    device,
-                    rec,
-                    _Refusal(
-                        AckStatus.REJECTED, "recording id already stored with another manifest"
-                    ),
-                )
+            result = self._index(device, entry, checked, path)
+            if isinstance(result, Reply):
+                return result
             for alarm in result.alarms:
                 log.warning("ALARM device=%s kind=%s: %s", device, alarm.kind, alarm.message)
             self._check_recipients(device, rec, model)
@@ -369,6 +347,42 @@ class Receiver:
             init.blob_bytes,
         )
         return self._ack(device, Ack(rec, AckStatus.STORED, blob_sha256=init.blob_sha256))
+
+    def _index(
+        self, device: str, entry: ParkedInit, checked: CheckedManifest, path: str | os.PathLike[str]
+    ) -> AddResult | Reply:
+        """Index the committed recording with its audit leaf; a refusal when the id is
+        indexed with another manifest. On any other index failure the init is parked
+        again before the error goes up (no ack: the device asks again): ``commit`` made
+        its inode the manifest, and a fin resent meanwhile must still find its upload."""
+        rec = entry.init.recording_id
+        model = checked.model
+        stamp = now_iso()
+        leaf = IngestLeaf(
+            device_id=device,
+            seq=model.seq,
+            recording_id=rec,
+            manifest_sha256=checked.sha256,
+            blob_sha256=model.blob_sha256,
+            at=stamp,
+        )
+        try:
+            return self.index.add(
+                checked, os.fspath(path), stamp, on_insert=lambda q: self._indexed_in(q, leaf)
+            )
+        except IndexConflictError as exc:
+            log.error("recording %s of %s not indexed: %s", rec, device, exc)
+            return self._refuse(
+                device,
+                rec,
+                _Refusal(AckStatus.REJECTED, "recording id already stored with another manifest"),
+            )
+        except LinetapError:
+            try:
+                self.store.park_init(device, rec, entry.init.encode())
+            except StoreError as exc:
+                log.error("recording %s of %s: init not parked again: %s", rec, device, exc)
+            raise
 
     def _not_committed(self, device: str, init: Init, exc: StoreError) -> Reply:
         """The answer to a recording the store could not assemble or commit."""

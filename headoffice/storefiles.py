@@ -193,8 +193,8 @@ def range_lock(lock_file: str, device: str, rec: str, wait: float) -> Iterator[N
     hanging. Closing the descriptor releases it, also when the process dies.
 
     One lock file for every recording, made once: a file per recording cost a new inode
-    per stored recording, the dearest system call on the receiver's path (about 0.3–1 ms
-    of kernel time on this machine's ext4, and it serialises between workers). On NFS,
+    per stored recording and freed it again, the dearest system calls on the receiver's
+    path (module doc of :mod:`headoffice.store`). On NFS,
     Linux sends the byte-range lock to the server, so it excludes workers on every
     client."""
     offset = lock_offset(device, rec)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from headoffice.index import AddResult, open_index
+from headoffice.index import AddResult, IndexStoreError, open_index
 from headoffice.receiver import Receiver
 from headoffice.store import FileBlobStore
 from sealedrec.protocol import AckStatus
@@ -127,6 +127,33 @@ def test_blob_manifest_and_their_directory_are_synced_before_the_index_insert(
     ), "the directory holding blob and manifest was not fsynced after both renames"
 
 
+def test_an_index_failure_after_the_commit_keeps_the_upload_parked(
+    office, monkeypatch: pytest.MonkeyPatch
+):
+    """``commit`` makes the parked init's inode the manifest: when the index then fails
+    (no ack), a fin sent again must still find its upload, not be told "unknown"."""
+    device, receiver, store, index = office
+    manifest, blob = device.recording(3_000)
+    init, *chunks, fin = messages(manifest, blob)
+    rec = manifest["recording_id"]
+    real_add = index.add
+
+    def failing_add(*_args: Any, **_kwargs: Any) -> AddResult:
+        raise IndexStoreError("index sqlite: disk I/O error")
+
+    monkeypatch.setattr(index, "add", failing_add)
+    for msg in (init, *chunks):
+        receiver.handle(*msg)
+    with pytest.raises(IndexStoreError):
+        receiver.handle(*fin)
+    assert store.parked_init(DEVICE, rec) is not None
+    assert index.get(rec) is None
+    monkeypatch.setattr(index, "add", real_add)
+    ack = ack_of(receiver.handle(*fin))  # the same fin again, the index back
+    assert ack.status is AckStatus.STORED, ack
+    assert index.get(rec) is not None and store.parked_init(DEVICE, rec) is None
+
+
 def test_a_torn_parked_chunk_is_asked_for_again_not_stored(office):
     """Parking is not fsynced: a chunk a crash truncated must never reach the store."""
     device, receiver, store, index = office
@@ -155,7 +182,7 @@ def test_a_torn_parked_chunk_is_asked_for_again_not_stored(office):
 STRACE_SCRIPT = """
 import os, sys, tempfile
 from pathlib import Path
-from headoffice.index import AddResult, open_index
+from headoffice.index import AddResult, IndexStoreError, open_index
 from headoffice.receiver import Receiver
 from headoffice.store import FileBlobStore
 from tests.test_receiver import Device, messages
