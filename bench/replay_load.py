@@ -24,7 +24,6 @@ the reason on stderr).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import socket
 import ssl
 import sys
@@ -36,13 +35,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from buffers.outbox import Outbox, OutboxState
 from sealedrec import protocol
 from sealedrec.protocol import Ack, AckStatus, Fin
-from uploader.transfer import prepare
+from uploader.transfer import chunk_properties, prepare
 
 SILENCE_S = 90.0
 ACK_TIMEOUT_S = 30.0  # the uploader's default [upload] ack_timeout_s: then init again
@@ -80,9 +78,9 @@ def uploads_of(outbox: Path, device: str, chunk_size: int) -> deque[Upload]:
         chunks = []
         for index in range(init.chunk_count):
             data = blob[index * chunk_size : (index + 1) * chunk_size]
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.UserProperty = [(protocol.SHA256_PROPERTY, hashlib.sha256(data).hexdigest())]
-            chunks.append((protocol.chunk_topic(device, job.rec, index), data, props))
+            chunks.append(
+                (protocol.chunk_topic(device, job.rec, index), data, chunk_properties(data))
+            )
         fin = Fin(job.rec, init.blob_sha256, init.chunk_count).encode()
         found.append(
             Upload(

@@ -136,20 +136,17 @@ def run(
             receivers.append(
                 start_receiver(procs, toml, name, prof=prof, nodelay=nodelay, tree=tree)
             )
-        if replay:
-            # Connected and subscribed before the clock starts; "go" on its stdin.
-            load = start_replay(procs, devs, off, port)
-            broker0 = proc_cpu_s(broker.pid)
-            receivers0 = [r.cpu_s() for r in receivers]
-            t0 = time.monotonic()
+        # The replay connects and subscribes before the clock starts; "go" on its stdin.
+        load = start_replay(procs, devs, off, port) if replay else None
+        broker0 = proc_cpu_s(broker.pid)
+        receivers0 = [r.cpu_s() for r in receivers]
+        t0 = time.monotonic()
+        if load is not None:
             assert load.popen.stdin is not None
             load.popen.stdin.write(b"go\n")
             load.popen.stdin.flush()
             uploaders = [load]
         else:
-            broker0 = proc_cpu_s(broker.pid)
-            receivers0 = [r.cpu_s() for r in receivers]
-            t0 = time.monotonic()
             uploaders = [
                 start_uploader(procs, toml, f"uploader-{d.device_id}")
                 for d, toml in zip(devs, tomls, strict=True)
@@ -179,10 +176,10 @@ def run(
         )
         for r in receivers:
             procs.stop(r)
+        logs = [u.tail(1 << 24) for u in uploaders]
         fin_retries = sum(
-            u.tail(1 << 24).count("after fin (round")
-            + sum(map(int, re.findall(r"resends=(\d+)", u.tail(1 << 24))))
-            for u in uploaders
+            text.count("after fin (round") + sum(map(int, re.findall(r"resends=(\d+)", text)))
+            for text in logs
         )
         stored = {r.name: r.tail(1 << 24).count("stored recording ") for r in receivers}
         rejected = sum(r.tail(1 << 24).count("rejected recording ") for r in receivers)

@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from headoffice.storefiles import DIR_MODE, remove_folder, unlink_quietly
+from headoffice.storefiles import DIR_MODE, empty_folder, remove_folder
 from sealedrec.durable import fsync_dir
 
 SPARES_PER_DEVICE = 4
@@ -70,8 +70,7 @@ class SpareFolders:
                     raise
                 self._give(device_dir, spare)  # another worker parked there first
                 return
-            for name in os.listdir(directory):
-                unlink_quietly(os.path.join(directory, name))  # a late chunk that rode along
+            empty_folder(directory)  # a late chunk may have ridden along
             return
         makedirs_durable(Path(directory), durable=False)
 
@@ -84,8 +83,7 @@ class SpareFolders:
         if not room:
             remove_folder(directory)
             return
-        for name in os.listdir(directory):
-            unlink_quietly(os.path.join(directory, name))
+        empty_folder(directory)
         spare = os.path.join(device_dir, f"{SPARE_PREFIX}{os.urandom(8).hex()}")
         os.rename(directory, spare)
         self._give(device_dir, spare)

@@ -155,6 +155,9 @@ class FileBlobStore:
             self._parking_root, check_id(device, "device"), check_id(rec, "recording")
         )
 
+    def _parked_init_path(self, device: str, rec: str) -> str:
+        return os.path.join(self._parking(device, rec), INIT_FILE)
+
     def blob_dir(self, device: str, started_utc: str) -> Path:
         return Path(self._blob_day(device, started_utc))
 
@@ -219,7 +222,7 @@ class FileBlobStore:
 
     def parked_init(self, device: str, rec: str) -> bytes | None:
         """The parked init message of an upload, or None when there is none."""
-        path = os.path.join(self._parking(device, rec), INIT_FILE)
+        path = self._parked_init_path(device, rec)
         try:
             return read_file(path)
         except FileNotFoundError:
@@ -370,8 +373,8 @@ class FileBlobStore:
                 makedirs_durable(Path(day))
             if container is not None:
                 self._place_blob(rec, Path(target), blob_tmp, want_sha, want_bytes)
-            parked_init = os.path.join(self._parking(device, rec), INIT_FILE)
-            self._place_manifest(rec, manifest_file, manifest, reuse=parked_init)
+            reuse = self._parked_init_path(device, rec)
+            self._place_manifest(rec, manifest_file, manifest, reuse=reuse)
             # One directory fsync makes both renames durable; also when both files were
             # there already: a worker killed between its renames and this fsync left
             # them in the page cache only.

@@ -124,12 +124,17 @@ def unlink_quietly(path: str) -> None:
         return
 
 
+def empty_folder(directory: str) -> None:
+    """Unlink the files of a folder of files, such as a parking folder."""
+    for name in os.listdir(directory):
+        unlink_quietly(os.path.join(directory, name))
+
+
 def remove_folder(directory: str) -> None:
     """``rm -r`` of a folder of files, such as a parking folder: unlink them and remove
     it (rmtree's safe walk costs several times more); anything else gets the rmtree."""
     try:
-        for name in os.listdir(directory):
-            unlink_quietly(os.path.join(directory, name))
+        empty_folder(directory)
         os.rmdir(directory)
     except FileNotFoundError:
         raise

@@ -97,6 +97,13 @@ def prepare(entry: OutboxEntry, device_id: str, chunk_size: int) -> Job:
     return Job(entry, manifest, blob, init)
 
 
+def chunk_properties(data: bytes) -> Properties:
+    """A chunk's PUBLISH properties: its SHA-256, which the store checks."""
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = [(protocol.SHA256_PROPERTY, hashlib.sha256(data).hexdigest())]
+    return props
+
+
 def read_ack(topic_name: str, payload: bytes, device_id: str) -> Ack | None:
     """The ack an incoming message carries; None (logged) if it is not one for us."""
     try:
@@ -281,13 +288,11 @@ class Transfer:
             while pending and len(conn.inflight) < conn.limit:
                 index = pending.popleft()
                 data = self._read_chunk(fh, index)
-                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                props.UserProperty = [(protocol.SHA256_PROPERTY, hashlib.sha256(data).hexdigest())]
                 self._link.publish(
                     protocol.chunk_topic(self._link.device, job.rec, index),
                     data,
                     Sent("chunk", job.rec, index, len(data)),
-                    properties=props,
+                    properties=chunk_properties(data),
                 )
             if conn.inflight and time.monotonic() - conn.last_puback > timeout:
                 raise Lost(f"no PUBACK from the broker for {timeout:g} s")
