@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from sealedrec.durable import fsync_dir, fsync_file
+from sealedrec.durable import fsync_dir, fsync_file, write_fd
 
 RESERVED_PREFIX = ".outbox-"  # the outbox's own files in an entry
 
@@ -16,10 +16,7 @@ RESERVED_PREFIX = ".outbox-"  # the outbox's own files in an entry
 def write_all(path: Path, data: bytes, extra_flags: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | extra_flags, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        write_fd(fd, data)
     finally:
         os.close(fd)
 

@@ -255,7 +255,8 @@ class Receiver:
         init = entry.init
         if fin.blob_sha256 != init.blob_sha256 or fin.chunk_count != init.chunk_count:
             raise _Refusal(AckStatus.REJECTED, "fin does not match init (sha256 or chunk count)")
-        if self.fin_grace_s > 0 and not self._complete(device, init):
+        parked = self.store.parked(device, rec)
+        if self.fin_grace_s > 0 and not _complete(init, parked):
             # On a shared subscription the fin can overtake the last chunks, which another
             # worker is still parking: answer once they are in, or after the grace (a
             # "missing" costs the device a resend round). Many fins: one wait.
@@ -263,7 +264,7 @@ class Receiver:
                 self.waiting.setdefault((device, rec), (entry, self.clock() + self.fin_grace_s))
             self.fin_parked.set()
             return []
-        return self._progress(device, entry)
+        return self._progress(device, entry, parked)
 
     def poll_waiting(self) -> list[Reply]:
         """Answer the fins whose chunks have all arrived or whose grace is over."""
@@ -277,17 +278,15 @@ class Receiver:
             pending = list(self.waiting.items())
         now = self.clock()
         for (device, rec), (entry, deadline) in pending:
-            if not (self.stop.is_set() or now >= deadline or self._complete(device, entry.init)):
+            parked = self.store.parked(device, rec)
+            if not (self.stop.is_set() or now >= deadline or _complete(entry.init, parked)):
                 continue
             with self._mutex:
                 self.waiting.pop((device, rec), None)
             try:
-                yield from self._progress(device, entry)
+                yield from self._progress(device, entry, parked)
             except _Refusal as refusal:
                 yield self._refuse(device, rec, refusal)
-
-    def _complete(self, device: str, init: Init) -> bool:
-        return len(self.store.parked(device, init.recording_id)) >= init.chunk_count
 
     def _progress(
         self, device: str, entry: ParkedInit, parked: set[int] | None = None
@@ -587,6 +586,10 @@ class Receiver:
                 self.limits.parked_expiry_s,
             )
         return dropped
+
+
+def _complete(init: Init, parked: set[int]) -> bool:
+    return len(parked) >= init.chunk_count
 
 
 def _init_bytes(init: object) -> int:

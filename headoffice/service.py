@@ -29,7 +29,7 @@ from headoffice.brokerconf import office_share_filter
 from headoffice.config import OfficeConfig
 from headoffice.fleet.runner import FleetRunner
 from headoffice.index import Index
-from headoffice.officeroot import CaLayout, device_signing_key
+from headoffice.officeroot import CaLayout, DeviceSigningKeys
 from headoffice.receiver import FIN_POLL_S, Receiver, Reply
 from headoffice.stores import open_store
 from runtime.errors import ConfigError
@@ -203,7 +203,7 @@ def build_receiver(cfg: OfficeConfig, index: Index) -> Receiver:
     return Receiver(
         open_store(cfg, cfg.root, index=index),
         index,
-        lambda device: device_signing_key(cfg.root, device),
+        DeviceSigningKeys(cfg.root),
         cfg.limits,
         office_recipients(cfg),
     )

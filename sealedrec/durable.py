@@ -30,6 +30,13 @@ def rename_durably(src: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
+def write_fd(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to descriptor ``fd`` (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def fsync_dir(path: Path | str) -> None:
     """Make the entries of directory ``path`` (creates, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

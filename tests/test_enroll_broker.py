@@ -294,6 +294,37 @@ def test_device_signing_key_unknown_devices(root: Path) -> None:
         officeroot.device_signing_key(root, "bad")
 
 
+def test_device_signing_keys_are_kept_until_the_record_changes(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver's key lookup reads a record once, and again as soon as it is
+    replaced (re-enrolment) or removed (the device is unknown at once)."""
+    key_path = tmp_path / "t.key"
+    signing, other = _signing_key(), _signing_key()
+    enroll.enroll_device(root, make_device_csr(key_path, "A"), signing)
+    keys = officeroot.DeviceSigningKeys(root)
+    reads: list[Path] = []
+    real_read = officeroot.read_device_record
+
+    def counted(path: Path) -> officeroot.DeviceRecord:
+        reads.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(officeroot, "read_device_record", counted)
+    assert [public_key_b64(keys("A")) for _ in range(3)] == [signing] * 3
+    assert len(reads) == 1
+
+    enroll.enroll_device(root, make_device_csr(key_path, "A"), other, replace=True)
+    assert public_key_b64(keys("A")) == other
+    assert len(reads) == 2
+
+    CaLayout(root).device_record("A").unlink()
+    with pytest.raises(DeviceUnknown, match="device A: not enrolled"):
+        keys("A")
+    with pytest.raises(DeviceUnknown, match="not a valid device id"):
+        keys("../ca/ca")
+
+
 def test_enroll_without_a_ca(tmp_path: Path) -> None:
     with pytest.raises(CaMissing, match="run init_ca"):
         enroll.enroll_device(tmp_path, _csr("A"), _signing_key())

@@ -14,7 +14,6 @@ from typing import Any, Self
 from headoffice.index import announcements
 from headoffice.index.records import (
     _ALARM_COLUMNS,
-    _RECORD_COLUMNS,
     _SELECT_RECORD,
     AddResult,
     Alarm,
@@ -30,6 +29,7 @@ from headoffice.index.records import (
     _like,
     _record,
     now_iso,
+    record_of,
     redact_dsn,
     row_from_model,
     utc_iso,
@@ -214,7 +214,7 @@ class Index:
         if conflict is not None:
             raise IndexConflictError(conflict)
         # The row as committed, without reading it back (what get() would return).
-        stored = _record(tuple(values[name] for name in _RECORD_COLUMNS))
+        stored = record_of(values, checked.manifest)
         return AddResult(stored, True, tuple(alarms))
 
     def _sequence_alarms(

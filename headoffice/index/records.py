@@ -212,9 +212,19 @@ _ALARM_COLUMNS = "id, device_id, kind, message, seq, recording_id, raised_at"
 
 def _record(row: Row) -> StoredRecord:
     data = dict(zip(_RECORD_COLUMNS, row, strict=True))
+    return _stored(data, json.loads(data["manifest"]))
+
+
+def record_of(values: Mapping[str, Any], manifest: Mapping[str, Any]) -> StoredRecord:
+    """A row just written (its column ``values``) as :func:`_record` reads it back, with
+    its manifest as given rather than parsed from its text again."""
+    return _stored({name: values[name] for name in _RECORD_COLUMNS}, manifest)
+
+
+def _stored(data: dict[str, Any], manifest: Mapping[str, Any]) -> StoredRecord:
     data["recovered"] = bool(data["recovered"])
     data["discarded"] = bool(data["discarded"])
-    data["manifest"] = json.loads(data["manifest"])
+    data["manifest"] = dict(manifest)
     return StoredRecord(**data)
 
 
