@@ -232,9 +232,10 @@ class Receiver:
         if entry is None:
             # Parking is the licence of a checked init: without one, nothing is kept.
             raise ProtocolError(f"chunk {index} of {rec}: no init known for it (not parked)")
+        # No look in the index for a late duplicate: committing a recording moves its
+        # parked init away (its inode becomes the manifest), so a chunk after that has
+        # no init above, and one just before is removed with the parking folder.
         check_chunk(data, sha, entry.init, index)
-        if self.index.get(rec) is not None:
-            return  # already stored: a late duplicate
         try:
             self.store.park_chunk(device, rec, index, data)
         except StoreError as exc:
@@ -246,11 +247,14 @@ class Receiver:
 
     def _fin(self, device: str, fin: Fin) -> list[Reply]:
         rec = fin.recording_id
-        stored = self._stored_ack(device, rec, fin.blob_sha256)
-        if stored is not None:
-            return stored
         entry = self._parked_init(device, rec)
         if entry is None:
+            # Storing a recording moves its parked init away: a fin resent after the
+            # "stored" ack it missed finds none, and gets that ack again. (A parked
+            # init and a stored recording together are seen by _finish, under the lock.)
+            stored = self._stored_ack(device, rec, fin.blob_sha256)
+            if stored is not None:
+                return stored
             raise _Refusal(AckStatus.REJECTED, "unknown upload: send init first")
         init = entry.init
         if fin.blob_sha256 != init.blob_sha256 or fin.chunk_count != init.chunk_count:
