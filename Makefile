@@ -43,6 +43,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/upload_latency.py
 	$(BIN)/python bench/upload_receiver_capacity.py
 	$(BIN)/python bench/upload_receiver_capacity.py --load replay
+	$(BIN)/python bench/receiver_cost.py
 	$(BIN)/python bench/office_scaleout.py
 	$(BIN)/python bench/office_flood.py
 	$(BIN)/python bench/dsp_rtf.py
