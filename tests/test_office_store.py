@@ -20,6 +20,7 @@ from headoffice.blobstore import StoreError
 from headoffice.store import FileBlobStore
 from headoffice.storefiles import lock_offset
 from sealedrec import durable
+from sealedrec.manifest import manifest_hash
 
 DEV = "dev-a"
 REC = "4f1c2a9e-0b7d-4c47-9a51-0d2f3b6a7c88"
@@ -144,6 +145,8 @@ def test_a_stored_one_chunk_recording_reuses_its_parked_inodes(store: FileBlobSt
     manifest = store.manifest_path(DEV, REC, m["started_utc"])
     assert path.stat().st_ino == chunk_ino and manifest.stat().st_ino == init_ino
     assert store.stored_manifest(path) == m  # emptied before the manifest went in
+    # Kept as its canonical JSON: the file hashes to the chain's manifest hash.
+    assert hashlib.sha256(manifest.read_bytes()).hexdigest() == manifest_hash(m)
     assert (manifest.stat().st_mode & 0o777) == 0o600
     assert store.parked_init(DEV, REC) is None and list((store.root / "tmp").iterdir()) == []
     # Without a parked init (committed by hand, or the init expired): a new file.
