@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from drivers.serial.cid_text import SerialCallerId
 from sealedrec.manifest import sign_manifest
 from sealedrec.segments import iter_segments
 
+REPO = Path(__file__).resolve().parent.parent
 RATE = 8000
 START_UTC = "2026-11-25T10:00:00+00:00"  # the wall clock replays start at
 
@@ -244,6 +246,21 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def run_bench(script: str, *args: str | Path, cwd: Path, timeout: float = 300) -> str:
+    """``bench/{script}`` run to the end by this interpreter in ``cwd``; its stdout. A
+    bench that exits non-zero fails the test with the tail of what it printed."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
 
 
 def replay_argv(conf: Path, audio: Path, events: Path, out: Path, *options: str) -> list[str]:

@@ -7,32 +7,21 @@ working, its figures are the bench's own business."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO, run_bench
 
 
 @pytest.mark.slow
 def test_receiver_capacity_bench_with_the_replay_load_runs(tmp_path: Path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "upload_receiver_capacity.py"),
-            *("--load", "replay", "--devices", "2", "--small", "6", "--large", "1"),
-            *("--large-mib", "1", "--workers", "1,2", "--repeats", "1", "--before", str(REPO)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    out = run_bench(
+        "upload_receiver_capacity.py",
+        *("--load", "replay", "--devices", "2", "--small", "6", "--large", "1"),
+        *("--large-mib", "1", "--workers", "1,2", "--repeats", "1", "--before", REPO),
         cwd=tmp_path,
     )
-    out = done.stdout
-    assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
     assert "shared by the workers, one replay load and the broker" in out
     # 2 devices x 7 recordings, each run: every recording stored, by the workers there were.
     runs = re.findall(r"replay load [\d.]+, .*stored per worker ([\d/]+)", out)

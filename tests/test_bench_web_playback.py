@@ -6,15 +6,12 @@ peaks the peer's, and exits non-zero when they differ."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_bench
 from tests.test_web_browser import CHROMIUM
-
-REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.skipif(
@@ -25,22 +22,15 @@ pytestmark = [
 ]
 
 
-def run_bench(workdir: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "web_playback.py"), "--minutes", "1", "--reps", "1",
-         "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        cwd=workdir,
+def _quick_run(workdir: Path) -> str:
+    return run_bench(
+        "web_playback.py", "--minutes", "1", "--reps", "1", "--workdir", workdir,
+        cwd=workdir, timeout=180,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
 
 
 def test_web_playback_bench_quick_runs_and_reuses_its_office(tmp_path: Path):
-    out = run_bench(tmp_path)
+    out = _quick_run(tmp_path)
     assert "built the office in" in out
     # Exactly 60 s at 8 kHz (on-hook 1 s before the end), 100 peak buckets a second.
     assert "recording: 1.0 min at 8000 Hz" in out
@@ -52,6 +42,6 @@ def test_web_playback_bench_quick_runs_and_reuses_its_office(tmp_path: Path):
     hwm = next(x for x in out.splitlines() if x.startswith("VmHWM after the peaks"))
     assert 20 < float(hwm.split()[-1]) < 2000, hwm  # MiB: a live process's peak
 
-    again = run_bench(tmp_path)
+    again = _quick_run(tmp_path)
     assert "reusing the office built under" in again
     assert "built the office in" not in again
