@@ -121,11 +121,10 @@ class FileBlobStore:
     def __init__(self, root: Path, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.root = Path(root)
         self._parking_root = os.fspath(self.root / PARKING)
-        self._tmp_root = os.fspath(self.root / TMP)
         self._blobs_root = os.fspath(self.root / BLOBS)
         self._lock_file = os.path.join(self.root, LOCKS, LOCK_FILE)
         self._spares = SpareFolders()
-        self._tmp = TempFiles(self._tmp_root)
+        self._tmp = TempFiles(os.fspath(self.root / TMP))
         self.lock_timeout = lock_timeout
         self.registry = FileLifecycle(self.root, self.root / TMP)
         try:
@@ -309,7 +308,7 @@ class FileBlobStore:
         Parked files are never changed in place (replaced by rename), so the link keeps
         exactly the bytes checked here. None where no link can be made: copy instead."""
         part = os.path.join(directory, f"{0:07d}{CHUNK_SUFFIX}")
-        tmp = os.path.join(self._tmp_root, f"blob-{rec}-{os.urandom(6).hex()}.tmp")
+        tmp = self._tmp.name(f"blob-{rec}-")
         try:
             os.link(part, tmp)
             data = read_file(tmp)

@@ -264,6 +264,10 @@ class TempFiles:
     def __init__(self, tmp_root: str) -> None:
         self.root = tmp_root
 
+    def name(self, prefix: str) -> str:
+        """A fresh path under ``tmp/`` (``{prefix}{random}.tmp``), not yet a file."""
+        return os.path.join(self.root, f"{prefix}{os.urandom(6).hex()}.tmp")
+
     def new(self, prefix: str) -> tuple[BinaryIO, Path]:
         """A new empty file (0600), open for writing."""
         fd, path = self._create(prefix)
@@ -275,7 +279,7 @@ class TempFiles:
         commit (module doc of :mod:`headoffice.store`); the parked init, 0600 like every
         file of the store, is done with once its manifest is stored, so its inode
         becomes the manifest's."""
-        tmp = os.path.join(self.root, f"{prefix}{os.urandom(6).hex()}.tmp")
+        tmp = self.name(prefix)
         try:
             os.rename(path, tmp)
         except FileNotFoundError:
@@ -320,7 +324,7 @@ class TempFiles:
     def _create(self, prefix: str) -> tuple[int, str]:
         """A new empty file (0600) under ``tmp/`` on a random name: descriptor, path."""
         while True:
-            path = os.path.join(self.root, f"{prefix}{os.urandom(6).hex()}.tmp")
+            path = self.name(prefix)
             try:
                 return os.open(path, _CREATE_FLAGS, 0o600), path
             except FileExistsError:
