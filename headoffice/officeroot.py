@@ -156,6 +156,14 @@ def read_device_record(path: Path) -> DeviceRecord:
     return DeviceRecord(data.get("device_id"), data["signing_key"])
 
 
+def _valid_device_id(device_id: object) -> str:
+    """``device_id`` if it is a valid device id (so also one path part), else
+    :class:`DeviceUnknown`."""
+    if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
+        raise DeviceUnknown(f"device {str(device_id)[:80]!r}: not a valid device id")
+    return device_id
+
+
 def device_signing_key(root: Path, device_id: str) -> ed25519.Ed25519PublicKey:
     """The Ed25519 manifest-signing key registered for ``device_id``.
 
@@ -163,9 +171,7 @@ def device_signing_key(root: Path, device_id: str) -> ed25519.Ed25519PublicKey:
     valid device id) and :class:`EnrollError` if its record is damaged.
     """
     layout = CaLayout(Path(root))
-    if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
-        raise DeviceUnknown(f"device {str(device_id)[:80]!r}: not a valid device id")
-    path = layout.device_record(device_id)
+    path = layout.device_record(_valid_device_id(device_id))
     if not path.exists():
         raise DeviceUnknown(
             f"device {device_id}: not enrolled ({path} missing); enrol it with enroll_device"
@@ -199,10 +205,8 @@ class DeviceSigningKeys:
         self._mutex = threading.Lock()
 
     def __call__(self, device_id: str) -> ed25519.Ed25519PublicKey:
-        if not isinstance(device_id, str) or not DEVICE_ID.fullmatch(device_id):
-            raise DeviceUnknown(f"device {str(device_id)[:80]!r}: not a valid device id")
         try:
-            st = os.stat(os.path.join(self._devices, f"{device_id}.json"))
+            st = os.stat(os.path.join(self._devices, f"{_valid_device_id(device_id)}.json"))
         except OSError:
             return device_signing_key(self.root, device_id)  # its errors name the fix
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
